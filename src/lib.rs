@@ -2,3 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod nix;
+pub mod config;
+pub mod units;
+pub mod metrics;
+pub mod store;

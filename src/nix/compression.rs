@@ -54,9 +54,24 @@ impl Compression {
         }
     }
 
-    /// True when `ext` (with dot, or `""`) is one Nix may use for NAR files.
-    pub fn is_known_extension(ext: &str) -> bool {
-        matches!(ext, "" | ".xz" | ".bz2" | ".zst" | ".lzip" | ".lz4" | ".br")
+    /// The static form of a NAR extension Nix may use (with dot, or `""`), if known.
+    pub fn known_extension(ext: &str) -> Option<&'static str> {
+        ["", ".xz", ".bz2", ".zst", ".lzip", ".lz4", ".br"]
+            .into_iter()
+            .find(|e| *e == ext)
+    }
+
+    /// The compression a NAR extension implies, when it implies exactly one.
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        Some(match ext {
+            ".xz" => Self::Xz,
+            ".bz2" => Self::Bzip2,
+            ".zst" => Self::Zstd,
+            ".lzip" => Self::Lzip,
+            ".lz4" => Self::Lz4,
+            ".br" => Self::Brotli,
+            _ => return None,
+        })
     }
 
     /// How many leading bytes [`Self::matches_magic`] needs.
