@@ -1,8 +1,18 @@
 //! nixgate: a verifying, coalescing, disk-LRU Nix binary-cache appliance.
+//!
+//! Layout: `nix/` pure protocol types; `store/` the disk cache and its LRU index;
+//! `upstream/` the HTTP client with timeouts and circuit breakers; `fetch/` the source policy,
+//! verification and coalescing; `http/` routes, handlers and bodies; `app` the wiring.
 #![deny(unsafe_code)]
 
-pub mod nix;
+pub mod app;
 pub mod config;
-pub mod units;
+pub mod error;
+pub mod fetch;
+pub mod http;
 pub mod metrics;
+pub mod nix;
 pub mod store;
+pub mod telemetry;
+pub mod units;
+pub mod upstream;

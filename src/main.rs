@@ -1,1 +1,115 @@
-fn main() {}
+//! The `nixgate` binary: parses the command line, sets up logging and signals, and hands an
+//! already-bound listener to [`nixgate::app::run`].
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use nixgate::config::{Cli, Command, Config};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match args.resolve() {
+            Ok(config) => report(serve(config)),
+            Err(e) => {
+                eprintln!("nixgate: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::CheckConfig(args) => match args.resolve() {
+            Ok(config) => {
+                print_config(&config);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nixgate: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Health { url } => report(health(&url)),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nixgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_config(c: &Config) {
+    println!("configuration OK");
+    println!("  listen               {}", c.listen);
+    println!("  cache-dir            {} (writable)", c.cache_dir.display());
+    println!("  max-cache-size       {} bytes", c.max_cache_size);
+    for u in &c.upstreams {
+        println!("  upstream             {u}");
+    }
+    for k in c.trusted_keys.keys() {
+        println!("  trusted-public-key   {k}");
+    }
+    println!("  priority             {}", c.priority);
+    println!("  negative-ttl         {:?}", c.negative_ttl);
+    println!("  upstream-down-status {} (Retry-After {:?})", c.upstream_down_status, c.retry_after);
+    println!(
+        "  timeouts             connect {:?}, first byte {:?}, stall {:?}",
+        c.timeouts.connect, c.timeouts.first_byte, c.timeouts.stall
+    );
+}
+
+/// Binds `addr`; an IPv6 wildcard on a host without IPv6 falls back to the IPv4 wildcard.
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(error = %e, fallback = %v4, "cannot bind the IPv6 wildcard; using IPv4");
+            TcpListener::bind(v4).await.with_context(|| format!("binding {v4}"))
+        }
+        Err(e) => Err(e).with_context(|| format!("binding {addr}")),
+    }
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> anyhow::Result<()> {
+    nixgate::telemetry::init(config.log_format);
+    let listener = bind(config.listen).await?;
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received");
+        token.cancel();
+    });
+    nixgate::app::run(config, listener, shutdown).await.context("starting the cache")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn health(url: &str) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: http::Uri = format!("{}/healthz", url.trim_end_matches('/')).parse().context("health URL")?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
+        .await
+        .context("no answer within 5s")??;
+    anyhow::ensure!(resp.status().is_success(), "/healthz answered {}", resp.status());
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Getting what the cache does not hold: the source policy (cache → upstreams in order) with
+//! verification before anything is stored, and per-key coalescing of concurrent misses.
+
+pub mod coalesce;
+pub mod nar;
+pub mod narinfo;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::metrics::Metrics;
+use crate::nix::signature::TrustedKeys;
+use crate::store::Store;
+use crate::upstream::{Upstream, UpstreamClient, UpstreamError};
+
+/// Why a fetch produced nothing. Cloneable: every coalesced waiter gets the same answer.
+#[derive(Debug, Clone, Error)]
+pub enum FetchError {
+    /// Every upstream answered and none has it (a real 404).
+    #[error("not found upstream")]
+    NotFound,
+    /// At least one upstream failed and none had it: answer 503, never a false 404.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    /// The data came but did not verify; nothing was stored.
+    #[error("verification failed: {0}")]
+    Verification(String),
+    /// The local disk failed (full, read-only, …).
+    #[error("cache storage: {0}")]
+    Storage(String),
+}
+
+impl FetchError {
+    fn unavailable(up: &Upstream, e: &UpstreamError) -> Self {
+        FetchError::Unavailable(format!("{}: {e}", up.base))
+    }
+}
+
+/// Everything a fetch needs.
+pub struct Fetcher {
+    pub store: Arc<Store>,
+    pub upstreams: Vec<Upstream>,
+    pub client: UpstreamClient,
+    pub keys: TrustedKeys,
+    pub metrics: Arc<Metrics>,
+    /// Paths an upstream recently answered 404 for.
+    negative: moka::sync::Cache<String, ()>,
+    narinfos: coalesce::Coalescer<crate::nix::store_path::StorePathHash, Result<bytes::Bytes, FetchError>>,
+    nars: nar::Inflights,
+}
+
+impl Fetcher {
+    pub fn new(
+        store: Arc<Store>,
+        upstreams: Vec<Upstream>,
+        client: UpstreamClient,
+        keys: TrustedKeys,
+        metrics: Arc<Metrics>,
+        negative_ttl: Duration,
+    ) -> Self {
+        Fetcher {
+            store,
+            upstreams,
+            client,
+            keys,
+            metrics,
+            negative: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(negative_ttl.max(Duration::from_millis(1)))
+                .build(),
+            narinfos: Default::default(),
+            nars: Default::default(),
+        }
+    }
+
+    fn is_negative(&self, key: &str) -> bool {
+        self.negative.contains_key(key)
+    }
+
+    fn remember_not_found(&self, key: String) {
+        self.negative.insert(key, ());
+    }
+}
+
+impl Fetcher {
+    /// Relays a file nixgate cannot verify and therefore never stores (`.ls` listings, build
+    /// logs, realisations): the first upstream that has it answers.
+    pub async fn uncached(&self, rel: &str) -> Result<crate::upstream::UpstreamBody, FetchError> {
+        let mut failure = None;
+        for up in &self.upstreams {
+            let url = up.base.join(rel).map_err(|e| FetchError::Unavailable(e.to_string()))?;
+            match self.client.request(up, http::Method::GET, &url, &self.metrics).await {
+                Ok(crate::upstream::Answer::Found(b)) => return Ok(b),
+                Ok(crate::upstream::Answer::NotFound) => {}
+                Err(e) => failure = Some(FetchError::unavailable(up, &e)),
+            }
+        }
+        Err(failure.unwrap_or(FetchError::NotFound))
+    }
+}

@@ -1,0 +1,368 @@
+//! NAR misses: one upstream download per FileHash, written to a temp file that every waiting
+//! client tails as it grows, verified (`FileSize`, `sha256 == FileHash`, compression magic)
+//! before it is renamed into the cache.
+//!
+//! Clients never see a verification failure as a complete response: while the download runs,
+//! readers are held one byte short of what was written, and the last byte is released only
+//! after the file verified. A failure aborts their responses, so Nix retries.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::Method;
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use url::Url;
+
+use super::narinfo::{served_part, upstream_url};
+use super::{FetchError, Fetcher};
+use crate::metrics::Source;
+use crate::nix::compression::Compression;
+use crate::nix::hash::Sha256;
+use crate::nix::narinfo::NarInfo;
+use crate::nix::STORE_DIR;
+use crate::store::TempFile;
+use crate::upstream::{Answer, Upstream, UpstreamBody};
+
+/// Largest write to the temp file; bigger batches when the upstream is fast.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// How far a download has got.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Bytes written to the temp file so far (not yet verified).
+    Running(u64),
+    /// Verified and committed; the total size.
+    Done(u64),
+    Failed(FetchError),
+}
+
+/// A download into the cache that clients can tail.
+#[derive(Clone)]
+pub struct Download {
+    /// A read handle on the temp file; it stays valid after the rename into the cache.
+    pub file: Arc<File>,
+    pub progress: watch::Receiver<Progress>,
+    /// The expected size (`FileSize`), when a narinfo told it.
+    pub size: Option<u64>,
+}
+
+/// Downloads under way, by FileHash.
+#[derive(Default)]
+pub struct Inflights(Mutex<HashMap<Sha256, Download>>);
+
+impl Inflights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sha256, Download>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What to send for a NAR request.
+pub enum NarSource {
+    /// A verified file in the cache.
+    Cached { path: PathBuf, size: u64 },
+    /// A download into the cache, under way or just finished.
+    Download(Download),
+    /// Too large for the cache: streamed through without storing (last chunk held back
+    /// until verified).
+    Passthrough {
+        chunks: mpsc::Receiver<Result<Bytes, FetchError>>,
+        size: Option<u64>,
+    },
+}
+
+/// Where to fetch a NAR from and what it must look like.
+struct Plan {
+    candidates: Vec<(usize, Url)>,
+    size: Option<u64>,
+    compression: Option<Compression>,
+}
+
+/// Incremental checks of a NAR file against what the narinfo promised.
+struct Verifier {
+    hasher: sha2::Sha256,
+    written: u64,
+    head: Vec<u8>,
+    expected: Sha256,
+    size: Option<u64>,
+    compression: Option<Compression>,
+}
+
+impl Verifier {
+    fn new(expected: Sha256, plan: &Plan) -> Self {
+        Verifier {
+            hasher: sha2::Sha256::new(),
+            written: 0,
+            head: Vec::with_capacity(Compression::MAGIC_LEN),
+            expected,
+            size: plan.size,
+            compression: plan.compression,
+        }
+    }
+
+    fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+        self.written += chunk.len() as u64;
+        if let Some(size) = self.size.filter(|s| self.written > *s) {
+            return Err(FetchError::Verification(format!("longer than FileSize {size}")));
+        }
+        let want = Compression::MAGIC_LEN.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&chunk[..want.min(chunk.len())]);
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64, FetchError> {
+        if let Some(size) = self.size.filter(|s| *s != self.written) {
+            return Err(FetchError::Verification(format!("{} bytes, FileSize says {size}", self.written)));
+        }
+        let got = Sha256(self.hasher.finalize().into());
+        if got != self.expected {
+            return Err(FetchError::Verification(format!("sha256 {got}, FileHash says {}", self.expected)));
+        }
+        if let Some(c) = self.compression.filter(|c| !c.matches_magic(&self.head)) {
+            return Err(FetchError::Verification(format!("bytes are not {c:?}-compressed as the narinfo says")));
+        }
+        Ok(self.written)
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> FetchError {
+    FetchError::Storage(e.to_string())
+}
+
+impl Fetcher {
+    /// Finds the NAR `<fh>.nar<ext>`: cached, joined to a download, or newly fetched. Returns
+    /// once the first bytes are there (or the fetch failed), so the status is known.
+    pub async fn nar(self: &Arc<Self>, fh: Sha256, ext: &'static str, only_if_cached: bool) -> Result<(NarSource, bool), FetchError> {
+        if let Some((path, size)) = self.store.nar(&fh, ext) {
+            return Ok((NarSource::Cached { path, size }, true));
+        }
+        if only_if_cached {
+            return Err(FetchError::NotFound);
+        }
+        let key = format!("nar/{}.nar{ext}", fh.to_nix32());
+        if self.is_negative(&key) {
+            return Err(FetchError::NotFound);
+        }
+        let existing = self.nars.lock().get(&fh).cloned();
+        let download = match existing {
+            Some(d) => {
+                self.metrics.coalesced();
+                d
+            }
+            None => {
+                let plan = self.plan(&fh, ext).await;
+                if plan.size.is_some_and(|s| s > self.store.max_bytes()) {
+                    return Ok((self.passthrough(fh, plan).await?, false));
+                }
+                self.start(fh, ext, plan)?
+            }
+        };
+        let mut rx = download.progress.clone();
+        let first = rx
+            .wait_for(|p| !matches!(p, Progress::Running(0)))
+            .await
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| Progress::Failed(FetchError::Storage("download task ended".into())));
+        match first {
+            Progress::Failed(e) => Err(e),
+            _ => Ok((NarSource::Download(download), false)),
+        }
+    }
+
+    /// The size of the NAR if it exists, for HEAD (`None`: exists, size unknown).
+    pub async fn nar_head(self: &Arc<Self>, fh: Sha256, ext: &'static str, only_if_cached: bool) -> Result<Option<u64>, FetchError> {
+        if let Some((_, size)) = self.store.nar(&fh, ext) {
+            return Ok(Some(size));
+        }
+        if only_if_cached {
+            return Err(FetchError::NotFound);
+        }
+        let plan = self.plan(&fh, ext).await;
+        if plan.size.is_some() {
+            return Ok(plan.size);
+        }
+        let mut failure = None;
+        for (i, url) in &plan.candidates {
+            match self.client.request(&self.upstreams[*i], Method::HEAD, url, &self.metrics).await {
+                Ok(Answer::Found(b)) => return Ok(b.content_length),
+                Ok(Answer::NotFound) => {}
+                Err(e) => failure = Some(FetchError::unavailable(&self.upstreams[*i], &e)),
+            }
+        }
+        Err(failure.unwrap_or(FetchError::NotFound))
+    }
+
+    /// Candidate URLs: the one a cached narinfo recorded, then each upstream's standard
+    /// `nar/<FileHash>.nar<ext>` (any of them will do: the bytes are checked against the hash).
+    async fn plan(&self, fh: &Sha256, ext: &'static str) -> Plan {
+        let mut plan = Plan {
+            candidates: Vec::new(),
+            size: None,
+            compression: Compression::from_extension(ext),
+        };
+        for stored in self.store.narinfos_of(fh).await {
+            let served = served_part(&stored);
+            let (Some(url), Ok(ni)) = (upstream_url(&stored), std::str::from_utf8(&served).map(|t| NarInfo::parse(t, STORE_DIR))) else {
+                continue;
+            };
+            let Ok(ni) = ni else { continue };
+            let c = Compression::from_field(ni.compression.as_deref());
+            if c.extension() != ext {
+                continue;
+            }
+            // Breaker accounting goes to the upstream with the same origin (else the first).
+            let i = self.upstreams.iter().position(|u| u.base.origin() == url.origin()).unwrap_or(0);
+            plan.candidates.push((i, url));
+            plan.size = ni.file_size;
+            plan.compression = Some(c);
+            break;
+        }
+        let rel = format!("nar/{}.nar{ext}", fh.to_nix32());
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let url = up.base.join(&rel).expect("nix32 and extensions are URL-safe");
+            if !plan.candidates.iter().any(|(_, c)| *c == url) {
+                plan.candidates.push((i, url));
+            }
+        }
+        plan
+    }
+
+    /// The first candidate that answers 200 with a plausible length.
+    async fn open_first(&self, plan: &Plan) -> Result<(&Upstream, UpstreamBody), FetchError> {
+        let mut failure = None;
+        for (i, url) in &plan.candidates {
+            let up = &self.upstreams[*i];
+            match self.client.request(up, Method::GET, url, &self.metrics).await {
+                Ok(Answer::Found(b)) => {
+                    if let (Some(got), Some(want)) = (b.content_length, plan.size) {
+                        if got != want {
+                            self.metrics.verification_failure(Source::Upstream);
+                            tracing::warn!(url = %url, got, want, "upstream NAR length differs from FileSize");
+                            failure = Some(FetchError::Verification(format!("Content-Length {got}, FileSize {want}")));
+                            continue;
+                        }
+                    }
+                    return Ok((up, b));
+                }
+                Ok(Answer::NotFound) => {}
+                Err(e) => {
+                    tracing::warn!(url = %url, error = %e, "NAR fetch failed");
+                    failure = Some(FetchError::unavailable(up, &e));
+                }
+            }
+        }
+        Err(failure.unwrap_or(FetchError::NotFound))
+    }
+
+    fn start(self: &Arc<Self>, fh: Sha256, ext: &'static str, plan: Plan) -> Result<Download, FetchError> {
+        let mut map = self.nars.lock();
+        if let Some(d) = map.get(&fh) {
+            self.metrics.coalesced();
+            return Ok(d.clone());
+        }
+        let tmp = self.store.temp_file().map_err(storage)?;
+        let read = File::open(tmp.path()).map_err(storage)?;
+        let (tx, rx) = watch::channel(Progress::Running(0));
+        let download = Download {
+            file: Arc::new(read),
+            progress: rx,
+            size: plan.size,
+        };
+        map.insert(fh, download.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let res = this.download(fh, ext, &plan, tmp, &tx).await;
+            let final_state = match res {
+                Ok(size) => Progress::Done(size),
+                Err(e) => {
+                    if matches!(e, FetchError::NotFound) {
+                        this.remember_not_found(format!("nar/{}.nar{ext}", fh.to_nix32()));
+                    }
+                    tracing::warn!(file_hash = %fh, error = %e, "NAR download failed; nothing stored");
+                    Progress::Failed(e)
+                }
+            };
+            tx.send_replace(final_state);
+            this.nars.lock().remove(&fh);
+        });
+        Ok(download)
+    }
+
+    async fn download(&self, fh: Sha256, ext: &'static str, plan: &Plan, mut tmp: TempFile, tx: &watch::Sender<Progress>) -> Result<u64, FetchError> {
+        let (up, mut body) = self.open_first(plan).await?;
+        let mut out = tokio::fs::File::from_std(tmp.file().try_clone().map_err(storage)?);
+        let mut verifier = Verifier::new(fh, plan);
+        loop {
+            let chunk = match body.batch(WRITE_BATCH).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    up.breaker.failure();
+                    return Err(FetchError::unavailable(up, &e));
+                }
+            };
+            self.count_rejected(verifier.update(&chunk))?;
+            out.write_all(&chunk).await.map_err(storage)?;
+            out.flush().await.map_err(storage)?;
+            tx.send_replace(Progress::Running(verifier.written));
+        }
+        let size = self.count_rejected(verifier.finish())?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit_nar(tmp, &fh, ext, size))
+            .await
+            .map_err(storage)?
+            .map_err(storage)?;
+        self.metrics.fetched(Source::Upstream, size);
+        Ok(size)
+    }
+
+    fn count_rejected<T>(&self, r: Result<T, FetchError>) -> Result<T, FetchError> {
+        if r.is_err() {
+            self.metrics.verification_failure(Source::Upstream);
+        }
+        r
+    }
+
+    async fn passthrough(self: &Arc<Self>, fh: Sha256, plan: Plan) -> Result<NarSource, FetchError> {
+        let (_, mut body) = self.open_first(&plan).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let size = plan.size;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut verifier = Verifier::new(fh, &plan);
+            let mut held: Option<Bytes> = None;
+            let end = loop {
+                match body.batch(WRITE_BATCH).await {
+                    Ok(Some(c)) => {
+                        if let Err(e) = this.count_rejected(verifier.update(&c)) {
+                            break Err(e);
+                        }
+                        if let Some(prev) = held.replace(c) {
+                            if tx.send(Ok(prev)).await.is_err() {
+                                return; // the client went away; nobody else wants it
+                            }
+                        }
+                    }
+                    Ok(None) => break this.count_rejected(verifier.finish()),
+                    Err(e) => break Err(FetchError::Unavailable(e.to_string())),
+                }
+            };
+            let last = match end {
+                Ok(n) => {
+                    this.metrics.fetched(Source::Upstream, n);
+                    held.map(Ok)
+                }
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(last) = last {
+                let _ = tx.send(last).await;
+            }
+        });
+        Ok(NarSource::Passthrough { chunks: rx, size })
+    }
+}

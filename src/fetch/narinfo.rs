@@ -1,0 +1,176 @@
+//! Narinfo misses: ask each upstream in order, accept only a narinfo whose signature verifies
+//! against a trusted key, rewrite its URL to nixgate's own NAR name, store it.
+//!
+//! What is stored (see `store`): `<absolute upstream NAR URL>\n<narinfo as served>`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use thiserror::Error;
+use url::Url;
+
+use super::{FetchError, Fetcher};
+use crate::metrics::Source;
+use crate::nix::compression::Compression;
+use crate::nix::narinfo::{NarInfo, NarInfoError, MAX_NARINFO_BYTES};
+use crate::nix::store_path::StorePathHash;
+use crate::nix::STORE_DIR;
+use crate::upstream::{Answer, Upstream};
+
+/// Why an upstream narinfo was refused (it is then treated as absent, and counted).
+#[derive(Debug, Error)]
+pub enum Rejected {
+    #[error("malformed: {0}")]
+    Malformed(#[from] NarInfoError),
+    #[error("is for store path {0}, not the requested hash")]
+    WrongPath(String),
+    #[error("no signature by a trusted key")]
+    Untrusted,
+    #[error("lacks FileHash/FileSize, so the NAR could not be verified")]
+    Unverifiable,
+    #[error("URL {0:?} cannot be resolved")]
+    Url(String),
+}
+
+/// The served part of a stored narinfo file (after the upstream-URL line).
+pub fn served_part(stored: &Bytes) -> Bytes {
+    let start = stored.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    stored.slice(start..)
+}
+
+/// The upstream NAR URL recorded in a stored narinfo file.
+pub fn upstream_url(stored: &[u8]) -> Option<Url> {
+    let line = stored.split(|&b| b == b'\n').next()?;
+    Url::parse(std::str::from_utf8(line).ok()?).ok()
+}
+
+/// Checks an upstream narinfo and builds the file to store.
+fn accept(h: &StorePathHash, up: &Upstream, body: &[u8], keys: &crate::nix::signature::TrustedKeys) -> Result<(crate::nix::hash::Sha256, String), Rejected> {
+    let text = std::str::from_utf8(body).map_err(|_| NarInfoError::Utf8)?;
+    let mut ni = NarInfo::parse(text, STORE_DIR)?;
+    if ni.base.hash != *h {
+        return Err(Rejected::WrongPath(ni.store_path));
+    }
+    if !keys.verifies_any(&ni.fingerprint(STORE_DIR), &ni.sigs) {
+        return Err(Rejected::Untrusted);
+    }
+    let (Some(fh), Some(_)) = (ni.file_hash, ni.file_size) else {
+        return Err(Rejected::Unverifiable);
+    };
+    let nar_url = up.base.join(&ni.url).map_err(|_| Rejected::Url(ni.url.clone()))?;
+    let ext = Compression::from_field(ni.compression.as_deref()).extension();
+    ni.url = format!("nar/{}.nar{ext}", fh.to_nix32());
+    Ok((fh, format!("{nar_url}\n{ni}")))
+}
+
+impl Fetcher {
+    /// The narinfo for `h` as served, from cache or (unless `only_if_cached`) upstream.
+    /// The boolean is true on a cache hit.
+    pub async fn narinfo(self: &Arc<Self>, h: StorePathHash, only_if_cached: bool) -> Result<(Bytes, bool), FetchError> {
+        if let Some((_, stored)) = self.store.narinfo(&h).await {
+            return Ok((served_part(&stored), true));
+        }
+        if only_if_cached {
+            return Err(FetchError::NotFound);
+        }
+        let key = format!("{h}.narinfo");
+        if self.is_negative(&key) {
+            return Err(FetchError::NotFound);
+        }
+        let this = self.clone();
+        let (res, joined) = self.narinfos.run(h, move || async move { this.fetch_narinfo(h).await }).await;
+        if joined {
+            self.metrics.coalesced();
+        }
+        res.map(|stored| (served_part(&stored), false))
+    }
+
+    async fn fetch_narinfo(self: Arc<Self>, h: StorePathHash) -> Result<Bytes, FetchError> {
+        let mut failure = None;
+        for up in &self.upstreams {
+            let url = up.base.join(&format!("{h}.narinfo")).expect("hash is URL-safe");
+            let body = match self.client.request(up, Method::GET, &url, &self.metrics).await {
+                Ok(Answer::Found(b)) => b.read_all(MAX_NARINFO_BYTES).await,
+                Ok(Answer::NotFound) => continue,
+                Err(e) => Err(e),
+            };
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(upstream = %up.base, hash = %h, error = %e, "narinfo fetch failed");
+                    failure = Some(FetchError::unavailable(up, &e));
+                    continue;
+                }
+            };
+            match accept(&h, up, &body, &self.keys) {
+                Ok((fh, stored)) => return self.save(h, fh, stored).await,
+                Err(why) => {
+                    self.metrics.verification_failure(Source::Upstream);
+                    tracing::warn!(upstream = %up.base, hash = %h, reason = %why, "rejected upstream narinfo");
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => {
+                self.remember_not_found(format!("{h}.narinfo"));
+                Err(FetchError::NotFound)
+            }
+        }
+    }
+
+    async fn save(&self, h: StorePathHash, fh: crate::nix::hash::Sha256, stored: String) -> Result<Bytes, FetchError> {
+        let stored = Bytes::from(stored);
+        let (store, b) = (self.store.clone(), stored.clone());
+        tokio::task::spawn_blocking(move || store.put_narinfo(&h, &fh, &b))
+            .await
+            .map_err(|e| FetchError::Storage(e.to_string()))?
+            .map_err(|e| {
+                tracing::error!(error = %e, hash = %h, "cannot store narinfo");
+                FetchError::Storage(e.to_string())
+            })?;
+        self.metrics.fetched(Source::Upstream, stored.len() as u64);
+        Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::narinfo::tests::{VECTOR, VECTOR_PUBLIC_KEY};
+    use crate::nix::signature::TrustedKeys;
+
+    fn up() -> Upstream {
+        Upstream::new(Url::parse("http://127.0.0.1:9/cache/").unwrap())
+    }
+
+    #[test]
+    fn rewrites_url_and_keeps_signature() {
+        let keys = TrustedKeys::new(vec![VECTOR_PUBLIC_KEY.parse().unwrap()]);
+        let h = "6dyjazmc27x71a77v1pcbi549rpk5wh6".parse().unwrap();
+        let (fh, stored) = accept(&h, &up(), VECTOR.as_bytes(), &keys).unwrap();
+        assert_eq!(fh.to_nix32(), "1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j");
+        let stored = Bytes::from(stored);
+        assert_eq!(
+            upstream_url(&stored).unwrap().as_str(),
+            "http://127.0.0.1:9/cache/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar.xz"
+        );
+        // The served text is the upstream one, byte for byte, but for the relative URL.
+        assert_eq!(served_part(&stored), VECTOR.as_bytes());
+    }
+
+    #[test]
+    fn refuses_untrusted_mismatched_and_unverifiable() {
+        let keys = TrustedKeys::new(vec![VECTOR_PUBLIC_KEY.parse().unwrap()]);
+        let other = TrustedKeys::new(vec![crate::nix::signature::CACHE_NIXOS_ORG_KEY.parse().unwrap()]);
+        let h = "6dyjazmc27x71a77v1pcbi549rpk5wh6".parse().unwrap();
+        assert!(matches!(accept(&h, &up(), VECTOR.as_bytes(), &other), Err(Rejected::Untrusted)));
+        let wrong = "026h72wxqd39cbm2fdqc8zpwg9zm41c8".parse().unwrap();
+        assert!(matches!(accept(&wrong, &up(), VECTOR.as_bytes(), &keys), Err(Rejected::WrongPath(_))));
+        let no_fh = VECTOR.replace("FileHash: sha256:1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j\n", "");
+        assert!(matches!(accept(&h, &up(), no_fh.as_bytes(), &keys), Err(Rejected::Unverifiable)));
+        let forged = VECTOR.replace("NarSize: 536", "NarSize: 999");
+        assert!(matches!(accept(&h, &up(), forged.as_bytes(), &keys), Err(Rejected::Untrusted)));
+    }
+}

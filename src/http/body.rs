@@ -1,0 +1,214 @@
+//! Response bodies: whole buffers, ranges of cached files, downloads tailed as they grow,
+//! and passthrough streams. File reads are positional (`pread`) on a shared handle, in
+//! 512 KiB chunks on the blocking pool. A body that ends in an error makes hyper abort the
+//! connection, so a client never mistakes a failed transfer for a complete one.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, TryStreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::{mpsc, watch};
+
+use crate::fetch::nar::{Download, Progress};
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamBody;
+
+/// Bytes per file read.
+const CHUNK: usize = 512 << 10;
+
+/// A body error: the response is aborted.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+/// The response body type.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body from a buffer, counted in `nixgate_served_bytes_total`.
+pub fn full(b: impl Into<Bytes>, metrics: &Metrics) -> Body {
+    let b = b.into();
+    metrics.served(b.len() as u64);
+    small(b)
+}
+
+/// A short body that is not content (an error phrase): not counted as served bytes.
+pub fn small(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn from_stream<S>(s: S, metrics: Arc<Metrics>) -> Body
+where
+    S: futures_util::Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+{
+    let s = s.inspect_ok(move |b| metrics.served(b.len() as u64)).map_ok(Frame::data);
+    StreamBody::new(s).boxed_unsync()
+}
+
+async fn read_at(file: Arc<File>, pos: u64, len: usize) -> Result<Bytes, BodyError> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::zeroed(len);
+        let n = file.read_at(&mut buf, pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+        }
+        buf.truncate(n);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(|e| BodyError(e.to_string()))?
+    .map_err(|e| BodyError(format!("reading cache file: {e}")))
+}
+
+/// Bytes `start..end` of a complete file.
+pub fn file_range(file: File, start: u64, end: u64, metrics: Arc<Metrics>) -> Body {
+    let file = Arc::new(file);
+    let s = stream::try_unfold(start, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let len = (end - pos).min(CHUNK as u64) as usize;
+            let b = read_at(file, pos, len).await?;
+            let next = pos + b.len() as u64;
+            Ok(Some((b, next)))
+        }
+    });
+    from_stream(s, metrics)
+}
+
+struct Tail {
+    file: Arc<File>,
+    progress: watch::Receiver<Progress>,
+    pos: u64,
+    finished: bool,
+}
+
+impl Tail {
+    /// The next chunk of the growing file, waiting for the writer when caught up.
+    async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            let state = self.progress.borrow_and_update().clone();
+            // Hold back the last written byte until the file verified: a failed download
+            // must never look complete to the client.
+            let (readable, done) = match state {
+                Progress::Running(n) => (n.saturating_sub(1), false),
+                Progress::Done(n) => (n, true),
+                Progress::Failed(e) => {
+                    self.finished = true;
+                    return Some(Err(BodyError(format!("download failed: {e}"))));
+                }
+            };
+            if self.pos < readable {
+                let len = (readable - self.pos).min(CHUNK as u64) as usize;
+                let r = read_at(self.file.clone(), self.pos, len).await;
+                if let Ok(b) = &r {
+                    self.pos += b.len() as u64;
+                }
+                self.finished = r.is_err();
+                return Some(r);
+            }
+            if done {
+                self.finished = true;
+                return None;
+            }
+            if self.progress.changed().await.is_err() && !matches!(*self.progress.borrow(), Progress::Done(_)) {
+                self.finished = true;
+                return Some(Err(BodyError("download ended without a result".into())));
+            }
+        }
+    }
+}
+
+/// A download into the cache, from its start, as it grows.
+pub fn download(d: Download, metrics: Arc<Metrics>) -> Body {
+    let tail = Tail {
+        file: d.file,
+        progress: d.progress,
+        pos: 0,
+        finished: false,
+    };
+    let s = stream::unfold(tail, |mut t| async move { t.next().await.map(|r| (r, t)) });
+    from_stream(s, metrics)
+}
+
+/// Chunks from a passthrough task.
+pub fn channel(rx: mpsc::Receiver<Result<Bytes, crate::fetch::FetchError>>, metrics: Arc<Metrics>) -> Body {
+    let s = stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item.map_err(|e| BodyError(e.to_string())), rx))
+    });
+    from_stream(s, metrics)
+}
+
+/// An upstream body relayed as it arrives (for unverifiable files such as build logs).
+pub fn relay(body: UpstreamBody, metrics: Arc<Metrics>) -> Body {
+    let s = stream::try_unfold(body, |mut b| async move {
+        Ok(b.chunk().await.map_err(|e| BodyError(e.to_string()))?.map(|c| (c, b)))
+    });
+    from_stream(s, metrics)
+}
+
+/// The outcome of a `Range` header against a file of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Range {
+    Full,
+    /// `start..end` (end exclusive).
+    Partial(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range (RFC 9110 §14.1.2). Multiple ranges and other units are
+/// answered with the whole file, which the RFC allows.
+pub fn parse_range(header: Option<&str>, size: u64) -> Range {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Range::Full;
+    };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Range::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(start), Ok(last)) if start <= last => Some((start, (last + 1).min(size))),
+        (Ok(start), Err(_)) if b.is_empty() => Some((start, size)),
+        (Err(_), Ok(n)) if a.is_empty() && n > 0 => Some((size.saturating_sub(n), size)),
+        _ => return Range::Full,
+    };
+    match parsed {
+        Some((start, end)) if start < size => Range::Partial(start, end),
+        _ => Range::Unsatisfiable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 100), Range::Full);
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Range::Partial(0, 10));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Range::Partial(90, 100));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Range::Partial(90, 100));
+        assert_eq!(parse_range(Some("bytes=50-500"), 100), Range::Partial(50, 100));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Range::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Range::Full);
+        assert_eq!(parse_range(Some("items=0-1"), 100), Range::Full);
+    }
+}

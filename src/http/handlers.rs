@@ -1,0 +1,157 @@
+//! One handler per route. Each returns the response and the outcome for the metrics, or a
+//! [`ServeError`] that `error.rs` turns into a status.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Response, StatusCode};
+
+use super::body::{self, parse_range, Body, Range};
+use crate::app::App;
+use crate::error::ServeError;
+use crate::fetch::nar::NarSource;
+use crate::metrics::Outcome;
+use crate::nix::hash::Sha256;
+use crate::nix::store_path::StorePathHash;
+
+type Handled = Result<(Outcome, Response<Body>), ServeError>;
+
+fn ok(ctype: &'static str) -> http::response::Builder {
+    Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, ctype)
+}
+
+fn hit_or_miss(hit: bool) -> Outcome {
+    if hit {
+        Outcome::Hit
+    } else {
+        Outcome::Miss
+    }
+}
+
+fn buffer(app: &App, ctype: &'static str, b: Bytes, outcome: Outcome) -> Handled {
+    let resp = ok(ctype)
+        .header(header::CONTENT_LENGTH, b.len())
+        .body(body::full(b, &app.metrics))
+        .expect("valid headers");
+    Ok((outcome, resp))
+}
+
+/// `/nix-cache-info`: always 200, or Nix refuses the cache.
+pub fn cache_info(app: &App) -> Handled {
+    buffer(app, "text/x-nix-cache-info", app.cache_info.clone(), Outcome::Hit)
+}
+
+/// `/healthz`: the process is alive.
+pub fn health(app: &App) -> Handled {
+    buffer(app, "text/plain; charset=utf-8", Bytes::from_static(b"ok\n"), Outcome::Hit)
+}
+
+/// `/readyz`: 503 while the cache dir does not accept writes.
+pub async fn ready(app: &Arc<App>) -> Handled {
+    let store = app.store.clone();
+    let usable = tokio::task::spawn_blocking(move || store.usable()).await.unwrap_or(false);
+    if usable {
+        buffer(app, "text/plain; charset=utf-8", Bytes::from_static(b"ready\n"), Outcome::Hit)
+    } else {
+        Err(ServeError::Storage)
+    }
+}
+
+/// `/metrics`: Prometheus text format.
+pub fn metrics(app: &App) -> Handled {
+    let text = app.metrics.render();
+    buffer(app, "text/plain; version=0.0.4; charset=utf-8", Bytes::from(text), Outcome::Hit)
+}
+
+/// `/<hash>.narinfo`.
+pub async fn narinfo(app: &Arc<App>, h: StorePathHash, only_if_cached: bool) -> Handled {
+    let (b, hit) = app
+        .fetcher
+        .narinfo(h, only_if_cached)
+        .await
+        .map_err(|e| ServeError::from_fetch(e, only_if_cached))?;
+    buffer(app, "text/x-nix-narinfo", b, hit_or_miss(hit))
+}
+
+const NAR_TYPE: &str = "application/x-nix-nar";
+
+/// HEAD `/nar/...`: no body, and no download just to answer it.
+pub async fn nar_head(app: &Arc<App>, fh: Sha256, ext: &'static str, only_if_cached: bool) -> Handled {
+    let size = app
+        .fetcher
+        .nar_head(fh, ext, only_if_cached)
+        .await
+        .map_err(|e| ServeError::from_fetch(e, only_if_cached))?;
+    let mut b = ok(NAR_TYPE).header(header::ACCEPT_RANGES, "bytes");
+    if let Some(size) = size {
+        b = b.header(header::CONTENT_LENGTH, size);
+    }
+    Ok((Outcome::Hit, b.body(body::empty()).expect("valid headers")))
+}
+
+/// GET `/nar/<FileHash>.nar<ext>`.
+pub async fn nar(app: &Arc<App>, fh: Sha256, ext: &'static str, headers: &HeaderMap, only_if_cached: bool) -> Handled {
+    let (source, hit) = app
+        .fetcher
+        .nar(fh, ext, only_if_cached)
+        .await
+        .map_err(|e| ServeError::from_fetch(e, only_if_cached))?;
+    let m = app.metrics.clone();
+    let resp = match source {
+        NarSource::Cached { path, size } => return cached_file(app, &path, size, headers),
+        NarSource::Download(d) => {
+            let mut b = ok(NAR_TYPE);
+            if let Some(size) = d.size {
+                b = b.header(header::CONTENT_LENGTH, size);
+            }
+            b.body(body::download(d, m))
+        }
+        NarSource::Passthrough { chunks, size } => {
+            let mut b = ok(NAR_TYPE);
+            if let Some(size) = size {
+                b = b.header(header::CONTENT_LENGTH, size);
+            }
+            b.body(body::channel(chunks, m))
+        }
+    };
+    Ok((hit_or_miss(hit), resp.expect("valid headers")))
+}
+
+fn cached_file(app: &Arc<App>, path: &std::path::Path, size: u64, headers: &HeaderMap) -> Handled {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        // Evicted between lookup and open: the client retries and we refetch.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ServeError::Storage),
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot open cached NAR");
+            return Err(ServeError::Storage);
+        }
+    };
+    let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);
+    let m = app.metrics.clone();
+    let b = ok(NAR_TYPE).header(header::ACCEPT_RANGES, "bytes");
+    let resp = match range {
+        Range::Full => b.header(header::CONTENT_LENGTH, size).body(body::file_range(file, 0, size, m)),
+        Range::Partial(start, end) => b
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_LENGTH, end - start)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+            .body(body::file_range(file, start, end, m)),
+        Range::Unsatisfiable => return Err(ServeError::RangeNotSatisfiable(size)),
+    };
+    Ok((Outcome::Hit, resp.expect("valid headers")))
+}
+
+/// `.ls`, `log/`, `realisations/`: relayed from upstream, never stored (they carry no
+/// signature nixgate could check). With only-if-cached, we never hold them: 504.
+pub async fn relayed(app: &Arc<App>, rel: &str, ctype: &'static str, only_if_cached: bool) -> Handled {
+    if only_if_cached {
+        return Err(ServeError::NotCached);
+    }
+    let up = app.fetcher.uncached(rel).await.map_err(|e| ServeError::from_fetch(e, false))?;
+    let mut b = ok(ctype);
+    if let Some(len) = up.content_length {
+        b = b.header(header::CONTENT_LENGTH, len);
+    }
+    Ok((Outcome::Miss, b.body(body::relay(up, app.metrics.clone())).expect("valid headers")))
+}

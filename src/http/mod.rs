@@ -1,0 +1,6 @@
+//! The HTTP surface: route parsing, handlers, bodies and the connection loop.
+
+pub mod body;
+pub mod handlers;
+pub mod routes;
+pub mod server;

@@ -1,0 +1,219 @@
+//! Talking to upstream binary caches over HTTP(S): one pooled hyper client with rustls,
+//! a timeout for each phase (connect, first byte, stall between body chunks), and a circuit
+//! breaker per upstream. Errors say whether the upstream is *down* (try another source, answer
+//! 503) or said *not found* (a real 404 that may be cached briefly).
+
+pub mod breaker;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use thiserror::Error;
+use url::Url;
+
+use crate::config::Timeouts;
+use crate::metrics::{Metrics, UpstreamStatus};
+use breaker::Breaker;
+
+/// One configured upstream cache.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Base URL, always ending in `/`.
+    pub base: Url,
+    pub breaker: Breaker,
+}
+
+impl Upstream {
+    pub fn new(base: Url) -> Self {
+        Upstream {
+            base,
+            breaker: Breaker::default(),
+        }
+    }
+}
+
+/// Why an upstream request gave nothing usable.
+#[derive(Debug, Clone, Error)]
+pub enum UpstreamError {
+    #[error("circuit open after repeated failures")]
+    CircuitOpen,
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("no response headers within {0:?}")]
+    FirstByteTimeout(Duration),
+    #[error("body stalled for {0:?}")]
+    Stalled(Duration),
+    #[error("status {0}")]
+    Status(u16),
+    #[error("body: {0}")]
+    Body(String),
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// A successful answer, or a clean "not here".
+pub enum Answer {
+    Found(UpstreamBody),
+    NotFound,
+}
+
+/// A response body read with the stall timeout.
+pub struct UpstreamBody {
+    body: Incoming,
+    stall: Duration,
+    /// `Content-Length`, when the upstream sent one.
+    pub content_length: Option<u64>,
+}
+
+impl UpstreamBody {
+    /// The next data chunk; `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        loop {
+            let frame = tokio::time::timeout(self.stall, self.body.frame())
+                .await
+                .map_err(|_| UpstreamError::Stalled(self.stall))?;
+            match frame {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(UpstreamError::Body(e.to_string())),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for one chunk, then appends whatever else is ready without waiting, up to
+    /// `max` bytes: large writes when the upstream is fast, low latency when it is slow.
+    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, UpstreamError> {
+        let Some(first) = self.chunk().await? else {
+            return Ok(None);
+        };
+        if first.len() >= max {
+            return Ok(Some(first));
+        }
+        let mut buf = BytesMut::from(&first[..]);
+        while buf.len() < max {
+            match self.chunk().now_or_never() {
+                Some(Ok(Some(more))) => buf.extend_from_slice(&more),
+                Some(Ok(None)) | None => break,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        Ok(Some(buf.freeze()))
+    }
+
+    /// Reads the whole body, refusing more than `limit` bytes.
+    pub async fn read_all(mut self, limit: usize) -> Result<Bytes, UpstreamError> {
+        let mut buf = BytesMut::new();
+        while let Some(c) = self.chunk().await? {
+            if buf.len() + c.len() > limit {
+                return Err(UpstreamError::TooLarge(limit));
+            }
+            buf.extend_from_slice(&c);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The shared upstream HTTP client.
+pub struct UpstreamClient {
+    client: HttpsClient,
+    timeouts: Timeouts,
+}
+
+fn classify(status: StatusCode) -> UpstreamStatus {
+    match status.as_u16() {
+        200..=299 => UpstreamStatus::Ok,
+        404 => UpstreamStatus::NotFound,
+        400..=499 => UpstreamStatus::ClientError,
+        500..=599 => UpstreamStatus::ServerError,
+        _ => UpstreamStatus::Other,
+    }
+}
+
+impl UpstreamClient {
+    /// Builds the client (HTTP/1.1; https with the Mozilla roots compiled in, so the image
+    /// needs no CA bundle).
+    pub fn new(timeouts: Timeouts) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeouts.connect));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        UpstreamClient { client, timeouts }
+    }
+
+    /// Sends `method url` to `up`, honouring its breaker and recording the answer class.
+    /// 404, 410 and 403 are "not found", as Nix treats them for cache files.
+    pub async fn request(&self, up: &Upstream, method: Method, url: &Url, metrics: &Metrics) -> Result<Answer, UpstreamError> {
+        if !up.breaker.allow() {
+            metrics.upstream(UpstreamStatus::CircuitOpen);
+            return Err(UpstreamError::CircuitOpen);
+        }
+        let req = Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .header(http::header::USER_AGENT, concat!("nixgate/", env!("CARGO_PKG_VERSION")))
+            // The bytes must hash to FileHash exactly: no transparent decoding.
+            .header(http::header::ACCEPT_ENCODING, "identity")
+            .body(Empty::new())
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let first_byte = self.timeouts.connect + self.timeouts.first_byte;
+        let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
+            Err(_) => {
+                up.breaker.failure();
+                metrics.upstream(UpstreamStatus::Timeout);
+                return Err(UpstreamError::FirstByteTimeout(first_byte));
+            }
+            Ok(Err(e)) => {
+                up.breaker.failure();
+                metrics.upstream(UpstreamStatus::ConnectError);
+                let e: &dyn std::error::Error = &e;
+                let detail = e.source().map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+                return Err(UpstreamError::Connect(detail));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        metrics.upstream(classify(status));
+        if status.is_server_error() {
+            up.breaker.failure();
+            return Err(UpstreamError::Status(status.as_u16()));
+        }
+        up.breaker.success();
+        match status.as_u16() {
+            200 => {}
+            403 | 404 | 410 => return Ok(Answer::NotFound),
+            s => return Err(UpstreamError::Status(s)),
+        }
+        let content_length = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        Ok(Answer::Found(UpstreamBody {
+            body: resp.into_body(),
+            stall: self.timeouts.stall,
+            content_length,
+        }))
+    }
+}
