@@ -27,8 +27,17 @@ impl App {
     /// Opens the cache (rebuilding its index) and sets everything up.
     pub fn new(config: &Config) -> Result<Arc<Self>, StoreError> {
         let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(Store::open(&config.cache_dir, config.max_cache_size, metrics.clone())?);
-        let upstreams = config.upstreams.iter().cloned().map(Upstream::new).collect();
+        let store = Arc::new(Store::open(
+            &config.cache_dir,
+            config.max_cache_size,
+            metrics.clone(),
+        )?);
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect();
         let fetcher = Arc::new(Fetcher::new(
             store.clone(),
             upstreams,
@@ -51,7 +60,11 @@ impl App {
 }
 
 /// Runs the appliance on `listener` until `shutdown` is cancelled.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), StoreError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
     let app = App::new(&config)?;
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

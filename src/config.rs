@@ -85,7 +85,11 @@ pub enum Command {
     /// Probe a running appliance's /healthz (for container HEALTHCHECKs; no curl needed).
     Health {
         /// The appliance's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "NIXGATE_HEALTH_URL")]
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080",
+            env = "NIXGATE_HEALTH_URL"
+        )]
         url: String,
     },
 }
@@ -125,12 +129,22 @@ pub struct ServeArgs {
 
     /// Upstream binary cache, repeatable, tried in order
     /// [default: https://cache.nixos.org].
-    #[arg(long = "upstream", env = "NIXGATE_UPSTREAM", value_name = "URL", value_delimiter = ',')]
+    #[arg(
+        long = "upstream",
+        env = "NIXGATE_UPSTREAM",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
     pub upstreams: Vec<String>,
 
     /// Key whose signatures make a narinfo trusted, as NAME:BASE64 (repeatable; same format
     /// as nix.conf `trusted-public-keys`) [default: the cache.nixos.org-1 key].
-    #[arg(long = "trusted-public-key", env = "NIXGATE_TRUSTED_PUBLIC_KEY", value_name = "KEY", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-public-key",
+        env = "NIXGATE_TRUSTED_PUBLIC_KEY",
+        value_name = "KEY",
+        value_delimiter = ','
+    )]
     pub trusted_public_keys: Vec<String>,
 
     /// `Priority` advertised in /nix-cache-info (lower is preferred by Nix) [default: 30].
@@ -270,7 +284,11 @@ fn flatten(list: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-fn pick_list(cli: Vec<String>, file: Option<Vec<String>>, default: fn() -> Vec<String>) -> Vec<String> {
+fn pick_list(
+    cli: Vec<String>,
+    file: Option<Vec<String>>,
+    default: fn() -> Vec<String>,
+) -> Vec<String> {
     let cli = flatten(cli);
     if !cli.is_empty() {
         return cli;
@@ -354,10 +372,14 @@ impl ServeArgs {
             .iter()
             .map(|s| parse_upstream(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let keys = pick_list(self.trusted_public_keys, f.trusted_public_key, default_trusted_keys)
-            .iter()
-            .map(|k| k.parse::<PublicKey>())
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys = pick_list(
+            self.trusted_public_keys,
+            f.trusted_public_key,
+            default_trusted_keys,
+        )
+        .iter()
+        .map(|k| k.parse::<PublicKey>())
+        .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
             return Err(ConfigError::NoKeys);
         }
@@ -371,7 +393,10 @@ impl ServeArgs {
         if !matches!(upstream_down_status, 503 | 404) {
             return Err(ConfigError::DownStatus(upstream_down_status));
         }
-        let cache_dir = self.cache_dir.or(f.cache_dir).unwrap_or_else(default_cache_dir);
+        let cache_dir = self
+            .cache_dir
+            .or(f.cache_dir)
+            .unwrap_or_else(default_cache_dir);
         check_writable(&cache_dir).map_err(|reason| ConfigError::CacheDir {
             path: cache_dir.clone(),
             reason,
@@ -382,14 +407,42 @@ impl ServeArgs {
             max_cache_size,
             upstreams,
             trusted_keys: TrustedKeys::new(keys),
-            priority: self.priority.or(f.priority).unwrap_or_else(default_priority),
-            negative_ttl: dur("negative-ttl", self.negative_ttl, f.negative_ttl, default_negative_ttl)?,
+            priority: self
+                .priority
+                .or(f.priority)
+                .unwrap_or_else(default_priority),
+            negative_ttl: dur(
+                "negative-ttl",
+                self.negative_ttl,
+                f.negative_ttl,
+                default_negative_ttl,
+            )?,
             upstream_down_status,
-            retry_after: dur("retry-after", self.retry_after, f.retry_after, default_retry_after)?,
+            retry_after: dur(
+                "retry-after",
+                self.retry_after,
+                f.retry_after,
+                default_retry_after,
+            )?,
             timeouts: Timeouts {
-                connect: dur("connect-timeout", self.connect_timeout, f.connect_timeout, default_connect_timeout)?,
-                first_byte: dur("first-byte-timeout", self.first_byte_timeout, f.first_byte_timeout, default_first_byte_timeout)?,
-                stall: dur("stall-timeout", self.stall_timeout, f.stall_timeout, default_stall_timeout)?,
+                connect: dur(
+                    "connect-timeout",
+                    self.connect_timeout,
+                    f.connect_timeout,
+                    default_connect_timeout,
+                )?,
+                first_byte: dur(
+                    "first-byte-timeout",
+                    self.first_byte_timeout,
+                    f.first_byte_timeout,
+                    default_first_byte_timeout,
+                )?,
+                stall: dur(
+                    "stall-timeout",
+                    self.stall_timeout,
+                    f.stall_timeout,
+                    default_stall_timeout,
+                )?,
             },
             log_format: self.log_format.or(f.log_format).unwrap_or(LogFormat::Human),
             // Flags and env can only switch these off; the file can too.
@@ -450,7 +503,10 @@ mod tests {
 
         let mut a = args(dir.path());
         a.trusted_public_keys = vec!["cache.nixos.org-1:notbase64!".into()];
-        assert!(matches!(a.resolve(), Err(ConfigError::Key(KeyError::Base64(_)))));
+        assert!(matches!(
+            a.resolve(),
+            Err(ConfigError::Key(KeyError::Base64(_)))
+        ));
 
         let mut a = args(dir.path());
         a.upstreams = vec!["ftp://127.0.0.1/".into()];
@@ -466,6 +522,9 @@ mod tests {
 
     #[test]
     fn lists_split_like_nix_conf() {
-        assert_eq!(flatten(vec!["a b,c".into(), "d".into()]), ["a", "b", "c", "d"]);
+        assert_eq!(
+            flatten(vec!["a b,c".into(), "d".into()]),
+            ["a", "b", "c", "d"]
+        );
     }
 }

@@ -51,7 +51,9 @@ impl ServeError {
     /// The metrics outcome.
     pub fn outcome(&self) -> Outcome {
         match self {
-            ServeError::BadRequest(_) | ServeError::MethodNotAllowed | ServeError::RangeNotSatisfiable(_) => Outcome::BadRequest,
+            ServeError::BadRequest(_)
+            | ServeError::MethodNotAllowed
+            | ServeError::RangeNotSatisfiable(_) => Outcome::BadRequest,
             ServeError::NotFound => Outcome::NotFound,
             ServeError::NotCached => Outcome::NotCached,
             ServeError::UpstreamDown => Outcome::Unavailable,
@@ -66,11 +68,20 @@ impl ServeError {
             ServeError::NotFound => (StatusCode::NOT_FOUND, "not found"),
             ServeError::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not cached here"),
             ServeError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD"),
-            ServeError::UpstreamDown if down.status == 404 => (StatusCode::NOT_FOUND, "not found (upstream unavailable)"),
-            ServeError::UpstreamDown => (StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable, retry later"),
-            ServeError::BadUpstreamData => (StatusCode::BAD_GATEWAY, "upstream data failed verification"),
+            ServeError::UpstreamDown if down.status == 404 => {
+                (StatusCode::NOT_FOUND, "not found (upstream unavailable)")
+            }
+            ServeError::UpstreamDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream unavailable, retry later",
+            ),
+            ServeError::BadUpstreamData => {
+                (StatusCode::BAD_GATEWAY, "upstream data failed verification")
+            }
             ServeError::Storage => (StatusCode::INTERNAL_SERVER_ERROR, "cache storage error"),
-            ServeError::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable"),
+            ServeError::RangeNotSatisfiable(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable")
+            }
         };
         let mut b = Response::builder()
             .status(status)
@@ -80,7 +91,9 @@ impl ServeError {
                 b = b.header(header::RETRY_AFTER, down.retry_after.as_secs().max(1));
             }
             ServeError::MethodNotAllowed => b = b.header(header::ALLOW, "GET, HEAD"),
-            ServeError::RangeNotSatisfiable(size) => b = b.header(header::CONTENT_RANGE, format!("bytes */{size}")),
+            ServeError::RangeNotSatisfiable(size) => {
+                b = b.header(header::CONTENT_RANGE, format!("bytes */{size}"))
+            }
             _ => {}
         }
         let text = format!("{phrase}\n");

@@ -47,7 +47,10 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 fn print_config(c: &Config) {
     println!("configuration OK");
     println!("  listen               {}", c.listen);
-    println!("  cache-dir            {} (writable)", c.cache_dir.display());
+    println!(
+        "  cache-dir            {} (writable)",
+        c.cache_dir.display()
+    );
     println!("  max-cache-size       {} bytes", c.max_cache_size);
     for u in &c.upstreams {
         println!("  upstream             {u}");
@@ -57,7 +60,10 @@ fn print_config(c: &Config) {
     }
     println!("  priority             {}", c.priority);
     println!("  negative-ttl         {:?}", c.negative_ttl);
-    println!("  upstream-down-status {} (Retry-After {:?})", c.upstream_down_status, c.retry_after);
+    println!(
+        "  upstream-down-status {} (Retry-After {:?})",
+        c.upstream_down_status, c.retry_after
+    );
     println!(
         "  timeouts             connect {:?}, first byte {:?}, stall {:?}",
         c.timeouts.connect, c.timeouts.first_byte, c.timeouts.stall
@@ -71,7 +77,9 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
             let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
             tracing::warn!(error = %e, fallback = %v4, "cannot bind the IPv6 wildcard; using IPv4");
-            TcpListener::bind(v4).await.with_context(|| format!("binding {v4}"))
+            TcpListener::bind(v4)
+                .await
+                .with_context(|| format!("binding {v4}"))
         }
         Err(e) => Err(e).with_context(|| format!("binding {addr}")),
     }
@@ -88,7 +96,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal received");
         token.cancel();
     });
-    nixgate::app::run(config, listener, shutdown).await.context("starting the cache")
+    nixgate::app::run(config, listener, shutdown)
+        .await
+        .context("starting the cache")
 }
 
 async fn wait_for_signal() {
@@ -106,10 +116,16 @@ async fn health(url: &str) -> anyhow::Result<()> {
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("{}/healthz", url.trim_end_matches('/')).parse().context("health URL")?;
+    let uri: http::Uri = format!("{}/healthz", url.trim_end_matches('/'))
+        .parse()
+        .context("health URL")?;
     let resp = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
         .await
         .context("no answer within 5s")??;
-    anyhow::ensure!(resp.status().is_success(), "/healthz answered {}", resp.status());
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "/healthz answered {}",
+        resp.status()
+    );
     Ok(())
 }

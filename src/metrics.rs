@@ -117,35 +117,120 @@ impl Metrics {
         let head = |o: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        head(&mut o, "nixgate_requests_total", "counter", "HTTP requests by route and outcome.");
+        head(
+            &mut o,
+            "nixgate_requests_total",
+            "counter",
+            "HTTP requests by route and outcome.",
+        );
         for r in Route::ALL {
             for x in Outcome::ALL {
                 let v = self.requests[*r as usize][*x as usize].load(Relaxed);
-                let _ = writeln!(o, "nixgate_requests_total{{route=\"{}\",result=\"{}\"}} {v}", r.as_str(), x.as_str());
+                let _ = writeln!(
+                    o,
+                    "nixgate_requests_total{{route=\"{}\",result=\"{}\"}} {v}",
+                    r.as_str(),
+                    x.as_str()
+                );
             }
         }
-        head(&mut o, "nixgate_fetched_bytes_total", "counter", "Bytes fetched into the cache, by source.");
+        head(
+            &mut o,
+            "nixgate_fetched_bytes_total",
+            "counter",
+            "Bytes fetched into the cache, by source.",
+        );
         for s in Source::ALL {
-            let _ = writeln!(o, "nixgate_fetched_bytes_total{{source=\"{}\"}} {}", s.as_str(), self.fetched[*s as usize].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "nixgate_fetched_bytes_total{{source=\"{}\"}} {}",
+                s.as_str(),
+                self.fetched[*s as usize].load(Relaxed)
+            );
         }
-        head(&mut o, "nixgate_served_bytes_total", "counter", "Response body bytes sent to clients.");
-        let _ = writeln!(o, "nixgate_served_bytes_total {}", self.served.load(Relaxed));
-        head(&mut o, "nixgate_upstream_requests_total", "counter", "Requests to upstream caches by answer class.");
+        head(
+            &mut o,
+            "nixgate_served_bytes_total",
+            "counter",
+            "Response body bytes sent to clients.",
+        );
+        let _ = writeln!(
+            o,
+            "nixgate_served_bytes_total {}",
+            self.served.load(Relaxed)
+        );
+        head(
+            &mut o,
+            "nixgate_upstream_requests_total",
+            "counter",
+            "Requests to upstream caches by answer class.",
+        );
         for s in UpstreamStatus::ALL {
-            let _ = writeln!(o, "nixgate_upstream_requests_total{{status=\"{}\"}} {}", s.as_str(), self.upstream[*s as usize].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "nixgate_upstream_requests_total{{status=\"{}\"}} {}",
+                s.as_str(),
+                self.upstream[*s as usize].load(Relaxed)
+            );
         }
-        head(&mut o, "nixgate_cache_size_bytes", "gauge", "Bytes held in the disk cache.");
-        let _ = writeln!(o, "nixgate_cache_size_bytes {}", self.cache_size.load(Relaxed));
-        head(&mut o, "nixgate_cache_entries", "gauge", "Files (narinfos and NARs) in the disk cache.");
-        let _ = writeln!(o, "nixgate_cache_entries {}", self.cache_entries.load(Relaxed));
-        head(&mut o, "nixgate_evictions_total", "counter", "LRU evictions of narinfo+NAR groups.");
-        let _ = writeln!(o, "nixgate_evictions_total {}", self.evictions.load(Relaxed));
-        head(&mut o, "nixgate_verification_failures_total", "counter", "Narinfos or NARs rejected by signature, hash, size or format checks.");
+        head(
+            &mut o,
+            "nixgate_cache_size_bytes",
+            "gauge",
+            "Bytes held in the disk cache.",
+        );
+        let _ = writeln!(
+            o,
+            "nixgate_cache_size_bytes {}",
+            self.cache_size.load(Relaxed)
+        );
+        head(
+            &mut o,
+            "nixgate_cache_entries",
+            "gauge",
+            "Files (narinfos and NARs) in the disk cache.",
+        );
+        let _ = writeln!(
+            o,
+            "nixgate_cache_entries {}",
+            self.cache_entries.load(Relaxed)
+        );
+        head(
+            &mut o,
+            "nixgate_evictions_total",
+            "counter",
+            "LRU evictions of narinfo+NAR groups.",
+        );
+        let _ = writeln!(
+            o,
+            "nixgate_evictions_total {}",
+            self.evictions.load(Relaxed)
+        );
+        head(
+            &mut o,
+            "nixgate_verification_failures_total",
+            "counter",
+            "Narinfos or NARs rejected by signature, hash, size or format checks.",
+        );
         for s in Source::ALL {
-            let _ = writeln!(o, "nixgate_verification_failures_total{{source=\"{}\"}} {}", s.as_str(), self.verification_failures[*s as usize].load(Relaxed));
+            let _ = writeln!(
+                o,
+                "nixgate_verification_failures_total{{source=\"{}\"}} {}",
+                s.as_str(),
+                self.verification_failures[*s as usize].load(Relaxed)
+            );
         }
-        head(&mut o, "nixgate_coalesced_requests_total", "counter", "Requests that joined a fetch already under way.");
-        let _ = writeln!(o, "nixgate_coalesced_requests_total {}", self.coalesced.load(Relaxed));
+        head(
+            &mut o,
+            "nixgate_coalesced_requests_total",
+            "counter",
+            "Requests that joined a fetch already under way.",
+        );
+        let _ = writeln!(
+            o,
+            "nixgate_coalesced_requests_total {}",
+            self.coalesced.load(Relaxed)
+        );
         o
     }
 }
@@ -164,7 +249,13 @@ mod tests {
         assert!(t.contains("nixgate_requests_total{route=\"nar\",result=\"hit\"} 1"));
         assert!(t.contains("nixgate_fetched_bytes_total{source=\"upstream\"} 42"));
         assert!(t.contains("nixgate_verification_failures_total{source=\"upstream\"} 1"));
-        for name in ["nixgate_served_bytes_total", "nixgate_upstream_requests_total", "nixgate_cache_size_bytes", "nixgate_cache_entries", "nixgate_evictions_total"] {
+        for name in [
+            "nixgate_served_bytes_total",
+            "nixgate_upstream_requests_total",
+            "nixgate_cache_size_bytes",
+            "nixgate_cache_entries",
+            "nixgate_evictions_total",
+        ] {
             assert!(t.contains(name), "{name}");
         }
     }

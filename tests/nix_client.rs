@@ -14,28 +14,51 @@ async fn cold_copy_then_upstream_down_then_restart() {
     let a = Appliance::start(&cache, &[up.url()], &f.public_key, |_| {}).await;
 
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("c1")).await;
-    assert!(out.status.success(), "cold copy failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(substituted(&work.path().join("c1"), &f.top) && substituted(&work.path().join("c1"), &f.dep));
+    assert!(
+        out.status.success(),
+        "cold copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        substituted(&work.path().join("c1"), &f.top)
+            && substituted(&work.path().join("c1"), &f.dep)
+    );
     let top_nar = f.nar_url(&f.top);
     assert_eq!(up.count(&top_nar), 1);
-    assert!(a.metric("nixgate_fetched_bytes_total{source=\"upstream\"}").await > 0);
+    assert!(
+        a.metric("nixgate_fetched_bytes_total{source=\"upstream\"}")
+            .await
+            > 0
+    );
 
     // Upstream gone: the closure still substitutes from the cache.
     up.stop();
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("c2")).await;
-    assert!(out.status.success(), "copy with upstream down failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "copy with upstream down failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(substituted(&work.path().join("c2"), &f.top));
 
     // Restart on the same cache dir, upstream still gone.
     a.stop().await;
     let a = Appliance::start(&cache, &[up.url()], &f.public_key, |_| {}).await;
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("c3")).await;
-    assert!(out.status.success(), "copy after restart failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "copy after restart failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(substituted(&work.path().join("c3"), &f.top));
     assert!(a.metric("nixgate_cache_entries").await >= 4);
 
     // A path never cached, with upstream down: 503 + Retry-After, never a 404.
-    let miss = get(&format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big)), &[]).await;
+    let miss = get(
+        &format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big)),
+        &[],
+    )
+    .await;
     assert_eq!(miss.status, 503);
     assert!(miss.headers.contains_key("retry-after"));
     a.stop().await;
@@ -49,9 +72,18 @@ async fn tampered_nar_is_never_served_complete_or_stored() {
     let mut bytes = std::fs::read(f.cache.join(&nar)).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff; // same length, different content
-    up.overrides.lock().unwrap().insert(nar.clone(), bytes.into());
+    up.overrides
+        .lock()
+        .unwrap()
+        .insert(nar.clone(), bytes.into());
     let work = tempfile::tempdir().unwrap();
-    let a = Appliance::start(&work.path().join("cache"), &[up.url()], &f.public_key, |_| {}).await;
+    let a = Appliance::start(
+        &work.path().join("cache"),
+        &[up.url()],
+        &f.public_key,
+        |_| {},
+    )
+    .await;
 
     let out = nix_copy(&a.url(), &f.public_key, &f.blobs[0], &work.path().join("c")).await;
     assert!(!out.status.success(), "nix accepted a tampered NAR");
@@ -59,10 +91,24 @@ async fn tampered_nar_is_never_served_complete_or_stored() {
 
     // A direct GET: headers promise the full length, the body is aborted short.
     let g = get(&format!("{}/{nar}", a.url()), &[]).await;
-    assert!(g.status != 200 || g.body_error.is_some(), "tampered NAR completed with status {}", g.status);
-    assert!(files(&a.cache_dir, "nar").is_empty(), "a tampered NAR reached the cache");
-    assert!(files(&a.cache_dir, "tmp").is_empty(), "temp file left behind");
-    assert!(a.metric("nixgate_verification_failures_total{source=\"upstream\"}").await >= 1);
+    assert!(
+        g.status != 200 || g.body_error.is_some(),
+        "tampered NAR completed with status {}",
+        g.status
+    );
+    assert!(
+        files(&a.cache_dir, "nar").is_empty(),
+        "a tampered NAR reached the cache"
+    );
+    assert!(
+        files(&a.cache_dir, "tmp").is_empty(),
+        "temp file left behind"
+    );
+    assert!(
+        a.metric("nixgate_verification_failures_total{source=\"upstream\"}")
+            .await
+            >= 1
+    );
     a.stop().await;
 }
 
@@ -72,21 +118,51 @@ async fn narinfo_signed_by_untrusted_key_is_absent() {
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
     // Trust some other key (the cache.nixos.org one) only.
-    let a = Appliance::start(&work.path().join("cache"), &[up.url()], nixgate::nix::signature::CACHE_NIXOS_ORG_KEY, |_| {}).await;
-    let g = get(&format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.top)), &[]).await;
+    let a = Appliance::start(
+        &work.path().join("cache"),
+        &[up.url()],
+        nixgate::nix::signature::CACHE_NIXOS_ORG_KEY,
+        |_| {},
+    )
+    .await;
+    let g = get(
+        &format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.top)),
+        &[],
+    )
+    .await;
     assert_eq!(g.status, 404);
     assert!(files(&a.cache_dir, "narinfo").is_empty());
-    assert_eq!(a.metric("nixgate_verification_failures_total{source=\"upstream\"}").await, 1);
+    assert_eq!(
+        a.metric("nixgate_verification_failures_total{source=\"upstream\"}")
+            .await,
+        1
+    );
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("c")).await;
     assert!(!out.status.success());
 
     // A forged narinfo (signed fields changed) from an upstream whose key we trust.
     let h = Fixture::hash(&f.dep);
     let forged = f.narinfo(&f.dep).replace("NarSize: ", "NarSize: 1");
-    up.overrides.lock().unwrap().insert(format!("{h}.narinfo"), forged.into());
-    let b = Appliance::start(&work.path().join("cache2"), &[up.url()], &f.public_key, |_| {}).await;
-    assert_eq!(get(&format!("{}/{h}.narinfo", b.url()), &[]).await.status, 404);
-    assert_eq!(b.metric("nixgate_verification_failures_total{source=\"upstream\"}").await, 1);
+    up.overrides
+        .lock()
+        .unwrap()
+        .insert(format!("{h}.narinfo"), forged.into());
+    let b = Appliance::start(
+        &work.path().join("cache2"),
+        &[up.url()],
+        &f.public_key,
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        get(&format!("{}/{h}.narinfo", b.url()), &[]).await.status,
+        404
+    );
+    assert_eq!(
+        b.metric("nixgate_verification_failures_total{source=\"upstream\"}")
+            .await,
+        1
+    );
     a.stop().await;
     b.stop().await;
 }

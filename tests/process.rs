@@ -11,12 +11,24 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_nixgate");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(cache: &std::path::Path, port: u16, up: &str, key: &str) -> std::process::Child {
     Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--upstream", up, "--trusted-public-key", key])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            up,
+            "--trusted-public-key",
+            key,
+        ])
         .arg("--cache-dir")
         .arg(cache)
         .stdout(Stdio::null())
@@ -28,7 +40,10 @@ fn spawn(cache: &std::path::Path, port: u16, up: &str, key: &str) -> std::proces
 async fn wait_ready(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -40,45 +55,76 @@ async fn wait_ready(port: u16) {
 async fn kill_9_mid_download_then_clean_restart() {
     let f = fixture().await;
     let up = Upstream::start(&f.cache).await;
-    up.rate.store(1_000_000, std::sync::atomic::Ordering::SeqCst);
+    up.rate
+        .store(1_000_000, std::sync::atomic::Ordering::SeqCst);
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let port = free_port();
     let mut child = spawn(&cache, port, &up.url(), &f.public_key);
     wait_ready(port).await;
     let base = format!("http://127.0.0.1:{port}");
-    assert_eq!(get(&format!("{base}/{}.narinfo", Fixture::hash(&f.big)), &[]).await.status, 200);
+    assert_eq!(
+        get(&format!("{base}/{}.narinfo", Fixture::hash(&f.big)), &[])
+            .await
+            .status,
+        200
+    );
     let nar = f.nar_url(&f.big);
     let url = format!("{base}/{nar}");
     let download = tokio::spawn(async move { get(&url, &[]).await });
     // Wait until part of the NAR is on disk, then kill -9.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while files(&cache, "tmp").iter().all(|p| p.metadata().map_or(0, |m| m.len()) == 0) {
+    while files(&cache, "tmp")
+        .iter()
+        .all(|p| p.metadata().map_or(0, |m| m.len()) == 0)
+    {
         assert!(Instant::now() < deadline, "download never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let got = download.await.unwrap();
-    assert!(got.body_error.is_some(), "a killed download looked complete");
-    assert!(!files(&cache, "tmp").is_empty(), "the partial file is where we expect it");
-    assert!(files(&cache, "nar").is_empty(), "no partial NAR in the store");
+    assert!(
+        got.body_error.is_some(),
+        "a killed download looked complete"
+    );
+    assert!(
+        !files(&cache, "tmp").is_empty(),
+        "the partial file is where we expect it"
+    );
+    assert!(
+        files(&cache, "nar").is_empty(),
+        "no partial NAR in the store"
+    );
 
     // Restart: temp files gone, the narinfo survived, the NAR is fetched whole.
     up.rate.store(0, std::sync::atomic::Ordering::SeqCst);
     let mut child = spawn(&cache, port, &up.url(), &f.public_key);
     wait_ready(port).await;
-    assert!(files(&cache, "tmp").is_empty(), "leftover temp files not removed");
+    assert!(
+        files(&cache, "tmp").is_empty(),
+        "leftover temp files not removed"
+    );
     let expected = std::fs::read(f.cache.join(&nar)).unwrap();
     let g = get(&format!("{base}/{nar}"), &[]).await;
     assert_eq!(g.status, 200);
     assert!(g.bytes == expected[..]);
     let out = nix_copy(&base, &f.public_key, &f.big, &work.path().join("c")).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // SIGTERM: graceful exit with status 0.
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(status.success(), "exit after SIGTERM: {status:?}");
 }
 
@@ -92,7 +138,14 @@ fn check_config(args: &[&str]) -> (bool, String) {
         .env_remove("NIXGATE_UPSTREAM")
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -102,7 +155,10 @@ fn check_config_reports_bad_settings() {
     assert!(out.contains("configuration OK"));
     for (args, needle) in [
         (&["--max-cache-size", "10 GB"][..], "10 GB"),
-        (&["--trusted-public-key", "cache.nixos.org-1:nope!"][..], "trusted-public-key"),
+        (
+            &["--trusted-public-key", "cache.nixos.org-1:nope!"][..],
+            "trusted-public-key",
+        ),
         (&["--upstream", "ftp://127.0.0.1/"][..], "--upstream"),
         (&["--listen", "nowhere"][..], "--listen"),
         (&["--upstream-down-status", "500"][..], "503 or 404"),
@@ -113,7 +169,11 @@ fn check_config_reports_bad_settings() {
     }
     // An unwritable cache dir (a path under a regular file).
     let file = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new(BIN).args(["check-config", "--cache-dir"]).arg(file.path().join("sub")).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--cache-dir"])
+        .arg(file.path().join("sub"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cache-dir"));
     // Env vars are read, and a flag beats them.
@@ -127,5 +187,8 @@ fn check_config_reports_bad_settings() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&(2u64 << 30).to_string()) && text.contains("priority             9"), "{text}");
+    assert!(
+        text.contains(&(2u64 << 30).to_string()) && text.contains("priority             9"),
+        "{text}"
+    );
 }

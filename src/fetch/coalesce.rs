@@ -45,7 +45,10 @@ where
                     tokio::spawn(async move {
                         let v = fut.await;
                         let _ = tx.send(Some(v));
-                        inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                        inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
                     });
                     (rx, false)
                 }

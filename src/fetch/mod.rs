@@ -47,7 +47,10 @@ pub struct Fetcher {
     pub metrics: Arc<Metrics>,
     /// Paths an upstream recently answered 404 for.
     negative: moka::sync::Cache<String, ()>,
-    narinfos: coalesce::Coalescer<crate::nix::store_path::StorePathHash, Result<bytes::Bytes, FetchError>>,
+    narinfos: coalesce::Coalescer<
+        crate::nix::store_path::StorePathHash,
+        Result<bytes::Bytes, FetchError>,
+    >,
     nars: nar::Inflights,
 }
 
@@ -90,8 +93,15 @@ impl Fetcher {
     pub async fn uncached(&self, rel: &str) -> Result<crate::upstream::UpstreamBody, FetchError> {
         let mut failure = None;
         for up in &self.upstreams {
-            let url = up.base.join(rel).map_err(|e| FetchError::Unavailable(e.to_string()))?;
-            match self.client.request(up, http::Method::GET, &url, &self.metrics).await {
+            let url = up
+                .base
+                .join(rel)
+                .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+            match self
+                .client
+                .request(up, http::Method::GET, &url, &self.metrics)
+                .await
+            {
                 Ok(crate::upstream::Answer::Found(b)) => return Ok(b),
                 Ok(crate::upstream::Answer::NotFound) => {}
                 Err(e) => failure = Some(FetchError::unavailable(up, &e)),

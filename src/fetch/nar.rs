@@ -107,7 +107,9 @@ impl Verifier {
     fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
         self.written += chunk.len() as u64;
         if let Some(size) = self.size.filter(|s| self.written > *s) {
-            return Err(FetchError::Verification(format!("longer than FileSize {size}")));
+            return Err(FetchError::Verification(format!(
+                "longer than FileSize {size}"
+            )));
         }
         let want = Compression::MAGIC_LEN.saturating_sub(self.head.len());
         self.head.extend_from_slice(&chunk[..want.min(chunk.len())]);
@@ -117,14 +119,22 @@ impl Verifier {
 
     fn finish(self) -> Result<u64, FetchError> {
         if let Some(size) = self.size.filter(|s| *s != self.written) {
-            return Err(FetchError::Verification(format!("{} bytes, FileSize says {size}", self.written)));
+            return Err(FetchError::Verification(format!(
+                "{} bytes, FileSize says {size}",
+                self.written
+            )));
         }
         let got = Sha256(self.hasher.finalize().into());
         if got != self.expected {
-            return Err(FetchError::Verification(format!("sha256 {got}, FileHash says {}", self.expected)));
+            return Err(FetchError::Verification(format!(
+                "sha256 {got}, FileHash says {}",
+                self.expected
+            )));
         }
         if let Some(c) = self.compression.filter(|c| !c.matches_magic(&self.head)) {
-            return Err(FetchError::Verification(format!("bytes are not {c:?}-compressed as the narinfo says")));
+            return Err(FetchError::Verification(format!(
+                "bytes are not {c:?}-compressed as the narinfo says"
+            )));
         }
         Ok(self.written)
     }
@@ -137,7 +147,12 @@ fn storage(e: impl std::fmt::Display) -> FetchError {
 impl Fetcher {
     /// Finds the NAR `<fh>.nar<ext>`: cached, joined to a download, or newly fetched. Returns
     /// once the first bytes are there (or the fetch failed), so the status is known.
-    pub async fn nar(self: &Arc<Self>, fh: Sha256, ext: &'static str, only_if_cached: bool) -> Result<(NarSource, bool), FetchError> {
+    pub async fn nar(
+        self: &Arc<Self>,
+        fh: Sha256,
+        ext: &'static str,
+        only_if_cached: bool,
+    ) -> Result<(NarSource, bool), FetchError> {
         if let Some((path, size)) = self.store.nar(&fh, ext) {
             return Ok((NarSource::Cached { path, size }, true));
         }
@@ -167,7 +182,9 @@ impl Fetcher {
             .wait_for(|p| !matches!(p, Progress::Running(0)))
             .await
             .map(|p| p.clone())
-            .unwrap_or_else(|_| Progress::Failed(FetchError::Storage("download task ended".into())));
+            .unwrap_or_else(|_| {
+                Progress::Failed(FetchError::Storage("download task ended".into()))
+            });
         match first {
             Progress::Failed(e) => Err(e),
             _ => Ok((NarSource::Download(download), false)),
@@ -175,7 +192,12 @@ impl Fetcher {
     }
 
     /// The size of the NAR if it exists, for HEAD (`None`: exists, size unknown).
-    pub async fn nar_head(self: &Arc<Self>, fh: Sha256, ext: &'static str, only_if_cached: bool) -> Result<Option<u64>, FetchError> {
+    pub async fn nar_head(
+        self: &Arc<Self>,
+        fh: Sha256,
+        ext: &'static str,
+        only_if_cached: bool,
+    ) -> Result<Option<u64>, FetchError> {
         if let Some((_, size)) = self.store.nar(&fh, ext) {
             return Ok(Some(size));
         }
@@ -188,7 +210,11 @@ impl Fetcher {
         }
         let mut failure = None;
         for (i, url) in &plan.candidates {
-            match self.client.request(&self.upstreams[*i], Method::HEAD, url, &self.metrics).await {
+            match self
+                .client
+                .request(&self.upstreams[*i], Method::HEAD, url, &self.metrics)
+                .await
+            {
                 Ok(Answer::Found(b)) => return Ok(b.content_length),
                 Ok(Answer::NotFound) => {}
                 Err(e) => failure = Some(FetchError::unavailable(&self.upstreams[*i], &e)),
@@ -207,7 +233,10 @@ impl Fetcher {
         };
         for stored in self.store.narinfos_of(fh).await {
             let served = served_part(&stored);
-            let (Some(url), Ok(ni)) = (upstream_url(&stored), std::str::from_utf8(&served).map(|t| NarInfo::parse(t, STORE_DIR))) else {
+            let (Some(url), Ok(ni)) = (
+                upstream_url(&stored),
+                std::str::from_utf8(&served).map(|t| NarInfo::parse(t, STORE_DIR)),
+            ) else {
                 continue;
             };
             let Ok(ni) = ni else { continue };
@@ -216,7 +245,11 @@ impl Fetcher {
                 continue;
             }
             // Breaker accounting goes to the upstream with the same origin (else the first).
-            let i = self.upstreams.iter().position(|u| u.base.origin() == url.origin()).unwrap_or(0);
+            let i = self
+                .upstreams
+                .iter()
+                .position(|u| u.base.origin() == url.origin())
+                .unwrap_or(0);
             plan.candidates.push((i, url));
             plan.size = ni.file_size;
             plan.compression = Some(c);
@@ -224,7 +257,10 @@ impl Fetcher {
         }
         let rel = format!("nar/{}.nar{ext}", fh.to_nix32());
         for (i, up) in self.upstreams.iter().enumerate() {
-            let url = up.base.join(&rel).expect("nix32 and extensions are URL-safe");
+            let url = up
+                .base
+                .join(&rel)
+                .expect("nix32 and extensions are URL-safe");
             if !plan.candidates.iter().any(|(_, c)| *c == url) {
                 plan.candidates.push((i, url));
             }
@@ -237,13 +273,19 @@ impl Fetcher {
         let mut failure = None;
         for (i, url) in &plan.candidates {
             let up = &self.upstreams[*i];
-            match self.client.request(up, Method::GET, url, &self.metrics).await {
+            match self
+                .client
+                .request(up, Method::GET, url, &self.metrics)
+                .await
+            {
                 Ok(Answer::Found(b)) => {
                     if let (Some(got), Some(want)) = (b.content_length, plan.size) {
                         if got != want {
                             self.metrics.verification_failure(Source::Upstream);
                             tracing::warn!(url = %url, got, want, "upstream NAR length differs from FileSize");
-                            failure = Some(FetchError::Verification(format!("Content-Length {got}, FileSize {want}")));
+                            failure = Some(FetchError::Verification(format!(
+                                "Content-Length {got}, FileSize {want}"
+                            )));
                             continue;
                         }
                     }
@@ -259,7 +301,12 @@ impl Fetcher {
         Err(failure.unwrap_or(FetchError::NotFound))
     }
 
-    fn start(self: &Arc<Self>, fh: Sha256, ext: &'static str, plan: Plan) -> Result<Download, FetchError> {
+    fn start(
+        self: &Arc<Self>,
+        fh: Sha256,
+        ext: &'static str,
+        plan: Plan,
+    ) -> Result<Download, FetchError> {
         let mut map = self.nars.lock();
         if let Some(d) = map.get(&fh) {
             self.metrics.coalesced();
@@ -293,7 +340,14 @@ impl Fetcher {
         Ok(download)
     }
 
-    async fn download(&self, fh: Sha256, ext: &'static str, plan: &Plan, mut tmp: TempFile, tx: &watch::Sender<Progress>) -> Result<u64, FetchError> {
+    async fn download(
+        &self,
+        fh: Sha256,
+        ext: &'static str,
+        plan: &Plan,
+        mut tmp: TempFile,
+        tx: &watch::Sender<Progress>,
+    ) -> Result<u64, FetchError> {
         let (up, mut body) = self.open_first(plan).await?;
         let mut out = tokio::fs::File::from_std(tmp.file().try_clone().map_err(storage)?);
         let mut verifier = Verifier::new(fh, plan);
@@ -328,7 +382,11 @@ impl Fetcher {
         r
     }
 
-    async fn passthrough(self: &Arc<Self>, fh: Sha256, plan: Plan) -> Result<NarSource, FetchError> {
+    async fn passthrough(
+        self: &Arc<Self>,
+        fh: Sha256,
+        plan: Plan,
+    ) -> Result<NarSource, FetchError> {
         let (_, mut body) = self.open_first(&plan).await?;
         let (tx, rx) = mpsc::channel(4);
         let size = plan.size;

@@ -46,7 +46,12 @@ pub fn upstream_url(stored: &[u8]) -> Option<Url> {
 }
 
 /// Checks an upstream narinfo and builds the file to store.
-fn accept(h: &StorePathHash, up: &Upstream, body: &[u8], keys: &crate::nix::signature::TrustedKeys) -> Result<(crate::nix::hash::Sha256, String), Rejected> {
+fn accept(
+    h: &StorePathHash,
+    up: &Upstream,
+    body: &[u8],
+    keys: &crate::nix::signature::TrustedKeys,
+) -> Result<(crate::nix::hash::Sha256, String), Rejected> {
     let text = std::str::from_utf8(body).map_err(|_| NarInfoError::Utf8)?;
     let mut ni = NarInfo::parse(text, STORE_DIR)?;
     if ni.base.hash != *h {
@@ -58,7 +63,10 @@ fn accept(h: &StorePathHash, up: &Upstream, body: &[u8], keys: &crate::nix::sign
     let (Some(fh), Some(_)) = (ni.file_hash, ni.file_size) else {
         return Err(Rejected::Unverifiable);
     };
-    let nar_url = up.base.join(&ni.url).map_err(|_| Rejected::Url(ni.url.clone()))?;
+    let nar_url = up
+        .base
+        .join(&ni.url)
+        .map_err(|_| Rejected::Url(ni.url.clone()))?;
     let ext = Compression::from_field(ni.compression.as_deref()).extension();
     ni.url = format!("nar/{}.nar{ext}", fh.to_nix32());
     Ok((fh, format!("{nar_url}\n{ni}")))
@@ -67,7 +75,11 @@ fn accept(h: &StorePathHash, up: &Upstream, body: &[u8], keys: &crate::nix::sign
 impl Fetcher {
     /// The narinfo for `h` as served, from cache or (unless `only_if_cached`) upstream.
     /// The boolean is true on a cache hit.
-    pub async fn narinfo(self: &Arc<Self>, h: StorePathHash, only_if_cached: bool) -> Result<(Bytes, bool), FetchError> {
+    pub async fn narinfo(
+        self: &Arc<Self>,
+        h: StorePathHash,
+        only_if_cached: bool,
+    ) -> Result<(Bytes, bool), FetchError> {
         if let Some((_, stored)) = self.store.narinfo(&h).await {
             return Ok((served_part(&stored), true));
         }
@@ -79,7 +91,10 @@ impl Fetcher {
             return Err(FetchError::NotFound);
         }
         let this = self.clone();
-        let (res, joined) = self.narinfos.run(h, move || async move { this.fetch_narinfo(h).await }).await;
+        let (res, joined) = self
+            .narinfos
+            .run(h, move || async move { this.fetch_narinfo(h).await })
+            .await;
         if joined {
             self.metrics.coalesced();
         }
@@ -89,8 +104,15 @@ impl Fetcher {
     async fn fetch_narinfo(self: Arc<Self>, h: StorePathHash) -> Result<Bytes, FetchError> {
         let mut failure = None;
         for up in &self.upstreams {
-            let url = up.base.join(&format!("{h}.narinfo")).expect("hash is URL-safe");
-            let body = match self.client.request(up, Method::GET, &url, &self.metrics).await {
+            let url = up
+                .base
+                .join(&format!("{h}.narinfo"))
+                .expect("hash is URL-safe");
+            let body = match self
+                .client
+                .request(up, Method::GET, &url, &self.metrics)
+                .await
+            {
                 Ok(Answer::Found(b)) => b.read_all(MAX_NARINFO_BYTES).await,
                 Ok(Answer::NotFound) => continue,
                 Err(e) => Err(e),
@@ -120,7 +142,12 @@ impl Fetcher {
         }
     }
 
-    async fn save(&self, h: StorePathHash, fh: crate::nix::hash::Sha256, stored: String) -> Result<Bytes, FetchError> {
+    async fn save(
+        &self,
+        h: StorePathHash,
+        fh: crate::nix::hash::Sha256,
+        stored: String,
+    ) -> Result<Bytes, FetchError> {
         let stored = Bytes::from(stored);
         let (store, b) = (self.store.clone(), stored.clone());
         tokio::task::spawn_blocking(move || store.put_narinfo(&h, &fh, &b))
@@ -150,7 +177,10 @@ mod tests {
         let keys = TrustedKeys::new(vec![VECTOR_PUBLIC_KEY.parse().unwrap()]);
         let h = "6dyjazmc27x71a77v1pcbi549rpk5wh6".parse().unwrap();
         let (fh, stored) = accept(&h, &up(), VECTOR.as_bytes(), &keys).unwrap();
-        assert_eq!(fh.to_nix32(), "1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j");
+        assert_eq!(
+            fh.to_nix32(),
+            "1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j"
+        );
         let stored = Bytes::from(stored);
         assert_eq!(
             upstream_url(&stored).unwrap().as_str(),
@@ -163,14 +193,31 @@ mod tests {
     #[test]
     fn refuses_untrusted_mismatched_and_unverifiable() {
         let keys = TrustedKeys::new(vec![VECTOR_PUBLIC_KEY.parse().unwrap()]);
-        let other = TrustedKeys::new(vec![crate::nix::signature::CACHE_NIXOS_ORG_KEY.parse().unwrap()]);
+        let other = TrustedKeys::new(vec![crate::nix::signature::CACHE_NIXOS_ORG_KEY
+            .parse()
+            .unwrap()]);
         let h = "6dyjazmc27x71a77v1pcbi549rpk5wh6".parse().unwrap();
-        assert!(matches!(accept(&h, &up(), VECTOR.as_bytes(), &other), Err(Rejected::Untrusted)));
+        assert!(matches!(
+            accept(&h, &up(), VECTOR.as_bytes(), &other),
+            Err(Rejected::Untrusted)
+        ));
         let wrong = "026h72wxqd39cbm2fdqc8zpwg9zm41c8".parse().unwrap();
-        assert!(matches!(accept(&wrong, &up(), VECTOR.as_bytes(), &keys), Err(Rejected::WrongPath(_))));
-        let no_fh = VECTOR.replace("FileHash: sha256:1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j\n", "");
-        assert!(matches!(accept(&h, &up(), no_fh.as_bytes(), &keys), Err(Rejected::Unverifiable)));
+        assert!(matches!(
+            accept(&wrong, &up(), VECTOR.as_bytes(), &keys),
+            Err(Rejected::WrongPath(_))
+        ));
+        let no_fh = VECTOR.replace(
+            "FileHash: sha256:1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j\n",
+            "",
+        );
+        assert!(matches!(
+            accept(&h, &up(), no_fh.as_bytes(), &keys),
+            Err(Rejected::Unverifiable)
+        ));
         let forged = VECTOR.replace("NarSize: 536", "NarSize: 999");
-        assert!(matches!(accept(&h, &up(), forged.as_bytes(), &keys), Err(Rejected::Untrusted)));
+        assert!(matches!(
+            accept(&h, &up(), forged.as_bytes(), &keys),
+            Err(Rejected::Untrusted)
+        ));
     }
 }

@@ -43,14 +43,18 @@ pub fn full(b: impl Into<Bytes>, metrics: &Metrics) -> Body {
 
 /// A short body that is not content (an error phrase): not counted as served bytes.
 pub fn small(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn from_stream<S>(s: S, metrics: Arc<Metrics>) -> Body
 where
     S: futures_util::Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
 {
-    let s = s.inspect_ok(move |b| metrics.served(b.len() as u64)).map_ok(Frame::data);
+    let s = s
+        .inspect_ok(move |b| metrics.served(b.len() as u64))
+        .map_ok(Frame::data);
     StreamBody::new(s).boxed_unsync()
 }
 
@@ -59,7 +63,10 @@ async fn read_at(file: Arc<File>, pos: u64, len: usize) -> Result<Bytes, BodyErr
         let mut buf = BytesMut::zeroed(len);
         let n = file.read_at(&mut buf, pos)?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shorter than expected",
+            ));
         }
         buf.truncate(n);
         Ok(buf.freeze())
@@ -125,7 +132,9 @@ impl Tail {
                 self.finished = true;
                 return None;
             }
-            if self.progress.changed().await.is_err() && !matches!(*self.progress.borrow(), Progress::Done(_)) {
+            if self.progress.changed().await.is_err()
+                && !matches!(*self.progress.borrow(), Progress::Done(_))
+            {
                 self.finished = true;
                 return Some(Err(BodyError("download ended without a result".into())));
             }
@@ -146,7 +155,10 @@ pub fn download(d: Download, metrics: Arc<Metrics>) -> Body {
 }
 
 /// Chunks from a passthrough task.
-pub fn channel(rx: mpsc::Receiver<Result<Bytes, crate::fetch::FetchError>>, metrics: Arc<Metrics>) -> Body {
+pub fn channel(
+    rx: mpsc::Receiver<Result<Bytes, crate::fetch::FetchError>>,
+    metrics: Arc<Metrics>,
+) -> Body {
     let s = stream::unfold(rx, |mut rx| async move {
         let item = rx.recv().await?;
         Some((item.map_err(|e| BodyError(e.to_string())), rx))
@@ -157,7 +169,10 @@ pub fn channel(rx: mpsc::Receiver<Result<Bytes, crate::fetch::FetchError>>, metr
 /// An upstream body relayed as it arrives (for unverifiable files such as build logs).
 pub fn relay(body: UpstreamBody, metrics: Arc<Metrics>) -> Body {
     let s = stream::try_unfold(body, |mut b| async move {
-        Ok(b.chunk().await.map_err(|e| BodyError(e.to_string()))?.map(|c| (c, b)))
+        Ok(b.chunk()
+            .await
+            .map_err(|e| BodyError(e.to_string()))?
+            .map(|c| (c, b)))
     });
     from_stream(s, metrics)
 }
@@ -206,7 +221,10 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-9"), 100), Range::Partial(0, 10));
         assert_eq!(parse_range(Some("bytes=90-"), 100), Range::Partial(90, 100));
         assert_eq!(parse_range(Some("bytes=-10"), 100), Range::Partial(90, 100));
-        assert_eq!(parse_range(Some("bytes=50-500"), 100), Range::Partial(50, 100));
+        assert_eq!(
+            parse_range(Some("bytes=50-500"), 100),
+            Range::Partial(50, 100)
+        );
         assert_eq!(parse_range(Some("bytes=100-"), 100), Range::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Range::Full);
         assert_eq!(parse_range(Some("items=0-1"), 100), Range::Full);

@@ -17,7 +17,9 @@ use crate::nix::store_path::StorePathHash;
 type Handled = Result<(Outcome, Response<Body>), ServeError>;
 
 fn ok(ctype: &'static str) -> http::response::Builder {
-    Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, ctype)
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, ctype)
 }
 
 fn hit_or_miss(hit: bool) -> Outcome {
@@ -38,20 +40,37 @@ fn buffer(app: &App, ctype: &'static str, b: Bytes, outcome: Outcome) -> Handled
 
 /// `/nix-cache-info`: always 200, or Nix refuses the cache.
 pub fn cache_info(app: &App) -> Handled {
-    buffer(app, "text/x-nix-cache-info", app.cache_info.clone(), Outcome::Hit)
+    buffer(
+        app,
+        "text/x-nix-cache-info",
+        app.cache_info.clone(),
+        Outcome::Hit,
+    )
 }
 
 /// `/healthz`: the process is alive.
 pub fn health(app: &App) -> Handled {
-    buffer(app, "text/plain; charset=utf-8", Bytes::from_static(b"ok\n"), Outcome::Hit)
+    buffer(
+        app,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"ok\n"),
+        Outcome::Hit,
+    )
 }
 
 /// `/readyz`: 503 while the cache dir does not accept writes.
 pub async fn ready(app: &Arc<App>) -> Handled {
     let store = app.store.clone();
-    let usable = tokio::task::spawn_blocking(move || store.usable()).await.unwrap_or(false);
+    let usable = tokio::task::spawn_blocking(move || store.usable())
+        .await
+        .unwrap_or(false);
     if usable {
-        buffer(app, "text/plain; charset=utf-8", Bytes::from_static(b"ready\n"), Outcome::Hit)
+        buffer(
+            app,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"ready\n"),
+            Outcome::Hit,
+        )
     } else {
         Err(ServeError::Storage)
     }
@@ -60,7 +79,12 @@ pub async fn ready(app: &Arc<App>) -> Handled {
 /// `/metrics`: Prometheus text format.
 pub fn metrics(app: &App) -> Handled {
     let text = app.metrics.render();
-    buffer(app, "text/plain; version=0.0.4; charset=utf-8", Bytes::from(text), Outcome::Hit)
+    buffer(
+        app,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Bytes::from(text),
+        Outcome::Hit,
+    )
 }
 
 /// `/<hash>.narinfo`.
@@ -76,7 +100,12 @@ pub async fn narinfo(app: &Arc<App>, h: StorePathHash, only_if_cached: bool) -> 
 const NAR_TYPE: &str = "application/x-nix-nar";
 
 /// HEAD `/nar/...`: no body, and no download just to answer it.
-pub async fn nar_head(app: &Arc<App>, fh: Sha256, ext: &'static str, only_if_cached: bool) -> Handled {
+pub async fn nar_head(
+    app: &Arc<App>,
+    fh: Sha256,
+    ext: &'static str,
+    only_if_cached: bool,
+) -> Handled {
     let size = app
         .fetcher
         .nar_head(fh, ext, only_if_cached)
@@ -90,7 +119,13 @@ pub async fn nar_head(app: &Arc<App>, fh: Sha256, ext: &'static str, only_if_cac
 }
 
 /// GET `/nar/<FileHash>.nar<ext>`.
-pub async fn nar(app: &Arc<App>, fh: Sha256, ext: &'static str, headers: &HeaderMap, only_if_cached: bool) -> Handled {
+pub async fn nar(
+    app: &Arc<App>,
+    fh: Sha256,
+    ext: &'static str,
+    headers: &HeaderMap,
+    only_if_cached: bool,
+) -> Handled {
     let (source, hit) = app
         .fetcher
         .nar(fh, ext, only_if_cached)
@@ -127,15 +162,23 @@ fn cached_file(app: &Arc<App>, path: &std::path::Path, size: u64, headers: &Head
             return Err(ServeError::Storage);
         }
     };
-    let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), size);
+    let range = parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    );
     let m = app.metrics.clone();
     let b = ok(NAR_TYPE).header(header::ACCEPT_RANGES, "bytes");
     let resp = match range {
-        Range::Full => b.header(header::CONTENT_LENGTH, size).body(body::file_range(file, 0, size, m)),
+        Range::Full => b
+            .header(header::CONTENT_LENGTH, size)
+            .body(body::file_range(file, 0, size, m)),
         Range::Partial(start, end) => b
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_LENGTH, end - start)
-            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1))
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{size}", end - 1),
+            )
             .body(body::file_range(file, start, end, m)),
         Range::Unsatisfiable => return Err(ServeError::RangeNotSatisfiable(size)),
     };
@@ -144,14 +187,27 @@ fn cached_file(app: &Arc<App>, path: &std::path::Path, size: u64, headers: &Head
 
 /// `.ls`, `log/`, `realisations/`: relayed from upstream, never stored (they carry no
 /// signature nixgate could check). With only-if-cached, we never hold them: 504.
-pub async fn relayed(app: &Arc<App>, rel: &str, ctype: &'static str, only_if_cached: bool) -> Handled {
+pub async fn relayed(
+    app: &Arc<App>,
+    rel: &str,
+    ctype: &'static str,
+    only_if_cached: bool,
+) -> Handled {
     if only_if_cached {
         return Err(ServeError::NotCached);
     }
-    let up = app.fetcher.uncached(rel).await.map_err(|e| ServeError::from_fetch(e, false))?;
+    let up = app
+        .fetcher
+        .uncached(rel)
+        .await
+        .map_err(|e| ServeError::from_fetch(e, false))?;
     let mut b = ok(ctype);
     if let Some(len) = up.content_length {
         b = b.header(header::CONTENT_LENGTH, len);
     }
-    Ok((Outcome::Miss, b.body(body::relay(up, app.metrics.clone())).expect("valid headers")))
+    Ok((
+        Outcome::Miss,
+        b.body(body::relay(up, app.metrics.clone()))
+            .expect("valid headers"),
+    ))
 }

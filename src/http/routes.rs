@@ -12,7 +12,10 @@ use crate::nix::store_path::{is_valid_name, StorePathBase, StorePathHash};
 pub enum Target {
     CacheInfo,
     NarInfo(StorePathHash),
-    Nar { file_hash: Sha256, ext: &'static str },
+    Nar {
+        file_hash: Sha256,
+        ext: &'static str,
+    },
     Listing(StorePathHash),
     Log(StorePathBase),
     /// `realisations/<sha256:hex>!<output>.doi`, kept as the validated relative path.
@@ -45,7 +48,9 @@ impl Target {
 
 fn hash_file(name: &str, suffix: &str, make: fn(StorePathHash) -> Target) -> Option<Target> {
     let h = name.strip_suffix(suffix)?;
-    Some(h.parse().map(make).unwrap_or(Target::Invalid("store path hash must be 32 nix32 characters")))
+    Some(h.parse().map(make).unwrap_or(Target::Invalid(
+        "store path hash must be 32 nix32 characters",
+    )))
 }
 
 fn nar(name: &str) -> Target {
@@ -63,7 +68,9 @@ fn realisation(rest: &str) -> Target {
         .strip_suffix(".doi")
         .and_then(|r| r.strip_prefix("sha256:"))
         .and_then(|r| r.split_once('!'))
-        .is_some_and(|(hex, out)| hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()) && is_valid_name(out));
+        .is_some_and(|(hex, out)| {
+            hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()) && is_valid_name(out)
+        });
     if ok {
         Target::Realisation(format!("realisations/{rest}"))
     } else {
@@ -87,13 +94,18 @@ pub fn parse(path: &str) -> Target {
         return nar(name);
     }
     if let Some(name) = p.strip_prefix("log/") {
-        return name.parse().map(Target::Log).unwrap_or(Target::Invalid("log name must be a store path basename"));
+        return name
+            .parse()
+            .map(Target::Log)
+            .unwrap_or(Target::Invalid("log name must be a store path basename"));
     }
     if let Some(rest) = p.strip_prefix("realisations/") {
         return realisation(rest);
     }
     if !p.contains('/') && p.len() > StorePathHash::NIX32_LEN {
-        if let Some(t) = hash_file(p, ".narinfo", Target::NarInfo).or_else(|| hash_file(p, ".ls", Target::Listing)) {
+        if let Some(t) = hash_file(p, ".narinfo", Target::NarInfo)
+            .or_else(|| hash_file(p, ".ls", Target::Listing))
+        {
             return t;
         }
     }
@@ -107,14 +119,26 @@ mod tests {
     #[test]
     fn accepts_protocol_paths() {
         assert_eq!(parse("/nix-cache-info"), Target::CacheInfo);
-        assert!(matches!(parse("/6dyjazmc27x71a77v1pcbi549rpk5wh6.narinfo"), Target::NarInfo(_)));
-        assert!(matches!(parse("/6dyjazmc27x71a77v1pcbi549rpk5wh6.ls"), Target::Listing(_)));
+        assert!(matches!(
+            parse("/6dyjazmc27x71a77v1pcbi549rpk5wh6.narinfo"),
+            Target::NarInfo(_)
+        ));
+        assert!(matches!(
+            parse("/6dyjazmc27x71a77v1pcbi549rpk5wh6.ls"),
+            Target::Listing(_)
+        ));
         assert!(matches!(
             parse("/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar.xz"),
             Target::Nar { ext: ".xz", .. }
         ));
-        assert!(matches!(parse("/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar"), Target::Nar { ext: "", .. }));
-        assert!(matches!(parse("/log/jaq594wmsn2km90rbrzf4ln22igz2kim-nixgate-vec-top.drv"), Target::Log(_)));
+        assert!(matches!(
+            parse("/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar"),
+            Target::Nar { ext: "", .. }
+        ));
+        assert!(matches!(
+            parse("/log/jaq594wmsn2km90rbrzf4ln22igz2kim-nixgate-vec-top.drv"),
+            Target::Log(_)
+        ));
         let r = format!("/realisations/sha256:{}!out.doi", "ab".repeat(32));
         assert!(matches!(parse(&r), Target::Realisation(_)));
     }
@@ -135,7 +159,11 @@ mod tests {
             "",
             "/",
         ] {
-            assert!(matches!(parse(p), Target::Invalid(_) | Target::NotFound), "{p} -> {:?}", parse(p));
+            assert!(
+                matches!(parse(p), Target::Invalid(_) | Target::NotFound),
+                "{p} -> {:?}",
+                parse(p)
+            );
         }
     }
 }

@@ -34,7 +34,11 @@ fn only_if_cached(req: &Request<Incoming>) -> bool {
         .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"))
 }
 
-async fn dispatch(app: &Arc<App>, target: Target, req: &Request<Incoming>) -> Result<(crate::metrics::Outcome, Response<Body>), ServeError> {
+async fn dispatch(
+    app: &Arc<App>,
+    target: Target,
+    req: &Request<Incoming>,
+) -> Result<(crate::metrics::Outcome, Response<Body>), ServeError> {
     let oic = only_if_cached(req);
     let head = req.method() == Method::HEAD;
     match target {
@@ -43,10 +47,18 @@ async fn dispatch(app: &Arc<App>, target: Target, req: &Request<Incoming>) -> Re
         Target::Ready => handlers::ready(app).await,
         Target::Metrics => handlers::metrics(app),
         Target::NarInfo(h) => handlers::narinfo(app, h, oic).await,
-        Target::Nar { file_hash, ext } if head => handlers::nar_head(app, file_hash, ext, oic).await,
-        Target::Nar { file_hash, ext } => handlers::nar(app, file_hash, ext, req.headers(), oic).await,
-        Target::Listing(h) => handlers::relayed(app, &format!("{h}.ls"), "application/json", oic).await,
-        Target::Log(drv) => handlers::relayed(app, &format!("log/{drv}"), "text/plain; charset=utf-8", oic).await,
+        Target::Nar { file_hash, ext } if head => {
+            handlers::nar_head(app, file_hash, ext, oic).await
+        }
+        Target::Nar { file_hash, ext } => {
+            handlers::nar(app, file_hash, ext, req.headers(), oic).await
+        }
+        Target::Listing(h) => {
+            handlers::relayed(app, &format!("{h}.ls"), "application/json", oic).await
+        }
+        Target::Log(drv) => {
+            handlers::relayed(app, &format!("log/{drv}"), "text/plain; charset=utf-8", oic).await
+        }
         Target::Realisation(rel) => handlers::relayed(app, &rel, "application/json", oic).await,
         Target::Invalid(why) => Err(ServeError::BadRequest(why)),
         Target::NotFound => Err(ServeError::NotFound),
@@ -67,7 +79,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         Ok(r) => r,
         Err(e) => {
             match &e {
-                ServeError::Storage | ServeError::BadUpstreamData => tracing::error!(error = ?e, "request failed"),
+                ServeError::Storage | ServeError::BadUpstreamData => {
+                    tracing::error!(error = ?e, "request failed")
+                }
                 _ => tracing::debug!(error = ?e, "request refused"),
             }
             (e.outcome(), e.into_response(app.down_policy))
@@ -84,7 +98,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
 /// Serves connections from `listener` until `shutdown` is cancelled, then drains.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {

@@ -107,7 +107,10 @@ mod tests {
         );
         assert_eq!(sri.parse::<Sha256>().unwrap(), a);
         assert_eq!(a.to_string(), nix);
-        assert!(matches!("md5:abc".parse::<Sha256>(), Err(HashError::Algorithm(_))));
+        assert!(matches!(
+            "md5:abc".parse::<Sha256>(),
+            Err(HashError::Algorithm(_))
+        ));
         assert!("sha256:zz".parse::<Sha256>().is_err());
     }
 }

@@ -2,8 +2,8 @@
 
 pub mod compression;
 pub mod hash;
-pub mod nix32;
 pub mod narinfo;
+pub mod nix32;
 pub mod signature;
 pub mod store_path;
 

@@ -247,7 +247,8 @@ Deriver: jaq594wmsn2km90rbrzf4ln22igz2kim-nixgate-vec-top.drv
 Sig: test-vector-1:GjYKk58x+PG4uxAotLzdFr8Xb2CajSkVcEJk+v002C+7l+PiiWjiMDVq8hV9lNI0fntuyShY1/WCg5yw/tIBAQ==
 ";
     /// `nix key convert-secret-to-public` of the key that signed [`VECTOR`].
-    pub const VECTOR_PUBLIC_KEY: &str = "test-vector-1:Zmbm7swbfTGLZ5au734IhNPRtS/9rmoZ0SMykmmtRzM=";
+    pub const VECTOR_PUBLIC_KEY: &str =
+        "test-vector-1:Zmbm7swbfTGLZ5au734IhNPRtS/9rmoZ0SMykmmtRzM=";
     /// The secret key itself (`nix key generate-secret --key-name test-vector-1`).
     pub const VECTOR_SECRET_KEY: &str = "test-vector-1:SH5eFOxEUkbBjzbRTRnNBQDag7MqerQHPBtd65NIAgpmZubuzBt9MYtnlq7vfgiE09G1L/2uahnRIzKSaa1HMw==";
 
@@ -274,8 +275,14 @@ Sig: test-vector-1:GjYKk58x+PG4uxAotLzdFr8Xb2CajSkVcEJk+v002C+7l+PiiWjiMDVq8hV9l
     #[test]
     fn empty_references_and_unknown_deriver() {
         let text = VECTOR
-            .replace("References: 026h72wxqd39cbm2fdqc8zpwg9zm41c8-nixgate-vec-dep", "References: ")
-            .replace("Deriver: jaq594wmsn2km90rbrzf4ln22igz2kim-nixgate-vec-top.drv", "Deriver: unknown-deriver");
+            .replace(
+                "References: 026h72wxqd39cbm2fdqc8zpwg9zm41c8-nixgate-vec-dep",
+                "References: ",
+            )
+            .replace(
+                "Deriver: jaq594wmsn2km90rbrzf4ln22igz2kim-nixgate-vec-top.drv",
+                "Deriver: unknown-deriver",
+            );
         let ni: NarInfo = text.parse().unwrap();
         assert!(ni.references.is_empty() && ni.deriver.is_none());
         assert!(ni.fingerprint("/nix/store").ends_with(";536;"));
@@ -293,7 +300,10 @@ Sig: test-vector-1:GjYKk58x+PG4uxAotLzdFr8Xb2CajSkVcEJk+v002C+7l+PiiWjiMDVq8hV9l
         ];
         for (from, to) in cases {
             let text = VECTOR.replacen(from, to, 1);
-            assert!(text.parse::<NarInfo>().is_err(), "accepted {from:?} -> {to:?}");
+            assert!(
+                text.parse::<NarInfo>().is_err(),
+                "accepted {from:?} -> {to:?}"
+            );
         }
         assert!("no separator".parse::<NarInfo>().is_err());
     }

@@ -118,11 +118,20 @@ mod tests {
     fn round_trips_and_rejects() {
         let bytes: [u8; 20] = core::array::from_fn(|i| (i * 37 + 11) as u8);
         assert_eq!(decode::<20>(&encode(&bytes)).unwrap(), bytes);
-        assert!(matches!(decode::<20>("e000000000000000000000000000000z"), Err(Nix32Error::Char('e'))));
-        assert!(matches!(decode::<20>("abc"), Err(Nix32Error::Length { .. })));
+        assert!(matches!(
+            decode::<20>("e000000000000000000000000000000z"),
+            Err(Nix32Error::Char('e'))
+        ));
+        assert!(matches!(
+            decode::<20>("abc"),
+            Err(Nix32Error::Length { .. })
+        ));
         // 32 chars carry 160 bits exactly for 20 bytes; 52 chars carry 260 bits for 32 bytes,
         // so a top character above 0xf overflows a sha256.
-        assert_eq!(decode::<32>(&format!("z{}", &FILE_NIX32[1..])), Err(Nix32Error::Overflow(32)));
+        assert_eq!(
+            decode::<32>(&format!("z{}", &FILE_NIX32[1..])),
+            Err(Nix32Error::Overflow(32))
+        );
         assert!(is_nix32(FILE_NIX32, 52));
         assert!(!is_nix32("../../etc/passwd", 16));
     }

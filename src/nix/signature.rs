@@ -147,7 +147,11 @@ impl TrustedKeys {
 
     /// True when at least one `Sig:` value verifies over `fingerprint` with a trusted key of
     /// the same name. Malformed signatures are ignored, as Nix does.
-    pub fn verifies_any<'a>(&self, fingerprint: &str, sigs: impl IntoIterator<Item = &'a String>) -> bool {
+    pub fn verifies_any<'a>(
+        &self,
+        fingerprint: &str,
+        sigs: impl IntoIterator<Item = &'a String>,
+    ) -> bool {
         sigs.into_iter().any(|s| self.verifies(fingerprint, s))
     }
 
@@ -199,9 +203,18 @@ mod tests {
 
     #[test]
     fn key_errors_are_specific() {
-        assert!(matches!("nocolon".parse::<PublicKey>(), Err(KeyError::Form(_))));
-        assert!(matches!("k:!!!".parse::<PublicKey>(), Err(KeyError::Base64(_))));
-        assert!(matches!("k:AAAA".parse::<PublicKey>(), Err(KeyError::Length { .. })));
+        assert!(matches!(
+            "nocolon".parse::<PublicKey>(),
+            Err(KeyError::Form(_))
+        ));
+        assert!(matches!(
+            "k:!!!".parse::<PublicKey>(),
+            Err(KeyError::Base64(_))
+        ));
+        assert!(matches!(
+            "k:AAAA".parse::<PublicKey>(),
+            Err(KeyError::Length { .. })
+        ));
         assert!(CACHE_NIXOS_ORG_KEY.parse::<PublicKey>().is_ok());
         let ni: NarInfo = VECTOR.parse().unwrap();
         let junk = vec!["test-vector-1:short".to_string(), "garbage".to_string()];

@@ -122,7 +122,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.hash.to_string(), "6dyjazmc27x71a77v1pcbi549rpk5wh6");
-        assert_eq!(p.as_str(), "6dyjazmc27x71a77v1pcbi549rpk5wh6-nixgate-vec-top");
+        assert_eq!(
+            p.as_str(),
+            "6dyjazmc27x71a77v1pcbi549rpk5wh6-nixgate-vec-top"
+        );
     }
 
     #[test]
@@ -138,6 +141,9 @@ mod tests {
         ] {
             assert!(bad.parse::<StorePathBase>().is_err(), "{bad}");
         }
-        assert!(StorePathBase::from_full("/tmp/6dyjazmc27x71a77v1pcbi549rpk5wh6-x", "/nix/store").is_err());
+        assert!(
+            StorePathBase::from_full("/tmp/6dyjazmc27x71a77v1pcbi549rpk5wh6-x", "/nix/store")
+                .is_err()
+        );
     }
 }

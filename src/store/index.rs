@@ -81,7 +81,13 @@ impl Index {
         if !self.groups.contains_key(&fh) {
             self.clock += 1;
             self.lru.insert(self.clock, fh);
-            self.groups.insert(fh, Group { tick: self.clock, ..Default::default() });
+            self.groups.insert(
+                fh,
+                Group {
+                    tick: self.clock,
+                    ..Default::default()
+                },
+            );
         }
         self.groups.get_mut(&fh).expect("inserted above")
     }
@@ -186,7 +192,10 @@ mod tests {
     fn f(i: u8) -> Sha256 {
         Sha256([i; 32])
     }
-    const NAR: NarFile = NarFile { ext: ".xz", size: 1000 };
+    const NAR: NarFile = NarFile {
+        ext: ".xz",
+        size: 1000,
+    };
 
     #[test]
     fn shared_nar_counts_once_and_evicts_as_a_group() {
@@ -222,7 +231,13 @@ mod tests {
     fn keep_is_never_evicted_and_replacing_moves_a_narinfo() {
         let mut ix = Index::default();
         ix.insert_narinfo(h(1), f(1), 100);
-        ix.insert_nar(f(1), NarFile { ext: "", size: 5000 });
+        ix.insert_nar(
+            f(1),
+            NarFile {
+                ext: "",
+                size: 5000,
+            },
+        );
         assert!(ix.evict_to(10, Some(&f(1))).is_empty());
         assert_eq!(ix.insert_narinfo(h(1), f(2), 50), Some(f(1)));
         assert_eq!(ix.narinfos_of(&f(1)), vec![]);

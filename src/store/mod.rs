@@ -104,12 +104,18 @@ enum FoundKind {
 
 fn parse_narinfo_name(name: &str) -> Option<FoundKind> {
     let (h, fh) = name.strip_suffix(".narinfo")?.split_once('-')?;
-    Some(FoundKind::NarInfo(h.parse().ok()?, Sha256::from_nix32(fh).ok()?))
+    Some(FoundKind::NarInfo(
+        h.parse().ok()?,
+        Sha256::from_nix32(fh).ok()?,
+    ))
 }
 
 fn parse_nar_name(name: &str) -> Option<FoundKind> {
     let (fh, ext) = name.split_once(".nar")?;
-    Some(FoundKind::Nar(Sha256::from_nix32(fh).ok()?, Compression::known_extension(ext)?))
+    Some(FoundKind::Nar(
+        Sha256::from_nix32(fh).ok()?,
+        Compression::known_extension(ext)?,
+    ))
 }
 
 impl Store {
@@ -162,11 +168,18 @@ impl Store {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn scan(&self, dir: &str, parse: fn(&str) -> Option<FoundKind>, out: &mut Vec<Found>) -> Result<(), StoreError> {
+    fn scan(
+        &self,
+        dir: &str,
+        parse: fn(&str) -> Option<FoundKind>,
+        out: &mut Vec<Found>,
+    ) -> Result<(), StoreError> {
         let top = self.root.join(dir);
         for shard in fs::read_dir(&top).map_err(io_err(&top))? {
             let shard = shard.map_err(io_err(&top))?.path();
-            let Ok(entries) = fs::read_dir(&shard) else { continue };
+            let Ok(entries) = fs::read_dir(&shard) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name();
                 let Some(kind) = name.to_str().and_then(parse) else {
@@ -176,7 +189,11 @@ impl Store {
                 };
                 let Ok(md) = e.metadata() else { continue };
                 let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                out.push(Found { mtime, size: md.len(), kind });
+                out.push(Found {
+                    mtime,
+                    size: md.len(),
+                    kind,
+                });
             }
         }
         Ok(())
@@ -203,7 +220,12 @@ impl Store {
         };
         self.delete_evicted(evicted);
         let ix = self.index();
-        tracing::info!(files = ix.files(), bytes = ix.bytes(), elapsed_ms = started.elapsed().as_millis() as u64, "cache index rebuilt");
+        tracing::info!(
+            files = ix.files(),
+            bytes = ix.bytes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache index rebuilt"
+        );
         self.metrics.set_cache(ix.bytes(), ix.files());
         Ok(())
     }
@@ -214,7 +236,8 @@ impl Store {
 
     fn narinfo_path(&self, h: &StorePathHash, fh: &Sha256) -> PathBuf {
         let h = h.to_string();
-        self.shard("narinfo", &h).join(format!("{h}-{}.narinfo", fh.to_nix32()))
+        self.shard("narinfo", &h)
+            .join(format!("{h}-{}.narinfo", fh.to_nix32()))
     }
 
     /// Where the NAR with this FileHash and extension lives.
@@ -272,7 +295,10 @@ impl Store {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}-{n}.part", std::process::id()));
         let file = File::create(&path).map_err(io_err(&path))?;
-        Ok(TempFile { path, file: Some(file) })
+        Ok(TempFile {
+            path,
+            file: Some(file),
+        })
     }
 
     fn publish(&self, mut tmp: TempFile, dest: &Path) -> Result<(), StoreError> {
@@ -282,7 +308,9 @@ impl Store {
             let dir = dest.parent().expect("store paths have a parent");
             fs::create_dir_all(dir).map_err(io_err(dir))?;
             fs::rename(&tmp.path, dest).map_err(io_err(dest))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))
         })();
         if res.is_err() {
             let _ = fs::remove_file(&tmp.path);
@@ -291,7 +319,12 @@ impl Store {
     }
 
     /// Stores a narinfo file (blocking I/O: call from `spawn_blocking`).
-    pub fn put_narinfo(&self, h: &StorePathHash, fh: &Sha256, contents: &[u8]) -> Result<(), StoreError> {
+    pub fn put_narinfo(
+        &self,
+        h: &StorePathHash,
+        fh: &Sha256,
+        contents: &[u8],
+    ) -> Result<(), StoreError> {
         let mut tmp = self.temp_file()?;
         tmp.file().write_all(contents).map_err(io_err(&tmp.path))?;
         let dest = self.narinfo_path(h, fh);
@@ -310,7 +343,13 @@ impl Store {
     }
 
     /// Moves a fully written and verified NAR into place (blocking I/O: `spawn_blocking`).
-    pub fn commit_nar(&self, tmp: TempFile, fh: &Sha256, ext: &'static str, size: u64) -> Result<PathBuf, StoreError> {
+    pub fn commit_nar(
+        &self,
+        tmp: TempFile,
+        fh: &Sha256,
+        ext: &'static str,
+        size: u64,
+    ) -> Result<PathBuf, StoreError> {
         let dest = self.nar_path(fh, ext);
         self.publish(tmp, &dest)?;
         let evicted = {
@@ -398,7 +437,10 @@ mod tests {
         drop(s);
         let s = open(dir.path(), 1500);
         assert_eq!(s.bytes(), 1000);
-        assert!(s.nar(&Sha256([4; 32]), ".xz").is_some(), "newest survives a smaller cap");
+        assert!(
+            s.nar(&Sha256([4; 32]), ".xz").is_some(),
+            "newest survives a smaller cap"
+        );
     }
 
     #[test]

@@ -15,8 +15,12 @@ pub const OPEN_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is under way; others are still skipped.
     HalfOpen,
 }
@@ -58,8 +62,12 @@ impl Breaker {
     pub fn failure(&self) {
         let mut s = self.state();
         *s = match *s {
-            State::Closed { failures } if failures + 1 < FAILURE_THRESHOLD => State::Closed { failures: failures + 1 },
-            _ => State::Open { until: Instant::now() + OPEN_FOR },
+            State::Closed { failures } if failures + 1 < FAILURE_THRESHOLD => State::Closed {
+                failures: failures + 1,
+            },
+            _ => State::Open {
+                until: Instant::now() + OPEN_FOR,
+            },
         };
     }
 
@@ -83,7 +91,9 @@ mod tests {
         b.failure();
         assert!(!b.allow());
         // Pretend the open period is over.
-        *b.state() = State::Open { until: Instant::now() };
+        *b.state() = State::Open {
+            until: Instant::now(),
+        };
         assert!(b.allow(), "one probe");
         assert!(!b.allow(), "only one");
         b.success();

@@ -165,7 +165,13 @@ impl UpstreamClient {
 
     /// Sends `method url` to `up`, honouring its breaker and recording the answer class.
     /// 404, 410 and 403 are "not found", as Nix treats them for cache files.
-    pub async fn request(&self, up: &Upstream, method: Method, url: &Url, metrics: &Metrics) -> Result<Answer, UpstreamError> {
+    pub async fn request(
+        &self,
+        up: &Upstream,
+        method: Method,
+        url: &Url,
+        metrics: &Metrics,
+    ) -> Result<Answer, UpstreamError> {
         if !up.breaker.allow() {
             metrics.upstream(UpstreamStatus::CircuitOpen);
             return Err(UpstreamError::CircuitOpen);
@@ -173,7 +179,10 @@ impl UpstreamClient {
         let req = Request::builder()
             .method(method)
             .uri(url.as_str())
-            .header(http::header::USER_AGENT, concat!("nixgate/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("nixgate/", env!("CARGO_PKG_VERSION")),
+            )
             // The bytes must hash to FileHash exactly: no transparent decoding.
             .header(http::header::ACCEPT_ENCODING, "identity")
             .body(Empty::new())
@@ -189,7 +198,10 @@ impl UpstreamClient {
                 up.breaker.failure();
                 metrics.upstream(UpstreamStatus::ConnectError);
                 let e: &dyn std::error::Error = &e;
-                let detail = e.source().map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+                let detail = e
+                    .source()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string());
                 return Err(UpstreamError::Connect(detail));
             }
             Ok(Ok(r)) => r,

@@ -36,7 +36,11 @@ fn run(cmd: &mut Command) -> String {
     let out = cmd.env("NIX_CONFIG", NIX_CONFIG).output().unwrap_or_else(|e| {
         panic!("cannot run {cmd:?}: {e}. The tests need Debian's nix-bin: run ci/test.sh, which installs it")
     });
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -54,24 +58,46 @@ fn build_fixture() -> Fixture {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("t.nix"), EXPR).unwrap();
-    let sk = run(Command::new("nix").args(["key", "generate-secret", "--key-name", "nixgate-test-1"]));
+    let sk =
+        run(Command::new("nix").args(["key", "generate-secret", "--key-name", "nixgate-test-1"]));
     std::fs::write(dir.join("sk"), &sk).unwrap();
-    let public_key = run(Command::new("sh").arg("-c").arg(format!("nix key convert-secret-to-public < {}", dir.join("sk").display())));
-    let attr = |a: &str| run(Command::new("nix-build").arg(dir.join("t.nix")).args(["--no-out-link", "-A", a]));
+    let public_key = run(Command::new("sh").arg("-c").arg(format!(
+        "nix key convert-secret-to-public < {}",
+        dir.join("sk").display()
+    )));
+    let attr = |a: &str| {
+        run(Command::new("nix-build")
+            .arg(dir.join("t.nix"))
+            .args(["--no-out-link", "-A", a]))
+    };
     let (dep, top, big) = (attr("dep"), attr("top"), attr("big"));
     let blobs: Vec<String> = (0..5).map(|i| attr(&format!("blob{i}"))).collect();
     let cache = dir.join("cache");
-    let to = format!("file://{}?secret-key={}&compression=xz", cache.display(), dir.join("sk").display());
+    let to = format!(
+        "file://{}?secret-key={}&compression=xz",
+        cache.display(),
+        dir.join("sk").display()
+    );
     let mut copy = Command::new("nix");
     copy.args(["copy", "--to", &to, &top, &big]).args(&blobs);
     run(&mut copy);
-    Fixture { dir, cache, public_key, top, dep, blobs, big }
+    Fixture {
+        dir,
+        cache,
+        public_key,
+        top,
+        dep,
+        blobs,
+        big,
+    }
 }
 
 /// The shared fixture (built once per test binary).
 pub async fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
-    tokio::task::spawn_blocking(|| F.get_or_init(build_fixture)).await.unwrap()
+    tokio::task::spawn_blocking(|| F.get_or_init(build_fixture))
+        .await
+        .unwrap()
 }
 
 impl Fixture {
@@ -85,7 +111,11 @@ impl Fixture {
     }
     /// The NAR URL (relative) of a path, from its narinfo.
     pub fn nar_url(&self, path: &str) -> String {
-        self.narinfo(path).lines().find_map(|l| l.strip_prefix("URL: ")).unwrap().to_owned()
+        self.narinfo(path)
+            .lines()
+            .find_map(|l| l.strip_prefix("URL: "))
+            .unwrap()
+            .to_owned()
     }
 }
 
@@ -115,22 +145,43 @@ impl Upstream {
             stop: CancellationToken::new(),
         };
         let (root, reqs, total, rate, ov, fail, stop) = (
-            root.to_owned(), up.requests.clone(), up.total.clone(), up.rate.clone(), up.overrides.clone(), up.fail_5xx.clone(), up.stop.clone(),
+            root.to_owned(),
+            up.requests.clone(),
+            up.total.clone(),
+            up.rate.clone(),
+            up.overrides.clone(),
+            up.fail_5xx.clone(),
+            up.stop.clone(),
         );
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! { _ = stop.cancelled() => return, r = listener.accept() => r.unwrap().0 };
-                let (root, reqs, total, rate, ov, fail, stop) = (root.clone(), reqs.clone(), total.clone(), rate.clone(), ov.clone(), fail.clone(), stop.clone());
+                let (root, reqs, total, rate, ov, fail, stop) = (
+                    root.clone(),
+                    reqs.clone(),
+                    total.clone(),
+                    rate.clone(),
+                    ov.clone(),
+                    fail.clone(),
+                    stop.clone(),
+                );
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let path = req.uri().path().trim_start_matches('/').to_owned();
-                        *reqs.lock().unwrap().entry(path.clone()).or_default() += 1;
-                        total.fetch_add(1, Ordering::SeqCst);
-                        let body = ov.lock().unwrap().get(&path).cloned().or_else(|| std::fs::read(root.join(&path)).ok().map(Bytes::from));
-                        let (fail, rate) = (fail.load(Ordering::SeqCst), rate.load(Ordering::SeqCst));
-                        async move { Ok::<_, std::convert::Infallible>(respond(fail, rate, body)) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let path = req.uri().path().trim_start_matches('/').to_owned();
+                            *reqs.lock().unwrap().entry(path.clone()).or_default() += 1;
+                            total.fetch_add(1, Ordering::SeqCst);
+                            let body =
+                                ov.lock().unwrap().get(&path).cloned().or_else(|| {
+                                    std::fs::read(root.join(&path)).ok().map(Bytes::from)
+                                });
+                            let (fail, rate) =
+                                (fail.load(Ordering::SeqCst), rate.load(Ordering::SeqCst));
+                            async move { Ok::<_, std::convert::Infallible>(respond(fail, rate, body)) }
+                        },
+                    );
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
                     tokio::select! { _ = stop.cancelled() => {}, _ = conn => {} }
                 });
             }
@@ -148,7 +199,12 @@ impl Upstream {
     }
 
     pub fn count(&self, path: &str) -> u64 {
-        self.requests.lock().unwrap().get(path.trim_start_matches('/')).copied().unwrap_or(0)
+        self.requests
+            .lock()
+            .unwrap()
+            .get(path.trim_start_matches('/'))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -157,7 +213,10 @@ type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infall
 fn respond(fail: bool, rate: u64, body: Option<Bytes>) -> hyper::Response<TestBody> {
     let b = hyper::Response::builder();
     if fail {
-        return b.status(500).body(Full::new(Bytes::from("boom")).boxed()).unwrap();
+        return b
+            .status(500)
+            .body(Full::new(Bytes::from("boom")).boxed())
+            .unwrap();
     }
     let Some(body) = body else {
         return b.status(404).body(Full::new(Bytes::new()).boxed()).unwrap();
@@ -192,7 +251,12 @@ pub struct Appliance {
 
 impl Appliance {
     /// Starts nixgate in-process on 127.0.0.1:0.
-    pub async fn start(cache_dir: &Path, upstreams: &[String], key: &str, extra: impl FnOnce(&mut nixgate::config::ServeArgs)) -> Appliance {
+    pub async fn start(
+        cache_dir: &Path,
+        upstreams: &[String],
+        key: &str,
+        extra: impl FnOnce(&mut nixgate::config::ServeArgs),
+    ) -> Appliance {
         let mut args = nixgate::config::ServeArgs {
             cache_dir: Some(cache_dir.to_owned()),
             upstreams: upstreams.to_vec(),
@@ -208,8 +272,14 @@ impl Appliance {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let task = tokio::spawn(async move { nixgate::app::run(config, listener, token).await.unwrap() });
-        Appliance { addr, cache_dir: cache_dir.to_owned(), shutdown, task }
+        let task =
+            tokio::spawn(async move { nixgate::app::run(config, listener, token).await.unwrap() });
+        Appliance {
+            addr,
+            cache_dir: cache_dir.to_owned(),
+            shutdown,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -241,18 +311,28 @@ pub struct Got {
 
 /// Sends a request with a fresh connection and reads the whole body.
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(http_body_util::Empty::new()).unwrap()).await.unwrap();
+    let resp = client
+        .request(req.body(http_body_util::Empty::new()).unwrap())
+        .await
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let (bytes, body_error) = match body.collect().await {
         Ok(c) => (c.to_bytes(), None),
         Err(e) => (Bytes::new(), Some(format!("{e:?}"))),
     };
-    Got { status: parts.status.as_u16(), headers: parts.headers, body: String::from_utf8_lossy(&bytes).into_owned(), bytes, body_error }
+    Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
+        body_error,
+    }
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Got {
@@ -260,7 +340,12 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Got {
 }
 
 /// Runs real `nix copy --from <appliance>` of `path` into a fresh store under `dest`.
-pub async fn nix_copy(appliance_url: &str, key: &str, path: &str, dest: &Path) -> std::process::Output {
+pub async fn nix_copy(
+    appliance_url: &str,
+    key: &str,
+    path: &str,
+    dest: &Path,
+) -> std::process::Output {
     let xdg = dest.join("xdg");
     let mut cmd = tokio::process::Command::new("nix");
     cmd.env("NIX_CONFIG", NIX_CONFIG)
@@ -268,7 +353,10 @@ pub async fn nix_copy(appliance_url: &str, key: &str, path: &str, dest: &Path) -
         .args(["copy", "--from", appliance_url, "--to"])
         .arg(dest.join("root"))
         .args(["--option", "trusted-public-keys", key, path]);
-    let out = cmd.output().await.expect("nix is installed (ci/test.sh installs nix-bin)");
+    let out = cmd
+        .output()
+        .await
+        .expect("nix is installed (ci/test.sh installs nix-bin)");
     out
 }
 
