@@ -1,0 +1,73 @@
+//! Writes a synthetic signed binary cache for the benchmark:
+//! `gen_cache DIR NARINFOS SMALL_NAR_BYTES BIG_NAR_MIB...`.
+//!
+//! Narinfos are real (signed with a fixed key, fingerprint as Nix computes it); NAR bodies are
+//! zstd magic + pseudo-random bytes, which is all nixgate checks (FileHash, FileSize, magic).
+//! Prints nothing; writes DIR/key.pub, DIR/narinfos.txt (request paths) and DIR/big.txt
+//! (`<narinfo path> <nar path>` per big NAR).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use nixgate::nix::hash::Sha256;
+use nixgate::nix::narinfo::NarInfo;
+use nixgate::nix::nix32;
+use nixgate::nix::signature::SecretKey;
+
+struct Rng(u64);
+impl Rng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf.iter_mut() {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+fn write_path(dir: &Path, key: &SecretKey, i: usize, nar_bytes: usize, rng: &mut Rng) -> (String, String) {
+    let mut h = [0u8; 20];
+    rng.fill(&mut h);
+    let hash = nix32::encode(&h);
+    let mut nar = vec![0u8; nar_bytes];
+    rng.fill(&mut nar);
+    nar[..4].copy_from_slice(b"\x28\xb5\x2f\xfd");
+    let fh = Sha256::digest(&nar);
+    let nar_name = format!("nar/{}.nar.zst", fh.to_nix32());
+    std::fs::write(dir.join(&nar_name), &nar).unwrap();
+    let text = format!(
+        "StorePath: /nix/store/{hash}-bench-{i}\nURL: {nar_name}\nCompression: zstd\nFileHash: {fh}\nFileSize: {}\nNarHash: {}\nNarSize: {}\nReferences: \n",
+        nar.len(),
+        Sha256::digest(&h),
+        nar.len() * 3
+    );
+    let mut ni: NarInfo = text.parse().unwrap();
+    ni.sigs.push(key.sign(&ni.fingerprint("/nix/store")));
+    std::fs::write(dir.join(format!("{hash}.narinfo")), ni.to_string()).unwrap();
+    (format!("/{hash}.narinfo"), format!("/{nar_name}"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = Path::new(&args[1]);
+    let count: usize = args[2].parse().unwrap();
+    let small: usize = args[3].parse().unwrap();
+    std::fs::create_dir_all(dir.join("nar")).unwrap();
+    std::fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n").unwrap();
+    let key = SecretKey::from_seed("bench-1", [7; 32]);
+    std::fs::write(dir.join("key.pub"), key.public().to_string()).unwrap();
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut list = String::new();
+    for i in 0..count {
+        let (ni, _) = write_path(dir, &key, i, small, &mut rng);
+        writeln!(list, "{ni}").unwrap();
+    }
+    std::fs::write(dir.join("narinfos.txt"), list).unwrap();
+    let mut big = String::new();
+    for (j, mib) in args[4..].iter().enumerate() {
+        let (ni, nar) = write_path(dir, &key, count + j, mib.parse::<usize>().unwrap() << 20, &mut rng);
+        writeln!(big, "{ni} {nar}").unwrap();
+    }
+    std::fs::write(dir.join("big.txt"), big).unwrap();
+}
