@@ -26,7 +26,13 @@ impl Rng {
     }
 }
 
-fn write_path(dir: &Path, key: &SecretKey, i: usize, nar_bytes: usize, rng: &mut Rng) -> (String, String) {
+fn write_path(
+    dir: &Path,
+    key: &SecretKey,
+    i: usize,
+    nar_bytes: usize,
+    rng: &mut Rng,
+) -> (String, String) {
     let mut h = [0u8; 20];
     rng.fill(&mut h);
     let hash = nix32::encode(&h);
@@ -54,7 +60,11 @@ fn main() {
     let count: usize = args[2].parse().unwrap();
     let small: usize = args[3].parse().unwrap();
     std::fs::create_dir_all(dir.join("nar")).unwrap();
-    std::fs::write(dir.join("nix-cache-info"), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n").unwrap();
+    std::fs::write(
+        dir.join("nix-cache-info"),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n",
+    )
+    .unwrap();
     let key = SecretKey::from_seed("bench-1", [7; 32]);
     std::fs::write(dir.join("key.pub"), key.public().to_string()).unwrap();
     let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -66,7 +76,13 @@ fn main() {
     std::fs::write(dir.join("narinfos.txt"), list).unwrap();
     let mut big = String::new();
     for (j, mib) in args[4..].iter().enumerate() {
-        let (ni, nar) = write_path(dir, &key, count + j, mib.parse::<usize>().unwrap() << 20, &mut rng);
+        let (ni, nar) = write_path(
+            dir,
+            &key,
+            count + j,
+            mib.parse::<usize>().unwrap() << 20,
+            &mut rng,
+        );
         writeln!(big, "{ni} {nar}").unwrap();
     }
     std::fs::write(dir.join("big.txt"), big).unwrap();

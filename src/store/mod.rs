@@ -172,8 +172,8 @@ impl Store {
         &self,
         dir: &str,
         parse: fn(&str) -> Option<FoundKind>,
-        out: &mut Vec<Found>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Found>, StoreError> {
+        let mut out = Vec::new();
         let top = self.root.join(dir);
         for shard in fs::read_dir(&top).map_err(io_err(&top))? {
             let shard = shard.map_err(io_err(&top))?.path();
@@ -196,14 +196,19 @@ impl Store {
                 });
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     fn rebuild(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let mut found = Vec::new();
-        self.scan("narinfo", parse_narinfo_name, &mut found)?;
-        self.scan("nar", parse_nar_name, &mut found)?;
+        // The two trees are independent: list them in parallel (start-up is I/O-bound).
+        let (narinfos, nars) = std::thread::scope(|s| {
+            let nars = s.spawn(|| self.scan("nar", parse_nar_name));
+            let narinfos = self.scan("narinfo", parse_narinfo_name);
+            (narinfos, nars.join().expect("scan thread panicked"))
+        });
+        let mut found = narinfos?;
+        found.extend(nars?);
         // Oldest first, so that the logical clock reproduces the write order as recency.
         found.sort_unstable_by_key(|f| f.mtime);
         let evicted = {
