@@ -313,3 +313,57 @@ async fn head_range_only_if_cached_and_cache_info() {
     assert_eq!(get(&format!("{}/readyz", a.url()), &[]).await.status, 200);
     a.stop().await;
 }
+
+/// Unmounts the tmpfs when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_disk_fails_the_download_and_loses_nothing() {
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    // A 2 MiB filesystem (needs root, as the rest of the suite does for nix).
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cannot mount a tmpfs: the test needs root");
+    let _mount = Mount(disk.clone());
+    // The cap says 10 MiB, the disk holds 2: the 3 MB NAR runs out of space mid-write.
+    let a = Appliance::start(&disk.join("cache"), &[up.url()], &f.public_key, |a| {
+        a.max_cache_size = Some("10MiB".into())
+    })
+    .await;
+    let out = nix_copy(&a.url(), &f.public_key, &f.big, &work.path().join("big")).await;
+    assert!(
+        !out.status.success(),
+        "a NAR that did not fit on disk was accepted"
+    );
+    let g = get(&format!("{}/{}", a.url(), f.nar_url(&f.big)), &[]).await;
+    assert!(
+        g.status == 500 || g.body_error.is_some(),
+        "full disk looked like success: {}",
+        g.status
+    );
+    assert!(
+        files(&a.cache_dir, "tmp").is_empty(),
+        "temp file left on a full disk"
+    );
+    assert!(files(&a.cache_dir, "nar").is_empty());
+    // The space is given back, so smaller paths still work, and earlier ones are intact.
+    let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("top")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.stop().await;
+}
