@@ -14,13 +14,7 @@ async fn concurrent_cold_requests_make_one_upstream_request_and_stream() {
     up.rate
         .store(2_000_000, std::sync::atomic::Ordering::SeqCst); // ~1.5 s for the 3 MB NAR
     let work = tempfile::tempdir().unwrap();
-    let a = Appliance::start(
-        &work.path().join("cache"),
-        &[up.url()],
-        &f.public_key,
-        |_| {},
-    )
-    .await;
+    let a = Appliance::start_default(&work.path().join("cache"), &up, &f.public_key).await;
     // The narinfo first, as Nix does, so the NAR's size and upstream URL are known.
     assert_eq!(
         get(
@@ -92,11 +86,7 @@ async fn lru_cap_holds_and_oversized_nars_stream_through() {
             &work.path().join(Fixture::hash(blob)),
         )
         .await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         let size = a.metric("nixgate_cache_size_bytes").await;
         assert!(size <= cap, "cache holds {size} bytes over the {cap} cap");
         let on_disk: u64 = files(&a.cache_dir, "nar")
@@ -119,11 +109,7 @@ async fn lru_cap_holds_and_oversized_nars_stream_through() {
 
     // 3 MB NAR, 1 MiB cache: served correctly, not stored.
     let out = nix_copy(&a.url(), &f.public_key, &f.big, &work.path().join("big")).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let big = f.nar_url(&f.big);
     assert!(!files(&a.cache_dir, "nar")
         .iter()
@@ -137,13 +123,7 @@ async fn malformed_and_traversal_paths_touch_nothing() {
     let f = fixture().await;
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
-    let a = Appliance::start(
-        &work.path().join("cache"),
-        &[up.url()],
-        &f.public_key,
-        |_| {},
-    )
-    .await;
+    let a = Appliance::start_default(&work.path().join("cache"), &up, &f.public_key).await;
     for p in [
         "/../../etc/passwd",
         "/nar/../../../etc/passwd",
@@ -180,13 +160,7 @@ async fn upstream_404s_are_remembered_and_outages_are_not_404s() {
     let f = fixture().await;
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
-    let a = Appliance::start(
-        &work.path().join("cache"),
-        &[up.url()],
-        &f.public_key,
-        |_| {},
-    )
-    .await;
+    let a = Appliance::start_default(&work.path().join("cache"), &up, &f.public_key).await;
     let absent = "/0000000000000000000000000000000z.narinfo";
     assert_eq!(get(&format!("{}{absent}", a.url()), &[]).await.status, 404);
     assert_eq!(get(&format!("{}{absent}", a.url()), &[]).await.status, 404);
@@ -225,11 +199,7 @@ async fn upstream_404s_are_remembered_and_outages_are_not_404s() {
     )
     .await;
     let out = nix_copy(&c.url(), &f.public_key, &f.top, &work.path().join("c")).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(
         c.metric("nixgate_upstream_requests_total{status=\"connect_error\"}")
             .await
@@ -243,13 +213,7 @@ async fn head_range_only_if_cached_and_cache_info() {
     let f = fixture().await;
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
-    let a = Appliance::start(
-        &work.path().join("cache"),
-        &[up.url()],
-        &f.public_key,
-        |_| {},
-    )
-    .await;
+    let a = Appliance::start_default(&work.path().join("cache"), &up, &f.public_key).await;
     let info = get(&format!("{}/nix-cache-info", a.url()), &[]).await;
     assert_eq!(info.status, 200);
     assert!(info.body.contains("StoreDir: /nix/store") && info.body.contains("WantMassQuery: 1"));
@@ -360,10 +324,6 @@ async fn full_disk_fails_the_download_and_loses_nothing() {
     assert!(files(&a.cache_dir, "nar").is_empty());
     // The space is given back, so smaller paths still work, and earlier ones are intact.
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("top")).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     a.stop().await;
 }

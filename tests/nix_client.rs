@@ -11,14 +11,10 @@ async fn cold_copy_then_upstream_down_then_restart() {
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    let a = Appliance::start(&cache, &[up.url()], &f.public_key, |_| {}).await;
+    let a = Appliance::start_default(&cache, &up, &f.public_key).await;
 
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("c1")).await;
-    assert!(
-        out.status.success(),
-        "cold copy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(
         substituted(&work.path().join("c1"), &f.top)
             && substituted(&work.path().join("c1"), &f.dep)
@@ -34,22 +30,14 @@ async fn cold_copy_then_upstream_down_then_restart() {
     // Upstream gone: the closure still substitutes from the cache.
     up.stop();
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("c2")).await;
-    assert!(
-        out.status.success(),
-        "copy with upstream down failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(substituted(&work.path().join("c2"), &f.top));
 
     // Restart on the same cache dir, upstream still gone.
     a.stop().await;
-    let a = Appliance::start(&cache, &[up.url()], &f.public_key, |_| {}).await;
+    let a = Appliance::start_default(&cache, &up, &f.public_key).await;
     let out = nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("c3")).await;
-    assert!(
-        out.status.success(),
-        "copy after restart failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(substituted(&work.path().join("c3"), &f.top));
     assert!(a.metric("nixgate_cache_entries").await >= 4);
 
@@ -77,13 +65,7 @@ async fn tampered_nar_is_never_served_complete_or_stored() {
         .unwrap()
         .insert(nar.clone(), bytes.into());
     let work = tempfile::tempdir().unwrap();
-    let a = Appliance::start(
-        &work.path().join("cache"),
-        &[up.url()],
-        &f.public_key,
-        |_| {},
-    )
-    .await;
+    let a = Appliance::start_default(&work.path().join("cache"), &up, &f.public_key).await;
 
     let out = nix_copy(&a.url(), &f.public_key, &f.blobs[0], &work.path().join("c")).await;
     assert!(!out.status.success(), "nix accepted a tampered NAR");
@@ -147,13 +129,7 @@ async fn narinfo_signed_by_untrusted_key_is_absent() {
         .lock()
         .unwrap()
         .insert(format!("{h}.narinfo"), forged.into());
-    let b = Appliance::start(
-        &work.path().join("cache2"),
-        &[up.url()],
-        &f.public_key,
-        |_| {},
-    )
-    .await;
+    let b = Appliance::start_default(&work.path().join("cache2"), &up, &f.public_key).await;
     assert_eq!(
         get(&format!("{}/{h}.narinfo", b.url()), &[]).await.status,
         404

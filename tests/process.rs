@@ -110,11 +110,7 @@ async fn kill_9_mid_download_then_clean_restart() {
     assert_eq!(g.status, 200);
     assert!(g.bytes == expected[..]);
     let out = nix_copy(&base, &f.public_key, &f.big, &work.path().join("c")).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
 
     // SIGTERM: graceful exit with status 0.
     Command::new("kill")

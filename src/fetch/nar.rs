@@ -18,13 +18,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use url::Url;
 
-use super::narinfo::{served_part, upstream_url};
+use super::narinfo::parse_stored;
 use super::{FetchError, Fetcher};
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
-use crate::nix::narinfo::NarInfo;
-use crate::nix::STORE_DIR;
 use crate::store::TempFile;
 use crate::upstream::{Answer, Upstream, UpstreamBody};
 
@@ -232,14 +230,9 @@ impl Fetcher {
             compression: Compression::from_extension(ext),
         };
         for stored in self.store.narinfos_of(fh).await {
-            let served = served_part(&stored);
-            let (Some(url), Ok(ni)) = (
-                upstream_url(&stored),
-                std::str::from_utf8(&served).map(|t| NarInfo::parse(t, STORE_DIR)),
-            ) else {
+            let Some((url, ni)) = parse_stored(&stored) else {
                 continue;
             };
-            let Ok(ni) = ni else { continue };
             let c = Compression::from_field(ni.compression.as_deref());
             if c.extension() != ext {
                 continue;

@@ -45,6 +45,13 @@ pub fn upstream_url(stored: &[u8]) -> Option<Url> {
     Url::parse(std::str::from_utf8(line).ok()?).ok()
 }
 
+/// Decodes a stored narinfo file into its upstream NAR URL and the narinfo as served.
+pub fn parse_stored(stored: &Bytes) -> Option<(Url, NarInfo)> {
+    let served = served_part(stored);
+    let ni = NarInfo::parse(std::str::from_utf8(&served).ok()?, STORE_DIR).ok()?;
+    Some((upstream_url(stored)?, ni))
+}
+
 /// Checks an upstream narinfo and builds the file to store.
 fn accept(
     h: &StorePathHash,

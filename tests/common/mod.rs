@@ -282,6 +282,11 @@ impl Appliance {
         }
     }
 
+    /// Starts nixgate with default settings in front of `up`, caching in `dir`.
+    pub async fn start_default(dir: &Path, up: &Upstream, key: &str) -> Appliance {
+        Self::start(dir, &[up.url()], key, |_| {}).await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -358,6 +363,15 @@ pub async fn nix_copy(
         .await
         .expect("nix is installed (ci/test.sh installs nix-bin)");
     out
+}
+
+/// Asserts that a `nix copy` succeeded, showing Nix's stderr when it did not.
+pub fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "nix copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// True when `path` is a valid (registered, complete) path of the store under `dest`.
