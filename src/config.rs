@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use thiserror::Error;
@@ -182,12 +183,12 @@ pub struct ServeArgs {
 
     /// Disable BitTorrent sharing between appliances. (BitTorrent is not in this release
     /// yet, so this is currently always the behaviour; accepted so deployments keep working.)
-    #[arg(long, env = "NIXGATE_NO_TORRENT")]
+    #[arg(long, env = "NIXGATE_NO_TORRENT", value_parser = BoolishValueParser::new())]
     pub no_torrent: bool,
 
     /// Disable mDNS announce and browse. (mDNS is not in this release yet, so this is
     /// currently always the behaviour; accepted so deployments keep working.)
-    #[arg(long, env = "NIXGATE_NO_MDNS")]
+    #[arg(long, env = "NIXGATE_NO_MDNS", value_parser = BoolishValueParser::new())]
     pub no_mdns: bool,
 }
 

@@ -1,0 +1,95 @@
+# Shared helpers of the shell tests in tests/deploy/ (sourced, not run).
+# Every helper fails loudly: a missing tool is an error, never a skip.
+
+export NIX_CONFIG='experimental-features = nix-command
+sandbox = false
+build-users-group =
+substituters =
+narinfo-cache-negative-ttl = 0'
+
+PASSED=0
+FAILED=0
+
+# check NAME COMMAND...: runs COMMAND, records and prints the result.
+check() {
+  local name=$1; shift
+  if "$@"; then
+    PASSED=$((PASSED + 1)); echo "ok   - $name"
+  else
+    FAILED=$((FAILED + 1)); echo "FAIL - $name"
+  fi
+}
+
+# refute NAME COMMAND...: passes when COMMAND fails.
+refute() {
+  local name=$1; shift
+  if "$@"; then
+    FAILED=$((FAILED + 1)); echo "FAIL - $name"
+  else
+    PASSED=$((PASSED + 1)); echo "ok   - $name"
+  fi
+}
+
+# summary: prints the counts in cargo's format (ci/test.sh adds them up) and sets the status.
+summary() {
+  echo "test result: $([ "$FAILED" -eq 0 ] && echo ok || echo FAILED). $PASSED passed; $FAILED failed"
+  [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
+}
+
+need() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool (ci/test.sh installs it)" >&2; exit 1; }
+  done
+}
+
+# make_cache DIR: builds two store paths (top -> dep) plus a 2 MB blob with real Nix and
+# writes a signed, xz-compressed binary cache to DIR/cache. Sets KEY, TOP, DEP, BLOB.
+make_cache() {
+  local dir=$1
+  need nix nix-build
+  mkdir -p "$dir"
+  cat > "$dir/t.nix" <<NIX
+let mk = name: script: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" script ]; };
+    dep = mk "nixgate-deploy-dep-$$" "mkdir -p \$out; echo dependency > \$out/dep";
+    top = mk "nixgate-deploy-top-$$" "mkdir -p \$out; echo \${dep} > \$out/ref";
+    blob = mk "nixgate-deploy-blob-$$" "head -c 2000000 /dev/urandom > \$out";
+in { inherit dep top blob; }
+NIX
+  nix key generate-secret --key-name nixgate-deploy-1 > "$dir/sk"
+  KEY=$(nix key convert-secret-to-public < "$dir/sk")
+  TOP=$(nix-build "$dir/t.nix" --no-out-link -A top)
+  DEP=$(nix-build "$dir/t.nix" --no-out-link -A dep)
+  BLOB=$(nix-build "$dir/t.nix" --no-out-link -A blob)
+  nix copy --to "file://$dir/cache?secret-key=$dir/sk&compression=xz" "$TOP" "$BLOB"
+}
+
+# nix_copy_from URL DEST PATH...: real `nix copy` from an appliance into a fresh store.
+nix_copy_from() {
+  local url=$1 dest=$2; shift 2
+  XDG_CACHE_HOME="$dest/xdg" nix copy --from "$url" --to "$dest/root" \
+    --option trusted-public-keys "$KEY" "$@"
+}
+
+# in_store DEST PATH: the path is valid in the store under DEST.
+in_store() {
+  nix path-info --store "$1/root" "$2" >/dev/null 2>&1
+}
+
+# wait_http URL [SECONDS] [RUNNER...]: waits until URL answers 2xx (RUNNER e.g. `ip netns exec x`).
+wait_http() {
+  local url=$1 secs=${2:-20}; shift 2 || shift $#
+  local i
+  for ((i = 0; i < secs * 10; i++)); do
+    "$@" python3 - "$url" <<'PY' && return 0
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=1)
+except Exception:
+    sys.exit(1)
+PY
+    sleep 0.1
+  done
+  echo "no answer from $url after ${secs}s" >&2
+  return 1
+}
