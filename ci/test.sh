@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # The test command (README "Test it"): installs what a fresh Debian machine lacks, then runs
-# formatting, lint and every test. Fails loudly if anything is missing.
+# formatting, lint, every cargo test, and the deployment tests (Helm chart, firewall rules).
+# Fails loudly if anything is missing. The container image test is separate
+# (tests/deploy/image.sh, ~4 min); .ci/run runs it after this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 
 need=()
 command -v nix >/dev/null || need+=(nix-bin)
 command -v xz >/dev/null || need+=(xz-utils)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v iptables >/dev/null || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
-  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
+python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null ||
+  python3 -m pip install -q helm-python-sdk kubernetes-validate pyyaml
 nix --version
 
 cargo fmt --all -- --check
@@ -20,6 +27,9 @@ cargo clippy --all-targets --locked -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked 2>&1 | tee "$log"
+cargo build --locked --bin nixgate
+python3 tests/deploy/helm_chart.py 2>&1 | tee -a "$log"
+tests/deploy/firewall.sh 2>&1 | tee -a "$log"
 # One total at the end (cargo prints a line per test binary, the last often doc-tests' 0).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f; if (p == 0) exit 1 }' "$log"

@@ -21,6 +21,10 @@ fn default_listen() -> String {
     "[::]:8080".into()
 }
 /// 10 GiB holds the closures of a typical CI farm's hot set without filling a small volume.
+fn default_torrent_listen() -> String {
+    "[::]:6881".into()
+}
+
 fn default_max_cache_size() -> String {
     "10GiB".into()
 }
@@ -181,10 +185,41 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// Peer appliance to fall back to when every upstream fails, e.g. http://10.0.0.7:8080
+    /// (repeatable). Peers are asked with `Cache-Control: only-if-cached` and everything they
+    /// send is verified against the trusted keys and the signed NarHash.
+    #[arg(
+        long = "peer",
+        env = "NIXGATE_PEER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<String>,
+
+    /// DNS name whose addresses are peer appliances, re-resolved every 30 s (e.g. a
+    /// Kubernetes headless Service: nixgate-peers.ci.svc:8080) [default port: 8080].
+    #[arg(long, env = "NIXGATE_PEERS_DNS", value_name = "NAME[:PORT]")]
+    pub peers_dns: Option<String>,
+
     /// Disable BitTorrent sharing between appliances. (BitTorrent is not in this release
     /// yet, so this is currently always the behaviour; accepted so deployments keep working.)
     #[arg(long, env = "NIXGATE_NO_TORRENT", value_parser = BoolishValueParser::new())]
     pub no_torrent: bool,
+
+    /// Address for BitTorrent between appliances [default: [::]:6881]. (Validated; the
+    /// BitTorrent engine is not in this release yet.)
+    #[arg(long, env = "NIXGATE_TORRENT_LISTEN", value_name = "ADDR")]
+    pub torrent_listen: Option<String>,
+
+    /// BitTorrent tracker announce URL (repeatable; http, https or udp). (Validated; the
+    /// BitTorrent engine is not in this release yet.)
+    #[arg(
+        long = "tracker",
+        env = "NIXGATE_TRACKER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub trackers: Vec<String>,
 
     /// Disable mDNS announce and browse. (mDNS is not in this release yet, so this is
     /// currently always the behaviour; accepted so deployments keep working.)
@@ -211,7 +246,13 @@ pub struct FileConfig {
     pub first_byte_timeout: Option<String>,
     pub stall_timeout: Option<String>,
     pub log_format: Option<LogFormat>,
+    #[serde(alias = "peers")]
+    pub peer: Option<Vec<String>>,
+    pub peers_dns: Option<String>,
     pub no_torrent: Option<bool>,
+    pub torrent_listen: Option<String>,
+    #[serde(alias = "trackers")]
+    pub tracker: Option<Vec<String>>,
     pub no_mdns: Option<bool>,
 }
 
@@ -237,8 +278,25 @@ pub struct Config {
     pub retry_after: Duration,
     pub timeouts: Timeouts,
     pub log_format: LogFormat,
+    pub peers: Vec<Url>,
+    pub peers_dns: Option<DnsPeers>,
     pub torrent: bool,
+    pub torrent_listen: SocketAddr,
+    pub trackers: Vec<Url>,
     pub mdns: bool,
+}
+
+/// `--peers-dns`: a name to resolve into peer appliances, all on one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPeers {
+    pub name: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for DnsPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, self.port)
+    }
 }
 
 /// A setting that cannot be used, with the setting's name in the message.
@@ -268,6 +326,14 @@ pub enum ConfigError {
     NoKeys,
     #[error("--upstream-down-status must be 503 or 404, not {0}")]
     DownStatus(u16),
+    #[error("--peer {url:?}: {reason}")]
+    Peer { url: String, reason: String },
+    #[error("--peers-dns {0:?} is not NAME or NAME:PORT")]
+    PeersDns(String),
+    #[error("--torrent-listen {0:?} is not an address like [::]:6881 or 0.0.0.0:6881")]
+    TorrentListen(String),
+    #[error("--tracker {url:?}: {reason}")]
+    Tracker { url: String, reason: String },
     #[error("--cache-dir {path}: {reason}")]
     CacheDir { path: PathBuf, reason: String },
 }
@@ -313,6 +379,49 @@ fn parse_upstream(s: &str) -> Result<Url, ConfigError> {
     if !url.path().ends_with('/') {
         let p = format!("{}/", url.path());
         url.set_path(&p);
+    }
+    Ok(url)
+}
+
+/// A peer appliance's base URL: http(s), no query, trailing slash.
+fn parse_peer(s: &str) -> Result<Url, ConfigError> {
+    parse_upstream(s).map_err(|e| match e {
+        ConfigError::Upstream { url, reason } => ConfigError::Peer { url, reason },
+        other => other,
+    })
+}
+
+fn parse_peers_dns(s: &str) -> Result<DnsPeers, ConfigError> {
+    let bad = || ConfigError::PeersDns(s.to_owned());
+    let (name, port) = match s.rsplit_once(':') {
+        Some((n, p)) => (n, p.parse::<u16>().map_err(|_| bad())?),
+        None => (s, 8080),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if port == 0 || name.len() > 253 || !name.trim_end_matches('.').split('.').all(label_ok) {
+        return Err(bad());
+    }
+    Ok(DnsPeers {
+        name: name.to_owned(),
+        port,
+    })
+}
+
+fn parse_tracker(s: &str) -> Result<Url, ConfigError> {
+    let err = |reason: String| ConfigError::Tracker {
+        url: s.to_owned(),
+        reason,
+    };
+    let url = Url::parse(s).map_err(|e| err(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https" | "udp") || url.host().is_none() {
+        return Err(err(
+            "trackers are http://, https:// or udp://HOST:PORT".into()
+        ));
     }
     Ok(url)
 }
@@ -402,6 +511,27 @@ impl ServeArgs {
             path: cache_dir.clone(),
             reason,
         })?;
+        let peers = pick_list(self.peers, f.peer, Vec::new)
+            .iter()
+            .map(|s| parse_peer(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let peers_dns = self
+            .peers_dns
+            .or(f.peers_dns)
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_peers_dns(&s))
+            .transpose()?;
+        let torrent_s = self
+            .torrent_listen
+            .or(f.torrent_listen)
+            .unwrap_or_else(default_torrent_listen);
+        let torrent_listen = torrent_s
+            .parse()
+            .map_err(|_| ConfigError::TorrentListen(torrent_s.clone()))?;
+        let trackers = pick_list(self.trackers, f.tracker, Vec::new)
+            .iter()
+            .map(|s| parse_tracker(s))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             listen,
             cache_dir,
@@ -446,8 +576,12 @@ impl ServeArgs {
                 )?,
             },
             log_format: self.log_format.or(f.log_format).unwrap_or(LogFormat::Human),
+            peers,
+            peers_dns,
             // Flags and env can only switch these off; the file can too.
             torrent: !(self.no_torrent || f.no_torrent.unwrap_or(false)),
+            torrent_listen,
+            trackers,
             mdns: !(self.no_mdns || f.no_mdns.unwrap_or(false)),
         })
     }
@@ -527,5 +661,46 @@ mod tests {
             flatten(vec!["a b,c".into(), "d".into()]),
             ["a", "b", "c", "d"]
         );
+    }
+
+    #[test]
+    fn peers_and_torrent_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nixgate.toml");
+        std::fs::write(
+            &file,
+            "peer = [\"http://10.0.0.7:8080\"]\npeers-dns = \"nixgate-peers.ci.svc\"\n\
+             tracker = [\"udp://127.0.0.1:6969/announce\"]\ntorrent-listen = \"0.0.0.0:7000\"\n",
+        )
+        .unwrap();
+        let mut a = args(dir.path());
+        a.config = Some(file);
+        let c = a.resolve().unwrap();
+        assert_eq!(c.peers[0].as_str(), "http://10.0.0.7:8080/");
+        assert_eq!(
+            c.peers_dns,
+            Some(DnsPeers {
+                name: "nixgate-peers.ci.svc".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(c.torrent_listen.port(), 7000);
+        assert_eq!(c.trackers.len(), 1);
+
+        let d = args(dir.path()).resolve().unwrap();
+        assert!(d.peers.is_empty() && d.peers_dns.is_none() && d.trackers.is_empty());
+        assert_eq!(d.torrent_listen.to_string(), "[::]:6881");
+
+        assert_eq!(parse_peers_dns("peers.local:9000").unwrap().port, 9000);
+        for bad in ["", "a..b", "peers:0", "peers:x", "bad name", "http://x"] {
+            assert!(parse_peers_dns(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["ftp://x/", "/relative", "http://x/?q=1"] {
+            assert!(
+                matches!(parse_peer(bad), Err(ConfigError::Peer { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(parse_tracker("wss://x/announce").is_err());
     }
 }

@@ -68,6 +68,24 @@ fn print_config(c: &Config) {
         "  timeouts             connect {:?}, first byte {:?}, stall {:?}",
         c.timeouts.connect, c.timeouts.first_byte, c.timeouts.stall
     );
+    for p in &c.peers {
+        println!("  peer                 {p}");
+    }
+    if let Some(d) = &c.peers_dns {
+        println!("  peers-dns            {d}");
+    }
+    println!(
+        "  torrent              {}",
+        if c.torrent { "on" } else { "off" }
+    );
+    println!("  torrent-listen       {}", c.torrent_listen);
+    for t in &c.trackers {
+        println!("  tracker              {t}");
+    }
+    println!(
+        "  mdns                 {}",
+        if c.mdns { "on" } else { "off" }
+    );
 }
 
 /// Binds `addr`; an IPv6 wildcard on a host without IPv6 falls back to the IPv4 wildcard.

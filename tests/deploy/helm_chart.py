@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Chart test: lints helm/nixgate strictly, renders it with default and non-default values,
+validates every manifest against the Kubernetes schemas, checks that the schema refuses bad
+values, and runs the real binary with exactly the rendered args and ConfigMap to prove the
+flags parse and the probe paths answer 200.
+
+Needs PyPI's helm-python-sdk (Helm v4 engine, offline) and kubernetes-validate; ci/test.sh
+installs them. Prints cargo-style totals for ci/test.sh.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import yaml
+import kubernetes_validate
+from helm_python import chart as helm
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CHART = os.path.join(ROOT, "helm", "nixgate")
+NIXGATE = os.path.join(ROOT, "target", "debug", "nixgate")
+K8S_VERSION = "1.30"
+passed = failed = 0
+
+
+def check(name, cond, detail=""):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok   - {name}")
+    else:
+        failed += 1
+        print(f"FAIL - {name} {detail}")
+
+
+def render(values, name="ci", namespace="build"):
+    with helm.Chart.load(CHART) as c:
+        c.validate_schema(values)
+        out = c.render(values=values, name=name, namespace=namespace, is_install=True)
+    notes = out.pop("nixgate/templates/NOTES.txt", "")
+    docs = []
+    for text in out.values():
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}, notes
+
+
+def one(manifests, kind):
+    found = [d for (k, _), d in manifests.items() if k == kind]
+    assert len(found) == 1, f"{len(found)} {kind}"
+    return found[0]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_rendered(manifests, label):
+    """Starts nixgate with the StatefulSet's args and the ConfigMap's file (cache dir and
+    listen address moved to a temp dir and a free loopback port), then GETs the probe paths."""
+    sts = one(manifests, "StatefulSet")
+    cm = one(manifests, "ConfigMap")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = os.path.join(tmp, "nixgate.toml")
+        with open(conf, "w") as f:
+            f.write(cm["data"]["nixgate.toml"])
+        port = free_port()
+        args = []
+        for a in container["args"]:
+            if a.startswith("--config="):
+                a = "--config=" + conf
+            elif a.startswith("--cache-dir="):
+                a = "--cache-dir=" + os.path.join(tmp, "cache")
+            elif a.startswith("--listen="):
+                a = f"--listen=127.0.0.1:{port}"
+            args.append(a)
+        env = dict(os.environ)
+        for e in container.get("env", []):
+            env[e["name"]] = e["value"]
+        env["NIXGATE_HEALTH_URL"] = f"http://127.0.0.1:{port}"
+        cc = subprocess.run([NIXGATE, "check-config", *args], env=env, capture_output=True, text=True)
+        check(f"{label}: nixgate check-config accepts the rendered args and config", cc.returncode == 0, cc.stderr)
+        proc = subprocess.Popen([NIXGATE, "serve", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            probes = {p: container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")}
+            statuses = {}
+            deadline = time.time() + 15
+            while time.time() < deadline and len(statuses) < len(probes):
+                for probe, path in probes.items():
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                            statuses[probe] = r.status
+                    except OSError:
+                        time.sleep(0.1)
+            for probe, path in probes.items():
+                check(f"{label}: {probe} path {path} answers 200 on the real binary", statuses.get(probe) == 200, statuses)
+            hc = subprocess.run([NIXGATE, "health"], env=env, capture_output=True, text=True)
+            check(f"{label}: `nixgate health` with the pod's env passes", hc.returncode == 0, hc.stderr)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def validate_all(manifests, label):
+    for (kind, name), doc in manifests.items():
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: checked by hand below
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            ok, detail = True, ""
+        except Exception as e:  # ValidationError and friends
+            ok, detail = False, str(e)[:500]
+        check(f"{label}: {kind}/{name} is valid Kubernetes {K8S_VERSION}", ok, detail)
+
+
+def assert_consistent(manifests, notes, values, label):
+    sts = one(manifests, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    http_port = values.get("service", {}).get("port", 8080)
+    torrent = values.get("torrent", {})
+    torrent_on = torrent.get("enabled", True)
+    torrent_port = torrent.get("port", 6881)
+    ports = {p["name"]: p for p in c["ports"]}
+    check(f"{label}: container port 'http' is the service port", ports["http"]["containerPort"] == http_port)
+    check(f"{label}: --listen uses the service port", f"--listen=[::]:{http_port}" in c["args"])
+    check(f"{label}: probes hit /healthz and /readyz on 'http'",
+          c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+          and c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"})
+    svc = manifests[("Service", "ci-nixgate")]
+    headless = manifests[("Service", "ci-nixgate-peers")]
+    check(f"{label}: runner Service targets 'http' on the service port",
+          svc["spec"]["ports"] == [{"name": "http", "port": http_port, "targetPort": "http", "protocol": "TCP"}])
+    check(f"{label}: peers Service is headless", headless["spec"].get("clusterIP") == "None")
+    check(f"{label}: StatefulSet serviceName is the headless Service", sts["spec"]["serviceName"] == "ci-nixgate-peers")
+    for p in svc["spec"]["ports"] + headless["spec"]["ports"]:
+        check(f"{label}: Service port {p['name']} targets a named container port", p["targetPort"] in ports)
+    toml = one(manifests, "ConfigMap")["data"]["nixgate.toml"]
+    if values.get("peers", {}).get("dns", True):
+        check(f"{label}: --peers-dns names the headless Service and HTTP port",
+              f'peers-dns = "ci-nixgate-peers.build.svc:{http_port}"' in toml, toml)
+    check(f"{label}: torrent-listen uses the torrent port", f'torrent-listen = "[::]:{torrent_port}"' in toml)
+    check(f"{label}: no-torrent follows torrent.enabled", f"no-torrent = {str(not torrent_on).lower()}" in toml)
+    lan = values.get("lanProfile", {}).get("enabled", False)
+    check(f"{label}: mDNS and hostNetwork only in the LAN profile",
+          (f"no-mdns = {str(not lan).lower()}" in toml) and (pod.get("hostNetwork", False) == lan))
+    sc, psc = c["securityContext"], pod["securityContext"]
+    check(f"{label}: restrictive securityContext",
+          psc["runAsNonRoot"] and psc["runAsUser"] != 0 and sc["readOnlyRootFilesystem"]
+          and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"])
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    check(f"{label}: the cache dir is the PVC (the only writable path)", "/var/cache/nixgate" in mounts
+          and sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "cache")
+    size = values.get("cache", {}).get("storage", {}).get("size", "50Gi")
+    check(f"{label}: PVC sized from values",
+          sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == size)
+    check(f"{label}: NOTES print the runner nix.conf line",
+          f"substituters = http://ci-nixgate.build.svc:{http_port}" in notes, notes[:300])
+    np = manifests.get(("NetworkPolicy", "ci-nixgate"))
+    if values.get("networkPolicy", {}).get("enabled", True):
+        ing = [(p["port"], p["protocol"]) for rule in np["spec"]["ingress"] for p in rule["ports"]]
+        check(f"{label}: NetworkPolicy admits runners on the Service port", ing[0] == (http_port, "TCP"))
+        want = {(http_port, "TCP")} | ({(torrent_port, "TCP"), (torrent_port, "UDP")} if torrent_on else set())
+        check(f"{label}: NetworkPolicy peer ports match the container ports",
+              set(ing[1:]) == want and want == {(p["containerPort"], p["protocol"]) for p in c["ports"]})
+        eg = np["spec"]["egress"]
+        check(f"{label}: egress only to upstream port, DNS and peers",
+              len(eg) == 3 and eg[0]["ports"] == [{"port": values.get("networkPolicy", {}).get("upstreamPort", 443), "protocol": "TCP"}]
+              and {p["port"] for p in eg[1]["ports"]} == {53})
+    else:
+        check(f"{label}: no NetworkPolicy when disabled", np is None)
+    pdb = manifests.get(("PodDisruptionBudget", "ci-nixgate"))
+    check(f"{label}: PodDisruptionBudget follows values",
+          (pdb is not None) == values.get("podDisruptionBudget", {}).get("enabled", True))
+    sm = manifests.get(("ServiceMonitor", "ci-nixgate"))
+    if values.get("serviceMonitor", {}).get("enabled", False):
+        check(f"{label}: ServiceMonitor scrapes /metrics on 'http'",
+              sm["spec"]["endpoints"][0]["port"] == "http" and sm["spec"]["endpoints"][0]["path"] == "/metrics")
+    else:
+        check(f"{label}: no ServiceMonitor by default", sm is None)
+
+
+def main():
+    if not os.path.exists(NIXGATE):
+        sys.exit(f"{NIXGATE} missing: run cargo build first")
+    report = helm.lint(CHART, strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    check("helm lint --strict: no warnings or errors", not problems, problems)
+
+    profiles = {
+        "defaults": {},
+        "custom": {
+            "replicas": 3,
+            "image": {"repository": "registry.example/nixgate", "tag": "test"},
+            "upstreams": ["http://10.0.0.5:8080", "https://cache.example/"],
+            "cache": {"maxSize": "200GiB", "storage": {"size": "250Gi", "storageClassName": "fast"}},
+            "service": {"port": 9090, "type": "NodePort"},
+            "torrent": {"enabled": False, "port": 7000, "trackers": ["udp://10.0.0.9:6969/announce"]},
+            "peers": {"dns": True, "static": ["http://10.1.0.7:8080"]},
+            "podDisruptionBudget": {"enabled": False},
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "networkPolicy": {"upstreamCIDRs": ["10.0.0.5/32"], "upstreamPort": 8080},
+            "logFormat": "human",
+        },
+        "lan": {"lanProfile": {"enabled": True}, "networkPolicy": {"enabled": False}, "torrent": {"port": 6999}},
+    }
+    for label, values in profiles.items():
+        manifests, notes = render(values)
+        check(f"{label}: renders StatefulSet, ConfigMap and both Services", {k for k, _ in manifests} >= {"StatefulSet", "ConfigMap", "Service"} and len([1 for k, _ in manifests if k == "Service"]) == 2, list(manifests))
+        validate_all(manifests, label)
+        assert_consistent(manifests, notes, values, label)
+        run_rendered(manifests, label)
+
+    for bad, why in [
+        ({"replicas": 0}, "replicas 0"),
+        ({"cache": {"maxSize": "lots", "storage": {"size": "1Gi"}}}, "unparseable size"),
+        ({"trustedPublicKeys": ["not-a-key"]}, "malformed key"),
+        ({"upstreams": ["ftp://x"]}, "non-http upstream"),
+        ({"torrent": {"enabled": True, "port": 70000}}, "port out of range"),
+        ({"replicaCount": 2}, "unknown key (typo)"),
+    ]:
+        try:
+            render(bad)
+            refused = False
+        except Exception:
+            refused = True
+        check(f"values.schema.json refuses {why}", refused)
+
+    print(f"test result: {'ok' if failed == 0 else 'FAILED'}. {passed} passed; {failed} failed")
+    sys.exit(0 if failed == 0 and passed > 0 else 1)
+
+
+if __name__ == "__main__":
+    main()
