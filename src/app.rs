@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::DownPolicy;
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
+use crate::peers::PeerSet;
 use crate::store::{Store, StoreError};
 use crate::upstream::{Upstream, UpstreamClient};
 
@@ -21,11 +22,13 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub cache_info: Bytes,
     pub down_policy: DownPolicy,
+    pub peers: Arc<PeerSet>,
 }
 
 impl App {
-    /// Opens the cache (rebuilding its index) and sets everything up.
-    pub fn new(config: &Config) -> Result<Arc<Self>, StoreError> {
+    /// Opens the cache (rebuilding its index) and sets everything up. `own_port` is the HTTP
+    /// port actually bound, so that this appliance never lists itself as a peer.
+    pub fn new(config: &Config, own_port: u16) -> Result<Arc<Self>, StoreError> {
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(Store::open(
             &config.cache_dir,
@@ -38,6 +41,7 @@ impl App {
             .cloned()
             .map(Upstream::new)
             .collect();
+        let peers = Arc::new(PeerSet::new(own_port, config.peers.clone()));
         let fetcher = Arc::new(Fetcher::new(
             store.clone(),
             upstreams,
@@ -45,6 +49,7 @@ impl App {
             config.trusted_keys.clone(),
             metrics.clone(),
             config.negative_ttl,
+            peers.clone(),
         ));
         Ok(Arc::new(App {
             store,
@@ -55,6 +60,7 @@ impl App {
                 status: config.upstream_down_status,
                 retry_after: config.retry_after,
             },
+            peers,
         }))
     }
 }
@@ -65,12 +71,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let app = App::new(&config)?;
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let app = App::new(&config, port)?;
+    if let Some(dns) = config.peers_dns.clone() {
+        tokio::spawn(crate::peers::dns::run(
+            app.peers.clone(),
+            dns,
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         cache_dir = %config.cache_dir.display(),
         max_cache_size = config.max_cache_size,
         upstreams = ?config.upstreams.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        peers = ?config.peers.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        peers_dns = ?config.peers_dns.as_ref().map(|d| d.to_string()),
         "nixgate serving"
     );
     crate::http::server::serve(listener, app, shutdown).await;

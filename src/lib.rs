@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod nix;
+pub mod peers;
 pub mod store;
 pub mod telemetry;
 pub mod units;

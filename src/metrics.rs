@@ -13,6 +13,8 @@ macro_rules! label_enum {
         impl $name {
             /// Every value, in label order.
             pub const ALL: &'static [$name] = &[$($name::$v),+];
+            /// How many values there are (array sizes).
+            pub const COUNT: usize = Self::ALL.len();
             /// The label value.
             pub fn as_str(self) -> &'static str { match self { $($name::$v => $s),+ } }
         }
@@ -24,7 +26,7 @@ label_enum!(
     Route {
         CacheInfo => "nix-cache-info", NarInfo => "narinfo", Nar => "nar", Listing => "ls",
         Log => "log", Realisation => "realisation", Health => "healthz", Ready => "readyz",
-        Metrics => "metrics", Other => "other",
+        Metrics => "metrics", Peers => "p2p-peers", Other => "other",
     }
 );
 
@@ -56,14 +58,14 @@ fn counters<const N: usize>() -> [AtomicU64; N] {
 
 /// All of nixgate's metrics.
 pub struct Metrics {
-    requests: [[AtomicU64; 7]; 10],
-    fetched: [AtomicU64; 3],
+    requests: [[AtomicU64; Outcome::COUNT]; Route::COUNT],
+    fetched: [AtomicU64; Source::COUNT],
     served: AtomicU64,
-    upstream: [AtomicU64; 8],
+    upstream: [AtomicU64; UpstreamStatus::COUNT],
     cache_size: AtomicU64,
     cache_entries: AtomicU64,
     evictions: AtomicU64,
-    verification_failures: [AtomicU64; 3],
+    verification_failures: [AtomicU64; Source::COUNT],
     coalesced: AtomicU64,
 }
 

@@ -1,9 +1,11 @@
-//! Getting what the cache does not hold: the source policy (cache → upstreams in order) with
-//! verification before anything is stored, and per-key coalescing of concurrent misses.
+//! Getting what the cache does not hold: the source policy (cache → upstreams in order →
+//! peers when every upstream failed) with verification before anything is stored, and
+//! per-key coalescing of concurrent misses.
 
 pub mod coalesce;
 pub mod nar;
 pub mod narinfo;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use thiserror::Error;
 
 use crate::metrics::Metrics;
 use crate::nix::signature::TrustedKeys;
+use crate::peers::PeerSet;
 use crate::store::Store;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamError};
 
@@ -45,6 +48,8 @@ pub struct Fetcher {
     pub client: UpstreamClient,
     pub keys: TrustedKeys,
     pub metrics: Arc<Metrics>,
+    /// Other appliances to ask when every upstream fails.
+    pub peers: Arc<PeerSet>,
     /// Paths an upstream recently answered 404 for.
     negative: moka::sync::Cache<String, ()>,
     narinfos: coalesce::Coalescer<
@@ -62,6 +67,7 @@ impl Fetcher {
         keys: TrustedKeys,
         metrics: Arc<Metrics>,
         negative_ttl: Duration,
+        peers: Arc<PeerSet>,
     ) -> Self {
         Fetcher {
             store,
@@ -69,6 +75,7 @@ impl Fetcher {
             client,
             keys,
             metrics,
+            peers,
             negative: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(negative_ttl.max(Duration::from_millis(1)))

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::Method;
-use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use url::Url;
 
 use super::narinfo::parse_stored;
+use super::verify::{FileCheck, FileExpect, NarCheck};
 use super::{FetchError, Fetcher};
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
@@ -78,63 +78,67 @@ struct Plan {
     candidates: Vec<(usize, Url)>,
     size: Option<u64>,
     compression: Option<Compression>,
+    /// The signed NarHash and NarSize, when a narinfo told them (needed for peer bytes).
+    nar: Option<(Sha256, u64)>,
 }
 
-/// Incremental checks of a NAR file against what the narinfo promised.
-struct Verifier {
-    hasher: sha2::Sha256,
-    written: u64,
-    head: Vec<u8>,
-    expected: Sha256,
-    size: Option<u64>,
-    compression: Option<Compression>,
+/// The checks for one source: the file always; the decompressed NAR for peer bytes.
+struct Checks {
+    file: FileCheck,
+    nar: Option<NarCheck>,
 }
 
-impl Verifier {
-    fn new(expected: Sha256, plan: &Plan) -> Self {
-        Verifier {
-            hasher: sha2::Sha256::new(),
-            written: 0,
-            head: Vec::with_capacity(Compression::MAGIC_LEN),
-            expected,
-            size: plan.size,
-            compression: plan.compression,
+impl Checks {
+    fn new(fh: Sha256, plan: &Plan, nar: Option<NarCheck>) -> Self {
+        Checks {
+            file: FileCheck::new(FileExpect {
+                file_hash: fh,
+                file_size: plan.size,
+                compression: plan.compression,
+            }),
+            nar,
         }
+    }
+
+    fn written(&self) -> u64 {
+        self.file.written
     }
 
     fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
-        self.written += chunk.len() as u64;
-        if let Some(size) = self.size.filter(|s| self.written > *s) {
-            return Err(FetchError::Verification(format!(
-                "longer than FileSize {size}"
-            )));
+        self.file.update(chunk)?;
+        match &mut self.nar {
+            Some(n) => n.update(chunk),
+            None => Ok(()),
         }
-        let want = Compression::MAGIC_LEN.saturating_sub(self.head.len());
-        self.head.extend_from_slice(&chunk[..want.min(chunk.len())]);
-        self.hasher.update(chunk);
-        Ok(())
     }
 
     fn finish(self) -> Result<u64, FetchError> {
-        if let Some(size) = self.size.filter(|s| *s != self.written) {
-            return Err(FetchError::Verification(format!(
-                "{} bytes, FileSize says {size}",
-                self.written
-            )));
+        let n = self.file.finish()?;
+        if let Some(nar) = self.nar {
+            nar.finish()?;
         }
-        let got = Sha256(self.hasher.finalize().into());
-        if got != self.expected {
-            return Err(FetchError::Verification(format!(
-                "sha256 {got}, FileHash says {}",
-                self.expected
-            )));
+        Ok(n)
+    }
+}
+
+/// Where the bytes of a download come from.
+enum From<'a> {
+    Upstream(&'a Upstream),
+    Peer(Arc<Upstream>),
+}
+
+impl From<'_> {
+    fn source(&self) -> Source {
+        match self {
+            From::Upstream(_) => Source::Upstream,
+            From::Peer(_) => Source::Peer,
         }
-        if let Some(c) = self.compression.filter(|c| !c.matches_magic(&self.head)) {
-            return Err(FetchError::Verification(format!(
-                "bytes are not {c:?}-compressed as the narinfo says"
-            )));
+    }
+    fn breaker(&self) -> &crate::upstream::breaker::Breaker {
+        match self {
+            From::Upstream(u) => &u.breaker,
+            From::Peer(p) => &p.breaker,
         }
-        Ok(self.written)
     }
 }
 
@@ -228,6 +232,7 @@ impl Fetcher {
             candidates: Vec::new(),
             size: None,
             compression: Compression::from_extension(ext),
+            nar: None,
         };
         for stored in self.store.narinfos_of(fh).await {
             let Some((url, ni)) = parse_stored(&stored) else {
@@ -246,6 +251,7 @@ impl Fetcher {
             plan.candidates.push((i, url));
             plan.size = ni.file_size;
             plan.compression = Some(c);
+            plan.nar = Some((ni.nar_hash, ni.nar_size));
             break;
         }
         let rel = format!("nar/{}.nar{ext}", fh.to_nix32());
@@ -341,31 +347,94 @@ impl Fetcher {
         mut tmp: TempFile,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
-        let (up, mut body) = self.open_first(plan).await?;
+        let (from, mut body, nar_check) = match self.open_first(plan).await {
+            Ok((up, body)) => (From::Upstream(up), body, None),
+            Err(e) => match self.open_peer(fh, ext, plan).await {
+                Some((peer, body, check)) => (From::Peer(peer), body, Some(check)),
+                None => return Err(e),
+            },
+        };
         let mut out = tokio::fs::File::from_std(tmp.file().try_clone().map_err(storage)?);
-        let mut verifier = Verifier::new(fh, plan);
-        loop {
-            let chunk = match body.batch(WRITE_BATCH).await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    up.breaker.failure();
-                    return Err(FetchError::unavailable(up, &e));
-                }
-            };
-            self.count_rejected(verifier.update(&chunk))?;
-            out.write_all(&chunk).await.map_err(storage)?;
-            out.flush().await.map_err(storage)?;
-            tx.send_replace(Progress::Running(verifier.written));
+        let mut checks = Checks::new(fh, plan, nar_check);
+        let res = async {
+            loop {
+                let chunk = match body.batch(WRITE_BATCH).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        from.breaker().failure();
+                        return Err(FetchError::Unavailable(e.to_string()));
+                    }
+                };
+                checks.update(&chunk)?;
+                out.write_all(&chunk).await.map_err(storage)?;
+                out.flush().await.map_err(storage)?;
+                tx.send_replace(Progress::Running(checks.written()));
+            }
+            checks.finish()
         }
-        let size = self.count_rejected(verifier.finish())?;
+        .await;
+        let size = match res {
+            Ok(size) => size,
+            Err(e @ FetchError::Verification(_)) => {
+                self.metrics.verification_failure(from.source());
+                if let From::Peer(peer) = &from {
+                    // The peer may have invented the FileHash its narinfo named: forget the
+                    // narinfo too, so the retry starts afresh (without this peer).
+                    peer.breaker.probation(crate::peers::PROBATION);
+                    self.store.forget(&fh);
+                    tracing::warn!(peer = %peer.base, file_hash = %fh, error = %e, "peer sent a NAR that does not verify; peer on probation");
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.commit_nar(tmp, &fh, ext, size))
             .await
             .map_err(storage)?
             .map_err(storage)?;
-        self.metrics.fetched(Source::Upstream, size);
+        self.metrics.fetched(from.source(), size);
         Ok(size)
+    }
+
+    /// Every upstream failed: the first peer that holds the NAR (only-if-cached). Only when the
+    /// signed NarHash is known and nixgate can decompress the file to check it.
+    async fn open_peer(
+        &self,
+        fh: Sha256,
+        ext: &'static str,
+        plan: &Plan,
+    ) -> Option<(Arc<Upstream>, UpstreamBody, NarCheck)> {
+        let (nar_hash, nar_size) = plan.nar?;
+        let compression = plan.compression?;
+        NarCheck::new(compression, nar_hash, nar_size)?;
+        let rel = format!("nar/{}.nar{ext}", fh.to_nix32());
+        for peer in self.peers.peers() {
+            let Ok(url) = peer.base.join(&rel) else {
+                continue;
+            };
+            match self.client.peer_request(&peer, Method::GET, &url).await {
+                Ok(Answer::Found(body)) => {
+                    if let (Some(got), Some(want)) = (body.content_length, plan.size) {
+                        if got != want {
+                            self.metrics.verification_failure(Source::Peer);
+                            peer.breaker.probation(crate::peers::PROBATION);
+                            tracing::warn!(peer = %peer.base, got, want, "peer NAR length differs from FileSize; peer on probation");
+                            continue;
+                        }
+                    }
+                    tracing::info!(peer = %peer.base, file_hash = %fh, "NAR from peer");
+                    let check = NarCheck::new(compression, nar_hash, nar_size)?;
+                    return Some((peer, body, check));
+                }
+                Ok(Answer::NotFound) => {}
+                Err(e) => {
+                    tracing::debug!(peer = %peer.base, error = %e, "peer NAR fetch failed")
+                }
+            }
+        }
+        None
     }
 
     fn count_rejected<T>(&self, r: Result<T, FetchError>) -> Result<T, FetchError> {
@@ -385,7 +454,7 @@ impl Fetcher {
         let size = plan.size;
         let this = self.clone();
         tokio::spawn(async move {
-            let mut verifier = Verifier::new(fh, &plan);
+            let mut verifier = Checks::new(fh, &plan, None);
             let mut held: Option<Bytes> = None;
             let end = loop {
                 match body.batch(WRITE_BATCH).await {

@@ -16,7 +16,7 @@ use crate::nix::compression::Compression;
 use crate::nix::narinfo::{NarInfo, NarInfoError, MAX_NARINFO_BYTES};
 use crate::nix::store_path::StorePathHash;
 use crate::nix::STORE_DIR;
-use crate::upstream::{Answer, Upstream};
+use crate::upstream::Answer;
 
 /// Why an upstream narinfo was refused (it is then treated as absent, and counted).
 #[derive(Debug, Error)]
@@ -52,10 +52,11 @@ pub fn parse_stored(stored: &Bytes) -> Option<(Url, NarInfo)> {
     Some((upstream_url(stored)?, ni))
 }
 
-/// Checks an upstream narinfo and builds the file to store.
+/// Checks a narinfo (from an upstream or a peer) and builds the file to store; its NAR URL is
+/// resolved against `nar_base` (an upstream's base, where the NAR is refetched after eviction).
 fn accept(
     h: &StorePathHash,
-    up: &Upstream,
+    nar_base: &Url,
     body: &[u8],
     keys: &crate::nix::signature::TrustedKeys,
 ) -> Result<(crate::nix::hash::Sha256, String), Rejected> {
@@ -70,8 +71,7 @@ fn accept(
     let (Some(fh), Some(_)) = (ni.file_hash, ni.file_size) else {
         return Err(Rejected::Unverifiable);
     };
-    let nar_url = up
-        .base
+    let nar_url = nar_base
         .join(&ni.url)
         .map_err(|_| Rejected::Url(ni.url.clone()))?;
     let ext = Compression::from_field(ni.compression.as_deref()).extension();
@@ -132,8 +132,8 @@ impl Fetcher {
                     continue;
                 }
             };
-            match accept(&h, up, &body, &self.keys) {
-                Ok((fh, stored)) => return self.save(h, fh, stored).await,
+            match accept(&h, &up.base, &body, &self.keys) {
+                Ok((fh, stored)) => return self.save(h, fh, stored, Source::Upstream).await,
                 Err(why) => {
                     self.metrics.verification_failure(Source::Upstream);
                     tracing::warn!(upstream = %up.base, hash = %h, reason = %why, "rejected upstream narinfo");
@@ -141,7 +141,10 @@ impl Fetcher {
             }
         }
         match failure {
-            Some(e) => Err(e),
+            Some(e) => match self.narinfo_from_peers(h).await {
+                Some(stored) => Ok(stored),
+                None => Err(e),
+            },
             None => {
                 self.remember_not_found(format!("{h}.narinfo"));
                 Err(FetchError::NotFound)
@@ -149,11 +152,49 @@ impl Fetcher {
         }
     }
 
+    /// Every upstream failed: ask the peers (only-if-cached). A narinfo is taken only with a
+    /// trusted signature; a peer that sends anything else is counted and put on probation.
+    async fn narinfo_from_peers(&self, h: StorePathHash) -> Option<Bytes> {
+        for peer in self.peers.peers() {
+            let url = peer
+                .base
+                .join(&format!("{h}.narinfo"))
+                .expect("hash is URL-safe");
+            let body = match self.client.peer_request(&peer, Method::GET, &url).await {
+                Ok(Answer::Found(b)) => b.read_all(MAX_NARINFO_BYTES).await,
+                Ok(Answer::NotFound) => continue,
+                Err(e) => Err(e),
+            };
+            let body = match body {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(peer = %peer.base, hash = %h, error = %e, "peer narinfo fetch failed");
+                    continue;
+                }
+            };
+            // Refetches after eviction go to the first upstream's standard location.
+            let nar_base = self.upstreams.first().map_or(&peer.base, |u| &u.base);
+            match accept(&h, nar_base, &body, &self.keys) {
+                Ok((fh, stored)) => {
+                    tracing::info!(peer = %peer.base, hash = %h, "narinfo from peer");
+                    return self.save(h, fh, stored, Source::Peer).await.ok();
+                }
+                Err(why) => {
+                    self.metrics.verification_failure(Source::Peer);
+                    peer.breaker.probation(crate::peers::PROBATION);
+                    tracing::warn!(peer = %peer.base, hash = %h, reason = %why, "rejected peer narinfo; peer on probation");
+                }
+            }
+        }
+        None
+    }
+
     async fn save(
         &self,
         h: StorePathHash,
         fh: crate::nix::hash::Sha256,
         stored: String,
+        source: Source,
     ) -> Result<Bytes, FetchError> {
         let stored = Bytes::from(stored);
         let (store, b) = (self.store.clone(), stored.clone());
@@ -164,7 +205,7 @@ impl Fetcher {
                 tracing::error!(error = %e, hash = %h, "cannot store narinfo");
                 FetchError::Storage(e.to_string())
             })?;
-        self.metrics.fetched(Source::Upstream, stored.len() as u64);
+        self.metrics.fetched(source, stored.len() as u64);
         Ok(stored)
     }
 }
@@ -175,8 +216,8 @@ mod tests {
     use crate::nix::narinfo::tests::{VECTOR, VECTOR_PUBLIC_KEY};
     use crate::nix::signature::TrustedKeys;
 
-    fn up() -> Upstream {
-        Upstream::new(Url::parse("http://127.0.0.1:9/cache/").unwrap())
+    fn up() -> Url {
+        Url::parse("http://127.0.0.1:9/cache/").unwrap()
     }
 
     #[test]

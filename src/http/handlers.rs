@@ -87,6 +87,17 @@ pub fn metrics(app: &App) -> Handled {
     )
 }
 
+/// `/_p2p/v1/peers`: the peer set, where each peer came from and whether it is skipped.
+pub fn peers(app: &App) -> Handled {
+    let body = serde_json::json!({ "peers": app.peers.status() });
+    buffer(
+        app,
+        "application/json",
+        Bytes::from(body.to_string()),
+        Outcome::Hit,
+    )
+}
+
 /// `/<hash>.narinfo`.
 pub async fn narinfo(app: &Arc<App>, h: StorePathHash, only_if_cached: bool) -> Handled {
     let (b, hit) = app

@@ -23,6 +23,8 @@ pub enum Target {
     Health,
     Ready,
     Metrics,
+    /// `/_p2p/v1/peers`: the current peer set (JSON).
+    Peers,
     /// A path of a known kind that is malformed (400).
     Invalid(&'static str),
     NotFound,
@@ -41,6 +43,7 @@ impl Target {
             Target::Health => Route::Health,
             Target::Ready => Route::Ready,
             Target::Metrics => Route::Metrics,
+            Target::Peers => Route::Peers,
             Target::Invalid(_) | Target::NotFound => Route::Other,
         }
     }
@@ -88,6 +91,7 @@ pub fn parse(path: &str) -> Target {
         "healthz" => return Target::Health,
         "readyz" => return Target::Ready,
         "metrics" => return Target::Metrics,
+        "_p2p/v1/peers" => return Target::Peers,
         _ => {}
     }
     if let Some(name) = p.strip_prefix("nar/") {

@@ -46,6 +46,7 @@ async fn dispatch(
         Target::Health => handlers::health(app),
         Target::Ready => handlers::ready(app).await,
         Target::Metrics => handlers::metrics(app),
+        Target::Peers => handlers::peers(app),
         Target::NarInfo(h) => handlers::narinfo(app, h, oic).await,
         Target::Nar { file_hash, ext } if head => {
             handlers::nar_head(app, file_hash, ext, oic).await

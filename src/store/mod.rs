@@ -366,10 +366,21 @@ impl Store {
         Ok(dest)
     }
 
+    /// Drops the group of `fh` (its narinfos and NAR): a narinfo whose NAR could not be
+    /// obtained from a trustworthy source, so that the next request starts afresh.
+    pub fn forget(&self, fh: &Sha256) {
+        let removed = self.index().remove_group(fh);
+        self.delete_files(removed.into_iter().collect());
+    }
+
     fn delete_evicted(&self, evicted: Vec<Evicted>) {
         if !evicted.is_empty() {
             self.metrics.evicted(evicted.len() as u64);
         }
+        self.delete_files(evicted);
+    }
+
+    fn delete_files(&self, evicted: Vec<Evicted>) {
         for e in evicted {
             for h in &e.narinfos {
                 self.hot.invalidate(h);

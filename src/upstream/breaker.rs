@@ -71,6 +71,13 @@ impl Breaker {
         };
     }
 
+    /// Skips this source for `period` (a peer that sent data that failed verification).
+    pub fn probation(&self, period: Duration) {
+        *self.state() = State::Open {
+            until: Instant::now() + period,
+        };
+    }
+
     /// True while requests are being skipped.
     pub fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })

@@ -172,11 +172,41 @@ impl UpstreamClient {
         url: &Url,
         metrics: &Metrics,
     ) -> Result<Answer, UpstreamError> {
+        self.send(up, method, url, Some(metrics)).await
+    }
+
+    /// Asks a peer appliance with `Cache-Control: only-if-cached`, so that it answers from
+    /// its cache or not at all (504, taken as "not found"); never counted as upstream traffic.
+    pub async fn peer_request(
+        &self,
+        peer: &Upstream,
+        method: Method,
+        url: &Url,
+    ) -> Result<Answer, UpstreamError> {
+        self.send(peer, method, url, None).await
+    }
+
+    async fn send(
+        &self,
+        up: &Upstream,
+        method: Method,
+        url: &Url,
+        metrics: Option<&Metrics>,
+    ) -> Result<Answer, UpstreamError> {
+        let count = |s| {
+            if let Some(m) = metrics {
+                m.upstream(s)
+            }
+        };
         if !up.breaker.allow() {
-            metrics.upstream(UpstreamStatus::CircuitOpen);
+            count(UpstreamStatus::CircuitOpen);
             return Err(UpstreamError::CircuitOpen);
         }
-        let req = Request::builder()
+        let mut req = Request::builder();
+        if metrics.is_none() {
+            req = req.header(http::header::CACHE_CONTROL, "only-if-cached");
+        }
+        let req = req
             .method(method)
             .uri(url.as_str())
             .header(
@@ -191,12 +221,12 @@ impl UpstreamClient {
         let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => {
                 up.breaker.failure();
-                metrics.upstream(UpstreamStatus::Timeout);
+                count(UpstreamStatus::Timeout);
                 return Err(UpstreamError::FirstByteTimeout(first_byte));
             }
             Ok(Err(e)) => {
                 up.breaker.failure();
-                metrics.upstream(UpstreamStatus::ConnectError);
+                count(UpstreamStatus::ConnectError);
                 let e: &dyn std::error::Error = &e;
                 let detail = e
                     .source()
@@ -207,7 +237,11 @@ impl UpstreamClient {
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
-        metrics.upstream(classify(status));
+        count(classify(status));
+        if metrics.is_none() && status == StatusCode::GATEWAY_TIMEOUT {
+            up.breaker.success();
+            return Ok(Answer::NotFound); // a peer's "not in my cache"
+        }
         if status.is_server_error() {
             up.breaker.failure();
             return Err(UpstreamError::Status(status.as_u16()));

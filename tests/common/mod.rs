@@ -257,6 +257,17 @@ impl Appliance {
         key: &str,
         extra: impl FnOnce(&mut nixgate::config::ServeArgs),
     ) -> Appliance {
+        Self::start_on(cache_dir, 0, upstreams, key, extra).await
+    }
+
+    /// Starts nixgate in-process on 127.0.0.1:`port`.
+    pub async fn start_on(
+        cache_dir: &Path,
+        port: u16,
+        upstreams: &[String],
+        key: &str,
+        extra: impl FnOnce(&mut nixgate::config::ServeArgs),
+    ) -> Appliance {
         let mut args = nixgate::config::ServeArgs {
             cache_dir: Some(cache_dir.to_owned()),
             upstreams: upstreams.to_vec(),
@@ -268,7 +279,7 @@ impl Appliance {
         };
         extra(&mut args);
         let config = args.resolve().expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();

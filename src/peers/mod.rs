@@ -1,0 +1,197 @@
+//! The peer set: other nixgate appliances this one may ask when every upstream fails.
+//!
+//! Peers come from `--peer` (static) and `--peers-dns` (a name re-resolved periodically, e.g.
+//! a Kubernetes headless Service); mDNS will feed the same set. Each peer is an [`Upstream`]
+//! (base URL + circuit breaker), asked only with `Cache-Control: only-if-cached`, so a miss
+//! can never bounce between appliances. A peer whose data fails verification is put on
+//! probation (skipped) for [`PROBATION`]. This appliance's own address is never its peer.
+
+pub mod dns;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use url::Url;
+
+use crate::upstream::Upstream;
+
+/// How long a peer that sent unverifiable data is skipped.
+pub const PROBATION: Duration = Duration::from_secs(300);
+
+/// Where a peer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    Static,
+    Dns,
+}
+
+struct Entry {
+    peer: Arc<Upstream>,
+    origin: Origin,
+    since: SystemTime,
+}
+
+/// One row of `/_p2p/v1/peers`.
+#[derive(Debug, Serialize)]
+pub struct PeerStatus {
+    pub url: String,
+    pub origin: Origin,
+    /// `ok`, or `skipped` while its circuit is open (failures or probation).
+    pub state: &'static str,
+    pub since_unix: u64,
+}
+
+/// The live peer set.
+pub struct PeerSet {
+    entries: RwLock<Vec<Entry>>,
+    /// The port this appliance serves HTTP on: a local address with this port is itself.
+    own_port: u16,
+}
+
+impl PeerSet {
+    pub fn new(own_port: u16, statics: Vec<Url>) -> Self {
+        let set = PeerSet {
+            entries: RwLock::new(Vec::new()),
+            own_port,
+        };
+        set.replace(Origin::Static, statics);
+        set
+    }
+
+    /// Replaces the peers of one origin, keeping the state (breaker) of peers that stay.
+    pub fn replace(&self, origin: Origin, urls: Vec<Url>) {
+        let urls: Vec<Url> = urls.into_iter().filter(|u| !self.is_self(u)).collect();
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|e| e.origin != origin || urls.contains(&e.peer.base));
+        for url in urls {
+            if entries.iter().any(|e| e.peer.base == url) {
+                continue; // already known (perhaps from another origin)
+            }
+            tracing::info!(peer = %url, ?origin, "peer added");
+            entries.push(Entry {
+                peer: Arc::new(Upstream::new(url)),
+                origin,
+                since: SystemTime::now(),
+            });
+        }
+    }
+
+    /// The peers to ask, in a stable order.
+    pub fn peers(&self) -> Vec<Arc<Upstream>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.iter().map(|e| e.peer.clone()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// For the status route.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .map(|e| PeerStatus {
+                url: e.peer.base.to_string(),
+                origin: e.origin,
+                state: if e.peer.breaker.is_open() {
+                    "skipped"
+                } else {
+                    "ok"
+                },
+                since_unix: e
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            })
+            .collect()
+    }
+
+    /// True when `url` points at this appliance: our port on one of our own addresses.
+    fn is_self(&self, url: &Url) -> bool {
+        let port = url.port_or_known_default();
+        let Some(ip) = url.host().and_then(|h| match h {
+            url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
+            url::Host::Ipv6(a) => Some(IpAddr::V6(a)),
+            url::Host::Domain(_) => None,
+        }) else {
+            return false;
+        };
+        port == Some(self.own_port) && is_local_address(ip)
+    }
+}
+
+/// Whether `ip` is an address of this host. Connecting a UDP socket sends nothing; the kernel
+/// only picks a route, and for a local address the source it picks is that address.
+pub fn is_local_address(ip: IpAddr) -> bool {
+    if ip.is_loopback() || ip.is_unspecified() {
+        return true;
+    }
+    let bind: SocketAddr = match ip {
+        IpAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    UdpSocket::bind(bind)
+        .and_then(|s| {
+            s.connect((ip, 9))?;
+            s.local_addr()
+        })
+        .is_ok_and(|local| local.ip() == ip)
+}
+
+/// The base URL of a peer at `addr`.
+pub fn peer_url(addr: SocketAddr) -> Url {
+    Url::parse(&format!("http://{addr}/")).expect("a socket address makes a valid URL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn replace_keeps_state_and_drops_self() {
+        let set = PeerSet::new(8080, vec![u("http://10.9.9.1:8080/")]);
+        set.replace(
+            Origin::Dns,
+            vec![
+                u("http://10.9.9.2:8080/"),
+                u("http://127.0.0.1:8080/"), // ourselves
+                u("http://127.0.0.1:9090/"), // another appliance on this host
+            ],
+        );
+        let urls: Vec<String> = set.peers().iter().map(|p| p.base.to_string()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://10.9.9.1:8080/",
+                "http://10.9.9.2:8080/",
+                "http://127.0.0.1:9090/"
+            ]
+        );
+        let before = set.peers()[1].clone();
+        before.breaker.probation(PROBATION);
+        set.replace(Origin::Dns, vec![u("http://10.9.9.2:8080/")]);
+        let after = set.peers();
+        assert_eq!(after.len(), 2);
+        assert!(Arc::ptr_eq(&before, &after[1]), "state kept");
+        assert_eq!(set.status()[1].state, "skipped");
+        set.replace(Origin::Dns, vec![]);
+        assert_eq!(set.peers().len(), 1, "static peers stay");
+    }
+
+    #[test]
+    fn local_addresses() {
+        assert!(is_local_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_local_address("192.0.2.1".parse().unwrap()));
+    }
+}
