@@ -16,7 +16,7 @@ use crate::nix::compression::Compression;
 use crate::nix::narinfo::{NarInfo, NarInfoError, MAX_NARINFO_BYTES};
 use crate::nix::store_path::StorePathHash;
 use crate::nix::STORE_DIR;
-use crate::upstream::Answer;
+use crate::upstream::{Answer, Upstream, UpstreamError};
 
 /// Why an upstream narinfo was refused (it is then treated as absent, and counted).
 #[derive(Debug, Error)]
@@ -111,21 +111,9 @@ impl Fetcher {
     async fn fetch_narinfo(self: Arc<Self>, h: StorePathHash) -> Result<Bytes, FetchError> {
         let mut failure = None;
         for up in &self.upstreams {
-            let url = up
-                .base
-                .join(&format!("{h}.narinfo"))
-                .expect("hash is URL-safe");
-            let body = match self
-                .client
-                .request(up, Method::GET, &url, &self.metrics)
-                .await
-            {
-                Ok(Answer::Found(b)) => b.read_all(MAX_NARINFO_BYTES).await,
-                Ok(Answer::NotFound) => continue,
-                Err(e) => Err(e),
-            };
-            let body = match body {
-                Ok(b) => b,
+            let body = match self.get_narinfo(up, h, false).await {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::warn!(upstream = %up.base, hash = %h, error = %e, "narinfo fetch failed");
                     failure = Some(FetchError::unavailable(up, &e));
@@ -152,21 +140,37 @@ impl Fetcher {
         }
     }
 
+    /// The narinfo body from `src` (`None`: not there), asked as a peer or as an upstream.
+    async fn get_narinfo(
+        &self,
+        src: &Upstream,
+        h: StorePathHash,
+        peer: bool,
+    ) -> Result<Option<Bytes>, UpstreamError> {
+        let url = src
+            .base
+            .join(&format!("{h}.narinfo"))
+            .expect("hash is URL-safe");
+        let answer = if peer {
+            self.client.peer_request(src, Method::GET, &url).await
+        } else {
+            self.client
+                .request(src, Method::GET, &url, &self.metrics)
+                .await
+        };
+        match answer? {
+            Answer::Found(b) => b.read_all(MAX_NARINFO_BYTES).await.map(Some),
+            Answer::NotFound => Ok(None),
+        }
+    }
+
     /// Every upstream failed: ask the peers (only-if-cached). A narinfo is taken only with a
     /// trusted signature; a peer that sends anything else is counted and put on probation.
     async fn narinfo_from_peers(&self, h: StorePathHash) -> Option<Bytes> {
         for peer in self.peers.peers() {
-            let url = peer
-                .base
-                .join(&format!("{h}.narinfo"))
-                .expect("hash is URL-safe");
-            let body = match self.client.peer_request(&peer, Method::GET, &url).await {
-                Ok(Answer::Found(b)) => b.read_all(MAX_NARINFO_BYTES).await,
-                Ok(Answer::NotFound) => continue,
-                Err(e) => Err(e),
-            };
-            let body = match body {
-                Ok(b) => b,
+            let body = match self.get_narinfo(&peer, h, true).await {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
                 Err(e) => {
                     tracing::debug!(peer = %peer.base, hash = %h, error = %e, "peer narinfo fetch failed");
                     continue;
