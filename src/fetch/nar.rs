@@ -122,22 +122,22 @@ impl Checks {
 }
 
 /// Where the bytes of a download come from.
-enum From<'a> {
+enum BytesFrom<'a> {
     Upstream(&'a Upstream),
     Peer(Arc<Upstream>),
 }
 
-impl From<'_> {
+impl BytesFrom<'_> {
     fn source(&self) -> Source {
         match self {
-            From::Upstream(_) => Source::Upstream,
-            From::Peer(_) => Source::Peer,
+            BytesFrom::Upstream(_) => Source::Upstream,
+            BytesFrom::Peer(_) => Source::Peer,
         }
     }
     fn breaker(&self) -> &crate::upstream::breaker::Breaker {
         match self {
-            From::Upstream(u) => &u.breaker,
-            From::Peer(p) => &p.breaker,
+            BytesFrom::Upstream(u) => &u.breaker,
+            BytesFrom::Peer(p) => &p.breaker,
         }
     }
 }
@@ -348,9 +348,9 @@ impl Fetcher {
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
         let (from, mut body, nar_check) = match self.open_first(plan).await {
-            Ok((up, body)) => (From::Upstream(up), body, None),
+            Ok((up, body)) => (BytesFrom::Upstream(up), body, None),
             Err(e) => match self.open_peer(fh, ext, plan).await {
-                Some((peer, body, check)) => (From::Peer(peer), body, Some(check)),
+                Some((peer, body, check)) => (BytesFrom::Peer(peer), body, Some(check)),
                 None => return Err(e),
             },
         };
@@ -378,7 +378,7 @@ impl Fetcher {
             Ok(size) => size,
             Err(e @ FetchError::Verification(_)) => {
                 self.metrics.verification_failure(from.source());
-                if let From::Peer(peer) = &from {
+                if let BytesFrom::Peer(peer) = &from {
                     // The peer may have invented the FileHash its narinfo named: forget the
                     // narinfo too, so the retry starts afresh (without this peer).
                     peer.breaker.probation(crate::peers::PROBATION);
