@@ -175,6 +175,10 @@ def assert_consistent(manifests, notes, values, label):
         check(f"{label}: egress only to upstream port, DNS and peers",
               len(eg) == 3 and eg[0]["ports"] == [{"port": values.get("networkPolicy", {}).get("upstreamPort", 443), "protocol": "TCP"}]
               and {p["port"] for p in eg[1]["ports"]} == {53})
+        peer_cidrs = values.get("networkPolicy", {}).get("peerCIDRs", [])
+        check(f"{label}: egress to other replicas and to peerCIDRs on the peer ports",
+              [t["ipBlock"]["cidr"] for t in eg[2]["to"] if "ipBlock" in t] == peer_cidrs
+              and {(p["port"], p["protocol"]) for p in eg[2]["ports"]} == want)
     else:
         check(f"{label}: no NetworkPolicy when disabled", np is None)
     pdb = manifests.get(("PodDisruptionBudget", "ci-nixgate"))
@@ -207,7 +211,7 @@ def main():
             "peers": {"dns": True, "static": ["http://10.1.0.7:8080"]},
             "podDisruptionBudget": {"enabled": False},
             "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-            "networkPolicy": {"upstreamCIDRs": ["10.0.0.5/32"], "upstreamPort": 8080},
+            "networkPolicy": {"upstreamCIDRs": ["10.0.0.5/32"], "upstreamPort": 8080, "peerCIDRs": ["10.1.0.7/32"]},
             "logFormat": "human",
         },
         "lan": {"lanProfile": {"enabled": True}, "networkPolicy": {"enabled": False}, "torrent": {"port": 6999}},
