@@ -42,14 +42,25 @@ async fn peer_states(a: &Appliance) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// A working upstream and an appliance in front of it that already holds `paths`.
+async fn holding_peer(
+    f: &Fixture,
+    dir: &std::path::Path,
+    paths: &[&String],
+) -> (Upstream, Appliance) {
+    let up = Upstream::start(&f.cache).await;
+    let a = Appliance::start_default(&dir.join("peer"), &up, &f.public_key).await;
+    for p in paths {
+        assert_ok(&nix_copy(&a.url(), &f.public_key, p, &dir.join("warm")).await);
+    }
+    (up, a)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upstream_down_closure_is_served_by_a_peer() {
     let f = fixture().await;
     let work = tempfile::tempdir().unwrap();
-    let up = Upstream::start(&f.cache).await;
-    let a = Appliance::start_default(&work.path().join("a"), &up, &f.public_key).await;
-    assert_ok(&nix_copy(&a.url(), &f.public_key, &f.top, &work.path().join("warm")).await);
-    assert_ok(&nix_copy(&a.url(), &f.public_key, &f.big, &work.path().join("warm")).await);
+    let (up, a) = holding_peer(f, work.path(), &[&f.top, &f.big]).await;
     let upstream_requests = up.total.load(Ordering::SeqCst);
 
     let down = failing_upstream(f).await;
@@ -141,18 +152,8 @@ fn xz(data: &[u8]) -> Vec<u8> {
 async fn lying_peers_are_rejected_counted_and_put_on_probation() {
     let f = fixture().await;
     let work = tempfile::tempdir().unwrap();
-    let up = Upstream::start(&f.cache).await;
-    let honest = Appliance::start_default(&work.path().join("honest"), &up, &f.public_key).await;
     let target = &f.blobs[4];
-    assert_ok(
-        &nix_copy(
-            &honest.url(),
-            &f.public_key,
-            target,
-            &work.path().join("warm"),
-        )
-        .await,
-    );
+    let (_up, honest) = holding_peer(f, work.path(), &[target]).await;
 
     // The liar serves the real, correctly signed narinfo, but with FileHash, FileSize and URL
     // (not covered by the signature) pointing at a NAR with one byte changed.
@@ -281,17 +282,7 @@ async fn lying_peers_are_rejected_counted_and_put_on_probation() {
 async fn peers_dns_resolves_a_name_into_peers_and_never_itself() {
     let f = fixture().await;
     let work = tempfile::tempdir().unwrap();
-    let up = Upstream::start(&f.cache).await;
-    let a = Appliance::start_default(&work.path().join("a"), &up, &f.public_key).await;
-    assert_ok(
-        &nix_copy(
-            &a.url(),
-            &f.public_key,
-            &f.blobs[1],
-            &work.path().join("warm"),
-        )
-        .await,
-    );
+    let (_up, a) = holding_peer(f, work.path(), &[&f.blobs[1]]).await;
 
     // `localhost` (from /etc/hosts: a name we control) on A's port: A is B's peer.
     let down = failing_upstream(f).await;

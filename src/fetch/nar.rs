@@ -408,7 +408,7 @@ impl Fetcher {
     ) -> Option<(Arc<Upstream>, UpstreamBody, NarCheck)> {
         let (nar_hash, nar_size) = plan.nar?;
         let compression = plan.compression?;
-        NarCheck::new(compression, nar_hash, nar_size)?;
+        let check = NarCheck::new(compression, nar_hash, nar_size)?;
         let rel = format!("nar/{}.nar{ext}", fh.to_nix32());
         for peer in self.peers.peers() {
             let Ok(url) = peer.base.join(&rel) else {
@@ -425,7 +425,6 @@ impl Fetcher {
                         }
                     }
                     tracing::info!(peer = %peer.base, file_hash = %fh, "NAR from peer");
-                    let check = NarCheck::new(compression, nar_hash, nar_size)?;
                     return Some((peer, body, check));
                 }
                 Ok(Answer::NotFound) => {}

@@ -124,6 +124,14 @@ impl UpstreamBody {
     }
 }
 
+/// Who a request is for: an upstream (counted in its metrics) or a peer appliance (asked
+/// only-if-cached, not counted as upstream traffic).
+#[derive(Clone, Copy)]
+enum Asker<'a> {
+    Upstream(&'a Metrics),
+    Peer,
+}
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The shared upstream HTTP client.
@@ -172,7 +180,7 @@ impl UpstreamClient {
         url: &Url,
         metrics: &Metrics,
     ) -> Result<Answer, UpstreamError> {
-        self.send(up, method, url, Some(metrics)).await
+        self.send(up, method, url, Asker::Upstream(metrics)).await
     }
 
     /// Asks a peer appliance with `Cache-Control: only-if-cached`, so that it answers from
@@ -183,7 +191,7 @@ impl UpstreamClient {
         method: Method,
         url: &Url,
     ) -> Result<Answer, UpstreamError> {
-        self.send(peer, method, url, None).await
+        self.send(peer, method, url, Asker::Peer).await
     }
 
     async fn send(
@@ -191,10 +199,10 @@ impl UpstreamClient {
         up: &Upstream,
         method: Method,
         url: &Url,
-        metrics: Option<&Metrics>,
+        asker: Asker<'_>,
     ) -> Result<Answer, UpstreamError> {
         let count = |s| {
-            if let Some(m) = metrics {
+            if let Asker::Upstream(m) = asker {
                 m.upstream(s)
             }
         };
@@ -203,7 +211,7 @@ impl UpstreamClient {
             return Err(UpstreamError::CircuitOpen);
         }
         let mut req = Request::builder();
-        if metrics.is_none() {
+        if let Asker::Peer = asker {
             req = req.header(http::header::CACHE_CONTROL, "only-if-cached");
         }
         let req = req
@@ -238,7 +246,7 @@ impl UpstreamClient {
         };
         let status = resp.status();
         count(classify(status));
-        if metrics.is_none() && status == StatusCode::GATEWAY_TIMEOUT {
+        if matches!(asker, Asker::Peer) && status == StatusCode::GATEWAY_TIMEOUT {
             up.breaker.success();
             return Ok(Answer::NotFound); // a peer's "not in my cache"
         }

@@ -10,25 +10,20 @@ narinfo-cache-negative-ttl = 0'
 PASSED=0
 FAILED=0
 
-# check NAME COMMAND...: runs COMMAND, records and prints the result.
-check() {
-  local name=$1; shift
-  if "$@"; then
-    PASSED=$((PASSED + 1)); echo "ok   - $name"
+# record NAME PASSED(0|1): counts and prints one result.
+record() {
+  if [ "$2" -eq 1 ]; then
+    PASSED=$((PASSED + 1)); echo "ok   - $1"
   else
-    FAILED=$((FAILED + 1)); echo "FAIL - $name"
+    FAILED=$((FAILED + 1)); echo "FAIL - $1"
   fi
 }
 
+# check NAME COMMAND...: passes when COMMAND succeeds.
+check() { local name=$1; shift; if "$@"; then record "$name" 1; else record "$name" 0; fi; }
+
 # refute NAME COMMAND...: passes when COMMAND fails.
-refute() {
-  local name=$1; shift
-  if "$@"; then
-    FAILED=$((FAILED + 1)); echo "FAIL - $name"
-  else
-    PASSED=$((PASSED + 1)); echo "ok   - $name"
-  fi
-}
+refute() { local name=$1; shift; if "$@"; then record "$name" 0; else record "$name" 1; fi; }
 
 # summary: prints the counts in cargo's format (ci/test.sh adds them up) and sets the status.
 summary() {
