@@ -73,6 +73,32 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let port = listener.local_addr().map_or(0, |a| a.port());
     let app = App::new(&config, port)?;
+    let mdns = match listener.local_addr() {
+        // A loopback appliance is not on the LAN: it neither announces nor browses.
+        Ok(listen) if config.mdns && !listen.ip().is_loopback() => {
+            let me = crate::peers::mdns::Announcement {
+                id: crate::peers::load_or_create_id(&config.cache_dir).map_err(|source| {
+                    StoreError::Io {
+                        path: config.cache_dir.join("peer-id"),
+                        source,
+                    }
+                })?,
+                listen,
+                bt_port: config.torrent.then(|| config.torrent_listen.port()),
+            };
+            let (set, token) = (app.peers.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::peers::mdns::run(set, me, token).await {
+                    tracing::warn!(error = %e, "mDNS is off: cannot start it");
+                }
+            }))
+        }
+        Ok(listen) if config.mdns => {
+            tracing::info!(%listen, "mDNS off: the listen address is loopback, not on a LAN");
+            None
+        }
+        _ => None,
+    };
     if let Some(dns) = config.peers_dns.clone() {
         tokio::spawn(crate::peers::dns::run(
             app.peers.clone(),
@@ -87,8 +113,13 @@ pub async fn run(
         upstreams = ?config.upstreams.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
         peers = ?config.peers.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
         peers_dns = ?config.peers_dns.as_ref().map(|d| d.to_string()),
+        mdns = config.mdns,
         "nixgate serving"
     );
     crate::http::server::serve(listener, app, shutdown).await;
+    if let Some(task) = mdns {
+        // The goodbye packet goes out before the process exits.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+    }
     Ok(())
 }

@@ -20,11 +20,11 @@ use crate::units::{parse_duration, parse_size, UnitError};
 fn default_listen() -> String {
     "[::]:8080".into()
 }
-/// 10 GiB holds the closures of a typical CI farm's hot set without filling a small volume.
+/// The BitTorrent port peers expect, on every address.
 fn default_torrent_listen() -> String {
     "[::]:6881".into()
 }
-
+/// 10 GiB holds the closures of a typical CI farm's hot set without filling a small volume.
 fn default_max_cache_size() -> String {
     "10GiB".into()
 }
@@ -87,6 +87,12 @@ pub enum Command {
     /// Exits 0 and prints the resolved settings when they are usable, non-zero with the
     /// reason otherwise (a malformed key, an unparseable size, an unwritable cache dir, …).
     CheckConfig(ServeArgs),
+    /// Find nixgate appliances on the local network over mDNS and print them for nix.conf.
+    ///
+    /// Browses `_nixgate._tcp.local.` for --timeout, keeps the appliances that answer
+    /// /nix-cache-info, and prints them fastest first, e.g.
+    /// `extra-substituters = http://192.168.1.20:8080`. Exits 1 when none answers.
+    Discover(DiscoverArgs),
     /// Probe a running appliance's /healthz (for container HEALTHCHECKs; no curl needed).
     Health {
         /// The appliance's base URL.
@@ -97,6 +103,32 @@ pub enum Command {
         )]
         url: String,
     },
+}
+
+/// Flags of `discover`.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// How long to listen for announcements, e.g. 3s, 500ms.
+    #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+    /// Output: a nix.conf line, one URL per line, or JSON with addresses, TXT and latency.
+    #[arg(long, value_enum, default_value_t = DiscoverFormat::NixConf)]
+    pub format: DiscoverFormat,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Output format of `discover`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiscoverFormat {
+    /// `extra-substituters = URL URL…`
+    NixConf,
+    /// One URL per line.
+    Url,
+    /// A JSON array, fastest first.
+    Json,
 }
 
 /// Log output format.
@@ -221,10 +253,20 @@ pub struct ServeArgs {
     )]
     pub trackers: Vec<String>,
 
-    /// Disable mDNS announce and browse. (mDNS is not in this release yet, so this is
-    /// currently always the behaviour; accepted so deployments keep working.)
-    #[arg(long, env = "NIXGATE_NO_MDNS", value_parser = BoolishValueParser::new())]
-    pub no_mdns: bool,
+    /// Do not announce this appliance over mDNS (`_nixgate._tcp.local.`) nor browse the LAN
+    /// for sibling appliances. [default: mDNS on, except inside Kubernetes (where
+    /// KUBERNETES_SERVICE_HOST is set), where multicast does not cross the pod network].
+    /// `--no-mdns=false` turns it on anywhere.
+    #[arg(
+        long,
+        env = "NIXGATE_NO_MDNS",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub no_mdns: Option<bool>,
 }
 
 /// The `--config` file: the same settings, kebab-case keys.
@@ -582,7 +624,10 @@ impl ServeArgs {
             torrent: !(self.no_torrent || f.no_torrent.unwrap_or(false)),
             torrent_listen,
             trackers,
-            mdns: !(self.no_mdns || f.no_mdns.unwrap_or(false)),
+            mdns: match self.no_mdns.or(f.no_mdns) {
+                Some(no) => !no,
+                None => std::env::var_os("KUBERNETES_SERVICE_HOST").is_none(),
+            },
         })
     }
 }
@@ -626,6 +671,29 @@ mod tests {
         assert_eq!(c.max_cache_size, 500 << 20);
         assert_eq!(c.upstreams[0].as_str(), "http://127.0.0.1:1/a/");
         assert!(!c.mdns);
+    }
+
+    #[test]
+    fn no_mdns_flag_forms() {
+        let parse = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a.no_mdns,
+            _ => unreachable!(),
+        };
+        assert_eq!(parse(&["nixgate", "serve"]), None);
+        assert_eq!(
+            parse(&["nixgate", "serve", "--no-mdns", "--listen", "[::]:1"]),
+            Some(true)
+        );
+        assert_eq!(parse(&["nixgate", "serve", "--no-mdns=false"]), Some(false));
+        assert_eq!(parse(&["nixgate", "serve", "--no-mdns=0"]), Some(false));
+        // An explicit `false` (flag or env) beats `no-mdns = true` in the file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nixgate.toml");
+        std::fs::write(&file, "no-mdns = true\n").unwrap();
+        let mut a = args(dir.path());
+        a.config = Some(file);
+        a.no_mdns = Some(false);
+        assert!(a.resolve().unwrap().mdns);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use nixgate::config::{Cli, Command, Config};
+use nixgate::config::{Cli, Command, Config, DiscoverArgs, DiscoverFormat};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Health { url } => report(health(&url)),
+        Command::Discover(args) => report(discover(args)),
     }
 }
 
@@ -130,20 +131,40 @@ async fn wait_for_signal() {
 
 #[tokio::main(flavor = "current_thread")]
 async fn health(url: &str) -> anyhow::Result<()> {
-    use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("{}/healthz", url.trim_end_matches('/'))
-        .parse()
-        .context("health URL")?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
+    let base = url::Url::parse(url).with_context(|| format!("health URL {url}"))?;
+    nixgate::http::probe::get_ok(&base, "/healthz", std::time::Duration::from_secs(5))
         .await
-        .context("no answer within 5s")??;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "/healthz answered {}",
-        resp.status()
-    );
+        .with_context(|| format!("{base} /healthz"))?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
+    use nixgate::peers::mdns;
+    let (found, announced) = mdns::discover(args.timeout).await?;
+    if found.is_empty() {
+        if announced == 0 {
+            anyhow::bail!(
+                "no nixgate appliance found: nothing announced {} within {:?} \
+                 (is multicast UDP 5353 allowed on this network?)",
+                mdns::SERVICE_TYPE,
+                args.timeout
+            );
+        }
+        anyhow::bail!(
+            "no nixgate appliance answered: {announced} announced {} but none answered \
+             /nix-cache-info within {:?}",
+            mdns::SERVICE_TYPE,
+            mdns::PROBE_TIMEOUT
+        );
+    }
+    match args.format {
+        DiscoverFormat::NixConf => {
+            let urls: Vec<&str> = found.iter().map(|d| d.url.as_str()).collect();
+            println!("extra-substituters = {}", urls.join(" "));
+        }
+        DiscoverFormat::Url => found.iter().for_each(|d| println!("{}", d.url)),
+        DiscoverFormat::Json => println!("{}", serde_json::to_string_pretty(&found)?),
+    }
     Ok(())
 }

@@ -2,5 +2,6 @@
 
 pub mod body;
 pub mod handlers;
+pub mod probe;
 pub mod routes;
 pub mod server;

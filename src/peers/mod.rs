@@ -1,12 +1,13 @@
 //! The peer set: other nixgate appliances this one may ask when every upstream fails.
 //!
-//! Peers come from `--peer` (static) and `--peers-dns` (a name re-resolved periodically, e.g.
-//! a Kubernetes headless Service); mDNS will feed the same set. Each peer is an [`Upstream`]
+//! Peers come from `--peer` (static), `--peers-dns` (a name re-resolved periodically, e.g.
+//! a Kubernetes headless Service) and mDNS on the LAN ([`mdns`]); all feed this one set. Each peer is an [`Upstream`]
 //! (base URL + circuit breaker), asked only with `Cache-Control: only-if-cached`, so a miss
 //! can never bounce between appliances. A peer whose data fails verification is put on
 //! probation (skipped) for [`PROBATION`]. This appliance's own address is never its peer.
 
 pub mod dns;
+pub mod mdns;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
@@ -26,6 +27,7 @@ pub const PROBATION: Duration = Duration::from_secs(300);
 pub enum Origin {
     Static,
     Dns,
+    Mdns,
 }
 
 struct Entry {
@@ -145,6 +147,26 @@ pub fn is_local_address(ip: IpAddr) -> bool {
         .is_ok_and(|local| local.ip() == ip)
 }
 
+/// This appliance's peer id (announced over mDNS as `id=`): 32 hex digits, made once from the
+/// kernel's random source and kept in `<cache dir>/peer-id` so it survives restarts.
+pub fn load_or_create_id(cache_dir: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let path = cache_dir.join("peer-id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(s.to_ascii_lowercase());
+        }
+    }
+    let mut raw = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = cache_dir.join("tmp").join("peer-id");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
 /// The base URL of a peer at `addr`.
 pub fn peer_url(addr: SocketAddr) -> Url {
     Url::parse(&format!("http://{addr}/")).expect("a socket address makes a valid URL")
@@ -187,6 +209,17 @@ mod tests {
         assert_eq!(set.status()[1].state, "skipped");
         set.replace(Origin::Dns, vec![]);
         assert_eq!(set.peers().len(), 1, "static peers stay");
+    }
+
+    #[test]
+    fn peer_id_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        let a = load_or_create_id(dir.path()).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_eq!(load_or_create_id(dir.path()).unwrap(), a);
+        std::fs::write(dir.path().join("peer-id"), "garbage").unwrap();
+        assert_ne!(load_or_create_id(dir.path()).unwrap(), a);
     }
 
     #[test]

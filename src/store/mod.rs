@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! VERSION                                   "nixgate-store 1"
+//! peer-id                                   this appliance's id (peers::load_or_create_id)
 //! tmp/                                      downloads in progress; emptied at start-up
 //! narinfo/<h[..2]>/<h>-<filehash>.narinfo   line 1: upstream URL of the NAR; rest: the
 //!                                           narinfo exactly as served (URL rewritten)

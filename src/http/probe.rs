@@ -1,0 +1,59 @@
+//! A one-shot plain-HTTP probe: GET a path, expect 2xx before a deadline. Used by
+//! `nixgate health`, by the mDNS peer liveness check and by `nixgate discover`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use thiserror::Error;
+use url::Url;
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("{0} is not a valid request URL")]
+    Url(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Connect(String),
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+}
+
+/// GETs `path` under `base`; returns the time to the response headers.
+pub async fn get_ok(base: &Url, path: &str, deadline: Duration) -> Result<Duration, ProbeError> {
+    let url = base
+        .join(path.trim_start_matches('/'))
+        .map_err(|_| ProbeError::Url(format!("{base}{path}")))?;
+    let uri: http::Uri = url
+        .as_str()
+        .parse()
+        .map_err(|_| ProbeError::Url(url.to_string()))?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let start = Instant::now();
+    let resp = tokio::time::timeout(deadline, client.get(uri))
+        .await
+        .map_err(|_| ProbeError::Timeout(deadline))?
+        .map_err(|e| ProbeError::Connect(error_chain(&e)))?;
+    let took = start.elapsed();
+    if resp.status().is_success() {
+        Ok(took)
+    } else {
+        Err(ProbeError::Status(resp.status()))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
