@@ -17,6 +17,8 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v avahi-daemon >/dev/null || need+=(avahi-daemon)
 command -v avahi-browse >/dev/null || need+=(avahi-utils)
 command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
+command -v aria2c >/dev/null || need+=(aria2)
+command -v opentracker >/dev/null || need+=(opentracker)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   # Packages with services (avahi, dbus) must not start them on this host's network: the

@@ -73,6 +73,26 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let port = listener.local_addr().map_or(0, |a| a.port());
     let app = App::new(&config, port)?;
+    if config.torrent {
+        let engine = crate::torrent::Engine::start(
+            crate::torrent::EngineConfig {
+                listen: config.torrent_listen,
+                trackers: config.trackers.clone(),
+                download_dir: config.cache_dir.join("tmp").join("bt"),
+                stall: config.timeouts.stall,
+            },
+            app.store.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        match engine {
+            Ok(e) => app.fetcher.set_torrent(e),
+            // HTTP caching is the appliance's job; BitTorrent is an extra. Say so loudly.
+            Err(e) => {
+                tracing::error!(error = %e, listen = %config.torrent_listen, "BitTorrent is off: cannot start it")
+            }
+        }
+    }
     let mdns = match listener.local_addr() {
         // A loopback appliance is not on the LAN: it neither announces nor browses.
         Ok(listen) if config.mdns && !listen.ip().is_loopback() => {
@@ -84,7 +104,7 @@ pub async fn run(
                     }
                 })?,
                 listen,
-                bt_port: config.torrent.then(|| config.torrent_listen.port()),
+                bt_port: app.fetcher.torrent().map(|e| e.port()),
             };
             let (set, token) = (app.peers.clone(), shutdown.clone());
             Some(tokio::spawn(async move {

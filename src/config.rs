@@ -233,18 +233,18 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_PEERS_DNS", value_name = "NAME[:PORT]")]
     pub peers_dns: Option<String>,
 
-    /// Disable BitTorrent sharing between appliances. (BitTorrent is not in this release
-    /// yet, so this is currently always the behaviour; accepted so deployments keep working.)
+    /// Disable BitTorrent between appliances (seeding cached NARs to peers, and fetching from
+    /// peers' swarm when every upstream fails).
     #[arg(long, env = "NIXGATE_NO_TORRENT", value_parser = BoolishValueParser::new())]
     pub no_torrent: bool,
 
-    /// Address for BitTorrent between appliances [default: [::]:6881]. (Validated; the
-    /// BitTorrent engine is not in this release yet.)
+    /// TCP address BitTorrent listens on; peers learn the port from the torrent route
+    /// [default: [::]:6881]. DHT, local peer discovery and UPnP are never used.
     #[arg(long, env = "NIXGATE_TORRENT_LISTEN", value_name = "ADDR")]
     pub torrent_listen: Option<String>,
 
-    /// BitTorrent tracker announce URL (repeatable; http, https or udp). (Validated; the
-    /// BitTorrent engine is not in this release yet.)
+    /// BitTorrent tracker announce URL (repeatable; http, https or udp), e.g. a site
+    /// opentracker; added to every torrent this appliance seeds or fetches.
     #[arg(
         long = "tracker",
         env = "NIXGATE_TRACKER",

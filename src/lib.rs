@@ -15,5 +15,6 @@ pub mod nix;
 pub mod peers;
 pub mod store;
 pub mod telemetry;
+pub mod torrent;
 pub mod units;
 pub mod upstream;

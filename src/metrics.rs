@@ -26,7 +26,7 @@ label_enum!(
     Route {
         CacheInfo => "nix-cache-info", NarInfo => "narinfo", Nar => "nar", Listing => "ls",
         Log => "log", Realisation => "realisation", Health => "healthz", Ready => "readyz",
-        Metrics => "metrics", Peers => "p2p-peers", Other => "other",
+        Metrics => "metrics", Peers => "p2p-peers", Torrent => "p2p-torrent", Other => "other",
     }
 );
 

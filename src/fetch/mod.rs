@@ -57,6 +57,8 @@ pub struct Fetcher {
         Result<bytes::Bytes, FetchError>,
     >,
     nars: nar::Inflights,
+    /// The BitTorrent engine, once started (absent with `--no-torrent`).
+    torrent: std::sync::OnceLock<Arc<crate::torrent::Engine>>,
 }
 
 impl Fetcher {
@@ -82,7 +84,17 @@ impl Fetcher {
                 .build(),
             narinfos: Default::default(),
             nars: Default::default(),
+            torrent: Default::default(),
         }
+    }
+
+    /// Hands over the started BitTorrent engine (once).
+    pub fn set_torrent(&self, engine: Arc<crate::torrent::Engine>) {
+        let _ = self.torrent.set(engine);
+    }
+
+    pub fn torrent(&self) -> Option<&Arc<crate::torrent::Engine>> {
+        self.torrent.get()
     }
 
     fn is_negative(&self, key: &str) -> bool {

@@ -20,14 +20,32 @@ use url::Url;
 use super::narinfo::parse_stored;
 use super::verify::{FileCheck, FileExpect, NarCheck};
 use super::{FetchError, Fetcher};
+use crate::http::handlers::TORRENT_PORT_HEADER;
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::store::TempFile;
+use crate::torrent::meta::{Expected, NarTorrent};
+use crate::torrent::TorrentBody;
 use crate::upstream::{Answer, Upstream, UpstreamBody};
 
 /// Largest write to the temp file; bigger batches when the upstream is fast.
 const WRITE_BATCH: usize = 1 << 20;
+/// A NAR's `.torrent` is ~20 KiB of piece hashes (1024 pieces at most, until 16 MiB pieces).
+const MAX_TORRENT_FILE: usize = 1 << 20;
+
+/// The torrent addresses of a peer: its host's addresses with the port it announced.
+async fn peer_addrs(base: &Url, port: u16) -> Vec<std::net::SocketAddr> {
+    match base.host() {
+        Some(url::Host::Ipv4(a)) => vec![(a, port).into()],
+        Some(url::Host::Ipv6(a)) => vec![(a, port).into()],
+        Some(url::Host::Domain(d)) => tokio::net::lookup_host((d, port))
+            .await
+            .map(|a| a.collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
 
 /// How far a download has got.
 #[derive(Debug, Clone)]
@@ -125,6 +143,8 @@ impl Checks {
 enum BytesFrom<'a> {
     Upstream(&'a Upstream),
     Peer(Arc<Upstream>),
+    /// The swarm; the peers whose `.torrent` it was.
+    Torrent(Vec<Arc<Upstream>>),
 }
 
 impl BytesFrom<'_> {
@@ -132,14 +152,54 @@ impl BytesFrom<'_> {
         match self {
             BytesFrom::Upstream(_) => Source::Upstream,
             BytesFrom::Peer(_) => Source::Peer,
+            BytesFrom::Torrent(_) => Source::Torrent,
         }
     }
-    fn breaker(&self) -> &crate::upstream::breaker::Breaker {
+
+    /// The transfer broke: count it against the server (a stalled swarm is nobody's fault).
+    fn failed(&self) {
         match self {
-            BytesFrom::Upstream(u) => &u.breaker,
-            BytesFrom::Peer(p) => &p.breaker,
+            BytesFrom::Upstream(u) => u.breaker.failure(),
+            BytesFrom::Peer(p) => p.breaker.failure(),
+            BytesFrom::Torrent(_) => {}
         }
     }
+
+    /// The peers that vouched for bytes that did not verify.
+    fn liars(&self) -> Vec<Arc<Upstream>> {
+        match self {
+            BytesFrom::Upstream(_) => Vec::new(),
+            BytesFrom::Peer(p) => vec![p.clone()],
+            BytesFrom::Torrent(holders) => holders.clone(),
+        }
+    }
+}
+
+/// A download's byte stream: an HTTP body or a torrent read back in order.
+enum Body {
+    Http(UpstreamBody),
+    Torrent(TorrentBody),
+}
+
+impl Body {
+    async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, String> {
+        match self {
+            Body::Http(b) => b.batch(max).await.map_err(|e| e.to_string()),
+            Body::Torrent(t) => t.batch(max).await,
+        }
+    }
+}
+
+/// The body of a small peer answer (a `.torrent`), refused beyond `max` bytes.
+async fn read_small(body: &mut UpstreamBody, max: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(c) = body.chunk().await.ok()? {
+        out.extend_from_slice(&c);
+        if out.len() > max {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 fn storage(e: impl std::fmt::Display) -> FetchError {
@@ -347,11 +407,22 @@ impl Fetcher {
         mut tmp: TempFile,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
+        // Upstreams first; when all fail, the swarm of peers that hold it, then a peer over
+        // HTTP. Bytes from peers are checked against the signed NarHash too.
         let (from, mut body, nar_check) = match self.open_first(plan).await {
-            Ok((up, body)) => (BytesFrom::Upstream(up), body, None),
-            Err(e) => match self.open_peer(fh, ext, plan).await {
-                Some((peer, body, check)) => (BytesFrom::Peer(peer), body, Some(check)),
-                None => return Err(e),
+            Ok((up, body)) => (BytesFrom::Upstream(up), Body::Http(body), None),
+            Err(e) => match self.open_torrent(fh, ext, plan).await {
+                Some((holders, body, check)) => (
+                    BytesFrom::Torrent(holders),
+                    Body::Torrent(body),
+                    Some(check),
+                ),
+                None => match self.open_peer(fh, ext, plan).await {
+                    Some((peer, body, check)) => {
+                        (BytesFrom::Peer(peer), Body::Http(body), Some(check))
+                    }
+                    None => return Err(e),
+                },
             },
         };
         let mut out = tokio::fs::File::from_std(tmp.file().try_clone().map_err(storage)?);
@@ -362,8 +433,8 @@ impl Fetcher {
                     Ok(Some(c)) => c,
                     Ok(None) => break,
                     Err(e) => {
-                        from.breaker().failure();
-                        return Err(FetchError::Unavailable(e.to_string()));
+                        from.failed();
+                        return Err(FetchError::Unavailable(e));
                     }
                 };
                 checks.update(&chunk)?;
@@ -378,12 +449,15 @@ impl Fetcher {
             Ok(size) => size,
             Err(e @ FetchError::Verification(_)) => {
                 self.metrics.verification_failure(from.source());
-                if let BytesFrom::Peer(peer) = &from {
+                let liars = from.liars();
+                if !liars.is_empty() {
                     // The peer may have invented the FileHash its narinfo named: forget the
-                    // narinfo too, so the retry starts afresh (without this peer).
-                    peer.breaker.probation(crate::peers::PROBATION);
+                    // narinfo too, so the retry starts afresh (without these peers).
                     self.store.forget(&fh);
-                    tracing::warn!(peer = %peer.base, file_hash = %fh, error = %e, "peer sent a NAR that does not verify; peer on probation");
+                }
+                for peer in liars {
+                    peer.breaker.probation(crate::peers::PROBATION);
+                    tracing::warn!(peer = %peer.base, source = from.source().as_str(), file_hash = %fh, error = %e, "peer data does not verify; peer on probation");
                 }
                 return Err(e);
             }
@@ -434,6 +508,74 @@ impl Fetcher {
             }
         }
         None
+    }
+
+    /// Every upstream failed: fetch over BitTorrent from the peers that hold the NAR. Their
+    /// `.torrent`s must match the narinfo (one file, name, FileSize, piece-length policy); a
+    /// peer whose `.torrent` does not is counted and put on probation.
+    async fn open_torrent(
+        &self,
+        fh: Sha256,
+        ext: &'static str,
+        plan: &Plan,
+    ) -> Option<(Vec<Arc<Upstream>>, TorrentBody, NarCheck)> {
+        let engine = self.torrent()?.clone();
+        let (nar_hash, nar_size) = plan.nar?;
+        let check = NarCheck::new(plan.compression?, nar_hash, nar_size)?;
+        let expected = Expected {
+            name: format!("{}.nar{ext}", fh.to_nix32()),
+            length: plan.size?,
+        };
+        let rel = format!("_p2p/v1/torrent/{}", fh.to_nix32());
+        let mut chosen: Option<NarTorrent> = None;
+        let (mut holders, mut addrs) = (Vec::new(), Vec::new());
+        for peer in self.peers.peers() {
+            let Ok(url) = peer.base.join(&rel) else {
+                continue;
+            };
+            let Ok(Answer::Found(mut body)) =
+                self.client.peer_request(&peer, Method::GET, &url).await
+            else {
+                continue;
+            };
+            let port = body
+                .headers
+                .get(TORRENT_PORT_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+            let checked = read_small(&mut body, MAX_TORRENT_FILE)
+                .await
+                .ok_or_else(|| "unreadable or too large".to_string())
+                .and_then(|b| expected.check(&b).map_err(|e| e.to_string()));
+            let t = match checked {
+                Ok(t) => t,
+                Err(e) => {
+                    self.metrics.verification_failure(Source::Torrent);
+                    peer.breaker.probation(crate::peers::PROBATION);
+                    tracing::warn!(peer = %peer.base, file_hash = %fh, error = %e, "peer's .torrent refused; peer on probation");
+                    continue;
+                }
+            };
+            if chosen.as_ref().is_some_and(|c| *c != t) {
+                tracing::warn!(peer = %peer.base, file_hash = %fh, "peers disagree on the torrent; using the first");
+                continue;
+            }
+            chosen = Some(t);
+            if let Some(port) = port {
+                addrs.extend(peer_addrs(&peer.base, port).await);
+            }
+            holders.push(peer);
+        }
+        let torrent = chosen?;
+        match engine.fetch(&torrent, addrs.clone()).await {
+            Ok(body) => {
+                tracing::info!(file_hash = %fh, info_hash = %torrent.info_hash_hex(), peers = ?addrs, "NAR from the swarm");
+                Some((holders, body, check))
+            }
+            Err(e) => {
+                tracing::warn!(file_hash = %fh, error = %e, "cannot start the torrent fetch");
+                None
+            }
+        }
     }
 
     fn count_rejected<T>(&self, r: Result<T, FetchError>) -> Result<T, FetchError> {

@@ -98,6 +98,32 @@ pub fn peers(app: &App) -> Handled {
     )
 }
 
+/// The header that tells a peer which TCP port this appliance seeds on.
+pub const TORRENT_PORT_HEADER: &str = "x-nixgate-torrent-port";
+
+/// `/_p2p/v1/torrent/<FileHash>`: the `.torrent` of a NAR this appliance holds (it is seeded
+/// from then on); 404 when the NAR is not here or BitTorrent is off. Never fetches anything.
+pub async fn torrent(app: &Arc<App>, fh: Sha256) -> Handled {
+    let Some(engine) = app.fetcher.torrent() else {
+        return Err(ServeError::NotFound);
+    };
+    match engine.torrent_file(&fh).await {
+        Ok(Some(b)) => {
+            let resp = ok("application/x-bittorrent")
+                .header(header::CONTENT_LENGTH, b.len())
+                .header(TORRENT_PORT_HEADER, engine.port())
+                .body(body::full(b, &app.metrics))
+                .expect("valid headers");
+            Ok((Outcome::Hit, resp))
+        }
+        Ok(None) => Err(ServeError::NotFound),
+        Err(e) => {
+            tracing::warn!(file_hash = %fh, error = %e, "cannot make or seed the torrent");
+            Err(ServeError::Storage)
+        }
+    }
+}
+
 /// `/<hash>.narinfo`.
 pub async fn narinfo(app: &Arc<App>, h: StorePathHash, only_if_cached: bool) -> Handled {
     let (b, hit) = app

@@ -25,6 +25,8 @@ pub enum Target {
     Metrics,
     /// `/_p2p/v1/peers`: the current peer set (JSON).
     Peers,
+    /// `/_p2p/v1/torrent/<FileHash nix32>`: the `.torrent` of a held NAR.
+    Torrent(Sha256),
     /// A path of a known kind that is malformed (400).
     Invalid(&'static str),
     NotFound,
@@ -44,6 +46,7 @@ impl Target {
             Target::Ready => Route::Ready,
             Target::Metrics => Route::Metrics,
             Target::Peers => Route::Peers,
+            Target::Torrent(_) => Route::Torrent,
             Target::Invalid(_) | Target::NotFound => Route::Other,
         }
     }
@@ -93,6 +96,11 @@ pub fn parse(path: &str) -> Target {
         "metrics" => return Target::Metrics,
         "_p2p/v1/peers" => return Target::Peers,
         _ => {}
+    }
+    if let Some(fh) = p.strip_prefix("_p2p/v1/torrent/") {
+        return Sha256::from_nix32(fh)
+            .map(Target::Torrent)
+            .unwrap_or(Target::Invalid("torrent name must be a nix32 FileHash"));
     }
     if let Some(name) = p.strip_prefix("nar/") {
         return nar(name);

@@ -47,6 +47,7 @@ async fn dispatch(
         Target::Ready => handlers::ready(app).await,
         Target::Metrics => handlers::metrics(app),
         Target::Peers => handlers::peers(app),
+        Target::Torrent(fh) => handlers::torrent(app, fh).await,
         Target::NarInfo(h) => handlers::narinfo(app, h, oic).await,
         Target::Nar { file_hash, ext } if head => {
             handlers::nar_head(app, file_hash, ext, oic).await

@@ -296,6 +296,12 @@ impl Store {
         Some((self.nar_path(fh, nar.ext), nar.size))
     }
 
+    /// The cached NAR with this FileHash, whatever its extension: path, size, extension.
+    pub fn nar_by_hash(&self, fh: &Sha256) -> Option<(PathBuf, u64, &'static str)> {
+        let nar = self.index().nar(fh)?;
+        Some((self.nar_path(fh, nar.ext), nar.size, nar.ext))
+    }
+
     /// A new temp file in `tmp/`.
     pub fn temp_file(&self) -> Result<TempFile, StoreError> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);

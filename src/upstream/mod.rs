@@ -70,6 +70,7 @@ pub struct UpstreamBody {
     stall: Duration,
     /// `Content-Length`, when the upstream sent one.
     pub content_length: Option<u64>,
+    pub headers: http::HeaderMap,
 }
 
 impl UpstreamBody {
@@ -154,6 +155,10 @@ impl UpstreamClient {
     /// Builds the client (HTTP/1.1; https with the Mozilla roots compiled in, so the image
     /// needs no CA bundle).
     pub fn new(timeouts: Timeouts) -> Self {
+        // Two rustls providers are linked (ring here, aws-lc-rs through librqbit's reqwest),
+        // so rustls cannot pick one by itself: make ring the process default (for librqbit's
+        // https trackers too). Installing twice is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeouts.connect));
@@ -264,8 +269,10 @@ impl UpstreamClient {
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
+        let (parts, body) = resp.into_parts();
         Ok(Answer::Found(UpstreamBody {
-            body: resp.into_body(),
+            body,
+            headers: parts.headers,
             stall: self.timeouts.stall,
             content_length,
         }))

@@ -275,6 +275,8 @@ impl Appliance {
             connect_timeout: Some("1s".into()),
             first_byte_timeout: Some("3s".into()),
             stall_timeout: Some("3s".into()),
+            // Tests that want BitTorrent turn it on with a port of their own.
+            no_torrent: true,
             ..Default::default()
         };
         extra(&mut args);

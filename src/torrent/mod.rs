@@ -1,0 +1,322 @@
+//! BitTorrent between appliances (librqbit 9.1): seeds NARs from the cache and fetches NARs
+//! from the peers that hold them.
+//!
+//! * DHT, local service discovery (BEP 14) and UPnP are off: peers come from the peer set
+//!   (their `.torrent` route says their torrent port) and from `--tracker`s.
+//! * Torrents are made on demand ([`meta`]): `GET /_p2p/v1/torrent/<FileHash>` hashes the cached
+//!   NAR once (the result is kept in a bounded memory cache) and starts seeding it. At most
+//!   [`HOT_SET`] torrents are live, least recently asked dropped first, so 100k cached NARs
+//!   cost neither 100k file descriptors nor 100k torrents in memory.
+//! * A fetch downloads into `tmp/bt/<infohash>/` (emptied at start-up with the rest of
+//!   `tmp/`) and is read back through librqbit's stream as pieces arrive; the fetch path
+//!   verifies the bytes (FileHash, NarHash) as for any other source, and the torrent and its
+//!   files are deleted when the read ends.
+
+pub mod meta;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use librqbit::api::TorrentIdOrHash;
+use librqbit::dht::Id20;
+use librqbit::{
+    AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, ManagedTorrent, Session,
+    SessionOptions,
+};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use self::meta::{NarTorrent, PieceHasher};
+use crate::nix::hash::Sha256;
+use crate::store::Store;
+
+/// Live seeding torrents, at most.
+pub const HOT_SET: usize = 512;
+/// Computed torrents kept in memory (piece hashes are ~20 KiB for a large NAR).
+const META_CACHE: u64 = 10_000;
+
+#[derive(Debug, Error)]
+pub enum TorrentEngineError {
+    #[error("BitTorrent session: {0:#}")]
+    Session(anyhow::Error),
+    #[error("torrent {0}: {1:#}")]
+    Torrent(String, anyhow::Error),
+    #[error("reading the cached NAR: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub listen: SocketAddr,
+    pub trackers: Vec<Url>,
+    /// Where fetches download to (inside the store's `tmp/`).
+    pub download_dir: PathBuf,
+    /// How long a fetch may go without a byte before it is abandoned.
+    pub stall: Duration,
+}
+
+/// The running engine.
+pub struct Engine {
+    session: Arc<Session>,
+    store: Arc<Store>,
+    trackers: Vec<String>,
+    port: u16,
+    download_dir: PathBuf,
+    stall: Duration,
+    metas: moka::sync::Cache<Sha256, Arc<NarTorrent>>,
+    /// Seeding torrents, most recently asked last.
+    hot: Mutex<VecDeque<(Sha256, Id20)>>,
+}
+
+impl Engine {
+    pub async fn start(
+        config: EngineConfig,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Engine>, TorrentEngineError> {
+        std::fs::create_dir_all(&config.download_dir)?;
+        let opts = SessionOptions {
+            dht: None,
+            disable_local_service_discovery: true,
+            persistence: None,
+            fastresume: false,
+            listen: Some(ListenerOptions {
+                mode: ListenerMode::TcpOnly,
+                listen_addr: config.listen,
+                announce_port: (config.listen.port() != 0).then_some(config.listen.port()),
+                enable_upnp_port_forwarding: false,
+                ..Default::default()
+            }),
+            trackers: config.trackers.iter().cloned().collect(),
+            disable_trackers: config.trackers.is_empty(),
+            cancellation_token: Some(shutdown.child_token()),
+            ..Default::default()
+        };
+        let session = Session::new_with_opts(config.download_dir.clone(), opts)
+            .await
+            .map_err(TorrentEngineError::Session)?;
+        let port = session
+            .listen_addr()
+            .map(|a| a.port())
+            .unwrap_or(config.listen.port());
+        tracing::info!(port, trackers = ?config.trackers.iter().map(Url::as_str).collect::<Vec<_>>(), "BitTorrent engine started (DHT, LSD, UPnP off)");
+        Ok(Arc::new(Engine {
+            session,
+            store,
+            trackers: config.trackers.iter().map(|u| u.to_string()).collect(),
+            port,
+            download_dir: config.download_dir,
+            stall: config.stall,
+            metas: moka::sync::Cache::new(META_CACHE),
+            hot: Mutex::new(VecDeque::new()),
+        }))
+    }
+
+    /// The TCP port peers connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Number of live (seeding) torrents.
+    pub fn live(&self) -> usize {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The `.torrent` of a NAR this appliance holds (announcing to our trackers), after making
+    /// sure it is seeded; `None` when the NAR is not in the cache.
+    pub async fn torrent_file(&self, fh: &Sha256) -> Result<Option<Bytes>, TorrentEngineError> {
+        let Some((path, size, ext)) = self.store.nar_by_hash(fh) else {
+            return Ok(None);
+        };
+        let torrent = match self.metas.get(fh) {
+            Some(t) => t,
+            None => {
+                let name = format!("{}.nar{ext}", fh.to_nix32());
+                let p = path.clone();
+                let t = tokio::task::spawn_blocking(move || hash_file(&p, name, size))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??;
+                let t = Arc::new(t);
+                self.metas.insert(*fh, t.clone());
+                t
+            }
+        };
+        self.seed(fh, &path, &torrent).await?;
+        Ok(Some(Bytes::from(torrent.to_file(&self.trackers))))
+    }
+
+    /// Adds the torrent of a cached NAR to the session (or marks it recently used), dropping
+    /// the least recently used one beyond [`HOT_SET`].
+    async fn seed(
+        &self,
+        fh: &Sha256,
+        path: &Path,
+        torrent: &NarTorrent,
+    ) -> Result<(), TorrentEngineError> {
+        {
+            let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = hot.iter().position(|(h, _)| h == fh) {
+                let e = hot.remove(i).expect("index just found");
+                hot.push_back(e);
+                return Ok(());
+            }
+        }
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let id = torrent.info_hash_hex();
+        self.session
+            .add_torrent(
+                AddTorrent::from_bytes(torrent.to_file(&[])),
+                Some(AddTorrentOptions {
+                    overwrite: true,
+                    output_folder: Some(dir.to_string_lossy().into_owned()),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| TorrentEngineError::Torrent(id.clone(), e))?;
+        tracing::debug!(file_hash = %fh, info_hash = %id, "seeding");
+        let evicted = {
+            let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+            hot.push_back((*fh, Id20::new(torrent.info_hash())));
+            if hot.len() > HOT_SET {
+                hot.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some((_, ih)) = evicted {
+            let _ = self.session.delete(TorrentIdOrHash::Hash(ih), false).await;
+        }
+        Ok(())
+    }
+
+    /// Stops seeding a NAR (it left the cache).
+    pub async fn forget(&self, fh: &Sha256) {
+        self.metas.invalidate(fh);
+        let gone = {
+            let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
+            hot.iter()
+                .position(|(h, _)| h == fh)
+                .and_then(|i| hot.remove(i))
+        };
+        if let Some((_, ih)) = gone {
+            let _ = self.session.delete(TorrentIdOrHash::Hash(ih), false).await;
+        }
+    }
+
+    /// Starts downloading `torrent` from `peers` (plus whatever the trackers know) and returns
+    /// a reader that yields the file's bytes in order as pieces complete.
+    pub async fn fetch(
+        self: &Arc<Self>,
+        torrent: &NarTorrent,
+        peers: Vec<SocketAddr>,
+    ) -> Result<TorrentBody, TorrentEngineError> {
+        let id = torrent.info_hash_hex();
+        let dir = self.download_dir.join(&id);
+        let handle = self
+            .session
+            .add_torrent(
+                AddTorrent::from_bytes(torrent.to_file(&[])),
+                Some(AddTorrentOptions {
+                    overwrite: true,
+                    output_folder: Some(dir.to_string_lossy().into_owned()),
+                    initial_peers: Some(peers),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| TorrentEngineError::Torrent(id.clone(), e))?
+            .into_handle()
+            .ok_or_else(|| TorrentEngineError::Torrent(id.clone(), anyhow::anyhow!("list only")))?;
+        let stream = match handle.clone().stream(0).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.drop_download(&handle, dir).await;
+                return Err(TorrentEngineError::Torrent(id, e));
+            }
+        };
+        Ok(TorrentBody {
+            stream: Some(Box::new(stream)),
+            handle,
+            dir,
+            engine: self.clone(),
+            stall: self.stall,
+            left: torrent.length,
+        })
+    }
+
+    async fn drop_download(&self, handle: &Arc<ManagedTorrent>, dir: PathBuf) {
+        let _ = self
+            .session
+            .delete(TorrentIdOrHash::Hash(handle.info_hash()), true)
+            .await;
+        let _ = tokio::fs::remove_dir_all(dir).await;
+    }
+}
+
+/// Hashes a cached NAR into its torrent.
+fn hash_file(path: &Path, name: String, size: u64) -> std::io::Result<NarTorrent> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = PieceHasher::new(name, size);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finish(size)
+        .ok_or_else(|| std::io::Error::other("the cached NAR changed size while hashing"))
+}
+
+/// The bytes of a torrent download, in order.
+pub struct TorrentBody {
+    stream: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    handle: Arc<ManagedTorrent>,
+    dir: PathBuf,
+    engine: Arc<Engine>,
+    stall: Duration,
+    left: u64,
+}
+
+impl TorrentBody {
+    /// Up to `max` bytes; `None` at the end.
+    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, String> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = BytesMut::zeroed(max.min(self.left as usize));
+        let n = tokio::time::timeout(self.stall, stream.read(&mut buf))
+            .await
+            .map_err(|_| format!("no piece from the swarm for {:?}", self.stall))?
+            .map_err(|e| format!("torrent stream: {e}"))?;
+        if n == 0 {
+            return Err(format!("torrent stream ended {} bytes early", self.left));
+        }
+        buf.truncate(n);
+        self.left -= n as u64;
+        Ok(Some(buf.freeze()))
+    }
+}
+
+impl Drop for TorrentBody {
+    fn drop(&mut self) {
+        // The download is either committed (the cache has its own copy) or abandoned: the
+        // torrent and its files go either way.
+        self.stream.take();
+        let (engine, handle, dir) = (self.engine.clone(), self.handle.clone(), self.dir.clone());
+        tokio::spawn(async move { engine.drop_download(&handle, dir).await });
+    }
+}

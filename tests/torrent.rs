@@ -1,0 +1,423 @@
+//! BitTorrent between appliances: deterministic torrents on `/_p2p/v1/torrent/<FileHash>`,
+//! the swarm as the fallback when every upstream fails (real `nix copy`), lying `.torrent`s
+//! refused, and interoperability with aria2c and opentracker both ways.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use nixgate::torrent::meta::{NarTorrent, PieceHasher};
+
+/// A free loopback port (so the engine announces its real port, not librqbit's fallback).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn with_torrent(a: &mut nixgate::config::ServeArgs, trackers: &[String]) {
+    a.no_torrent = false;
+    a.torrent_listen = Some(format!("127.0.0.1:{}", free_port()));
+    a.trackers = trackers.to_vec();
+}
+
+/// An upstream over the fixture cache that answers every request with 500.
+async fn failing_upstream(f: &Fixture) -> Upstream {
+    let up = Upstream::start(&f.cache).await;
+    up.fail_5xx.store(true, Ordering::SeqCst);
+    up
+}
+
+/// The FileHash (nix32) and the NAR file of a fixture path.
+fn nar_of(f: &Fixture, path: &str) -> (String, PathBuf) {
+    let url = f.nar_url(path);
+    let fh = url
+        .trim_start_matches("nar/")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    (fh, f.cache.join(url))
+}
+
+/// The torrent computed here, independently of any appliance, from the NAR's bytes.
+fn torrent_of_file(file: &Path) -> NarTorrent {
+    let data = std::fs::read(file).unwrap();
+    let name = file.file_name().unwrap().to_str().unwrap().to_owned();
+    let mut h = PieceHasher::new(name, data.len() as u64);
+    h.update(&data);
+    h.finish(data.len() as u64).unwrap()
+}
+
+fn info_hash_of(torrent_file: &[u8]) -> String {
+    let t = librqbit::torrent_from_bytes(torrent_file).expect("a valid .torrent");
+    t.info_hash.as_string()
+}
+
+/// A peer holding `paths` with BitTorrent on.
+async fn holding_seeder(
+    f: &Fixture,
+    dir: &Path,
+    paths: &[&String],
+    trackers: &[String],
+) -> (Upstream, Appliance) {
+    let up = Upstream::start(&f.cache).await;
+    let trackers = trackers.to_vec();
+    let a = Appliance::start(&dir.join("seeder"), &[up.url()], &f.public_key, move |a| {
+        with_torrent(a, &trackers)
+    })
+    .await;
+    for p in paths {
+        assert_ok(&nix_copy(&a.url(), &f.public_key, p, &dir.join("warm")).await);
+    }
+    (up, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn torrent_route_is_deterministic_and_never_fetches() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (up, a) = holding_seeder(f, work.path(), &[&f.big], &[]).await;
+    let (fh, file) = nar_of(f, &f.big);
+
+    let got = get(&format!("{}/_p2p/v1/torrent/{fh}", a.url()), &[]).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.headers["content-type"], "application/x-bittorrent");
+    assert!(got.headers["x-nixgate-torrent-port"]
+        .to_str()
+        .unwrap()
+        .parse::<u16>()
+        .is_ok());
+    let expected = torrent_of_file(&file);
+    assert_eq!(info_hash_of(&got.bytes), expected.info_hash_hex());
+    assert_eq!(expected.name, format!("{fh}.nar.xz"));
+
+    // A second appliance that fetched the same NAR independently computes the same infohash.
+    let b = Appliance::start(&work.path().join("b"), &[up.url()], &f.public_key, |a| {
+        with_torrent(a, &[])
+    })
+    .await;
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &work.path().join("c2")).await);
+    let got_b = get(&format!("{}/_p2p/v1/torrent/{fh}", b.url()), &[]).await;
+    assert_eq!(info_hash_of(&got_b.bytes), expected.info_hash_hex());
+
+    // Not held: 404, and nothing is fetched for it. Malformed: 400.
+    let (other_fh, _) = nar_of(f, &f.top);
+    let before = up.total.load(Ordering::SeqCst);
+    let miss = get(&format!("{}/_p2p/v1/torrent/{other_fh}", b.url()), &[]).await;
+    assert_eq!(miss.status, 404);
+    assert_eq!(up.total.load(Ordering::SeqCst), before);
+    let bad = get(&format!("{}/_p2p/v1/torrent/not-a-hash", b.url()), &[]).await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_down_closure_comes_from_the_swarm() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (_up, a) = holding_seeder(f, work.path(), &[&f.top, &f.big], &[]).await;
+
+    let down = failing_upstream(f).await;
+    let a_url = a.url();
+    let b = Appliance::start(
+        &work.path().join("b"),
+        &[down.url()],
+        &f.public_key,
+        move |s| {
+            with_torrent(s, &[]);
+            s.peers = vec![a_url];
+        },
+    )
+    .await;
+    let dest = work.path().join("client");
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.top, &dest).await);
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &dest).await);
+    for p in [&f.top, &f.dep, &f.big] {
+        assert!(substituted(&dest, p), "{p}");
+    }
+    let torrent = b
+        .metric("nixgate_fetched_bytes_total{source=\"torrent\"}")
+        .await;
+    assert!(torrent > 3_000_000, "torrent bytes {torrent}");
+    let http_from_peer = b
+        .metric("nixgate_fetched_bytes_total{source=\"peer\"}")
+        .await;
+    assert!(
+        http_from_peer < 10_000,
+        "only narinfos came from the peer over HTTP, every NAR over BitTorrent: {http_from_peer}"
+    );
+    assert_eq!(
+        b.metric("nixgate_verification_failures_total{source=\"torrent\"}")
+            .await,
+        0
+    );
+    // The download directory is cleaned up once the NAR is in the cache.
+    let bt = b.cache_dir.join("tmp/bt");
+    for _ in 0..50 {
+        if std::fs::read_dir(&bt).map_or(0, |d| d.count()) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_dir(&bt).unwrap().count(), 0, "tmp/bt emptied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lying_torrents_are_refused_and_the_honest_swarm_serves() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (_up, honest) = holding_seeder(f, work.path(), &[&f.big], &[]).await;
+    let (fh, file) = nar_of(f, &f.big);
+
+    // Liars serve the real (signed) narinfo, but a .torrent that does not match it.
+    let real = torrent_of_file(&file);
+    let mut wrong_length = real.clone();
+    wrong_length.length += 1;
+    let mut absurd_pieces = real.clone();
+    absurd_pieces.piece_length = 1 << 30;
+    absurd_pieces.pieces.truncate(20);
+    let mut liars = Vec::new();
+    for forged in [wrong_length, absurd_pieces] {
+        let liar = Upstream::start(&f.cache).await;
+        liar.overrides.lock().unwrap().insert(
+            format!("_p2p/v1/torrent/{fh}"),
+            bytes::Bytes::from(forged.to_file(&[])),
+        );
+        liars.push(liar);
+    }
+    let multi = Upstream::start(&f.cache).await;
+    multi.overrides.lock().unwrap().insert(
+        format!("_p2p/v1/torrent/{fh}"),
+        bytes::Bytes::from_static(b"d4:infod5:filesld6:lengthi1e4:pathl1:aeee4:name1:x12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaaee"),
+    );
+    liars.push(multi);
+
+    let down = failing_upstream(f).await;
+    let mut peers: Vec<String> = liars.iter().map(|l| l.url()).collect();
+    peers.push(honest.url());
+    let b = Appliance::start(
+        &work.path().join("b"),
+        &[down.url()],
+        &f.public_key,
+        move |s| {
+            with_torrent(s, &[]);
+            s.peers = peers;
+        },
+    )
+    .await;
+    let dest = work.path().join("client");
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &dest).await);
+    assert!(substituted(&dest, &f.big));
+    assert_eq!(
+        b.metric("nixgate_verification_failures_total{source=\"torrent\"}")
+            .await,
+        3,
+        "each lying .torrent counted"
+    );
+    assert!(
+        b.metric("nixgate_fetched_bytes_total{source=\"torrent\"}")
+            .await
+            > 3_000_000
+    );
+    let states = get(&format!("{}/_p2p/v1/peers", b.url()), &[]).await.body;
+    let v: serde_json::Value = serde_json::from_str(&states).unwrap();
+    let skipped = v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "skipped")
+        .count();
+    assert_eq!(skipped, 3, "the three liars are on probation: {states}");
+}
+
+// ---- interoperability with standard BitTorrent software ----
+
+fn need(tool: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "missing tool: {tool} (ci/test.sh installs it)");
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// opentracker on loopback, in its (Debian) whitelist mode: only `info_hashes` may announce.
+fn opentracker(dir: &Path, info_hashes: &[String]) -> (Proc, String) {
+    need("opentracker");
+    let list = dir.join("whitelist");
+    std::fs::write(&list, info_hashes.join("\n") + "\n").unwrap();
+    let port = free_port();
+    let child = Command::new("opentracker")
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-P",
+            &port.to_string(),
+        ])
+        .arg("-w")
+        .arg(&list)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("opentracker starts");
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Proc(child), format!("http://127.0.0.1:{port}/announce"))
+}
+
+fn aria2c(args: &[&str], dir: &Path, log: &Path) -> Proc {
+    need("aria2c");
+    let child = Command::new("aria2c")
+        .args([
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--disable-ipv6=true",
+            "--bt-external-ip=127.0.0.1",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+        ])
+        .arg(format!("--listen-port={}", free_port()))
+        .arg(format!("--dir={}", dir.display()))
+        .arg(format!("--log={}", log.display()))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("aria2c starts");
+    Proc(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aria2c_downloads_a_nar_from_an_appliance() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (fh, file) = nar_of(f, &f.big);
+    let expected = torrent_of_file(&file);
+    let (_tracker, announce) = opentracker(work.path(), &[expected.info_hash_hex()]);
+    let (_up, a) = holding_seeder(f, work.path(), &[&f.big], std::slice::from_ref(&announce)).await;
+
+    let got = get(&format!("{}/_p2p/v1/torrent/{fh}", a.url()), &[]).await;
+    assert_eq!(got.status, 200);
+    let torrent_file = work.path().join("nar.torrent");
+    std::fs::write(&torrent_file, &got.bytes).unwrap();
+    let out = work.path().join("aria2c");
+    let log = work.path().join("aria2c.log");
+    let mut aria = aria2c(
+        &["--seed-time=0", torrent_file.to_str().unwrap()],
+        &out,
+        &log,
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        for _ in 0..600 {
+            if let Some(s) = aria.0.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    })
+    .await
+    .unwrap();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "aria2c did not finish within 60 s: {status:?}\n{}",
+        &log_text[log_text.len().saturating_sub(3000)..]
+    );
+    let downloaded = std::fs::read(out.join(format!("{fh}.nar.xz"))).unwrap();
+    assert!(
+        downloaded == std::fs::read(&file).unwrap(),
+        "byte-identical NAR"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_appliance_fetches_a_nar_from_aria2c_via_opentracker() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (fh, file) = nar_of(f, &f.big);
+    let torrent = torrent_of_file(&file);
+    let (_tracker, announce) = opentracker(work.path(), &[torrent.info_hash_hex()]);
+
+    // aria2c seeds the NAR (checked against the torrent first), announced on the tracker.
+    let seed_dir = work.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    std::fs::copy(&file, seed_dir.join(&torrent.name)).unwrap();
+    let torrent_file = work.path().join("nar.torrent");
+    std::fs::write(
+        &torrent_file,
+        torrent.to_file(std::slice::from_ref(&announce)),
+    )
+    .unwrap();
+    let _seeder = aria2c(
+        &[
+            "--seed-ratio=0.0",
+            "--check-integrity=true",
+            "--bt-seed-unverified=false",
+            torrent_file.to_str().unwrap(),
+        ],
+        &seed_dir,
+        &work.path().join("aria2c.log"),
+    );
+
+    // A peer that only describes the NAR: the signed narinfo and the .torrent, but no
+    // torrent port of its own and no NAR bytes (so the bytes can only come from aria2c).
+    let describer = Upstream::start(&f.cache).await;
+    describer.overrides.lock().unwrap().insert(
+        format!("_p2p/v1/torrent/{fh}"),
+        bytes::Bytes::from(torrent.to_file(&[])),
+    );
+    describer.overrides.lock().unwrap().insert(
+        f.nar_url(&f.big),
+        bytes::Bytes::from_static(b"not the NAR: bytes must come from the swarm"),
+    );
+
+    let down = failing_upstream(f).await;
+    let peer = describer.url();
+    let b = Appliance::start(
+        &work.path().join("b"),
+        &[down.url()],
+        &f.public_key,
+        move |s| {
+            with_torrent(s, &[announce]);
+            s.peers = vec![peer];
+        },
+    )
+    .await;
+    let dest = work.path().join("client");
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &dest).await);
+    assert!(substituted(&dest, &f.big));
+    assert_eq!(
+        b.metric("nixgate_fetched_bytes_total{source=\"torrent\"}")
+            .await,
+        std::fs::metadata(&file).unwrap().len()
+    );
+    // Over HTTP from the peer: only the narinfo (counted as stored, with its URL line).
+    let http_from_peer = b
+        .metric("nixgate_fetched_bytes_total{source=\"peer\"}")
+        .await;
+    assert!(http_from_peer < 1024, "{http_from_peer}");
+}
