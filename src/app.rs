@@ -23,6 +23,8 @@ pub struct App {
     pub cache_info: Bytes,
     pub down_policy: DownPolicy,
     pub peers: Arc<PeerSet>,
+    /// The last `/_p2p/v1/digest` body and when it was built.
+    pub digest: std::sync::Mutex<Option<(std::time::Instant, Bytes)>>,
 }
 
 impl App {
@@ -61,6 +63,7 @@ impl App {
                 retry_after: config.retry_after,
             },
             peers,
+            digest: Default::default(),
         }))
     }
 }
@@ -119,6 +122,10 @@ pub async fn run(
         }
         _ => None,
     };
+    tokio::spawn(crate::peers::digest::run(
+        app.peers.clone(),
+        shutdown.clone(),
+    ));
     if let Some(dns) = config.peers_dns.clone() {
         tokio::spawn(crate::peers::dns::run(
             app.peers.clone(),

@@ -26,7 +26,8 @@ label_enum!(
     Route {
         CacheInfo => "nix-cache-info", NarInfo => "narinfo", Nar => "nar", Listing => "ls",
         Log => "log", Realisation => "realisation", Health => "healthz", Ready => "readyz",
-        Metrics => "metrics", Peers => "p2p-peers", Torrent => "p2p-torrent", Other => "other",
+        Metrics => "metrics", Peers => "p2p-peers", Torrent => "p2p-torrent",
+        Digest => "p2p-digest", Other => "other",
     }
 );
 

@@ -24,6 +24,7 @@ use crate::http::handlers::TORRENT_PORT_HEADER;
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
+use crate::peers::digest::nar_key;
 use crate::store::TempFile;
 use crate::torrent::meta::{Expected, NarTorrent};
 use crate::torrent::TorrentBody;
@@ -188,18 +189,6 @@ impl Body {
             Body::Torrent(t) => t.batch(max).await,
         }
     }
-}
-
-/// The body of a small peer answer (a `.torrent`), refused beyond `max` bytes.
-async fn read_small(body: &mut UpstreamBody, max: usize) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(c) = body.chunk().await.ok()? {
-        out.extend_from_slice(&c);
-        if out.len() > max {
-            return None;
-        }
-    }
-    Some(out)
 }
 
 fn storage(e: impl std::fmt::Display) -> FetchError {
@@ -484,7 +473,7 @@ impl Fetcher {
         let compression = plan.compression?;
         let check = NarCheck::new(compression, nar_hash, nar_size)?;
         let rel = format!("nar/{}.nar{ext}", fh.to_nix32());
-        for peer in self.peers.peers() {
+        for peer in self.peers.candidates(&nar_key(&fh.to_nix32())) {
             let Ok(url) = peer.base.join(&rel) else {
                 continue;
             };
@@ -529,12 +518,11 @@ impl Fetcher {
         let rel = format!("_p2p/v1/torrent/{}", fh.to_nix32());
         let mut chosen: Option<NarTorrent> = None;
         let (mut holders, mut addrs) = (Vec::new(), Vec::new());
-        for peer in self.peers.peers() {
+        for peer in self.peers.candidates(&nar_key(&fh.to_nix32())) {
             let Ok(url) = peer.base.join(&rel) else {
                 continue;
             };
-            let Ok(Answer::Found(mut body)) =
-                self.client.peer_request(&peer, Method::GET, &url).await
+            let Ok(Answer::Found(body)) = self.client.peer_request(&peer, Method::GET, &url).await
             else {
                 continue;
             };
@@ -542,9 +530,10 @@ impl Fetcher {
                 .headers
                 .get(TORRENT_PORT_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-            let checked = read_small(&mut body, MAX_TORRENT_FILE)
+            let checked = body
+                .read_all(MAX_TORRENT_FILE)
                 .await
-                .ok_or_else(|| "unreadable or too large".to_string())
+                .map_err(|e| e.to_string())
                 .and_then(|b| expected.check(&b).map_err(|e| e.to_string()));
             let t = match checked {
                 Ok(t) => t,

@@ -98,6 +98,32 @@ pub fn peers(app: &App) -> Handled {
     )
 }
 
+/// How long a computed digest is served before it is rebuilt.
+const DIGEST_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `/_p2p/v1/digest`: what this appliance holds, as a Bloom filter (see `peers::digest`).
+pub async fn digest(app: &Arc<App>) -> Handled {
+    let fresh = {
+        let d = app.digest.lock().unwrap_or_else(|p| p.into_inner());
+        d.as_ref()
+            .filter(|(at, _)| at.elapsed() < DIGEST_TTL)
+            .map(|(_, b)| b.clone())
+    };
+    let b = match fresh {
+        Some(b) => b,
+        None => {
+            let store = app.store.clone();
+            let b = tokio::task::spawn_blocking(move || Bytes::from(store.holdings().to_bytes()))
+                .await
+                .map_err(|_| ServeError::Storage)?;
+            *app.digest.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::Instant::now(), b.clone()));
+            b
+        }
+    };
+    buffer(app, "application/octet-stream", b, Outcome::Hit)
+}
+
 /// The header that tells a peer which TCP port this appliance seeds on.
 pub const TORRENT_PORT_HEADER: &str = "x-nixgate-torrent-port";
 

@@ -24,6 +24,34 @@ pub enum ProbeError {
 
 /// GETs `path` under `base`; returns the time to the response headers.
 pub async fn get_ok(base: &Url, path: &str, deadline: Duration) -> Result<Duration, ProbeError> {
+    get(base, path, deadline).await.map(|(took, _)| took)
+}
+
+/// GETs `path` under `base` and reads the body (at most `max` bytes) before `deadline`.
+pub async fn get_bytes(
+    base: &Url,
+    path: &str,
+    deadline: Duration,
+    max: usize,
+) -> Result<Bytes, ProbeError> {
+    use http_body_util::{BodyExt, Limited};
+    tokio::time::timeout(deadline, async {
+        let (_, resp) = get(base, path, deadline).await?;
+        Limited::new(resp.into_body(), max)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| ProbeError::Connect(format!("reading the body: {e}")))
+    })
+    .await
+    .map_err(|_| ProbeError::Timeout(deadline))?
+}
+
+async fn get(
+    base: &Url,
+    path: &str,
+    deadline: Duration,
+) -> Result<(Duration, http::Response<hyper::body::Incoming>), ProbeError> {
     let url = base
         .join(path.trim_start_matches('/'))
         .map_err(|_| ProbeError::Url(format!("{base}{path}")))?;
@@ -41,7 +69,7 @@ pub async fn get_ok(base: &Url, path: &str, deadline: Duration) -> Result<Durati
         .map_err(|e| ProbeError::Connect(error_chain(&e)))?;
     let took = start.elapsed();
     if resp.status().is_success() {
-        Ok(took)
+        Ok((took, resp))
     } else {
         Err(ProbeError::Status(resp.status()))
     }

@@ -25,6 +25,8 @@ pub enum Target {
     Metrics,
     /// `/_p2p/v1/peers`: the current peer set (JSON).
     Peers,
+    /// `/_p2p/v1/digest`: a Bloom filter of what this appliance holds.
+    Digest,
     /// `/_p2p/v1/torrent/<FileHash nix32>`: the `.torrent` of a held NAR.
     Torrent(Sha256),
     /// A path of a known kind that is malformed (400).
@@ -47,6 +49,7 @@ impl Target {
             Target::Metrics => Route::Metrics,
             Target::Peers => Route::Peers,
             Target::Torrent(_) => Route::Torrent,
+            Target::Digest => Route::Digest,
             Target::Invalid(_) | Target::NotFound => Route::Other,
         }
     }
@@ -95,6 +98,7 @@ pub fn parse(path: &str) -> Target {
         "readyz" => return Target::Ready,
         "metrics" => return Target::Metrics,
         "_p2p/v1/peers" => return Target::Peers,
+        "_p2p/v1/digest" => return Target::Digest,
         _ => {}
     }
     if let Some(fh) = p.strip_prefix("_p2p/v1/torrent/") {

@@ -48,6 +48,7 @@ async fn dispatch(
         Target::Metrics => handlers::metrics(app),
         Target::Peers => handlers::peers(app),
         Target::Torrent(fh) => handlers::torrent(app, fh).await,
+        Target::Digest => handlers::digest(app).await,
         Target::NarInfo(h) => handlers::narinfo(app, h, oic).await,
         Target::Nar { file_hash, ext } if head => {
             handlers::nar_head(app, file_hash, ext, oic).await

@@ -6,6 +6,7 @@
 //! can never bounce between appliances. A peer whose data fails verification is put on
 //! probation (skipped) for [`PROBATION`]. This appliance's own address is never its peer.
 
+pub mod digest;
 pub mod dns;
 pub mod mdns;
 
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use url::Url;
 
+use self::digest::Holdings;
 use crate::upstream::Upstream;
 
 /// How long a peer that sent unverifiable data is skipped.
@@ -34,6 +36,8 @@ struct Entry {
     peer: Arc<Upstream>,
     origin: Origin,
     since: SystemTime,
+    /// The peer's last digest (`None`: not fetched yet, or the peer has none).
+    holdings: Option<Arc<Holdings>>,
 }
 
 /// One row of `/_p2p/v1/peers`.
@@ -44,6 +48,8 @@ pub struct PeerStatus {
     /// `ok`, or `skipped` while its circuit is open (failures or probation).
     pub state: &'static str,
     pub since_unix: u64,
+    /// Whether its digest of holdings is known (then only probable holders are asked).
+    pub digest: bool,
 }
 
 /// The live peer set.
@@ -77,6 +83,7 @@ impl PeerSet {
                 peer: Arc::new(Upstream::new(url)),
                 origin,
                 since: SystemTime::now(),
+                holdings: None,
             });
         }
     }
@@ -85,6 +92,25 @@ impl PeerSet {
     pub fn peers(&self) -> Vec<Arc<Upstream>> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries.iter().map(|e| e.peer.clone()).collect()
+    }
+
+    /// The peers that may hold `key` (see [`digest`]): those whose digest says so, and those
+    /// whose digest is unknown. Order as in [`PeerSet::peers`].
+    pub fn candidates(&self, key: &str) -> Vec<Arc<Upstream>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter(|e| e.holdings.as_ref().is_none_or(|h| h.contains(key)))
+            .map(|e| e.peer.clone())
+            .collect()
+    }
+
+    /// Records the digest fetched from the peer at `base` (`None`: it has none).
+    pub fn set_holdings(&self, base: &Url, holdings: Option<Holdings>) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.iter_mut().find(|e| &e.peer.base == base) {
+            e.holdings = holdings.map(Arc::new);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,6 +137,7 @@ impl PeerSet {
                     .since
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                digest: e.holdings.is_some(),
             })
             .collect()
     }

@@ -62,6 +62,18 @@ impl Index {
         self.bytes
     }
 
+    /// The store path hashes of every narinfo, and the FileHashes of every NAR held.
+    pub fn keys(&self) -> (Vec<StorePathHash>, Vec<Sha256>) {
+        let narinfos = self.narinfos.keys().copied().collect();
+        let nars = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.nar.is_some())
+            .map(|(fh, _)| *fh)
+            .collect();
+        (narinfos, nars)
+    }
+
     /// Number of indexed files (narinfos + NARs).
     pub fn files(&self) -> u64 {
         self.files

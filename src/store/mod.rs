@@ -302,6 +302,20 @@ impl Store {
         Some((self.nar_path(fh, nar.ext), nar.size, nar.ext))
     }
 
+    /// A digest of what the cache holds, for peers (`/_p2p/v1/digest`).
+    pub fn holdings(&self) -> crate::peers::digest::Holdings {
+        use crate::peers::digest::{nar_key, narinfo_key, Holdings};
+        let (narinfos, nars) = self.index().keys();
+        let mut h = Holdings::with_capacity(narinfos.len() + nars.len());
+        for n in narinfos {
+            h.insert(&narinfo_key(&n.to_string()));
+        }
+        for fh in nars {
+            h.insert(&nar_key(&fh.to_nix32()));
+        }
+        h
+    }
+
     /// A new temp file in `tmp/`.
     pub fn temp_file(&self) -> Result<TempFile, StoreError> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
