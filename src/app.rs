@@ -13,7 +13,6 @@ use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::peers::PeerSet;
 use crate::store::{Store, StoreError};
-use crate::upstream::{Upstream, UpstreamClient};
 
 /// Shared state of a running appliance.
 pub struct App {
@@ -37,20 +36,11 @@ impl App {
             config.max_cache_size,
             metrics.clone(),
         )?);
-        let upstreams = config
-            .upstreams
-            .iter()
-            .cloned()
-            .map(Upstream::new)
-            .collect();
         let peers = Arc::new(PeerSet::new(own_port, config.peers.clone()));
         let fetcher = Arc::new(Fetcher::new(
+            config,
             store.clone(),
-            upstreams,
-            UpstreamClient::new(config.timeouts),
-            config.trusted_keys.clone(),
             metrics.clone(),
-            config.negative_ttl,
             peers.clone(),
         ));
         Ok(Arc::new(App {
@@ -83,6 +73,7 @@ pub async fn run(
                 trackers: config.trackers.clone(),
                 download_dir: config.cache_dir.join("tmp").join("bt"),
                 stall: config.timeouts.stall,
+                upload_limit: config.tuning.upload_limit,
             },
             app.store.clone(),
             shutdown.clone(),

@@ -24,6 +24,15 @@ fn default_listen() -> String {
 fn default_torrent_listen() -> String {
     "[::]:6881".into()
 }
+/// NARs below this are quick from any upstream; switching sources is not worth it.
+fn default_accelerate_size() -> String {
+    "32MiB".into()
+}
+/// An upstream slower than this (bytes per second, measured after 2 s) makes a large NAR that a
+/// peer holds switch to the swarm: about a 100 Mbit/s link's worth.
+fn default_accelerate_below() -> String {
+    "10MiB".into()
+}
 /// 10 GiB holds the closures of a typical CI farm's hot set without filling a small volume.
 fn default_max_cache_size() -> String {
     "10GiB".into()
@@ -253,6 +262,26 @@ pub struct ServeArgs {
     )]
     pub trackers: Vec<String>,
 
+    /// Which source a NAR miss tries first when a peer holds it: `http-first` (upstreams
+    /// first; a large NAR switches to the swarm when the upstream is slow, see
+    /// --accelerate-below) or `peers-first` (the LAN swarm first, saving egress) [default:
+    /// http-first].
+    #[arg(long, env = "NIXGATE_PEER_POLICY", value_enum)]
+    pub peer_policy: Option<PeerPolicy>,
+
+    /// With http-first: NARs at least this large may switch to the swarm [default: 32MiB].
+    #[arg(long, env = "NIXGATE_ACCELERATE_SIZE", value_name = "SIZE")]
+    pub accelerate_size: Option<String>,
+
+    /// With http-first: switch when the upstream delivers less than this per second, measured
+    /// 2 s into the download [default: 10MiB].
+    #[arg(long, env = "NIXGATE_ACCELERATE_BELOW", value_name = "SIZE")]
+    pub accelerate_below: Option<String>,
+
+    /// Cap on BitTorrent upload, per second, e.g. 20MiB [default: no cap].
+    #[arg(long, env = "NIXGATE_TORRENT_UPLOAD_LIMIT", value_name = "SIZE")]
+    pub torrent_upload_limit: Option<String>,
+
     /// Do not announce this appliance over mDNS (`_nixgate._tcp.local.`) nor browse the LAN
     /// for sibling appliances. [default: mDNS on, except inside Kubernetes (where
     /// KUBERNETES_SERVICE_HOST is set), where multicast does not cross the pod network].
@@ -296,6 +325,30 @@ pub struct FileConfig {
     #[serde(alias = "trackers")]
     pub tracker: Option<Vec<String>>,
     pub no_mdns: Option<bool>,
+    pub peer_policy: Option<PeerPolicy>,
+    pub accelerate_size: Option<String>,
+    pub accelerate_below: Option<String>,
+    pub torrent_upload_limit: Option<String>,
+}
+
+/// Which source a NAR miss tries first when a peer holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerPolicy {
+    /// Upstreams first; large NARs switch to the swarm when the upstream is slow.
+    #[default]
+    HttpFirst,
+    /// The swarm of LAN peers first, then upstreams.
+    PeersFirst,
+}
+
+/// When and how peers are preferred.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTuning {
+    pub policy: PeerPolicy,
+    pub accelerate_size: u64,
+    pub accelerate_below: u64,
+    pub upload_limit: Option<u64>,
 }
 
 /// Upstream timeouts.
@@ -325,6 +378,7 @@ pub struct Config {
     pub torrent: bool,
     pub torrent_listen: SocketAddr,
     pub trackers: Vec<Url>,
+    pub tuning: PeerTuning,
     pub mdns: bool,
 }
 
@@ -574,6 +628,29 @@ impl ServeArgs {
             .iter()
             .map(|s| parse_tracker(s))
             .collect::<Result<Vec<_>, _>>()?;
+        let size = |flag, v: Option<String>, fv: Option<String>, d: fn() -> String| {
+            unit(flag, parse_size(&v.or(fv).unwrap_or_else(d)))
+        };
+        let tuning = PeerTuning {
+            policy: self.peer_policy.or(f.peer_policy).unwrap_or_default(),
+            accelerate_size: size(
+                "accelerate-size",
+                self.accelerate_size,
+                f.accelerate_size,
+                default_accelerate_size,
+            )?,
+            accelerate_below: size(
+                "accelerate-below",
+                self.accelerate_below,
+                f.accelerate_below,
+                default_accelerate_below,
+            )?,
+            upload_limit: self
+                .torrent_upload_limit
+                .or(f.torrent_upload_limit)
+                .map(|s| unit("torrent-upload-limit", parse_size(&s)))
+                .transpose()?,
+        };
         Ok(Config {
             listen,
             cache_dir,
@@ -624,6 +701,7 @@ impl ServeArgs {
             torrent: !(self.no_torrent || f.no_torrent.unwrap_or(false)),
             torrent_listen,
             trackers,
+            tuning,
             mdns: match self.no_mdns.or(f.no_mdns) {
                 Some(no) => !no,
                 None => std::env::var_os("KUBERNETES_SERVICE_HOST").is_none(),

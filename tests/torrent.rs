@@ -236,6 +236,108 @@ async fn lying_torrents_are_refused_and_the_honest_swarm_serves() {
     assert_eq!(skipped, 3, "the three liars are on probation: {states}");
 }
 
+/// Waits until `b` has fetched its peers' digests (they decide whether peers are preferred).
+async fn wait_for_digests(b: &Appliance) {
+    for _ in 0..100 {
+        let v: serde_json::Value =
+            serde_json::from_str(&get(&format!("{}/_p2p/v1/peers", b.url()), &[]).await.body)
+                .unwrap();
+        if v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["digest"] == true)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("digests not fetched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_upstream_hands_a_large_nar_over_to_the_swarm() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (_up, a) = holding_seeder(f, work.path(), &[&f.big], &[]).await;
+    let (_, file) = nar_of(f, &f.big);
+    let size = std::fs::metadata(&file).unwrap().len();
+
+    // B's upstream works but crawls: 3 MB at 200 KB/s would take 15 s.
+    let slow = Upstream::start(&f.cache).await;
+    slow.rate.store(200_000, Ordering::SeqCst);
+    let a_url = a.url();
+    let b = Appliance::start(
+        &work.path().join("b"),
+        &[slow.url()],
+        &f.public_key,
+        move |s| {
+            with_torrent(s, &[]);
+            s.peers = vec![a_url];
+            s.accelerate_size = Some("1MiB".into());
+            s.accelerate_below = Some("1MiB".into());
+        },
+    )
+    .await;
+    wait_for_digests(&b).await;
+    let started = std::time::Instant::now();
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &work.path().join("c")).await);
+    let took = started.elapsed();
+    assert!(substituted(&work.path().join("c"), &f.big));
+    let from_upstream = b
+        .metric("nixgate_fetched_bytes_total{source=\"upstream\"}")
+        .await;
+    let from_swarm = b
+        .metric("nixgate_fetched_bytes_total{source=\"torrent\"}")
+        .await;
+    println!(
+        "handover: {from_upstream} bytes from upstream, {from_swarm} from the swarm, {took:?}"
+    );
+    assert!(from_upstream > 0 && from_swarm > 0, "both sources used");
+    let narinfo_bytes = 2_000; // the narinfo came from upstream too
+    assert!(
+        from_upstream + from_swarm >= size && from_upstream + from_swarm < size + narinfo_bytes
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?}: the swarm finished it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_first_takes_nars_from_the_lan_swarm() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (_up, a) = holding_seeder(f, work.path(), &[&f.big], &[]).await;
+    let (_, file) = nar_of(f, &f.big);
+
+    let up = Upstream::start(&f.cache).await;
+    let a_url = a.url();
+    let b = Appliance::start(
+        &work.path().join("b"),
+        &[up.url()],
+        &f.public_key,
+        move |s| {
+            with_torrent(s, &[]);
+            s.peers = vec![a_url];
+            s.peer_policy = Some(nixgate::config::PeerPolicy::PeersFirst);
+        },
+    )
+    .await;
+    wait_for_digests(&b).await;
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &work.path().join("c")).await);
+    assert_eq!(
+        up.count(&f.nar_url(&f.big)),
+        0,
+        "no NAR bytes from the upstream"
+    );
+    assert_eq!(
+        b.metric("nixgate_fetched_bytes_total{source=\"torrent\"}")
+            .await,
+        std::fs::metadata(&file).unwrap().len()
+    );
+}
+
 // ---- interoperability with standard BitTorrent software ----
 
 fn need(tool: &str) {

@@ -57,34 +57,40 @@ pub struct Fetcher {
         Result<bytes::Bytes, FetchError>,
     >,
     nars: nar::Inflights,
+    /// When peers are preferred over upstreams.
+    pub tuning: crate::config::PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).
     torrent: std::sync::OnceLock<Arc<crate::torrent::Engine>>,
 }
 
 impl Fetcher {
+    /// Upstreams, keys, timeouts and the peer policy come from `config`.
     pub fn new(
+        config: &crate::config::Config,
         store: Arc<Store>,
-        upstreams: Vec<Upstream>,
-        client: UpstreamClient,
-        keys: TrustedKeys,
         metrics: Arc<Metrics>,
-        negative_ttl: Duration,
         peers: Arc<PeerSet>,
     ) -> Self {
         Fetcher {
             store,
-            upstreams,
-            client,
-            keys,
+            upstreams: config
+                .upstreams
+                .iter()
+                .cloned()
+                .map(Upstream::new)
+                .collect(),
+            client: UpstreamClient::new(config.timeouts),
+            keys: config.trusted_keys.clone(),
             metrics,
             peers,
             negative: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(negative_ttl.max(Duration::from_millis(1)))
+                .time_to_live(config.negative_ttl.max(Duration::from_millis(1)))
                 .build(),
             narinfos: Default::default(),
             nars: Default::default(),
             torrent: Default::default(),
+            tuning: config.tuning,
         }
     }
 

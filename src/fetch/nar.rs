@@ -20,6 +20,7 @@ use url::Url;
 use super::narinfo::parse_stored;
 use super::verify::{FileCheck, FileExpect, NarCheck};
 use super::{FetchError, Fetcher};
+use crate::config::PeerPolicy;
 use crate::http::handlers::TORRENT_PORT_HEADER;
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
@@ -32,6 +33,8 @@ use crate::upstream::{Answer, Upstream, UpstreamBody};
 
 /// Largest write to the temp file; bigger batches when the upstream is fast.
 const WRITE_BATCH: usize = 1 << 20;
+/// When an accelerable download's upstream rate is judged.
+const ACCELERATE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// A NAR's `.torrent` is ~20 KiB of piece hashes (1024 pieces at most, until 16 MiB pieces).
 const MAX_TORRENT_FILE: usize = 1 << 20;
 
@@ -396,26 +399,21 @@ impl Fetcher {
         mut tmp: TempFile,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
-        // Upstreams first; when all fail, the swarm of peers that hold it, then a peer over
-        // HTTP. Bytes from peers are checked against the signed NarHash too.
-        let (from, mut body, nar_check) = match self.open_first(plan).await {
-            Ok((up, body)) => (BytesFrom::Upstream(up), Body::Http(body), None),
-            Err(e) => match self.open_torrent(fh, ext, plan).await {
-                Some((holders, body, check)) => (
-                    BytesFrom::Torrent(holders),
-                    Body::Torrent(body),
-                    Some(check),
-                ),
-                None => match self.open_peer(fh, ext, plan).await {
-                    Some((peer, body, check)) => {
-                        (BytesFrom::Peer(peer), Body::Http(body), Some(check))
-                    }
-                    None => return Err(e),
-                },
-            },
-        };
+        let (mut from, mut body, mut nar_check) = self.open_source(fh, ext, plan).await?;
+        // http-first acceleration: a large NAR that a peer holds switches to the swarm if the
+        // upstream turns out slow. The swarm's bytes need the NarHash check from byte 0.
+        let mut accelerate = None;
+        if matches!(from, BytesFrom::Upstream(_)) && self.accelerable(&fh, plan) {
+            nar_check = plan
+                .nar
+                .zip(plan.compression)
+                .and_then(|((h, n), c)| NarCheck::new(c, h, n));
+            accelerate = nar_check.is_some().then(std::time::Instant::now);
+        }
         let mut out = tokio::fs::File::from_std(tmp.file().try_clone().map_err(storage)?);
         let mut checks = Checks::new(fh, plan, nar_check);
+        // Bytes already counted for an earlier source (after a switch).
+        let mut counted = 0;
         let res = async {
             loop {
                 let chunk = match body.batch(WRITE_BATCH).await {
@@ -429,7 +427,30 @@ impl Fetcher {
                 checks.update(&chunk)?;
                 out.write_all(&chunk).await.map_err(storage)?;
                 out.flush().await.map_err(storage)?;
-                tx.send_replace(Progress::Running(checks.written()));
+                let written = checks.written();
+                tx.send_replace(Progress::Running(written));
+                let Some(start) = accelerate else { continue };
+                let elapsed = start.elapsed();
+                if elapsed < ACCELERATE_AFTER {
+                    continue;
+                }
+                accelerate = None; // decided once
+                let rate = written as f64 / elapsed.as_secs_f64();
+                if rate >= self.tuning.accelerate_below as f64 {
+                    continue;
+                }
+                let Some((holders, mut swarm, _)) = self.open_torrent(fh, ext, plan).await else {
+                    continue;
+                };
+                if let Err(e) = swarm.skip_to(written).await {
+                    tracing::warn!(file_hash = %fh, error = %e, "cannot switch to the swarm");
+                    continue;
+                }
+                tracing::info!(file_hash = %fh, upstream_bytes_per_s = rate as u64, offset = written, "upstream slow: switching to the swarm");
+                self.metrics.fetched(from.source(), written - counted);
+                counted = written;
+                from = BytesFrom::Torrent(holders);
+                body = Body::Torrent(swarm);
             }
             checks.finish()
         }
@@ -457,8 +478,56 @@ impl Fetcher {
             .await
             .map_err(storage)?
             .map_err(storage)?;
-        self.metrics.fetched(from.source(), size);
+        self.metrics.fetched(from.source(), size - counted);
         Ok(size)
+    }
+
+    /// Where a NAR's bytes come from. Upstreams first, and when all fail, the swarm of peers
+    /// that hold it, then a peer over HTTP; with `peers-first`, the swarm first when a peer's
+    /// digest says it holds the NAR. Bytes from peers are checked against the signed NarHash.
+    async fn open_source(
+        &self,
+        fh: Sha256,
+        ext: &'static str,
+        plan: &Plan,
+    ) -> Result<(BytesFrom<'_>, Body, Option<NarCheck>), FetchError> {
+        let key = nar_key(&fh.to_nix32());
+        if self.tuning.policy == PeerPolicy::PeersFirst && self.peers.probable_holders(&key) > 0 {
+            if let Some((holders, body, check)) = self.open_torrent(fh, ext, plan).await {
+                return Ok((
+                    BytesFrom::Torrent(holders),
+                    Body::Torrent(body),
+                    Some(check),
+                ));
+            }
+        }
+        match self.open_first(plan).await {
+            Ok((up, body)) => Ok((BytesFrom::Upstream(up), Body::Http(body), None)),
+            Err(e) => {
+                if let Some((holders, body, check)) = self.open_torrent(fh, ext, plan).await {
+                    return Ok((
+                        BytesFrom::Torrent(holders),
+                        Body::Torrent(body),
+                        Some(check),
+                    ));
+                }
+                match self.open_peer(fh, ext, plan).await {
+                    Some((peer, body, check)) => {
+                        Ok((BytesFrom::Peer(peer), Body::Http(body), Some(check)))
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Whether an upstream download may switch to the swarm: http-first, BitTorrent on, a
+    /// large NAR (by the narinfo) that a peer's digest says it holds.
+    fn accelerable(&self, fh: &Sha256, plan: &Plan) -> bool {
+        self.tuning.policy == PeerPolicy::HttpFirst
+            && self.torrent().is_some()
+            && plan.size.is_some_and(|s| s >= self.tuning.accelerate_size)
+            && self.peers.probable_holders(&nar_key(&fh.to_nix32())) > 0
     }
 
     /// Every upstream failed: the first peer that holds the NAR (only-if-cached). Only when the

@@ -105,6 +105,17 @@ impl PeerSet {
             .collect()
     }
 
+    /// The peers whose digest says they probably hold `key` (peers without a digest are not
+    /// counted: this decides whether to prefer peers at all).
+    pub fn probable_holders(&self, key: &str) -> usize {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter(|e| !e.peer.breaker.is_open())
+            .filter(|e| e.holdings.as_ref().is_some_and(|h| h.contains(key)))
+            .count()
+    }
+
     /// Records the digest fetched from the peer at `base` (`None`: it has none).
     pub fn set_holdings(&self, base: &Url, holdings: Option<Holdings>) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());

@@ -28,7 +28,7 @@ use librqbit::{
     SessionOptions,
 };
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -60,6 +60,8 @@ pub struct EngineConfig {
     pub download_dir: PathBuf,
     /// How long a fetch may go without a byte before it is abandoned.
     pub stall: Duration,
+    /// Upload cap in bytes per second.
+    pub upload_limit: Option<u64>,
 }
 
 /// The running engine.
@@ -97,6 +99,12 @@ impl Engine {
             trackers: config.trackers.iter().cloned().collect(),
             disable_trackers: config.trackers.is_empty(),
             cancellation_token: Some(shutdown.child_token()),
+            ratelimits: librqbit::limits::LimitsConfig {
+                upload_bps: config
+                    .upload_limit
+                    .and_then(|l| std::num::NonZeroU32::new(l.min(u32::MAX as u64) as u32)),
+                download_bps: None,
+            },
             ..Default::default()
         };
         let session = Session::new_with_opts(config.download_dir.clone(), opts)
@@ -249,6 +257,7 @@ impl Engine {
             engine: self.clone(),
             stall: self.stall,
             left: torrent.length,
+            length: torrent.length,
         })
     }
 
@@ -278,17 +287,34 @@ fn hash_file(path: &Path, name: String, size: u64) -> std::io::Result<NarTorrent
         .ok_or_else(|| std::io::Error::other("the cached NAR changed size while hashing"))
 }
 
+/// librqbit's file stream (its type is not exported).
+trait ReadSeek: AsyncRead + AsyncSeek + Send + Unpin {}
+impl<T: AsyncRead + AsyncSeek + Send + Unpin> ReadSeek for T {}
+
 /// The bytes of a torrent download, in order.
 pub struct TorrentBody {
-    stream: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    stream: Option<Box<dyn ReadSeek>>,
     handle: Arc<ManagedTorrent>,
     dir: PathBuf,
     engine: Arc<Engine>,
     stall: Duration,
     left: u64,
+    length: u64,
 }
 
 impl TorrentBody {
+    /// Continues from byte `offset` (the bytes before it came from elsewhere); pieces from
+    /// there on are fetched first.
+    pub async fn skip_to(&mut self, offset: u64) -> Result<(), String> {
+        let stream = self.stream.as_mut().ok_or("stream closed")?;
+        stream
+            .seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| format!("seeking the torrent stream: {e}"))?;
+        self.left = self.length.saturating_sub(offset);
+        Ok(())
+    }
+
     /// Up to `max` bytes; `None` at the end.
     pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, String> {
         if self.left == 0 {
