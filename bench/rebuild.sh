@@ -24,6 +24,6 @@ for _ in range(n):
             f.truncate(size)
 PY
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-RUST_LOG=info target/release/nixgate serve --listen 127.0.0.1:0 --cache-dir $D/cache --max-cache-size 100GiB > $D/log 2>&1 & PID=$!
+RUST_LOG=info target/release/nixgate serve --listen 127.0.0.1:0 --cache-dir $D/cache --max-cache-size 100GiB --no-torrent > $D/log 2>&1 & PID=$!
 for _ in $(seq 300); do grep -q "index rebuilt" $D/log && break; sleep 0.1; done
 grep "index rebuilt" $D/log

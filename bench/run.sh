@@ -8,6 +8,7 @@
 #  3. cold NAR: 32 MiB from an upstream limited to 8 MB/s, 50 clients at once;
 #     time to first byte (nixgate coalescing vs nginx proxy_cache_lock)
 #  4. peak RSS of nixgate (VmHWM) over the whole run
+#  5. bench/swarm.sh: 200 MiB NAR through the swarm of 1-3 peers vs a rate-limited upstream
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for t in nginx wrk curl; do
@@ -40,8 +41,8 @@ http {
 }
 NG
 nginx -c $D/nginx.conf & echo $! >> $D/pids
-RUST_LOG=warn target/release/nixgate serve --listen 127.0.0.1:$P4 --cache-dir $D/ng4 --upstream http://127.0.0.1:$P1 --trusted-public-key "$KEY" & NG4=$!; echo $NG4 >> $D/pids
-RUST_LOG=warn target/release/nixgate serve --listen 127.0.0.1:$P5 --cache-dir $D/ng5 --upstream http://127.0.0.1:$P2 --trusted-public-key "$KEY" & NG5=$!; echo $NG5 >> $D/pids
+RUST_LOG=warn target/release/nixgate serve --listen 127.0.0.1:$P4 --cache-dir $D/ng4 --upstream http://127.0.0.1:$P1 --trusted-public-key "$KEY" --no-torrent & NG4=$!; echo $NG4 >> $D/pids
+RUST_LOG=warn target/release/nixgate serve --listen 127.0.0.1:$P5 --cache-dir $D/ng5 --upstream http://127.0.0.1:$P2 --trusted-public-key "$KEY" --no-torrent & NG5=$!; echo $NG5 >> $D/pids
 sleep 1
 
 cat > $D/paths.lua <<LUA
@@ -85,3 +86,6 @@ python3 -c "
 a=sorted(float(l.split()[0]) for l in '''$A'''.splitlines()); b=sorted(float(l.split()[0]) for l in '''$B'''.splitlines())
 print(f'median ttfb ratio nginx/nixgate: {b[len(b)//2]/max(a[len(a)//2],1e-6):.0f}x')"
 for p in $NG4 $NG5; do echo "nixgate pid $p peak RSS: $(awk '/VmHWM/ {print $2/1024 " MiB"}' /proc/$p/status)"; done
+
+echo "== BitTorrent swarm (bench/swarm.sh)"
+bench/swarm.sh

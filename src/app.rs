@@ -74,6 +74,7 @@ pub async fn run(
                 download_dir: config.cache_dir.join("tmp").join("bt"),
                 stall: config.timeouts.stall,
                 upload_limit: config.tuning.upload_limit,
+                hot_set: config.tuning.hot_set,
             },
             app.store.clone(),
             shutdown.clone(),

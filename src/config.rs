@@ -278,6 +278,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_ACCELERATE_BELOW", value_name = "SIZE")]
     pub accelerate_below: Option<String>,
 
+    /// Most torrents seeded at once; the least recently asked beyond it stop until asked
+    /// again (each live torrent holds a file descriptor and ~20 KB) [default: 512].
+    #[arg(long, env = "NIXGATE_TORRENT_HOT_SET", value_name = "N")]
+    pub torrent_hot_set: Option<usize>,
+
     /// Cap on BitTorrent upload, per second, e.g. 20MiB [default: no cap].
     #[arg(long, env = "NIXGATE_TORRENT_UPLOAD_LIMIT", value_name = "SIZE")]
     pub torrent_upload_limit: Option<String>,
@@ -329,6 +334,7 @@ pub struct FileConfig {
     pub accelerate_size: Option<String>,
     pub accelerate_below: Option<String>,
     pub torrent_upload_limit: Option<String>,
+    pub torrent_hot_set: Option<usize>,
 }
 
 /// Which source a NAR miss tries first when a peer holds it.
@@ -349,6 +355,7 @@ pub struct PeerTuning {
     pub accelerate_size: u64,
     pub accelerate_below: u64,
     pub upload_limit: Option<u64>,
+    pub hot_set: usize,
 }
 
 /// Upstream timeouts.
@@ -650,6 +657,11 @@ impl ServeArgs {
                 .or(f.torrent_upload_limit)
                 .map(|s| unit("torrent-upload-limit", parse_size(&s)))
                 .transpose()?,
+            hot_set: self
+                .torrent_hot_set
+                .or(f.torrent_hot_set)
+                .unwrap_or(512)
+                .max(1),
         };
         Ok(Config {
             listen,

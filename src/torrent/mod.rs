@@ -5,8 +5,8 @@
 //!   (their `.torrent` route says their torrent port) and from `--tracker`s.
 //! * Torrents are made on demand ([`meta`]): `GET /_p2p/v1/torrent/<FileHash>` hashes the cached
 //!   NAR once (the result is kept in a bounded memory cache) and starts seeding it. At most
-//!   [`HOT_SET`] torrents are live, least recently asked dropped first, so 100k cached NARs
-//!   cost neither 100k file descriptors nor 100k torrents in memory.
+//!   `--torrent-hot-set` torrents are live, least recently asked dropped first, so 100k cached
+//!   NARs cost neither 100k file descriptors nor 100k torrents in memory.
 //! * A fetch downloads into `tmp/bt/<infohash>/` (emptied at start-up with the rest of
 //!   `tmp/`) and is read back through librqbit's stream as pieces arrive; the fetch path
 //!   verifies the bytes (FileHash, NarHash) as for any other source, and the torrent and its
@@ -36,8 +36,6 @@ use self::meta::{NarTorrent, PieceHasher};
 use crate::nix::hash::Sha256;
 use crate::store::Store;
 
-/// Live seeding torrents, at most.
-pub const HOT_SET: usize = 512;
 /// Computed torrents kept in memory (piece hashes are ~20 KiB for a large NAR).
 const META_CACHE: u64 = 10_000;
 
@@ -62,6 +60,8 @@ pub struct EngineConfig {
     pub stall: Duration,
     /// Upload cap in bytes per second.
     pub upload_limit: Option<u64>,
+    /// Live seeding torrents, at most.
+    pub hot_set: usize,
 }
 
 /// The running engine.
@@ -72,6 +72,7 @@ pub struct Engine {
     port: u16,
     download_dir: PathBuf,
     stall: Duration,
+    hot_set: usize,
     metas: moka::sync::Cache<Sha256, Arc<NarTorrent>>,
     /// Seeding torrents, most recently asked last.
     hot: Mutex<VecDeque<(Sha256, Id20)>>,
@@ -122,6 +123,7 @@ impl Engine {
             port,
             download_dir: config.download_dir,
             stall: config.stall,
+            hot_set: config.hot_set,
             metas: moka::sync::Cache::new(META_CACHE),
             hot: Mutex::new(VecDeque::new()),
         }))
@@ -161,7 +163,7 @@ impl Engine {
     }
 
     /// Adds the torrent of a cached NAR to the session (or marks it recently used), dropping
-    /// the least recently used one beyond [`HOT_SET`].
+    /// the least recently used one beyond the hot set.
     async fn seed(
         &self,
         fh: &Sha256,
@@ -193,7 +195,7 @@ impl Engine {
         let evicted = {
             let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
             hot.push_back((*fh, Id20::new(torrent.info_hash())));
-            if hot.len() > HOT_SET {
+            if hot.len() > self.hot_set {
                 hot.pop_front()
             } else {
                 None
