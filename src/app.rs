@@ -77,6 +77,7 @@ pub async fn run(
                 hot_set: config.tuning.hot_set,
             },
             app.store.clone(),
+            app.metrics.clone(),
             shutdown.clone(),
         )
         .await;

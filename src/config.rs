@@ -435,6 +435,10 @@ pub enum ConfigError {
     PeersDns(String),
     #[error("--torrent-listen {0:?} is not an address like [::]:6881 or 0.0.0.0:6881")]
     TorrentListen(String),
+    #[error(
+        "--tracker needs a fixed --torrent-listen port (not 0): trackers hand it out to peers"
+    )]
+    TrackerNeedsPort,
     #[error("--tracker {url:?}: {reason}")]
     Tracker { url: String, reason: String },
     #[error("--cache-dir {path}: {reason}")]
@@ -628,13 +632,16 @@ impl ServeArgs {
             .torrent_listen
             .or(f.torrent_listen)
             .unwrap_or_else(default_torrent_listen);
-        let torrent_listen = torrent_s
+        let torrent_listen: SocketAddr = torrent_s
             .parse()
             .map_err(|_| ConfigError::TorrentListen(torrent_s.clone()))?;
         let trackers = pick_list(self.trackers, f.tracker, Vec::new)
             .iter()
             .map(|s| parse_tracker(s))
             .collect::<Result<Vec<_>, _>>()?;
+        if !trackers.is_empty() && torrent_listen.port() == 0 {
+            return Err(ConfigError::TrackerNeedsPort);
+        }
         let size = |flag, v: Option<String>, fv: Option<String>, d: fn() -> String| {
             unit(flag, parse_size(&v.or(fv).unwrap_or_else(d)))
         };
@@ -789,6 +796,11 @@ mod tests {
     #[test]
     fn clear_errors() {
         let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.torrent_listen = Some("127.0.0.1:0".into());
+        a.trackers = vec!["http://127.0.0.1:6969/announce".into()];
+        assert!(matches!(a.resolve(), Err(ConfigError::TrackerNeedsPort)));
+
         let mut a = args(dir.path());
         a.max_cache_size = Some("10 GB".into());
         let e = a.resolve().unwrap_err().to_string();

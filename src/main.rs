@@ -84,8 +84,13 @@ fn print_config(c: &Config) {
         println!("  tracker              {t}");
     }
     println!(
-        "  peer-policy          {:?} (accelerate NARs >= {} bytes below {} bytes/s)",
-        c.tuning.policy, c.tuning.accelerate_size, c.tuning.accelerate_below
+        "  peer-policy          {} (accelerate NARs >= {} bytes below {} bytes/s)",
+        match c.tuning.policy {
+            nixgate::config::PeerPolicy::HttpFirst => "http-first",
+            nixgate::config::PeerPolicy::PeersFirst => "peers-first",
+        },
+        c.tuning.accelerate_size,
+        c.tuning.accelerate_below
     );
     if let Some(l) = c.tuning.upload_limit {
         println!("  torrent-upload-limit {l} bytes/s");

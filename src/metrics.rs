@@ -68,6 +68,7 @@ pub struct Metrics {
     evictions: AtomicU64,
     verification_failures: [AtomicU64; Source::COUNT],
     coalesced: AtomicU64,
+    torrents_seeding: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -82,6 +83,7 @@ impl Default for Metrics {
             evictions: AtomicU64::new(0),
             verification_failures: counters(),
             coalesced: AtomicU64::new(0),
+            torrents_seeding: AtomicU64::new(0),
         }
     }
 }
@@ -98,6 +100,9 @@ impl Metrics {
     }
     pub fn upstream(&self, status: UpstreamStatus) {
         self.upstream[status as usize].fetch_add(1, Relaxed);
+    }
+    pub fn set_torrents_seeding(&self, n: u64) {
+        self.torrents_seeding.store(n, Relaxed);
     }
     pub fn set_cache(&self, bytes: u64, entries: u64) {
         self.cache_size.store(bytes, Relaxed);
@@ -233,6 +238,17 @@ impl Metrics {
             o,
             "nixgate_coalesced_requests_total {}",
             self.coalesced.load(Relaxed)
+        );
+        head(
+            &mut o,
+            "nixgate_torrents_seeding",
+            "gauge",
+            "NAR torrents seeded right now (at most --torrent-hot-set).",
+        );
+        let _ = writeln!(
+            o,
+            "nixgate_torrents_seeding {}",
+            self.torrents_seeding.load(Relaxed)
         );
         o
     }

@@ -338,6 +338,38 @@ async fn peers_first_takes_nars_from_the_lan_swarm() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_evicted_nar_stops_being_seeded() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let a = Appliance::start(&work.path().join("a"), &[up.url()], &f.public_key, |s| {
+        with_torrent(s, &[]);
+        s.max_cache_size = Some("3MiB".into());
+    })
+    .await;
+    let (fh, _) = nar_of(f, &f.big);
+    assert_ok(&nix_copy(&a.url(), &f.public_key, &f.big, &work.path().join("c1")).await);
+    let t = get(&format!("{}/_p2p/v1/torrent/{fh}", a.url()), &[]).await;
+    assert_eq!(t.status, 200);
+    assert_eq!(a.metric("nixgate_torrents_seeding").await, 1);
+    // 2 MB of other paths push the 3 MB NAR out of the 3 MiB cache.
+    for b in &f.blobs {
+        assert_ok(&nix_copy(&a.url(), &f.public_key, b, &work.path().join("c2")).await);
+    }
+    let mut seeding = 1;
+    for _ in 0..50 {
+        seeding = a.metric("nixgate_torrents_seeding").await;
+        if seeding == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seeding, 0, "the evicted NAR's torrent was dropped");
+    let gone = get(&format!("{}/_p2p/v1/torrent/{fh}", a.url()), &[]).await;
+    assert_eq!(gone.status, 404);
+}
+
 // ---- interoperability with standard BitTorrent software ----
 
 fn need(tool: &str) {

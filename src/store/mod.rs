@@ -89,6 +89,8 @@ pub struct Store {
     hot: moka::sync::Cache<StorePathHash, Bytes>,
     metrics: Arc<Metrics>,
     seq: AtomicU64,
+    /// Told the FileHash of every NAR that leaves the cache (the torrent engine stops seeding).
+    gone: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Sha256>>,
 }
 
 /// A file found while rebuilding the index.
@@ -153,6 +155,7 @@ impl Store {
                 .build(),
             metrics,
             seq: AtomicU64::new(0),
+            gone: Default::default(),
         };
         store.rebuild()?;
         Ok(store)
@@ -394,6 +397,11 @@ impl Store {
         self.delete_files(removed.into_iter().collect());
     }
 
+    /// Subscribes to NARs leaving the cache (once; later calls are ignored).
+    pub fn on_nar_gone(&self, tx: tokio::sync::mpsc::UnboundedSender<Sha256>) {
+        let _ = self.gone.set(tx);
+    }
+
     fn delete_evicted(&self, evicted: Vec<Evicted>) {
         if !evicted.is_empty() {
             self.metrics.evicted(evicted.len() as u64);
@@ -410,6 +418,9 @@ impl Store {
             if let Some(nar) = e.nar {
                 // Readers that already opened it keep their file handle.
                 let _ = fs::remove_file(self.nar_path(&e.file_hash, nar.ext));
+                if let Some(tx) = self.gone.get() {
+                    let _ = tx.send(e.file_hash);
+                }
             }
         }
         let ix = self.index();

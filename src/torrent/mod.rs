@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use self::meta::{NarTorrent, PieceHasher};
+use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
 use crate::store::Store;
 
@@ -73,6 +74,7 @@ pub struct Engine {
     download_dir: PathBuf,
     stall: Duration,
     hot_set: usize,
+    metrics: Arc<Metrics>,
     metas: moka::sync::Cache<Sha256, Arc<NarTorrent>>,
     /// Seeding torrents, most recently asked last.
     hot: Mutex<VecDeque<(Sha256, Id20)>>,
@@ -82,6 +84,7 @@ impl Engine {
     pub async fn start(
         config: EngineConfig,
         store: Arc<Store>,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Engine>, TorrentEngineError> {
         std::fs::create_dir_all(&config.download_dir)?;
@@ -115,8 +118,10 @@ impl Engine {
             .listen_addr()
             .map(|a| a.port())
             .unwrap_or(config.listen.port());
+        let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel();
+        store.on_nar_gone(gone_tx);
         tracing::info!(port, trackers = ?config.trackers.iter().map(Url::as_str).collect::<Vec<_>>(), "BitTorrent engine started (DHT, LSD, UPnP off)");
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             session,
             store,
             trackers: config.trackers.iter().map(|u| u.to_string()).collect(),
@@ -124,19 +129,24 @@ impl Engine {
             download_dir: config.download_dir,
             stall: config.stall,
             hot_set: config.hot_set,
+            metrics,
             metas: moka::sync::Cache::new(META_CACHE),
             hot: Mutex::new(VecDeque::new()),
-        }))
+        });
+        // An evicted NAR stops being seeded (librqbit would keep the unlinked file open).
+        let weak = Arc::downgrade(&engine);
+        tokio::spawn(async move {
+            while let Some(fh) = gone_rx.recv().await {
+                let Some(engine) = weak.upgrade() else { return };
+                engine.forget(&fh).await;
+            }
+        });
+        Ok(engine)
     }
 
     /// The TCP port peers connect to.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// Number of live (seeding) torrents.
-    pub fn live(&self) -> usize {
-        self.hot.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The `.torrent` of a NAR this appliance holds (announcing to our trackers), after making
@@ -195,11 +205,11 @@ impl Engine {
         let evicted = {
             let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
             hot.push_back((*fh, Id20::new(torrent.info_hash())));
-            if hot.len() > self.hot_set {
-                hot.pop_front()
-            } else {
-                None
-            }
+            let out = (hot.len() > self.hot_set)
+                .then(|| hot.pop_front())
+                .flatten();
+            self.metrics.set_torrents_seeding(hot.len() as u64);
+            out
         };
         if let Some((_, ih)) = evicted {
             let _ = self.session.delete(TorrentIdOrHash::Hash(ih), false).await;
@@ -212,9 +222,12 @@ impl Engine {
         self.metas.invalidate(fh);
         let gone = {
             let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
-            hot.iter()
+            let gone = hot
+                .iter()
                 .position(|(h, _)| h == fh)
-                .and_then(|i| hot.remove(i))
+                .and_then(|i| hot.remove(i));
+            self.metrics.set_torrents_seeding(hot.len() as u64);
+            gone
         };
         if let Some((_, ih)) = gone {
             let _ = self.session.delete(TorrentIdOrHash::Hash(ih), false).await;

@@ -62,7 +62,7 @@ def free_port():
     return port
 
 
-def run_rendered(manifests, label):
+def run_rendered(manifests, label, values):
     """Starts nixgate with the StatefulSet's args and the ConfigMap's file (cache dir and
     listen address moved to a temp dir and a free loopback port), then GETs the probe paths."""
     sts = one(manifests, "StatefulSet")
@@ -88,6 +88,8 @@ def run_rendered(manifests, label):
         env["NIXGATE_HEALTH_URL"] = f"http://127.0.0.1:{port}"
         cc = subprocess.run([NIXGATE, "check-config", *args], env=env, capture_output=True, text=True)
         check(f"{label}: nixgate check-config accepts the rendered args and config", cc.returncode == 0, cc.stderr)
+        policy = values.get("torrent", {}).get("peerPolicy", "http-first")
+        check(f"{label}: the binary reads peer-policy {policy} from the ConfigMap", f"peer-policy          {policy}" in cc.stdout, cc.stdout)
         proc = subprocess.Popen([NIXGATE, "serve", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             probes = {p: container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")}
@@ -207,7 +209,8 @@ def main():
             "upstreams": ["http://10.0.0.5:8080", "https://cache.example/"],
             "cache": {"maxSize": "200GiB", "storage": {"size": "250Gi", "storageClassName": "fast"}},
             "service": {"port": 9090, "type": "NodePort"},
-            "torrent": {"enabled": False, "port": 7000, "trackers": ["udp://10.0.0.9:6969/announce"]},
+            "torrent": {"enabled": False, "port": 7000, "trackers": ["udp://10.0.0.9:6969/announce"],
+                        "peerPolicy": "peers-first", "uploadLimit": "50MiB"},
             "peers": {"dns": True, "static": ["http://10.1.0.7:8080"]},
             "podDisruptionBudget": {"enabled": False},
             "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
@@ -221,7 +224,7 @@ def main():
         check(f"{label}: renders StatefulSet, ConfigMap and both Services", {k for k, _ in manifests} >= {"StatefulSet", "ConfigMap", "Service"} and len([1 for k, _ in manifests if k == "Service"]) == 2, list(manifests))
         validate_all(manifests, label)
         assert_consistent(manifests, notes, values, label)
-        run_rendered(manifests, label)
+        run_rendered(manifests, label, values)
 
     for bad, why in [
         ({"replicas": 0}, "replicas 0"),
@@ -230,6 +233,7 @@ def main():
         ({"upstreams": ["ftp://x"]}, "non-http upstream"),
         ({"torrent": {"enabled": True, "port": 70000}}, "port out of range"),
         ({"replicaCount": 2}, "unknown key (typo)"),
+        ({"torrent": {"enabled": True, "port": 6881, "peerPolicy": "fastest"}}, "unknown peer policy"),
     ]:
         try:
             render(bad)
