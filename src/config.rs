@@ -226,9 +226,9 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
-    /// Peer appliance to fall back to when every upstream fails, e.g. http://10.0.0.7:8080
-    /// (repeatable). Peers are asked with `Cache-Control: only-if-cached` and everything they
-    /// send is verified against the trusted keys and the signed NarHash.
+    /// Peer appliance, e.g. http://10.0.0.7:8080 (repeatable): asked when every upstream
+    /// fails, and per --peer-policy. Peers are asked with `Cache-Control: only-if-cached`, and
+    /// everything they send is verified against the trusted keys and the signed NarHash.
     #[arg(
         long = "peer",
         env = "NIXGATE_PEER",
