@@ -279,7 +279,7 @@ pub struct ServeArgs {
     pub accelerate_below: Option<String>,
 
     /// Most torrents seeded at once; the least recently asked beyond it stop until asked
-    /// again (each live torrent holds a file descriptor and ~20 KB) [default: 512].
+    /// again (each live torrent holds a file descriptor and ~16 KB) [default: 512].
     #[arg(long, env = "NIXGATE_TORRENT_HOT_SET", value_name = "N")]
     pub torrent_hot_set: Option<usize>,
 
