@@ -27,6 +27,23 @@ fn with_torrent(a: &mut nixgate::config::ServeArgs, trackers: &[String]) {
     a.trackers = trackers.to_vec();
 }
 
+/// An appliance with BitTorrent on, in front of `up`, with these peers and trackers.
+async fn torrent_appliance(
+    dir: &Path,
+    up: &Upstream,
+    key: &str,
+    peers: Vec<String>,
+    trackers: &[String],
+    extra: impl FnOnce(&mut nixgate::config::ServeArgs),
+) -> Appliance {
+    Appliance::start(dir, &[up.url()], key, move |s| {
+        with_torrent(s, trackers);
+        s.peers = peers;
+        extra(s);
+    })
+    .await
+}
+
 /// An upstream over the fixture cache that answers every request with 500.
 async fn failing_upstream(f: &Fixture) -> Upstream {
     let up = Upstream::start(&f.cache).await;
@@ -68,10 +85,14 @@ async fn holding_seeder(
     trackers: &[String],
 ) -> (Upstream, Appliance) {
     let up = Upstream::start(&f.cache).await;
-    let trackers = trackers.to_vec();
-    let a = Appliance::start(&dir.join("seeder"), &[up.url()], &f.public_key, move |a| {
-        with_torrent(a, &trackers)
-    })
+    let a = torrent_appliance(
+        &dir.join("seeder"),
+        &up,
+        &f.public_key,
+        vec![],
+        trackers,
+        |_| {},
+    )
     .await;
     for p in paths {
         assert_ok(&nix_copy(&a.url(), &f.public_key, p, &dir.join("warm")).await);
@@ -99,9 +120,14 @@ async fn torrent_route_is_deterministic_and_never_fetches() {
     assert_eq!(expected.name, format!("{fh}.nar.xz"));
 
     // A second appliance that fetched the same NAR independently computes the same infohash.
-    let b = Appliance::start(&work.path().join("b"), &[up.url()], &f.public_key, |a| {
-        with_torrent(a, &[])
-    })
+    let b = torrent_appliance(
+        &work.path().join("b"),
+        &up,
+        &f.public_key,
+        vec![],
+        &[],
+        |_| {},
+    )
     .await;
     assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &work.path().join("c2")).await);
     let got_b = get(&format!("{}/_p2p/v1/torrent/{fh}", b.url()), &[]).await;
@@ -125,14 +151,13 @@ async fn upstream_down_closure_comes_from_the_swarm() {
 
     let down = failing_upstream(f).await;
     let a_url = a.url();
-    let b = Appliance::start(
+    let b = torrent_appliance(
         &work.path().join("b"),
-        &[down.url()],
+        &down,
         &f.public_key,
-        move |s| {
-            with_torrent(s, &[]);
-            s.peers = vec![a_url];
-        },
+        vec![a_url],
+        &[],
+        |_| {},
     )
     .await;
     let dest = work.path().join("client");
@@ -201,14 +226,13 @@ async fn lying_torrents_are_refused_and_the_honest_swarm_serves() {
     let down = failing_upstream(f).await;
     let mut peers: Vec<String> = liars.iter().map(|l| l.url()).collect();
     peers.push(honest.url());
-    let b = Appliance::start(
+    let b = torrent_appliance(
         &work.path().join("b"),
-        &[down.url()],
+        &down,
         &f.public_key,
-        move |s| {
-            with_torrent(s, &[]);
-            s.peers = peers;
-        },
+        peers,
+        &[],
+        |_| {},
     )
     .await;
     let dest = work.path().join("client");
@@ -267,13 +291,13 @@ async fn a_slow_upstream_hands_a_large_nar_over_to_the_swarm() {
     let slow = Upstream::start(&f.cache).await;
     slow.rate.store(200_000, Ordering::SeqCst);
     let a_url = a.url();
-    let b = Appliance::start(
+    let b = torrent_appliance(
         &work.path().join("b"),
-        &[slow.url()],
+        &slow,
         &f.public_key,
-        move |s| {
-            with_torrent(s, &[]);
-            s.peers = vec![a_url];
+        vec![a_url],
+        &[],
+        |s| {
             s.accelerate_size = Some("1MiB".into());
             s.accelerate_below = Some("1MiB".into());
         },
@@ -313,13 +337,13 @@ async fn peers_first_takes_nars_from_the_lan_swarm() {
 
     let up = Upstream::start(&f.cache).await;
     let a_url = a.url();
-    let b = Appliance::start(
+    let b = torrent_appliance(
         &work.path().join("b"),
-        &[up.url()],
+        &up,
         &f.public_key,
-        move |s| {
-            with_torrent(s, &[]);
-            s.peers = vec![a_url];
+        vec![a_url],
+        &[],
+        |s| {
             s.peer_policy = Some(nixgate::config::PeerPolicy::PeersFirst);
         },
     )
@@ -343,10 +367,14 @@ async fn an_evicted_nar_stops_being_seeded() {
     let f = fixture().await;
     let work = tempfile::tempdir().unwrap();
     let up = Upstream::start(&f.cache).await;
-    let a = Appliance::start(&work.path().join("a"), &[up.url()], &f.public_key, |s| {
-        with_torrent(s, &[]);
-        s.max_cache_size = Some("3MiB".into());
-    })
+    let a = torrent_appliance(
+        &work.path().join("a"),
+        &up,
+        &f.public_key,
+        vec![],
+        &[],
+        |s| s.max_cache_size = Some("3MiB".into()),
+    )
     .await;
     let (fh, _) = nar_of(f, &f.big);
     assert_ok(&nix_copy(&a.url(), &f.public_key, &f.big, &work.path().join("c1")).await);
@@ -531,14 +559,13 @@ async fn an_appliance_fetches_a_nar_from_aria2c_via_opentracker() {
 
     let down = failing_upstream(f).await;
     let peer = describer.url();
-    let b = Appliance::start(
+    let b = torrent_appliance(
         &work.path().join("b"),
-        &[down.url()],
+        &down,
         &f.public_key,
-        move |s| {
-            with_torrent(s, &[announce]);
-            s.peers = vec![peer];
-        },
+        vec![peer],
+        &[announce],
+        |_| {},
     )
     .await;
     let dest = work.path().join("client");
