@@ -582,3 +582,97 @@ async fn an_appliance_fetches_a_nar_from_aria2c_via_opentracker() {
         .await;
     assert!(http_from_peer < 1024, "{http_from_peer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swarm_of_wrong_bytes_is_caught_by_narhash_and_its_peer_put_on_probation() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (fh, file) = nar_of(f, &f.big);
+    // Rotten: holds the NAR, but its copy on disk was damaged after it was verified, so the
+    // torrent it makes is self-consistent (pieces match its bytes) and passes every
+    // structural check. Only the signed NarHash can tell.
+    let up = Upstream::start(&f.cache).await;
+    let rotten = torrent_appliance(
+        &work.path().join("rotten"),
+        &up,
+        &f.public_key,
+        vec![],
+        &[],
+        |_| {},
+    )
+    .await;
+    assert_ok(
+        &nix_copy(
+            &rotten.url(),
+            &f.public_key,
+            &f.big,
+            &work.path().join("w1"),
+        )
+        .await,
+    );
+    let on_disk = rotten
+        .cache_dir
+        .join("nar")
+        .join(&fh[..2])
+        .join(format!("{fh}.nar.xz"));
+    let mut bytes = std::fs::read(&on_disk).unwrap();
+    bytes[1_000_000] ^= 0xff;
+    std::fs::write(&on_disk, &bytes).unwrap();
+    let (_up2, honest) = holding_seeder(f, &work.path().join("h"), &[&f.big], &[]).await;
+
+    let down = failing_upstream(f).await;
+    let b = torrent_appliance(
+        &work.path().join("b"),
+        &down,
+        &f.public_key,
+        vec![rotten.url(), honest.url()],
+        &[],
+        |_| {},
+    )
+    .await;
+    // The first copy's NAR comes from the rotten swarm: the transfer is aborted before its
+    // last byte and nothing is stored. The next one goes to the honest peer.
+    let first = nix_copy(&b.url(), &f.public_key, &f.big, &work.path().join("c1")).await;
+    assert!(
+        !first.status.success(),
+        "the rotten NAR never completes a response"
+    );
+    assert!(!b
+        .cache_dir
+        .join("nar")
+        .join(&fh[..2])
+        .join(format!("{fh}.nar.xz"))
+        .exists());
+    let dest = work.path().join("client");
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &dest).await);
+    assert!(substituted(&dest, &f.big));
+    assert_eq!(
+        b.metric("nixgate_verification_failures_total{source=\"torrent\"}")
+            .await,
+        1,
+        "the rotten swarm's NAR failed NarHash once"
+    );
+    let stored = std::fs::read(
+        b.cache_dir
+            .join("nar")
+            .join(&fh[..2])
+            .join(format!("{fh}.nar.xz")),
+    )
+    .unwrap();
+    assert!(
+        stored == std::fs::read(&file).unwrap(),
+        "the cache holds the real NAR"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&get(&format!("{}/_p2p/v1/peers", b.url()), &[]).await.body).unwrap();
+    let state = |url: &str| {
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["url"] == format!("{url}/"))
+            .map(|p| p["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state(&rotten.url()).as_deref(), Some("skipped"), "{v}");
+    assert_eq!(state(&honest.url()).as_deref(), Some("ok"), "{v}");
+}
