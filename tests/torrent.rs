@@ -329,6 +329,43 @@ async fn a_slow_upstream_hands_a_large_nar_over_to_the_swarm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_first_byte_lets_the_swarm_serve_a_large_nar() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (_up, a) = holding_seeder(f, work.path(), &[&f.big], &[]).await;
+    let (_, file) = nar_of(f, &f.big);
+
+    // B's upstream works, but answers NARs only after 8 s.
+    let late = Upstream::start(&f.cache).await;
+    late.nar_delay_ms.store(8_000, Ordering::SeqCst);
+    let b = torrent_appliance(
+        &work.path().join("b"),
+        &late,
+        &f.public_key,
+        vec![a.url()],
+        &[],
+        |s| {
+            s.accelerate_size = Some("1MiB".into());
+            s.first_byte_timeout = Some("20s".into());
+        },
+    )
+    .await;
+    wait_for_digests(&b).await;
+    let started = std::time::Instant::now();
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.big, &work.path().join("c")).await);
+    let took = started.elapsed();
+    assert_eq!(
+        b.metric("nixgate_fetched_bytes_total{source=\"torrent\"}")
+            .await,
+        std::fs::metadata(&file).unwrap().len()
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "{took:?}: the swarm answered after the 2 s wait, not the upstream after 8 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peers_first_takes_nars_from_the_lan_swarm() {
     let f = fixture().await;
     let work = tempfile::tempdir().unwrap();

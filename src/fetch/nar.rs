@@ -179,6 +179,17 @@ impl BytesFrom<'_> {
     }
 }
 
+/// A swarm download as a download's source.
+fn from_swarm<'a>(
+    (holders, body, check): (Vec<Arc<Upstream>>, TorrentBody, NarCheck),
+) -> (BytesFrom<'a>, Body, Option<NarCheck>) {
+    (
+        BytesFrom::Torrent(holders),
+        Body::Torrent(body),
+        Some(check),
+    )
+}
+
 /// A download's byte stream: an HTTP body or a torrent read back in order.
 enum Body {
     Http(UpstreamBody),
@@ -493,23 +504,42 @@ impl Fetcher {
     ) -> Result<(BytesFrom<'_>, Body, Option<NarCheck>), FetchError> {
         let key = nar_key(&fh.to_nix32());
         if self.tuning.policy == PeerPolicy::PeersFirst && self.peers.probable_holders(&key) > 0 {
-            if let Some((holders, body, check)) = self.open_torrent(fh, ext, plan).await {
-                return Ok((
-                    BytesFrom::Torrent(holders),
-                    Body::Torrent(body),
-                    Some(check),
-                ));
+            if let Some(swarm) = self.open_torrent(fh, ext, plan).await {
+                return Ok(from_swarm(swarm));
             }
         }
-        match self.open_first(plan).await {
+        // http-first: an upstream whose first byte is late for a large NAR a peer holds is
+        // raced by the swarm; whichever answers first is used (the other request is dropped).
+        let first = self.open_first(plan);
+        tokio::pin!(first);
+        if self.accelerable(&fh, plan) {
+            tokio::select! {
+                r = &mut first => return self.after_upstream(fh, ext, plan, r).await,
+                _ = tokio::time::sleep(ACCELERATE_AFTER) => {}
+            }
+            tracing::info!(file_hash = %fh, "upstream first byte late: asking the swarm too");
+            tokio::select! {
+                r = &mut first => return self.after_upstream(fh, ext, plan, r).await,
+                Some(swarm) = self.open_torrent(fh, ext, plan) => return Ok(from_swarm(swarm)),
+            }
+        }
+        let r = first.await;
+        self.after_upstream(fh, ext, plan, r).await
+    }
+
+    /// The upstream's answer, or when every upstream failed: the swarm, then a peer over HTTP.
+    async fn after_upstream<'a>(
+        &'a self,
+        fh: Sha256,
+        ext: &'static str,
+        plan: &Plan,
+        upstream: Result<(&'a Upstream, UpstreamBody), FetchError>,
+    ) -> Result<(BytesFrom<'a>, Body, Option<NarCheck>), FetchError> {
+        match upstream {
             Ok((up, body)) => Ok((BytesFrom::Upstream(up), Body::Http(body), None)),
             Err(e) => {
-                if let Some((holders, body, check)) = self.open_torrent(fh, ext, plan).await {
-                    return Ok((
-                        BytesFrom::Torrent(holders),
-                        Body::Torrent(body),
-                        Some(check),
-                    ));
+                if let Some(swarm) = self.open_torrent(fh, ext, plan).await {
+                    return Ok(from_swarm(swarm));
                 }
                 match self.open_peer(fh, ext, plan).await {
                     Some((peer, body, check)) => {

@@ -129,6 +129,8 @@ pub struct Upstream {
     /// Replacement bodies by path.
     pub overrides: Arc<Mutex<HashMap<String, Bytes>>>,
     pub fail_5xx: Arc<AtomicBool>,
+    /// Milliseconds before the response headers of a `nar/` request (a slow first byte).
+    pub nar_delay_ms: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -142,6 +144,7 @@ impl Upstream {
             rate: Default::default(),
             overrides: Default::default(),
             fail_5xx: Default::default(),
+            nar_delay_ms: Default::default(),
             stop: CancellationToken::new(),
         };
         let (root, reqs, total, rate, ov, fail, stop) = (
@@ -153,6 +156,7 @@ impl Upstream {
             up.fail_5xx.clone(),
             up.stop.clone(),
         );
+        let delay = up.nar_delay_ms.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! { _ = stop.cancelled() => return, r = listener.accept() => r.unwrap().0 };
@@ -165,6 +169,7 @@ impl Upstream {
                     fail.clone(),
                     stop.clone(),
                 );
+                let delay = delay.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
@@ -177,7 +182,15 @@ impl Upstream {
                                 });
                             let (fail, rate) =
                                 (fail.load(Ordering::SeqCst), rate.load(Ordering::SeqCst));
-                            async move { Ok::<_, std::convert::Infallible>(respond(fail, rate, body)) }
+                            let wait = if path.starts_with("nar/") {
+                                delay.load(Ordering::SeqCst)
+                            } else {
+                                0
+                            };
+                            async move {
+                                tokio::time::sleep(Duration::from_millis(wait)).await;
+                                Ok::<_, std::convert::Infallible>(respond(fail, rate, body))
+                            }
                         },
                     );
                     let conn = hyper::server::conn::http1::Builder::new()
