@@ -204,7 +204,10 @@ impl Engine {
         tracing::debug!(file_hash = %fh, info_hash = %id, "seeding");
         let evicted = {
             let mut hot = self.hot.lock().unwrap_or_else(|p| p.into_inner());
-            hot.push_back((*fh, Id20::new(torrent.info_hash())));
+            // Two first requests for one NAR may both have added it (librqbit keeps one).
+            if !hot.iter().any(|(h, _)| h == fh) {
+                hot.push_back((*fh, Id20::new(torrent.info_hash())));
+            }
             let out = (hot.len() > self.hot_set)
                 .then(|| hot.pop_front())
                 .flatten();
@@ -358,6 +361,8 @@ impl Drop for TorrentBody {
         // torrent and its files go either way.
         self.stream.take();
         let (engine, handle, dir) = (self.engine.clone(), self.handle.clone(), self.dir.clone());
-        tokio::spawn(async move { engine.drop_download(&handle, dir).await });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { engine.drop_download(&handle, dir).await });
+        }
     }
 }
