@@ -21,14 +21,13 @@ use super::narinfo::parse_stored;
 use super::verify::{FileCheck, FileExpect, NarCheck};
 use super::{FetchError, Fetcher};
 use crate::config::PeerPolicy;
-use crate::http::handlers::TORRENT_PORT_HEADER;
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::peers::digest::nar_key;
 use crate::store::TempFile;
 use crate::torrent::meta::{Expected, NarTorrent};
-use crate::torrent::TorrentBody;
+use crate::torrent::{TorrentBody, PORT_HEADER};
 use crate::upstream::{Answer, Upstream, UpstreamBody};
 
 /// Largest write to the temp file; bigger batches when the upstream is fast.
@@ -102,6 +101,15 @@ struct Plan {
     compression: Option<Compression>,
     /// The signed NarHash and NarSize, when a narinfo told them (needed for peer bytes).
     nar: Option<(Sha256, u64)>,
+}
+
+impl Plan {
+    /// The check of the decompressed NAR against the signed NarHash/NarSize, when the narinfo
+    /// gave them and nixgate can decompress this compression (needed for bytes from peers).
+    fn nar_check(&self) -> Option<NarCheck> {
+        let (nar_hash, nar_size) = self.nar?;
+        NarCheck::new(self.compression?, nar_hash, nar_size)
+    }
 }
 
 /// The checks for one source: the file always; the decompressed NAR for peer bytes.
@@ -410,15 +418,14 @@ impl Fetcher {
         mut tmp: TempFile,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
-        let (mut from, mut body, mut nar_check) = self.open_source(fh, ext, plan).await?;
+        let accelerable = self.accelerable(&fh, plan);
+        let (mut from, mut body, mut nar_check) =
+            self.open_source(fh, ext, plan, accelerable).await?;
         // http-first acceleration: a large NAR that a peer holds switches to the swarm if the
         // upstream turns out slow. The swarm's bytes need the NarHash check from byte 0.
         let mut accelerate = None;
-        if matches!(from, BytesFrom::Upstream(_)) && self.accelerable(&fh, plan) {
-            nar_check = plan
-                .nar
-                .zip(plan.compression)
-                .and_then(|((h, n), c)| NarCheck::new(c, h, n));
+        if matches!(from, BytesFrom::Upstream(_)) && accelerable {
+            nar_check = plan.nar_check();
             accelerate = nar_check.is_some().then(std::time::Instant::now);
         }
         let mut out = tokio::fs::File::from_std(tmp.file().try_clone().map_err(storage)?);
@@ -496,11 +503,13 @@ impl Fetcher {
     /// Where a NAR's bytes come from. Upstreams first, and when all fail, the swarm of peers
     /// that hold it, then a peer over HTTP; with `peers-first`, the swarm first when a peer's
     /// digest says it holds the NAR. Bytes from peers are checked against the signed NarHash.
+    /// `accelerable`: see [`Fetcher::accelerable`].
     async fn open_source(
         &self,
         fh: Sha256,
         ext: &'static str,
         plan: &Plan,
+        accelerable: bool,
     ) -> Result<(BytesFrom<'_>, Body, Option<NarCheck>), FetchError> {
         let key = nar_key(&fh.to_nix32());
         if self.tuning.policy == PeerPolicy::PeersFirst && self.peers.probable_holders(&key) > 0 {
@@ -512,7 +521,7 @@ impl Fetcher {
         // raced by the swarm; whichever answers first is used (the other request is dropped).
         let first = self.open_first(plan);
         tokio::pin!(first);
-        if self.accelerable(&fh, plan) {
+        if accelerable {
             tokio::select! {
                 r = &mut first => return self.after_upstream(fh, ext, plan, r).await,
                 _ = tokio::time::sleep(ACCELERATE_AFTER) => {}
@@ -568,9 +577,7 @@ impl Fetcher {
         ext: &'static str,
         plan: &Plan,
     ) -> Option<(Arc<Upstream>, UpstreamBody, NarCheck)> {
-        let (nar_hash, nar_size) = plan.nar?;
-        let compression = plan.compression?;
-        let check = NarCheck::new(compression, nar_hash, nar_size)?;
+        let check = plan.nar_check()?;
         let rel = format!("nar/{}.nar{ext}", fh.to_nix32());
         for peer in self.peers.candidates(&nar_key(&fh.to_nix32())) {
             let Ok(url) = peer.base.join(&rel) else {
@@ -608,8 +615,7 @@ impl Fetcher {
         plan: &Plan,
     ) -> Option<(Vec<Arc<Upstream>>, TorrentBody, NarCheck)> {
         let engine = self.torrent()?.clone();
-        let (nar_hash, nar_size) = plan.nar?;
-        let check = NarCheck::new(plan.compression?, nar_hash, nar_size)?;
+        let check = plan.nar_check()?;
         let expected = Expected {
             name: format!("{}.nar{ext}", fh.to_nix32()),
             length: plan.size?,
@@ -627,7 +633,7 @@ impl Fetcher {
             };
             let port = body
                 .headers
-                .get(TORRENT_PORT_HEADER)
+                .get(PORT_HEADER)
                 .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
             let checked = body
                 .read_all(MAX_TORRENT_FILE)

@@ -124,9 +124,6 @@ pub async fn digest(app: &Arc<App>) -> Handled {
     buffer(app, "application/octet-stream", b, Outcome::Hit)
 }
 
-/// The header that tells a peer which TCP port this appliance seeds on.
-pub const TORRENT_PORT_HEADER: &str = "x-nixgate-torrent-port";
-
 /// `/_p2p/v1/torrent/<FileHash>`: the `.torrent` of a NAR this appliance holds (it is seeded
 /// from then on); 404 when the NAR is not here or BitTorrent is off. Never fetches anything.
 pub async fn torrent(app: &Arc<App>, fh: Sha256) -> Handled {
@@ -137,7 +134,7 @@ pub async fn torrent(app: &Arc<App>, fh: Sha256) -> Handled {
         Ok(Some(b)) => {
             let resp = ok("application/x-bittorrent")
                 .header(header::CONTENT_LENGTH, b.len())
-                .header(TORRENT_PORT_HEADER, engine.port())
+                .header(crate::torrent::PORT_HEADER, engine.port())
                 .body(body::full(b, &app.metrics))
                 .expect("valid headers");
             Ok((Outcome::Hit, resp))

@@ -37,6 +37,8 @@ use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
 use crate::store::Store;
 
+/// The header of `/_p2p/v1/torrent/…` that tells a peer which TCP port this appliance seeds on.
+pub const PORT_HEADER: &str = "x-nixgate-torrent-port";
 /// Computed torrents kept in memory (piece hashes are ~20 KiB for a large NAR).
 const META_CACHE: u64 = 10_000;
 
