@@ -10,13 +10,6 @@ use std::sync::atomic::Ordering;
 use common::*;
 use sha2::Digest;
 
-/// An upstream over the fixture cache that answers every request with 500.
-async fn failing_upstream(f: &Fixture) -> Upstream {
-    let up = Upstream::start(&f.cache).await;
-    up.fail_5xx.store(true, Ordering::SeqCst);
-    up
-}
-
 async fn with_peers(
     dir: &std::path::Path,
     up: &Upstream,
@@ -28,17 +21,10 @@ async fn with_peers(
 
 /// `(url, origin, state)` of each peer in `/_p2p/v1/peers`.
 async fn peer_states(a: &Appliance) -> Vec<(String, String, String)> {
-    let got = get(&format!("{}/_p2p/v1/peers", a.url()), &[]).await;
-    assert_eq!(got.status, 200);
-    let v: serde_json::Value = serde_json::from_str(&got.body).unwrap();
-    v["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let s = |k: &str| p[k].as_str().unwrap().to_owned();
-            (s("url"), s("origin"), s("state"))
-        })
+    peer_rows(a)
+        .await
+        .into_iter()
+        .map(|p| (p.url, p.origin, p.state))
         .collect()
 }
 
@@ -48,12 +34,7 @@ async fn holding_peer(
     dir: &std::path::Path,
     paths: &[&String],
 ) -> (Upstream, Appliance) {
-    let up = Upstream::start(&f.cache).await;
-    let a = Appliance::start_default(&dir.join("peer"), &up, &f.public_key).await;
-    for p in paths {
-        assert_ok(&nix_copy(&a.url(), &f.public_key, p, &dir.join("warm")).await);
-    }
-    (up, a)
+    holding_appliance(f, dir, paths, |_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -359,18 +340,7 @@ async fn digests_keep_misses_away_from_peers_that_do_not_hold_them() {
     let down = failing_upstream(f).await;
     let b = with_peers(&work.path().join("b"), &down, &f.public_key, vec![a.url()]).await;
     // B fetched A's digest at start-up.
-    let mut known = false;
-    for _ in 0..50 {
-        let v: serde_json::Value =
-            serde_json::from_str(&get(&format!("{}/_p2p/v1/peers", b.url()), &[]).await.body)
-                .unwrap();
-        known = v["peers"][0]["digest"] == true;
-        if known {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(known, "B knows A's digest");
+    wait_for_digests(&b).await;
 
     let asked = |a: &Appliance| {
         let url = a.url();

@@ -10,14 +10,6 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nixgate");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(cache: &std::path::Path, port: u16, up: &str, key: &str) -> std::process::Child {
     Command::new(BIN)
         .args([

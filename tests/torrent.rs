@@ -12,15 +12,7 @@ use std::time::Duration;
 use common::*;
 use nixgate::torrent::meta::{NarTorrent, PieceHasher};
 
-/// A free loopback port (so the engine announces its real port, not librqbit's fallback).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// BitTorrent on, on a fixed free port (with port 0 librqbit would announce 4240).
 fn with_torrent(a: &mut nixgate::config::ServeArgs, trackers: &[String]) {
     a.no_torrent = false;
     a.torrent_listen = Some(format!("127.0.0.1:{}", free_port()));
@@ -42,13 +34,6 @@ async fn torrent_appliance(
         extra(s);
     })
     .await
-}
-
-/// An upstream over the fixture cache that answers every request with 500.
-async fn failing_upstream(f: &Fixture) -> Upstream {
-    let up = Upstream::start(&f.cache).await;
-    up.fail_5xx.store(true, Ordering::SeqCst);
-    up
 }
 
 /// The FileHash (nix32) and the NAR file of a fixture path.
@@ -84,20 +69,7 @@ async fn holding_seeder(
     paths: &[&String],
     trackers: &[String],
 ) -> (Upstream, Appliance) {
-    let up = Upstream::start(&f.cache).await;
-    let a = torrent_appliance(
-        &dir.join("seeder"),
-        &up,
-        &f.public_key,
-        vec![],
-        trackers,
-        |_| {},
-    )
-    .await;
-    for p in paths {
-        assert_ok(&nix_copy(&a.url(), &f.public_key, p, &dir.join("warm")).await);
-    }
-    (up, a)
+    holding_appliance(f, dir, paths, |s| with_torrent(s, trackers)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -249,34 +221,9 @@ async fn lying_torrents_are_refused_and_the_honest_swarm_serves() {
             .await
             > 3_000_000
     );
-    let states = get(&format!("{}/_p2p/v1/peers", b.url()), &[]).await.body;
-    let v: serde_json::Value = serde_json::from_str(&states).unwrap();
-    let skipped = v["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["state"] == "skipped")
-        .count();
-    assert_eq!(skipped, 3, "the three liars are on probation: {states}");
-}
-
-/// Waits until `b` has fetched its peers' digests (they decide whether peers are preferred).
-async fn wait_for_digests(b: &Appliance) {
-    for _ in 0..100 {
-        let v: serde_json::Value =
-            serde_json::from_str(&get(&format!("{}/_p2p/v1/peers", b.url()), &[]).await.body)
-                .unwrap();
-        if v["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["digest"] == true)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("digests not fetched");
+    let states = peer_rows(&b).await;
+    let skipped = states.iter().filter(|p| p.state == "skipped").count();
+    assert_eq!(skipped, 3, "the three liars are on probation: {states:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -700,16 +647,12 @@ async fn a_swarm_of_wrong_bytes_is_caught_by_narhash_and_its_peer_put_on_probati
         stored == std::fs::read(&file).unwrap(),
         "the cache holds the real NAR"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&get(&format!("{}/_p2p/v1/peers", b.url()), &[]).await.body).unwrap();
+    let rows = peer_rows(&b).await;
     let state = |url: &str| {
-        v["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["url"] == format!("{url}/"))
-            .map(|p| p["state"].as_str().unwrap().to_owned())
+        rows.iter()
+            .find(|p| p.url == format!("{url}/"))
+            .map(|p| p.state.as_str())
     };
-    assert_eq!(state(&rotten.url()).as_deref(), Some("skipped"), "{v}");
-    assert_eq!(state(&honest.url()).as_deref(), Some("ok"), "{v}");
+    assert_eq!(state(&rotten.url()), Some("skipped"), "{rows:?}");
+    assert_eq!(state(&honest.url()), Some("ok"), "{rows:?}");
 }

@@ -430,3 +430,76 @@ pub fn files(dir: &Path, sub: &str) -> Vec<PathBuf> {
     walk(&dir.join(sub), &mut out);
     out
 }
+
+/// An upstream over the fixture cache that answers every request with 500.
+pub async fn failing_upstream(f: &Fixture) -> Upstream {
+    let up = Upstream::start(&f.cache).await;
+    up.fail_5xx.store(true, Ordering::SeqCst);
+    up
+}
+
+/// One row of `/_p2p/v1/peers`.
+#[derive(Debug)]
+pub struct PeerRow {
+    pub url: String,
+    pub origin: String,
+    pub state: String,
+    pub digest: bool,
+}
+
+/// The peer set an appliance reports.
+pub async fn peer_rows(a: &Appliance) -> Vec<PeerRow> {
+    let got = get(&format!("{}/_p2p/v1/peers", a.url()), &[]).await;
+    assert_eq!(got.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&got.body).unwrap();
+    v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_owned();
+            PeerRow {
+                url: s("url"),
+                origin: s("origin"),
+                state: s("state"),
+                digest: p["digest"] == true,
+            }
+        })
+        .collect()
+}
+
+/// Waits until `a` has fetched every peer's digest (they decide which peers are asked).
+pub async fn wait_for_digests(a: &Appliance) {
+    for _ in 0..100 {
+        if peer_rows(a).await.iter().all(|p| p.digest) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("digests not fetched");
+}
+
+/// A working upstream and an appliance in front of it (settings changed by `extra`) that
+/// already holds `paths`, fetched with real `nix copy`.
+pub async fn holding_appliance(
+    f: &Fixture,
+    dir: &Path,
+    paths: &[&String],
+    extra: impl FnOnce(&mut nixgate::config::ServeArgs),
+) -> (Upstream, Appliance) {
+    let up = Upstream::start(&f.cache).await;
+    let a = Appliance::start(&dir.join("holder"), &[up.url()], &f.public_key, extra).await;
+    for p in paths {
+        assert_ok(&nix_copy(&a.url(), &f.public_key, p, &dir.join("warm")).await);
+    }
+    (up, a)
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
