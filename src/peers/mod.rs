@@ -124,13 +124,6 @@ impl PeerSet {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-    }
-
     /// For the status route.
     pub fn status(&self) -> Vec<PeerStatus> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
