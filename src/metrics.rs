@@ -18,6 +18,9 @@ macro_rules! label_enum {
             /// The label value.
             pub fn as_str(self) -> &'static str { match self { $($name::$v => $s),+ } }
         }
+        impl LabelValue for $name {
+            fn label(&self) -> &'static str { self.as_str() }
+        }
     };
 }
 
@@ -122,136 +125,166 @@ impl Metrics {
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
-        let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        head(
-            &mut o,
-            "nixgate_requests_total",
-            "counter",
-            "HTTP requests by route and outcome.",
-        );
-        for r in Route::ALL {
-            for x in Outcome::ALL {
-                let v = self.requests[*r as usize][*x as usize].load(Relaxed);
-                let _ = writeln!(
-                    o,
-                    "nixgate_requests_total{{route=\"{}\",result=\"{}\"}} {v}",
-                    r.as_str(),
-                    x.as_str()
-                );
-            }
+        for family in self.families() {
+            family.write(&mut o);
         }
-        head(
-            &mut o,
-            "nixgate_fetched_bytes_total",
-            "counter",
-            "Bytes fetched into the cache, by source.",
-        );
-        for s in Source::ALL {
-            let _ = writeln!(
-                o,
-                "nixgate_fetched_bytes_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                self.fetched[*s as usize].load(Relaxed)
-            );
-        }
-        head(
-            &mut o,
-            "nixgate_served_bytes_total",
-            "counter",
-            "Response body bytes sent to clients.",
-        );
-        let _ = writeln!(
-            o,
-            "nixgate_served_bytes_total {}",
-            self.served.load(Relaxed)
-        );
-        head(
-            &mut o,
-            "nixgate_upstream_requests_total",
-            "counter",
-            "Requests to upstream caches by answer class.",
-        );
-        for s in UpstreamStatus::ALL {
-            let _ = writeln!(
-                o,
-                "nixgate_upstream_requests_total{{status=\"{}\"}} {}",
-                s.as_str(),
-                self.upstream[*s as usize].load(Relaxed)
-            );
-        }
-        head(
-            &mut o,
-            "nixgate_cache_size_bytes",
-            "gauge",
-            "Bytes held in the disk cache.",
-        );
-        let _ = writeln!(
-            o,
-            "nixgate_cache_size_bytes {}",
-            self.cache_size.load(Relaxed)
-        );
-        head(
-            &mut o,
-            "nixgate_cache_entries",
-            "gauge",
-            "Files (narinfos and NARs) in the disk cache.",
-        );
-        let _ = writeln!(
-            o,
-            "nixgate_cache_entries {}",
-            self.cache_entries.load(Relaxed)
-        );
-        head(
-            &mut o,
-            "nixgate_evictions_total",
-            "counter",
-            "LRU evictions of narinfo+NAR groups.",
-        );
-        let _ = writeln!(
-            o,
-            "nixgate_evictions_total {}",
-            self.evictions.load(Relaxed)
-        );
-        head(
-            &mut o,
-            "nixgate_verification_failures_total",
-            "counter",
-            "Narinfos or NARs rejected by signature, hash, size or format checks.",
-        );
-        for s in Source::ALL {
-            let _ = writeln!(
-                o,
-                "nixgate_verification_failures_total{{source=\"{}\"}} {}",
-                s.as_str(),
-                self.verification_failures[*s as usize].load(Relaxed)
-            );
-        }
-        head(
-            &mut o,
-            "nixgate_coalesced_requests_total",
-            "counter",
-            "Requests that joined a fetch already under way.",
-        );
-        let _ = writeln!(
-            o,
-            "nixgate_coalesced_requests_total {}",
-            self.coalesced.load(Relaxed)
-        );
-        head(
-            &mut o,
-            "nixgate_torrents_seeding",
-            "gauge",
-            "NAR torrents seeded right now (at most --torrent-hot-set).",
-        );
-        let _ = writeln!(
-            o,
-            "nixgate_torrents_seeding {}",
-            self.torrents_seeding.load(Relaxed)
-        );
         o
     }
+
+    /// Every metric family, in exposition order: the one table of names, kinds and help texts.
+    fn families(&self) -> Vec<Family> {
+        use Kind::{Counter, Gauge};
+        let requests = Route::ALL.iter().flat_map(|r| {
+            Outcome::ALL.iter().map(move |x| {
+                let v = self.requests[*r as usize][*x as usize].load(Relaxed);
+                (
+                    format!("route=\"{}\",result=\"{}\"", r.as_str(), x.as_str()),
+                    v,
+                )
+            })
+        });
+        vec![
+            Family::new(
+                "nixgate_requests_total",
+                Counter,
+                "HTTP requests by route and outcome.",
+            )
+            .samples(requests),
+            Family::new(
+                "nixgate_fetched_bytes_total",
+                Counter,
+                "Bytes fetched into the cache, by source.",
+            )
+            .by("source", Source::ALL, |s| &self.fetched[s as usize]),
+            Family::new(
+                "nixgate_served_bytes_total",
+                Counter,
+                "Response body bytes sent to clients.",
+            )
+            .value(&self.served),
+            Family::new(
+                "nixgate_upstream_requests_total",
+                Counter,
+                "Requests to upstream caches by answer class.",
+            )
+            .by("status", UpstreamStatus::ALL, |s| {
+                &self.upstream[s as usize]
+            }),
+            Family::new(
+                "nixgate_cache_size_bytes",
+                Gauge,
+                "Bytes held in the disk cache.",
+            )
+            .value(&self.cache_size),
+            Family::new(
+                "nixgate_cache_entries",
+                Gauge,
+                "Files (narinfos and NARs) in the disk cache.",
+            )
+            .value(&self.cache_entries),
+            Family::new(
+                "nixgate_evictions_total",
+                Counter,
+                "LRU evictions of narinfo+NAR groups.",
+            )
+            .value(&self.evictions),
+            Family::new(
+                "nixgate_verification_failures_total",
+                Counter,
+                "Narinfos or NARs rejected by signature, hash, size or format checks.",
+            )
+            .by("source", Source::ALL, |s| {
+                &self.verification_failures[s as usize]
+            }),
+            Family::new(
+                "nixgate_coalesced_requests_total",
+                Counter,
+                "Requests that joined a fetch already under way.",
+            )
+            .value(&self.coalesced),
+            Family::new(
+                "nixgate_torrents_seeding",
+                Gauge,
+                "NAR torrents seeded right now (at most --torrent-hot-set).",
+            )
+            .value(&self.torrents_seeding),
+        ]
+    }
+}
+
+/// A Prometheus metric type.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family as rendered: name, type, help and its samples (label set, value).
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: Vec<(String, u64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Family {
+            name,
+            kind,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    /// An unlabelled sample.
+    fn value(mut self, v: &AtomicU64) -> Self {
+        self.samples.push((String::new(), v.load(Relaxed)));
+        self
+    }
+
+    /// One sample per value of a label enum.
+    fn by<'m, L: LabelValue + Copy>(
+        mut self,
+        label: &str,
+        all: &[L],
+        get: impl Fn(L) -> &'m AtomicU64,
+    ) -> Self {
+        for l in all {
+            let v = get(*l).load(Relaxed);
+            self.samples.push((format!("{label}=\"{}\"", l.label()), v));
+        }
+        self
+    }
+
+    fn samples(mut self, s: impl Iterator<Item = (String, u64)>) -> Self {
+        self.samples.extend(s);
+        self
+    }
+
+    fn write(&self, o: &mut String) {
+        let kind = match self.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(
+            o,
+            "# HELP {} {}\n# TYPE {} {kind}",
+            self.name, self.help, self.name
+        );
+        for (labels, v) in &self.samples {
+            if labels.is_empty() {
+                let _ = writeln!(o, "{} {v}", self.name);
+            } else {
+                let _ = writeln!(o, "{}{{{labels}}} {v}", self.name);
+            }
+        }
+    }
+}
+
+/// A label enum's value as it appears in the exposition.
+trait LabelValue {
+    fn label(&self) -> &'static str;
 }
 
 #[cfg(test)]
