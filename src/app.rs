@@ -8,126 +8,136 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::error::DownPolicy;
 use crate::fetch::Fetcher;
+use crate::http::error::DownPolicy;
+use crate::http::state::App;
 use crate::metrics::Metrics;
 use crate::peers::PeerSet;
 use crate::store::{Store, StoreError};
+use crate::tasks::Tasks;
 
-/// Shared state of a running appliance.
-pub struct App {
-    pub store: Arc<Store>,
-    pub fetcher: Arc<Fetcher>,
-    pub metrics: Arc<Metrics>,
-    pub cache_info: Bytes,
-    pub down_policy: DownPolicy,
-    pub peers: Arc<PeerSet>,
-    /// The last `/_p2p/v1/digest` body and when it was built.
-    pub digest: std::sync::Mutex<Option<(std::time::Instant, Bytes)>>,
+/// Opens the cache (rebuilding its index) and sets everything up. `own_port` is the HTTP
+/// port actually bound, so that this appliance never lists itself as a peer.
+pub fn build(config: &Config, own_port: u16) -> Result<Arc<App>, StoreError> {
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(Store::open(
+        &config.cache_dir,
+        config.max_cache_size,
+        metrics.clone(),
+    )?);
+    let peers = Arc::new(PeerSet::new(own_port, config.peers.clone()));
+    let fetcher = Arc::new(Fetcher::new(
+        config,
+        store.clone(),
+        metrics.clone(),
+        peers.clone(),
+    ));
+    Ok(Arc::new(App {
+        store,
+        fetcher,
+        metrics,
+        cache_info: Bytes::from(crate::nix::cache_info(config.priority)),
+        down_policy: DownPolicy {
+            status: config.upstream_down_status,
+            retry_after: config.retry_after,
+        },
+        peers,
+        digest: Default::default(),
+    }))
 }
 
-impl App {
-    /// Opens the cache (rebuilding its index) and sets everything up. `own_port` is the HTTP
-    /// port actually bound, so that this appliance never lists itself as a peer.
-    pub fn new(config: &Config, own_port: u16) -> Result<Arc<Self>, StoreError> {
-        let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(Store::open(
-            &config.cache_dir,
-            config.max_cache_size,
-            metrics.clone(),
-        )?);
-        let peers = Arc::new(PeerSet::new(own_port, config.peers.clone()));
-        let fetcher = Arc::new(Fetcher::new(
-            config,
-            store.clone(),
-            metrics.clone(),
-            peers.clone(),
-        ));
-        Ok(Arc::new(App {
-            store,
-            fetcher,
-            metrics,
-            cache_info: Bytes::from(crate::nix::cache_info(config.priority)),
-            down_policy: DownPolicy {
-                status: config.upstream_down_status,
-                retry_after: config.retry_after,
-            },
-            peers,
-            digest: Default::default(),
-        }))
-    }
-}
-
-/// Runs the appliance on `listener` until `shutdown` is cancelled.
+/// Runs the appliance on `listener` until `shutdown` is cancelled, then drains the
+/// background tasks.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let port = listener.local_addr().map_or(0, |a| a.port());
-    let app = App::new(&config, port)?;
+    let local = listener.local_addr().ok();
+    let app = build(&config, local.map_or(0, |a| a.port()))?;
     if config.torrent {
-        let engine = crate::torrent::Engine::start(
-            crate::torrent::EngineConfig {
-                listen: config.torrent_listen,
-                trackers: config.trackers.clone(),
-                download_dir: config.cache_dir.join("tmp").join("bt"),
-                stall: config.timeouts.stall,
-                upload_limit: config.tuning.upload_limit,
-                hot_set: config.tuning.hot_set,
-            },
-            app.store.clone(),
-            app.metrics.clone(),
-            shutdown.clone(),
-        )
-        .await;
-        match engine {
-            Ok(e) => app.fetcher.set_torrent(e),
-            // HTTP caching is the appliance's job; BitTorrent is an extra. Say so loudly.
-            Err(e) => {
-                tracing::error!(error = %e, listen = %config.torrent_listen, "BitTorrent is off: cannot start it")
-            }
+        start_torrent(&config, &app, &shutdown).await;
+    }
+    let mut tasks = Tasks::default();
+    start_peer_sources(&config, &app, local, &shutdown, &mut tasks)?;
+    log_start(&config, local);
+    crate::http::server::serve(listener, app, shutdown).await;
+    // The mDNS goodbye packet goes out before the process exits.
+    tasks.drain(TASK_DRAIN).await;
+    Ok(())
+}
+
+/// How long shutdown waits for background tasks once the server has stopped.
+const TASK_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Starts BitTorrent. HTTP caching is the appliance's job; BitTorrent is an extra: when it
+/// cannot start, say so loudly and go on without it.
+async fn start_torrent(config: &Config, app: &App, shutdown: &CancellationToken) {
+    let engine = crate::torrent::Engine::start(
+        crate::torrent::EngineConfig {
+            listen: config.torrent_listen,
+            trackers: config.trackers.clone(),
+            download_dir: config.cache_dir.join("tmp").join("bt"),
+            stall: config.timeouts.stall,
+            upload_limit: config.tuning.upload_limit,
+            hot_set: config.tuning.hot_set,
+        },
+        app.store.clone(),
+        app.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    match engine {
+        Ok(e) => app.fetcher.set_torrent(e),
+        Err(e) => {
+            tracing::error!(error = %e, listen = %config.torrent_listen, "BitTorrent is off: cannot start it")
         }
     }
-    let mdns = match listener.local_addr() {
-        // A loopback appliance is not on the LAN: it neither announces nor browses.
-        Ok(listen) if config.mdns && !listen.ip().is_loopback() => {
+}
+
+/// Starts the tasks that feed the peer set: digests always, `--peers-dns` when given, mDNS
+/// when on and the listen address is on a LAN (a loopback appliance neither announces nor
+/// browses).
+fn start_peer_sources(
+    config: &Config,
+    app: &App,
+    local: Option<std::net::SocketAddr>,
+    shutdown: &CancellationToken,
+    tasks: &mut Tasks,
+) -> Result<(), StoreError> {
+    let (set, token) = (app.peers.clone(), shutdown.clone());
+    tasks.spawn("peer-digests", crate::peers::digest::run(set, token));
+    if let Some(dns) = config.peers_dns.clone() {
+        let (set, token) = (app.peers.clone(), shutdown.clone());
+        tasks.spawn("peers-dns", crate::peers::dns::run(set, dns, token));
+    }
+    match local {
+        Some(listen) if config.mdns && !listen.ip().is_loopback() => {
+            let id = crate::peers::load_or_create_id(&config.cache_dir).map_err(|source| {
+                StoreError::Io {
+                    path: config.cache_dir.join("peer-id"),
+                    source,
+                }
+            })?;
             let me = crate::peers::mdns::Announcement {
-                id: crate::peers::load_or_create_id(&config.cache_dir).map_err(|source| {
-                    StoreError::Io {
-                        path: config.cache_dir.join("peer-id"),
-                        source,
-                    }
-                })?,
+                id,
                 listen,
                 bt_port: app.fetcher.torrent().map(|e| e.port()),
             };
             let (set, token) = (app.peers.clone(), shutdown.clone());
-            Some(tokio::spawn(async move {
-                if let Err(e) = crate::peers::mdns::run(set, me, token).await {
-                    tracing::warn!(error = %e, "mDNS is off: cannot start it");
-                }
-            }))
+            tasks.spawn("mdns", crate::peers::mdns::run(set, me, token));
         }
-        Ok(listen) if config.mdns => {
+        Some(listen) if config.mdns => {
             tracing::info!(%listen, "mDNS off: the listen address is loopback, not on a LAN");
-            None
         }
-        _ => None,
-    };
-    tokio::spawn(crate::peers::digest::run(
-        app.peers.clone(),
-        shutdown.clone(),
-    ));
-    if let Some(dns) = config.peers_dns.clone() {
-        tokio::spawn(crate::peers::dns::run(
-            app.peers.clone(),
-            dns,
-            shutdown.clone(),
-        ));
+        _ => {}
     }
+    Ok(())
+}
+
+fn log_start(config: &Config, local: Option<std::net::SocketAddr>) {
     tracing::info!(
-        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen = %local.map(|a| a.to_string()).unwrap_or_default(),
         cache_dir = %config.cache_dir.display(),
         max_cache_size = config.max_cache_size,
         upstreams = ?config.upstreams.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
@@ -136,10 +146,4 @@ pub async fn run(
         mdns = config.mdns,
         "nixgate serving"
     );
-    crate::http::server::serve(listener, app, shutdown).await;
-    if let Some(task) = mdns {
-        // The goodbye packet goes out before the process exits.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
-    }
-    Ok(())
 }

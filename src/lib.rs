@@ -7,13 +7,13 @@
 
 pub mod app;
 pub mod config;
-pub mod error;
 pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod nix;
 pub mod peers;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod torrent;
 pub mod units;

@@ -144,7 +144,7 @@ async fn wait_for_signal() {
 #[tokio::main(flavor = "current_thread")]
 async fn health(url: &str) -> anyhow::Result<()> {
     let base = url::Url::parse(url).with_context(|| format!("health URL {url}"))?;
-    nixgate::http::probe::get_ok(&base, "/healthz", std::time::Duration::from_secs(5))
+    nixgate::upstream::probe::get_ok(&base, "/healthz", std::time::Duration::from_secs(5))
         .await
         .with_context(|| format!("{base} /healthz"))?;
     Ok(())

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode};
 
 use super::body::{self, parse_range, Body, Range};
-use crate::app::App;
-use crate::error::ServeError;
+use super::error::ServeError;
+use super::state::App;
 use crate::fetch::nar::NarSource;
 use crate::metrics::Outcome;
 use crate::nix::hash::Sha256;

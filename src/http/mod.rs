@@ -1,7 +1,8 @@
 //! The HTTP surface: route parsing, handlers, bodies and the connection loop.
 
 pub mod body;
+pub mod error;
 pub mod handlers;
-pub mod probe;
 pub mod routes;
 pub mod server;
+pub mod state;

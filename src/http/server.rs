@@ -15,10 +15,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{self, Body};
+use super::error::ServeError;
 use super::handlers;
 use super::routes::{parse, Target};
-use crate::app::App;
-use crate::error::ServeError;
+use super::state::App;
 
 /// How long shutdown waits for in-flight responses (Kubernetes' default grace is 30 s).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);

@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use super::PeerSet;
-use crate::http::probe;
+use crate::upstream::probe;
 
 /// How often peers' digests are fetched again.
 pub const REFRESH: Duration = Duration::from_secs(30);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::{Origin, PeerSet};
-use crate::http::probe;
+use crate::upstream::probe;
 
 /// The DNS-SD service type of nixgate appliances.
 pub const SERVICE_TYPE: &str = "_nixgate._tcp.local.";

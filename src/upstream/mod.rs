@@ -4,6 +4,7 @@
 //! 503) or said *not found* (a real 404 that may be cached briefly).
 
 pub mod breaker;
+pub mod probe;
 
 use std::time::Duration;
 

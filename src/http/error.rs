@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use http::{header, Response, StatusCode};
 
+use super::body::{self, Body};
 use crate::fetch::FetchError;
-use crate::http::body::{self, Body};
 use crate::metrics::Outcome;
 
 /// Why a request was not answered with content.
