@@ -2,13 +2,16 @@
 """Chart test: lints helm/nixgate strictly, renders it with default and non-default values,
 validates every manifest against the Kubernetes schemas, checks that the schema refuses bad
 values, and runs the real binary with exactly the rendered args and ConfigMap to prove the
-flags parse and the probe paths answer 200.
+flags parse, the probe paths answer 200 and the `helm test` pod's script passes. The Grafana
+dashboard's and the PrometheusRule's PromQL must use only metric names the running binary
+exposes on /metrics and must parse with `promtool check rules`.
 
-Needs PyPI's helm-python-sdk (Helm v4 engine, offline) and kubernetes-validate; ci/test.sh
-installs them. Prints cargo-style totals for ci/test.sh.
+Needs PyPI's helm-python-sdk (Helm v4 engine, offline), kubernetes-validate and Debian's
+prometheus package (promtool); ci/test.sh installs them. Prints cargo-style totals for ci/test.sh.
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -49,7 +52,7 @@ def render(values, name="ci", namespace="build"):
 
 
 def one(manifests, kind):
-    found = [d for (k, _), d in manifests.items() if k == kind]
+    found = [d for (k, n), d in manifests.items() if k == kind and not n.endswith("-dashboard")]
     assert len(found) == 1, f"{len(found)} {kind}"
     return found[0]
 
@@ -106,9 +109,59 @@ def run_rendered(manifests, label, values):
                 check(f"{label}: {probe} path {path} answers 200 on the real binary", statuses.get(probe) == 200, statuses)
             hc = subprocess.run([NIXGATE, "health"], env=env, capture_output=True, text=True)
             check(f"{label}: `nixgate health` with the pod's env passes", hc.returncode == 0, hc.stderr)
+            run_helm_test_pod(manifests, label, port)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return exposed_names(r.read().decode())
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def run_helm_test_pod(manifests, label, port):
+    """Runs the `helm test` pod's script here, with the Service host and port pointed at the
+    appliance and the freshly built nixgate first on PATH (the image has it in /usr/local/bin)."""
+    pods = [d for (k, _), d in manifests.items() if k == "Pod"]
+    if not pods:
+        return
+    pod = pods[0]
+    check(f"{label}: the test Pod is a helm test hook that never restarts",
+          pod["metadata"]["annotations"]["helm.sh/hook"] == "test" and pod["spec"]["restartPolicy"] == "Never")
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    check(f"{label}: the test Pod targets the runner Service", env["HOST"] == "ci-nixgate.build.svc"
+          and env["PORT"] == str(one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]))
+    env.update(HOST="127.0.0.1", PORT=str(port), PATH=os.path.dirname(NIXGATE) + ":" + os.environ["PATH"])
+    r = subprocess.run(c["command"], env=env, capture_output=True, text=True, timeout=30)
+    check(f"{label}: the helm test script passes against the real binary",
+          r.returncode == 0 and "/healthz: ok" in r.stdout and "/nix-cache-info: ok" in r.stdout, r.stdout + r.stderr)
+
+
+def exposed_names(text):
+    """Metric names in a /metrics answer: every sample's name and every # TYPE'd family."""
+    names = {m.group(1) for m in re.finditer(r"^# TYPE (\S+)", text, re.M)}
+    return names | {m.group(0) for m in re.finditer(r"^[a-zA-Z_:][\w:]*", text, re.M)}
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+                "unless", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr):
+    """The metric names an expression selects: strings, label matchers, ranges, groupings and
+    function calls removed, every identifier left is a metric."""
+    e = re.sub(r'"(\\.|[^"\\])*"', '""', expr)
+    e = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\$\w+", " ", e)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    idents = re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)(\s*\()?", e)
+    return {m.group(1) for m in idents if not m.group(2) and m.group(1).lower() not in PROMQL_WORDS}
+
+
+def promtool_check(groups, label, what):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": groups}, f)
+        f.flush()
+        r = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+    check(f"{label}: promtool check rules parses the {what}", r.returncode == 0, r.stdout + r.stderr)
 
 
 def validate_all(manifests, label):
@@ -194,6 +247,101 @@ def assert_consistent(manifests, notes, values, label):
         check(f"{label}: no ServiceMonitor by default", sm is None)
 
 
+DASHBOARD_VARS = {"$__rate_interval": "5m", "$namespace": "build", "$job": "ci-nixgate"}
+ALERTS = {"NixgateUpstreamFailing", "NixgateVerificationFailure", "NixgateCacheDiskNearlyFull", "NixgateNotReady"}
+
+
+def check_dashboard(manifests, values, label, exposed):
+    cm = manifests.get(("ConfigMap", "ci-nixgate-dashboard"))
+    gd = values.get("grafanaDashboard", {})
+    if not gd.get("enabled", False):
+        return check(f"{label}: no dashboard ConfigMap by default", cm is None)
+    meta = cm["metadata"]
+    check(f"{label}: dashboard ConfigMap has grafana_dashboard=1, extra labels and namespace",
+          meta["labels"]["grafana_dashboard"] == "1" and meta["labels"].items() >= gd.get("labels", {}).items()
+          and meta["namespace"] == (gd.get("namespace") or "build"))
+    dash = json.loads(cm["data"]["nixgate.json"])
+    titles = " | ".join(p["title"] for p in dash["panels"]).lower()
+    check(f"{label}: dashboard has every panel", all(w in titles for w in [
+        "hit ratio", "egress saved", "by source", "fill vs cap", "evictions", "upstream errors",
+        "verification failures", "peers"]), titles)
+    cap = next(v["query"] for v in dash["templating"]["list"] if v["name"] == "cache_cap_bytes")
+    check(f"{label}: dashboard cap is cache.maxSize in bytes", int(cap) == nixgate_bytes(values.get("cache", {}).get("maxSize", "45GiB")), cap)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    queries = [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    used = set().union(*(promql_metric_names(e) for e in exprs))
+    used |= {m for q in queries for m in re.findall(r"label_values\((\w+)", q)}
+    check(f"{label}: dashboard uses only metrics /metrics exposes", used and used <= exposed, used - exposed)
+    subst = dict(DASHBOARD_VARS, **{"$cache_cap_bytes": cap})
+    rules = []
+    for i, e in enumerate(exprs):
+        for var, val in subst.items():
+            e = e.replace(var, val)
+        rules.append({"record": f"dashboard:panel_query:{i}", "expr": e})
+    promtool_check([{"name": "dashboard", "rules": rules}], label, "dashboard's queries")
+
+
+def check_rules(manifests, values, label, exposed):
+    pr = manifests.get(("PrometheusRule", "ci-nixgate"))
+    if not values.get("prometheusRule", {}).get("enabled", False):
+        return check(f"{label}: no PrometheusRule by default", pr is None)
+    # A CRD, so not in kubernetes-validate's schemas: its structure is checked here, its PromQL
+    # and templates by promtool.
+    groups = pr["spec"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    check(f"{label}: PrometheusRule is monitoring.coreos.com/v1 with named groups of alerts",
+          pr["apiVersion"] == "monitoring.coreos.com/v1" and set(pr["spec"]) == {"groups"}
+          and all(set(g) == {"name", "rules"} for g in groups)
+          and all(set(r) <= {"alert", "expr", "for", "labels", "annotations"} and re.fullmatch(r"\d+[smh]", r.get("for", "1m"))
+                  and r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"] for r in rules))
+    want = ALERTS | ({"NixgateNoPeers"} if values.get("replicas", 2) > 1 else set())
+    check(f"{label}: alerts are {sorted(want)}", {r["alert"] for r in rules} == want)
+    used = set().union(*(promql_metric_names(r["expr"]) for r in rules))
+    check(f"{label}: alerts use only metrics /metrics exposes", used and used <= exposed, used - exposed)
+    check(f"{label}: alerts select this release's scrape job",
+          all('namespace="build", job="ci-nixgate"' in r["expr"] for r in rules))
+    disk = next(r["expr"] for r in rules if r["alert"] == "NixgateCacheDiskNearlyFull")
+    size = values.get("cache", {}).get("storage", {}).get("size", "50Gi")
+    check(f"{label}: disk alert threshold is the PVC size in bytes", f"* {nixgate_bytes(size, k8s=True)}" in disk, disk)
+    promtool_check(groups, label, "alerts")
+
+
+def nixgate_bytes(size, k8s=False):
+    """Bytes of a nixgate size or (k8s) a Kubernetes quantity: they differ on K, M, G, T."""
+    n, unit = re.fullmatch(r"(\d+)\s*(\w*)", size).groups()
+    if unit in ("K", "M", "G", "T"):
+        unit = unit + "B" if k8s else unit + "i"
+    return int(n) * {"": 1, "B": 1, "KiB": 1 << 10, "Ki": 1 << 10, "MiB": 1 << 20, "Mi": 1 << 20,
+                     "GiB": 1 << 30, "Gi": 1 << 30, "TiB": 1 << 40, "Ti": 1 << 40, "KB": 1000,
+                     "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit]
+
+
+def check_scheduling(manifests, values, label):
+    sts = one(manifests, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    spread = values.get("topologySpread", {})
+    tsc = pod.get("topologySpreadConstraints")
+    if spread.get("enabled", True):
+        check(f"{label}: replicas spread over nodes ({spread.get('whenUnsatisfiable', 'ScheduleAnyway')})",
+              tsc == [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                       "whenUnsatisfiable": spread.get("whenUnsatisfiable", "ScheduleAnyway"),
+                       "labelSelector": {"matchLabels": sts["spec"]["selector"]["matchLabels"]}}], tsc)
+    else:
+        check(f"{label}: no topologySpreadConstraints when disabled", tsc is None)
+    c = pod["containers"][0]
+    check(f"{label}: extraArgs and extraEnv reach the container",
+          c["args"][3:] == values.get("extraArgs", []) and c["env"][2:] == values.get("extraEnv", []))
+    meta = sts["spec"]["template"]["metadata"]
+    check(f"{label}: podAnnotations, priorityClassName, nodeSelector, tolerations, affinity follow values",
+          meta["annotations"].items() >= values.get("podAnnotations", {}).items()
+          and pod.get("priorityClassName", "") == values.get("priorityClassName", "")
+          and all(pod.get(k, d) == values.get(k, d) for k, d in [("nodeSelector", {}), ("tolerations", []), ("affinity", {})]))
+    check(f"{label}: persistentVolumeClaimRetentionPolicy follows values",
+          sts["spec"].get("persistentVolumeClaimRetentionPolicy", {}) == values.get("persistentVolumeClaimRetentionPolicy", {}))
+    check(f"{label}: helm test Pod follows helmTest.enabled",
+          (("Pod", "ci-nixgate-test") in manifests) == values.get("helmTest", {}).get("enabled", True))
+
+
 def main():
     if not os.path.exists(NIXGATE):
         sys.exit(f"{NIXGATE} missing: run cargo build first")
@@ -216,7 +364,22 @@ def main():
             "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
             "networkPolicy": {"upstreamCIDRs": ["10.0.0.5/32"], "upstreamPort": 8080, "peerCIDRs": ["10.1.0.7/32"]},
             "logFormat": "human",
+            "grafanaDashboard": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prom"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "diskFullRatio": 0.9},
+            "topologySpread": {"whenUnsatisfiable": "DoNotSchedule"},
+            "extraArgs": ["--negative-ttl=1m"],
+            "extraEnv": [{"name": "NIXGATE_RETRY_AFTER", "value": "10s"}],
+            "podAnnotations": {"example.com/team": "ci"},
+            "priorityClassName": "system-cluster-critical",
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {
+                "matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
         },
+        "single": {"replicas": 1, "grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True},
+                   "topologySpread": {"enabled": False}, "helmTest": {"enabled": False},
+                   "cache": {"maxSize": "900MB", "storage": {"size": "1G"}}},
         "lan": {"lanProfile": {"enabled": True}, "networkPolicy": {"enabled": False}, "torrent": {"port": 6999}},
     }
     for label, values in profiles.items():
@@ -224,7 +387,10 @@ def main():
         check(f"{label}: renders StatefulSet, ConfigMap and both Services", {k for k, _ in manifests} >= {"StatefulSet", "ConfigMap", "Service"} and len([1 for k, _ in manifests if k == "Service"]) == 2, list(manifests))
         validate_all(manifests, label)
         assert_consistent(manifests, notes, values, label)
-        run_rendered(manifests, label, values)
+        exposed = run_rendered(manifests, label, values)
+        check_scheduling(manifests, values, label)
+        check_dashboard(manifests, values, label, exposed)
+        check_rules(manifests, values, label, exposed)
 
     for bad, why in [
         ({"replicas": 0}, "replicas 0"),
@@ -234,6 +400,11 @@ def main():
         ({"torrent": {"enabled": True, "port": 70000}}, "port out of range"),
         ({"replicaCount": 2}, "unknown key (typo)"),
         ({"torrent": {"enabled": True, "port": 6881, "peerPolicy": "fastest"}}, "unknown peer policy"),
+        ({"topologySpread": {"whenUnsatisfiable": "Sometimes"}}, "unknown whenUnsatisfiable"),
+        ({"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Keep"}}, "unknown PVC retention"),
+        ({"extraEnv": [{"value": "x"}]}, "extraEnv entry without a name"),
+        ({"prometheusRule": {"enabled": True, "diskFullRatio": 2}}, "disk ratio over 1"),
+        ({"grafanaDashboard": {"enabled": True, "dashboard": "x"}}, "unknown dashboard key"),
     ]:
         try:
             render(bad)
