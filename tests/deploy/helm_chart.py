@@ -9,6 +9,7 @@ exposes on /metrics and must parse with `promtool check rules`.
 Needs PyPI's helm-python-sdk (Helm v4 engine, offline), kubernetes-validate and Debian's
 prometheus package (promtool); ci/test.sh installs them. Prints cargo-style totals for ci/test.sh.
 """
+import glob
 import json
 import os
 import re
@@ -120,16 +121,14 @@ def run_rendered(manifests, label, values):
 def run_helm_test_pod(manifests, label, port):
     """Runs the `helm test` pod's script here, with the Service host and port pointed at the
     appliance and the freshly built nixgate first on PATH (the image has it in /usr/local/bin)."""
-    pods = [d for (k, _), d in manifests.items() if k == "Pod"]
-    if not pods:
+    pod = manifests.get(("Pod", "ci-nixgate-test"))
+    if pod is None:
         return
-    pod = pods[0]
     check(f"{label}: the test Pod is a helm test hook that never restarts",
           pod["metadata"]["annotations"]["helm.sh/hook"] == "test" and pod["spec"]["restartPolicy"] == "Never")
-    c = pod["spec"]["containers"][0]
+    c, svc = pod["spec"]["containers"][0], manifests[("Service", "ci-nixgate")]["spec"]["ports"][0]
     env = {e["name"]: e["value"] for e in c["env"]}
-    check(f"{label}: the test Pod targets the runner Service", env["HOST"] == "ci-nixgate.build.svc"
-          and env["PORT"] == str(one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]))
+    check(f"{label}: the test Pod targets the runner Service", (env["HOST"], env["PORT"]) == ("ci-nixgate.build.svc", str(svc["port"])))
     env.update(HOST="127.0.0.1", PORT=str(port), PATH=os.path.dirname(NIXGATE) + ":" + os.environ["PATH"])
     r = subprocess.run(c["command"], env=env, capture_output=True, text=True, timeout=30)
     check(f"{label}: the helm test script passes against the real binary",
@@ -137,13 +136,23 @@ def run_helm_test_pod(manifests, label, port):
 
 
 def exposed_names(text):
-    """Metric names in a /metrics answer: every sample's name and every # TYPE'd family."""
-    names = {m.group(1) for m in re.finditer(r"^# TYPE (\S+)", text, re.M)}
-    return names | {m.group(0) for m in re.finditer(r"^[a-zA-Z_:][\w:]*", text, re.M)}
+    """Metric name -> its (label, value) pairs, from a /metrics answer (# TYPE'd families too)."""
+    names = {m.group(1): set() for m in re.finditer(r"^# TYPE (\S+)", text, re.M)}
+    for m in re.finditer(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?", text, re.M):
+        names.setdefault(m.group(1), set()).update(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+    return names
 
 
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-                "unless", "offset", "inf", "nan"}
+def unknown_selectors(expr, exposed):
+    """Metric names and label values (= and plain =~ alternatives) /metrics does not have;
+    namespace and job are the scrape's labels."""
+    bad = promql_metric_names(expr) - exposed.keys()
+    for name, matchers in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expr):
+        for label, op, value in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', matchers):
+            values = value.split("|") if op == "=~" else [value]
+            if label not in ("namespace", "job") and all(re.fullmatch(r"[\w-]+", v) for v in values):
+                bad |= {f"{name}{{{label}={v!r}}}" for v in values if (label, v) not in exposed.get(name, ())}
+    return bad
 
 
 def promql_metric_names(expr):
@@ -153,7 +162,8 @@ def promql_metric_names(expr):
     e = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\$\w+", " ", e)
     e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
     idents = re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)(\s*\()?", e)
-    return {m.group(1) for m in idents if not m.group(2) and m.group(1).lower() not in PROMQL_WORDS}
+    return {m.group(1) for m in idents if not m.group(2) and m.group(1).lower() not in
+            {"bool", "and", "or", "unless", "offset", "inf", "nan"}}
 
 
 def promtool_check(groups, label, what):
@@ -241,8 +251,10 @@ def assert_consistent(manifests, notes, values, label):
           (pdb is not None) == values.get("podDisruptionBudget", {}).get("enabled", True))
     sm = manifests.get(("ServiceMonitor", "ci-nixgate"))
     if values.get("serviceMonitor", {}).get("enabled", False):
-        check(f"{label}: ServiceMonitor scrapes /metrics on 'http'",
-              sm["spec"]["endpoints"][0]["port"] == "http" and sm["spec"]["endpoints"][0]["path"] == "/metrics")
+        check(f"{label}: ServiceMonitor scrapes /metrics on 'http' of the runner Service only",
+              sm["spec"]["endpoints"][0]["port"] == "http" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+              and sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+              and not sm["spec"]["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items())
     else:
         check(f"{label}: no ServiceMonitor by default", sm is None)
 
@@ -271,13 +283,11 @@ def check_dashboard(manifests, values, label, exposed):
     queries = [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
     used = set().union(*(promql_metric_names(e) for e in exprs))
     used |= {m for q in queries for m in re.findall(r"label_values\((\w+)", q)}
-    check(f"{label}: dashboard uses only metrics /metrics exposes", used and used <= exposed, used - exposed)
+    bad = set().union(*(unknown_selectors(e, exposed) for e in exprs)) | (used - exposed.keys())
+    check(f"{label}: dashboard uses only metrics and label values /metrics exposes", used and not bad, bad)
     subst = dict(DASHBOARD_VARS, **{"$cache_cap_bytes": cap})
-    rules = []
-    for i, e in enumerate(exprs):
-        for var, val in subst.items():
-            e = e.replace(var, val)
-        rules.append({"record": f"dashboard:panel_query:{i}", "expr": e})
+    rules = [{"record": f"dashboard:query:{i}", "expr": re.sub(r"\$\w+", lambda m: subst[m.group(0)], e)}
+             for i, e in enumerate(exprs)]
     promtool_check([{"name": "dashboard", "rules": rules}], label, "dashboard's queries")
 
 
@@ -296,8 +306,8 @@ def check_rules(manifests, values, label, exposed):
                   and r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"] for r in rules))
     want = ALERTS | ({"NixgateNoPeers"} if values.get("replicas", 2) > 1 else set())
     check(f"{label}: alerts are {sorted(want)}", {r["alert"] for r in rules} == want)
-    used = set().union(*(promql_metric_names(r["expr"]) for r in rules))
-    check(f"{label}: alerts use only metrics /metrics exposes", used and used <= exposed, used - exposed)
+    bad = set().union(*(unknown_selectors(r["expr"], exposed) for r in rules))
+    check(f"{label}: alerts use only metrics and label values /metrics exposes", not bad, bad)
     check(f"{label}: alerts select this release's scrape job",
           all('namespace="build", job="ci-nixgate"' in r["expr"] for r in rules))
     disk = next(r["expr"] for r in rules if r["alert"] == "NixgateCacheDiskNearlyFull")
@@ -307,13 +317,10 @@ def check_rules(manifests, values, label, exposed):
 
 
 def nixgate_bytes(size, k8s=False):
-    """Bytes of a nixgate size or (k8s) a Kubernetes quantity: they differ on K, M, G, T."""
+    """Bytes of a nixgate size or (k8s) a Kubernetes quantity, where K, M, G, T are decimal."""
     n, unit = re.fullmatch(r"(\d+)\s*(\w*)", size).groups()
-    if unit in ("K", "M", "G", "T"):
-        unit = unit + "B" if k8s else unit + "i"
-    return int(n) * {"": 1, "B": 1, "KiB": 1 << 10, "Ki": 1 << 10, "MiB": 1 << 20, "Mi": 1 << 20,
-                     "GiB": 1 << 30, "Gi": 1 << 30, "TiB": 1 << 40, "Ti": 1 << 40, "KB": 1000,
-                     "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit]
+    decimal = (len(unit) == 2 and unit[1] == "B") or (k8s and len(unit) == 1)
+    return int(n) * (1000 if decimal else 1024) ** " KMGT".index((unit.rstrip("B") or " ")[0])
 
 
 def check_scheduling(manifests, values, label):
@@ -349,39 +356,11 @@ def main():
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     check("helm lint --strict: no warnings or errors", not problems, problems)
 
-    profiles = {
-        "defaults": {},
-        "custom": {
-            "replicas": 3,
-            "image": {"repository": "registry.example/nixgate", "tag": "test"},
-            "upstreams": ["http://10.0.0.5:8080", "https://cache.example/"],
-            "cache": {"maxSize": "200GiB", "storage": {"size": "250Gi", "storageClassName": "fast"}},
-            "service": {"port": 9090, "type": "NodePort"},
-            "torrent": {"enabled": False, "port": 7000, "trackers": ["udp://10.0.0.9:6969/announce"],
-                        "peerPolicy": "peers-first", "uploadLimit": "50MiB"},
-            "peers": {"dns": True, "static": ["http://10.1.0.7:8080"]},
-            "podDisruptionBudget": {"enabled": False},
-            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-            "networkPolicy": {"upstreamCIDRs": ["10.0.0.5/32"], "upstreamPort": 8080, "peerCIDRs": ["10.1.0.7/32"]},
-            "logFormat": "human",
-            "grafanaDashboard": {"enabled": True, "namespace": "monitoring", "labels": {"release": "prom"}},
-            "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "diskFullRatio": 0.9},
-            "topologySpread": {"whenUnsatisfiable": "DoNotSchedule"},
-            "extraArgs": ["--negative-ttl=1m"],
-            "extraEnv": [{"name": "NIXGATE_RETRY_AFTER", "value": "10s"}],
-            "podAnnotations": {"example.com/team": "ci"},
-            "priorityClassName": "system-cluster-critical",
-            "nodeSelector": {"kubernetes.io/os": "linux"},
-            "tolerations": [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}],
-            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {
-                "matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}},
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
-        },
-        "single": {"replicas": 1, "grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True},
-                   "topologySpread": {"enabled": False}, "helmTest": {"enabled": False},
-                   "cache": {"maxSize": "900MB", "storage": {"size": "1G"}}},
-        "lan": {"lanProfile": {"enabled": True}, "networkPolicy": {"enabled": False}, "torrent": {"port": 6999}},
-    }
+    # The defaults, then the chart's ci/*-values.yaml (chart-testing's convention).
+    profiles = {"defaults": {}}
+    for f in sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml"))):
+        with open(f) as fh:
+            profiles[os.path.basename(f)[:-len("-values.yaml")]] = yaml.safe_load(fh)
     for label, values in profiles.items():
         manifests, notes = render(values)
         check(f"{label}: renders StatefulSet, ConfigMap and both Services", {k for k, _ in manifests} >= {"StatefulSet", "ConfigMap", "Service"} and len([1 for k, _ in manifests if k == "Service"]) == 2, list(manifests))
