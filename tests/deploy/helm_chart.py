@@ -121,11 +121,12 @@ def run_rendered(manifests, label, values):
 def run_helm_test_pod(manifests, label, port):
     """Runs the `helm test` pod's script here, with the Service host and port pointed at the
     appliance and the freshly built nixgate first on PATH (the image has it in /usr/local/bin)."""
-    pod = manifests.get(("Pod", "ci-nixgate-test"))
-    if pod is None:
+    if (pod := manifests.get(("Pod", "ci-nixgate-test"))) is None:
         return
-    check(f"{label}: the test Pod is a helm test hook that never restarts",
-          pod["metadata"]["annotations"]["helm.sh/hook"] == "test" and pod["spec"]["restartPolicy"] == "Never")
+    sel = one(manifests, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    check(f"{label}: the test Pod is a helm test hook that never restarts, outside the appliance's selector",
+          pod["metadata"]["annotations"]["helm.sh/hook"] == "test" and pod["spec"]["restartPolicy"] == "Never"
+          and not sel.items() <= pod["metadata"]["labels"].items())
     c, svc = pod["spec"]["containers"][0], manifests[("Service", "ci-nixgate")]["spec"]["ports"][0]
     env = {e["name"]: e["value"] for e in c["env"]}
     check(f"{label}: the test Pod targets the runner Service", (env["HOST"], env["PORT"]) == ("ci-nixgate.build.svc", str(svc["port"])))
@@ -274,9 +275,8 @@ def check_dashboard(manifests, values, label, exposed):
           and meta["namespace"] == (gd.get("namespace") or "build"))
     dash = json.loads(cm["data"]["nixgate.json"])
     titles = " | ".join(p["title"] for p in dash["panels"]).lower()
-    check(f"{label}: dashboard has every panel", all(w in titles for w in [
-        "hit ratio", "egress saved", "by source", "fill vs cap", "evictions", "upstream errors",
-        "verification failures", "peers"]), titles)
+    panels = "hit ratio|egress saved|by source|fill vs cap|evictions|upstream errors|verification failures|peers"
+    check(f"{label}: dashboard has every panel", all(w in titles for w in panels.split("|")), titles)
     cap = next(v["query"] for v in dash["templating"]["list"] if v["name"] == "cache_cap_bytes")
     check(f"{label}: dashboard cap is cache.maxSize in bytes", int(cap) == nixgate_bytes(values.get("cache", {}).get("maxSize", "45GiB")), cap)
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]

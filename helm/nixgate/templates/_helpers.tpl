@@ -24,6 +24,13 @@ app.kubernetes.io/name: {{ include "nixgate.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The `helm test` pod's labels: never the appliance's selector. */}}
+{{- define "nixgate.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "nixgate.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end -}}
+
 {{- define "nixgate.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "nixgate.selectorLabels" . }}
