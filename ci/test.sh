@@ -19,10 +19,12 @@ command -v avahi-browse >/dev/null || need+=(avahi-utils)
 command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
 command -v aria2c >/dev/null || need+=(aria2)
 command -v opentracker >/dev/null || need+=(opentracker)
+# promtool parses the chart's alert rules and dashboard queries (the server is never started).
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
-  # Packages with services (avahi, dbus) must not start them on this host's network: the
-  # mDNS test runs its own daemons inside network namespaces. policy-rc.d 101 = "don't start".
+  # Packages with services (avahi, dbus, prometheus) must not start them on this host's
+  # network: the mDNS test runs its own daemons inside network namespaces. policy-rc.d 101 = "don't start".
   prc=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     prc=/usr/sbin/policy-rc.d

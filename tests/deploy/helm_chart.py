@@ -2,13 +2,17 @@
 """Chart test: lints helm/nixgate strictly, renders it with default and non-default values,
 validates every manifest against the Kubernetes schemas, checks that the schema refuses bad
 values, and runs the real binary with exactly the rendered args and ConfigMap to prove the
-flags parse and the probe paths answer 200.
+flags parse, the probe paths answer 200 and the `helm test` pod's script passes. The Grafana
+dashboard's and the PrometheusRule's PromQL must use only metric names the running binary
+exposes on /metrics and must parse with `promtool check rules`.
 
-Needs PyPI's helm-python-sdk (Helm v4 engine, offline) and kubernetes-validate; ci/test.sh
-installs them. Prints cargo-style totals for ci/test.sh.
+Needs PyPI's helm-python-sdk (Helm v4 engine, offline), kubernetes-validate and Debian's
+prometheus package (promtool); ci/test.sh installs them. Prints cargo-style totals for ci/test.sh.
 """
+import glob
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -49,7 +53,7 @@ def render(values, name="ci", namespace="build"):
 
 
 def one(manifests, kind):
-    found = [d for (k, _), d in manifests.items() if k == kind]
+    found = [d for (k, n), d in manifests.items() if k == kind and not n.endswith("-dashboard")]
     assert len(found) == 1, f"{len(found)} {kind}"
     return found[0]
 
@@ -106,9 +110,69 @@ def run_rendered(manifests, label, values):
                 check(f"{label}: {probe} path {path} answers 200 on the real binary", statuses.get(probe) == 200, statuses)
             hc = subprocess.run([NIXGATE, "health"], env=env, capture_output=True, text=True)
             check(f"{label}: `nixgate health` with the pod's env passes", hc.returncode == 0, hc.stderr)
+            run_helm_test_pod(manifests, label, port)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return exposed_names(r.read().decode())
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def run_helm_test_pod(manifests, label, port):
+    """Runs the `helm test` pod's script here, with the Service host and port pointed at the
+    appliance and the freshly built nixgate first on PATH (the image has it in /usr/local/bin)."""
+    if (pod := manifests.get(("Pod", "ci-nixgate-test"))) is None:
+        return
+    sel = one(manifests, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    check(f"{label}: the test Pod is a helm test hook that never restarts, outside the appliance's selector",
+          pod["metadata"]["annotations"]["helm.sh/hook"] == "test" and pod["spec"]["restartPolicy"] == "Never"
+          and not sel.items() <= pod["metadata"]["labels"].items())
+    c, svc = pod["spec"]["containers"][0], manifests[("Service", "ci-nixgate")]["spec"]["ports"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    check(f"{label}: the test Pod targets the runner Service", (env["HOST"], env["PORT"]) == ("ci-nixgate.build.svc", str(svc["port"])))
+    env.update(HOST="127.0.0.1", PORT=str(port), PATH=os.path.dirname(NIXGATE) + ":" + os.environ["PATH"])
+    r = subprocess.run(c["command"], env=env, capture_output=True, text=True, timeout=30)
+    check(f"{label}: the helm test script passes against the real binary",
+          r.returncode == 0 and "/healthz: ok" in r.stdout and "/nix-cache-info: ok" in r.stdout, r.stdout + r.stderr)
+
+
+def exposed_names(text):
+    """Metric name -> its (label, value) pairs, from a /metrics answer (# TYPE'd families too)."""
+    names = {m.group(1): set() for m in re.finditer(r"^# TYPE (\S+)", text, re.M)}
+    for m in re.finditer(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?", text, re.M):
+        names.setdefault(m.group(1), set()).update(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+    return names
+
+
+def unknown_selectors(expr, exposed):
+    """Metric names and label values (= and plain =~ alternatives) /metrics does not have;
+    namespace and job are the scrape's labels."""
+    bad = promql_metric_names(expr) - exposed.keys()
+    for name, matchers in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expr):
+        for label, op, value in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', matchers):
+            values = value.split("|") if op == "=~" else [value]
+            if label not in ("namespace", "job") and all(re.fullmatch(r"[\w-]+", v) for v in values):
+                bad |= {f"{name}{{{label}={v!r}}}" for v in values if (label, v) not in exposed.get(name, ())}
+    return bad
+
+
+def promql_metric_names(expr):
+    """The metric names an expression selects: strings, label matchers, ranges, groupings and
+    function calls removed, every identifier left is a metric."""
+    e = re.sub(r'"(\\.|[^"\\])*"', '""', expr)
+    e = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\$\w+", " ", e)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    idents = re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)(\s*\()?", e)
+    return {m.group(1) for m in idents if not m.group(2) and m.group(1).lower() not in
+            {"bool", "and", "or", "unless", "offset", "inf", "nan"}}
+
+
+def promtool_check(groups, label, what):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": groups}, f)
+        f.flush()
+        r = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+    check(f"{label}: promtool check rules parses the {what}", r.returncode == 0, r.stdout + r.stderr)
 
 
 def validate_all(manifests, label):
@@ -188,10 +252,101 @@ def assert_consistent(manifests, notes, values, label):
           (pdb is not None) == values.get("podDisruptionBudget", {}).get("enabled", True))
     sm = manifests.get(("ServiceMonitor", "ci-nixgate"))
     if values.get("serviceMonitor", {}).get("enabled", False):
-        check(f"{label}: ServiceMonitor scrapes /metrics on 'http'",
-              sm["spec"]["endpoints"][0]["port"] == "http" and sm["spec"]["endpoints"][0]["path"] == "/metrics")
+        check(f"{label}: ServiceMonitor scrapes /metrics on 'http' of the runner Service only",
+              sm["spec"]["endpoints"][0]["port"] == "http" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+              and sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+              and not sm["spec"]["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items())
     else:
         check(f"{label}: no ServiceMonitor by default", sm is None)
+
+
+DASHBOARD_VARS = {"$__rate_interval": "5m", "$namespace": "build", "$job": "ci-nixgate"}
+ALERTS = {"NixgateUpstreamFailing", "NixgateVerificationFailure", "NixgateCacheDiskNearlyFull", "NixgateNotReady"}
+
+
+def check_dashboard(manifests, values, label, exposed):
+    cm = manifests.get(("ConfigMap", "ci-nixgate-dashboard"))
+    gd = values.get("grafanaDashboard", {})
+    if not gd.get("enabled", False):
+        return check(f"{label}: no dashboard ConfigMap by default", cm is None)
+    meta = cm["metadata"]
+    check(f"{label}: dashboard ConfigMap has grafana_dashboard=1, extra labels and namespace",
+          meta["labels"]["grafana_dashboard"] == "1" and meta["labels"].items() >= gd.get("labels", {}).items()
+          and meta["namespace"] == (gd.get("namespace") or "build"))
+    dash = json.loads(cm["data"]["nixgate.json"])
+    titles = " | ".join(p["title"] for p in dash["panels"]).lower()
+    panels = "hit ratio|egress saved|by source|fill vs cap|evictions|upstream errors|verification failures|peers"
+    check(f"{label}: dashboard has every panel", all(w in titles for w in panels.split("|")), titles)
+    cap = next(v["query"] for v in dash["templating"]["list"] if v["name"] == "cache_cap_bytes")
+    check(f"{label}: dashboard cap is cache.maxSize in bytes", int(cap) == nixgate_bytes(values.get("cache", {}).get("maxSize", "45GiB")), cap)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    queries = [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    used = set().union(*(promql_metric_names(e) for e in exprs))
+    used |= {m for q in queries for m in re.findall(r"label_values\((\w+)", q)}
+    bad = set().union(*(unknown_selectors(e, exposed) for e in exprs)) | (used - exposed.keys())
+    check(f"{label}: dashboard uses only metrics and label values /metrics exposes", used and not bad, bad)
+    subst = dict(DASHBOARD_VARS, **{"$cache_cap_bytes": cap})
+    rules = [{"record": f"dashboard:query:{i}", "expr": re.sub(r"\$\w+", lambda m: subst[m.group(0)], e)}
+             for i, e in enumerate(exprs)]
+    promtool_check([{"name": "dashboard", "rules": rules}], label, "dashboard's queries")
+
+
+def check_rules(manifests, values, label, exposed):
+    pr = manifests.get(("PrometheusRule", "ci-nixgate"))
+    if not values.get("prometheusRule", {}).get("enabled", False):
+        return check(f"{label}: no PrometheusRule by default", pr is None)
+    # A CRD, so not in kubernetes-validate's schemas: its structure is checked here, its PromQL
+    # and templates by promtool.
+    groups = pr["spec"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    check(f"{label}: PrometheusRule is monitoring.coreos.com/v1 with named groups of alerts",
+          pr["apiVersion"] == "monitoring.coreos.com/v1" and set(pr["spec"]) == {"groups"}
+          and all(set(g) == {"name", "rules"} for g in groups)
+          and all(set(r) <= {"alert", "expr", "for", "labels", "annotations"} and re.fullmatch(r"\d+[smh]", r.get("for", "1m"))
+                  and r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"] for r in rules))
+    want = ALERTS | ({"NixgateNoPeers"} if values.get("replicas", 2) > 1 else set())
+    check(f"{label}: alerts are {sorted(want)}", {r["alert"] for r in rules} == want)
+    bad = set().union(*(unknown_selectors(r["expr"], exposed) for r in rules))
+    check(f"{label}: alerts use only metrics and label values /metrics exposes", not bad, bad)
+    check(f"{label}: alerts select this release's scrape job",
+          all('namespace="build", job="ci-nixgate"' in r["expr"] for r in rules))
+    disk = next(r["expr"] for r in rules if r["alert"] == "NixgateCacheDiskNearlyFull")
+    size = values.get("cache", {}).get("storage", {}).get("size", "50Gi")
+    check(f"{label}: disk alert threshold is the PVC size in bytes", f"* {nixgate_bytes(size, k8s=True)}" in disk, disk)
+    promtool_check(groups, label, "alerts")
+
+
+def nixgate_bytes(size, k8s=False):
+    """Bytes of a nixgate size or (k8s) a Kubernetes quantity, where K, M, G, T are decimal."""
+    n, unit = re.fullmatch(r"(\d+)\s*(\w*)", size).groups()
+    decimal = (len(unit) == 2 and unit[1] == "B") or (k8s and len(unit) == 1)
+    return int(n) * (1000 if decimal else 1024) ** " KMGT".index((unit.rstrip("B") or " ")[0])
+
+
+def check_scheduling(manifests, values, label):
+    sts = one(manifests, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    spread = values.get("topologySpread", {})
+    tsc = pod.get("topologySpreadConstraints")
+    if spread.get("enabled", True):
+        check(f"{label}: replicas spread over nodes ({spread.get('whenUnsatisfiable', 'ScheduleAnyway')})",
+              tsc == [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                       "whenUnsatisfiable": spread.get("whenUnsatisfiable", "ScheduleAnyway"),
+                       "labelSelector": {"matchLabels": sts["spec"]["selector"]["matchLabels"]}}], tsc)
+    else:
+        check(f"{label}: no topologySpreadConstraints when disabled", tsc is None)
+    c = pod["containers"][0]
+    check(f"{label}: extraArgs and extraEnv reach the container",
+          c["args"][3:] == values.get("extraArgs", []) and c["env"][2:] == values.get("extraEnv", []))
+    meta = sts["spec"]["template"]["metadata"]
+    check(f"{label}: podAnnotations, priorityClassName, nodeSelector, tolerations, affinity follow values",
+          meta["annotations"].items() >= values.get("podAnnotations", {}).items()
+          and pod.get("priorityClassName", "") == values.get("priorityClassName", "")
+          and all(pod.get(k, d) == values.get(k, d) for k, d in [("nodeSelector", {}), ("tolerations", []), ("affinity", {})]))
+    check(f"{label}: persistentVolumeClaimRetentionPolicy follows values",
+          sts["spec"].get("persistentVolumeClaimRetentionPolicy", {}) == values.get("persistentVolumeClaimRetentionPolicy", {}))
+    check(f"{label}: helm test Pod follows helmTest.enabled",
+          (("Pod", "ci-nixgate-test") in manifests) == values.get("helmTest", {}).get("enabled", True))
 
 
 def main():
@@ -201,30 +356,20 @@ def main():
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     check("helm lint --strict: no warnings or errors", not problems, problems)
 
-    profiles = {
-        "defaults": {},
-        "custom": {
-            "replicas": 3,
-            "image": {"repository": "registry.example/nixgate", "tag": "test"},
-            "upstreams": ["http://10.0.0.5:8080", "https://cache.example/"],
-            "cache": {"maxSize": "200GiB", "storage": {"size": "250Gi", "storageClassName": "fast"}},
-            "service": {"port": 9090, "type": "NodePort"},
-            "torrent": {"enabled": False, "port": 7000, "trackers": ["udp://10.0.0.9:6969/announce"],
-                        "peerPolicy": "peers-first", "uploadLimit": "50MiB"},
-            "peers": {"dns": True, "static": ["http://10.1.0.7:8080"]},
-            "podDisruptionBudget": {"enabled": False},
-            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-            "networkPolicy": {"upstreamCIDRs": ["10.0.0.5/32"], "upstreamPort": 8080, "peerCIDRs": ["10.1.0.7/32"]},
-            "logFormat": "human",
-        },
-        "lan": {"lanProfile": {"enabled": True}, "networkPolicy": {"enabled": False}, "torrent": {"port": 6999}},
-    }
+    # The defaults, then the chart's ci/*-values.yaml (chart-testing's convention).
+    profiles = {"defaults": {}}
+    for f in sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml"))):
+        with open(f) as fh:
+            profiles[os.path.basename(f)[:-len("-values.yaml")]] = yaml.safe_load(fh)
     for label, values in profiles.items():
         manifests, notes = render(values)
         check(f"{label}: renders StatefulSet, ConfigMap and both Services", {k for k, _ in manifests} >= {"StatefulSet", "ConfigMap", "Service"} and len([1 for k, _ in manifests if k == "Service"]) == 2, list(manifests))
         validate_all(manifests, label)
         assert_consistent(manifests, notes, values, label)
-        run_rendered(manifests, label, values)
+        exposed = run_rendered(manifests, label, values)
+        check_scheduling(manifests, values, label)
+        check_dashboard(manifests, values, label, exposed)
+        check_rules(manifests, values, label, exposed)
 
     for bad, why in [
         ({"replicas": 0}, "replicas 0"),
@@ -234,6 +379,11 @@ def main():
         ({"torrent": {"enabled": True, "port": 70000}}, "port out of range"),
         ({"replicaCount": 2}, "unknown key (typo)"),
         ({"torrent": {"enabled": True, "port": 6881, "peerPolicy": "fastest"}}, "unknown peer policy"),
+        ({"topologySpread": {"whenUnsatisfiable": "Sometimes"}}, "unknown whenUnsatisfiable"),
+        ({"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Keep"}}, "unknown PVC retention"),
+        ({"extraEnv": [{"value": "x"}]}, "extraEnv entry without a name"),
+        ({"prometheusRule": {"enabled": True, "diskFullRatio": 2}}, "disk ratio over 1"),
+        ({"grafanaDashboard": {"enabled": True, "dashboard": "x"}}, "unknown dashboard key"),
     ]:
         try:
             render(bad)
