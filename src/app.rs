@@ -25,7 +25,12 @@ pub fn build(config: &Config, own_port: u16) -> Result<Arc<App>, StoreError> {
         config.max_cache_size,
         metrics.clone(),
     )?);
-    let peers = Arc::new(PeerSet::new(own_port, config.peers.clone()));
+    let id =
+        crate::peers::load_or_create_id(&config.cache_dir).map_err(|source| StoreError::Io {
+            path: config.cache_dir.join("peer-id"),
+            source,
+        })?;
+    let peers = Arc::new(PeerSet::new(own_port, id, false, config.peers.clone()));
     let fetcher = Arc::new(Fetcher::new(
         config,
         store.clone(),
@@ -107,20 +112,19 @@ fn start_peer_sources(
 ) -> Result<(), StoreError> {
     let (set, token) = (app.peers.clone(), shutdown.clone());
     tasks.spawn("peer-digests", crate::peers::digest::run(set, token));
+    let (set, token) = (app.peers.clone(), shutdown.clone());
+    tasks.spawn(
+        "fleet-membership",
+        crate::peers::membership::run(set, token),
+    );
     if let Some(dns) = config.peers_dns.clone() {
         let (set, token) = (app.peers.clone(), shutdown.clone());
         tasks.spawn("peers-dns", crate::peers::dns::run(set, dns, token));
     }
     match local {
         Some(listen) if config.mdns && !listen.ip().is_loopback() => {
-            let id = crate::peers::load_or_create_id(&config.cache_dir).map_err(|source| {
-                StoreError::Io {
-                    path: config.cache_dir.join("peer-id"),
-                    source,
-                }
-            })?;
             let me = crate::peers::mdns::Announcement {
-                id,
+                id: app.peers.own_id().to_owned(),
                 listen,
                 bt_port: app.fetcher.torrent().map(|e| e.port()),
             };

@@ -39,13 +39,19 @@ fn buffer(app: &App, ctype: &'static str, b: Bytes, outcome: Outcome) -> Handled
 }
 
 /// `/nix-cache-info`: always 200, or Nix refuses the cache.
+/// `/nix-cache-info`, with this appliance's peer id for fleet membership probes.
 pub fn cache_info(app: &App) -> Handled {
-    buffer(
+    let (outcome, mut resp) = buffer(
         app,
         "text/x-nix-cache-info",
         app.cache_info.clone(),
         Outcome::Hit,
-    )
+    )?;
+    if let Ok(id) = http::HeaderValue::from_str(app.peers.own_id()) {
+        resp.headers_mut()
+            .insert(crate::peers::fleet::ID_HEADER, id);
+    }
+    Ok((outcome, resp))
 }
 
 /// `/healthz`: the process is alive.

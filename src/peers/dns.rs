@@ -54,7 +54,7 @@ mod tests {
 
     #[tokio::test]
     async fn resolves_a_name_into_peers() {
-        let set = PeerSet::new(8080, vec![]);
+        let set = PeerSet::new(8080, "0".repeat(32), false, vec![]);
         let dns = DnsPeers {
             name: "localhost".into(),
             port: 9999,

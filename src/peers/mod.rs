@@ -8,7 +8,9 @@
 
 pub mod digest;
 pub mod dns;
+pub mod fleet;
 pub mod mdns;
+pub mod membership;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
@@ -38,6 +40,17 @@ struct Entry {
     since: SystemTime,
     /// The peer's last digest (`None`: not fetched yet, or the peer has none).
     holdings: Option<Arc<Holdings>>,
+    /// Its peer id from the last membership probe (`None`: not answered yet, or the last
+    /// probe failed). Only members with an id own keys.
+    id: Option<String>,
+}
+
+impl Entry {
+    /// Whether it takes part in fleet ownership: configured members always, mDNS neighbours
+    /// only when the operator opted in (anyone on an office LAN can announce one).
+    fn in_fleet(&self, mdns_owners: bool) -> bool {
+        self.origin != Origin::Mdns || mdns_owners
+    }
 }
 
 /// One row of `/_p2p/v1/peers`.
@@ -50,6 +63,10 @@ pub struct PeerStatus {
     pub since_unix: u64,
     /// Whether its digest of holdings is known (then only probable holders are asked).
     pub digest: bool,
+    /// Whether it owns a share of the keys (a live fleet member, see [`fleet`]).
+    pub owner: bool,
+    /// Its peer id, once it answered a membership probe.
+    pub id: Option<String>,
 }
 
 /// The live peer set.
@@ -57,13 +74,19 @@ pub struct PeerSet {
     entries: RwLock<Vec<Entry>>,
     /// The port this appliance serves HTTP on: a local address with this port is itself.
     own_port: u16,
+    /// This appliance's peer id (see [`load_or_create_id`]).
+    own_id: String,
+    /// `--fleet-mdns`: mDNS neighbours own keys too.
+    mdns_owners: bool,
 }
 
 impl PeerSet {
-    pub fn new(own_port: u16, statics: Vec<Url>) -> Self {
+    pub fn new(own_port: u16, own_id: String, mdns_owners: bool, statics: Vec<Url>) -> Self {
         let set = PeerSet {
             entries: RwLock::new(Vec::new()),
             own_port,
+            own_id,
+            mdns_owners,
         };
         set.replace(Origin::Static, statics);
         set
@@ -84,6 +107,7 @@ impl PeerSet {
                 origin,
                 since: SystemTime::now(),
                 holdings: None,
+                id: None,
             });
         }
     }
@@ -124,6 +148,52 @@ impl PeerSet {
         }
     }
 
+    /// This appliance's peer id.
+    pub fn own_id(&self) -> &str {
+        &self.own_id
+    }
+
+    /// The members that own `key` before this appliance, best first, at most
+    /// [`fleet::OWNERS_TRIED`]; empty when this appliance owns it (or has no fleet). Members
+    /// whose circuit is open (failing, or on probation for bad data) are left out.
+    pub fn owners(&self, key: &str) -> Vec<Arc<Upstream>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let members: Vec<(String, &Arc<Upstream>)> = entries
+            .iter()
+            .filter(|e| e.in_fleet(self.mdns_owners) && !e.peer.breaker.is_open())
+            .filter_map(|e| Some((e.id.clone()?, &e.peer)))
+            .collect();
+        let mut owners: Vec<Arc<Upstream>> = fleet::owners(key, &self.own_id, &members)
+            .into_iter()
+            .map(|p| (*p).clone())
+            .collect();
+        owners.truncate(fleet::OWNERS_TRIED);
+        owners
+    }
+
+    /// The peers that membership probes go to: the fleet members.
+    pub fn fleet_members(&self) -> Vec<Arc<Upstream>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter(|e| e.in_fleet(self.mdns_owners))
+            .map(|e| e.peer.clone())
+            .collect()
+    }
+
+    /// Records the result of a membership probe of the peer at `base` (`None`: it failed).
+    /// A peer that claims our own id is not a member (it is us, or a copy of our cache dir).
+    pub fn set_id(&self, base: &Url, id: Option<String>) {
+        let id = id.filter(|i| fleet::valid_id(i) && *i != self.own_id);
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.iter_mut().find(|e| &e.peer.base == base) {
+            if e.id != id {
+                tracing::info!(peer = %base, id = ?id, "fleet membership changed");
+            }
+            e.id = id;
+        }
+    }
+
     /// For the status route.
     pub fn status(&self) -> Vec<PeerStatus> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
@@ -142,6 +212,8 @@ impl PeerSet {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
                 digest: e.holdings.is_some(),
+                owner: e.in_fleet(self.mdns_owners) && e.id.is_some() && !e.peer.breaker.is_open(),
+                id: e.id.clone(),
             })
             .collect()
     }
@@ -213,7 +285,12 @@ mod tests {
 
     #[test]
     fn replace_keeps_state_and_drops_self() {
-        let set = PeerSet::new(8080, vec![u("http://10.9.9.1:8080/")]);
+        let set = PeerSet::new(
+            8080,
+            "0".repeat(32),
+            false,
+            vec![u("http://10.9.9.1:8080/")],
+        );
         set.replace(
             Origin::Dns,
             vec![

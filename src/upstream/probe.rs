@@ -47,6 +47,22 @@ pub async fn get_bytes(
     .map_err(|_| ProbeError::Timeout(deadline))?
 }
 
+/// GETs `path` under `base` and returns the value of response header `name` (`None`: absent
+/// or not text).
+pub async fn get_header(
+    base: &Url,
+    path: &str,
+    deadline: Duration,
+    name: &str,
+) -> Result<Option<String>, ProbeError> {
+    let (_, resp) = get(base, path, deadline).await?;
+    Ok(resp
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned))
+}
+
 async fn get(
     base: &Url,
     path: &str,
