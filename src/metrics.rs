@@ -44,7 +44,7 @@ label_enum!(
 
 label_enum!(
     /// Where fetched bytes came from.
-    Source { Upstream => "upstream", Peer => "peer", Torrent => "torrent" }
+    Source { Upstream => "upstream", Peer => "peer", Torrent => "torrent", Fleet => "fleet" }
 );
 
 label_enum!(
@@ -72,6 +72,7 @@ pub struct Metrics {
     verification_failures: [AtomicU64; Source::COUNT],
     coalesced: AtomicU64,
     torrents_seeding: AtomicU64,
+    fleet_served: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -87,6 +88,7 @@ impl Default for Metrics {
             verification_failures: counters(),
             coalesced: AtomicU64::new(0),
             torrents_seeding: AtomicU64::new(0),
+            fleet_served: AtomicU64::new(0),
         }
     }
 }
@@ -120,6 +122,11 @@ impl Metrics {
     /// A request joined a fetch already under way instead of starting one.
     pub fn coalesced(&self) {
         self.coalesced.fetch_add(1, Relaxed);
+    }
+
+    /// This appliance answered a fleet request (a member asked it as the owner of a key).
+    pub fn fleet_served(&self) {
+        self.fleet_served.fetch_add(1, Relaxed);
     }
 
     /// Renders the Prometheus text exposition format.
@@ -208,6 +215,12 @@ impl Metrics {
                 "NAR torrents seeded right now (at most --torrent-hot-set).",
             )
             .value(&self.torrents_seeding),
+            Family::new(
+                "nixgate_fleet_requests_served_total",
+                Counter,
+                "Requests other fleet members sent to this appliance as the owner of a key.",
+            )
+            .value(&self.fleet_served),
         ]
     }
 }
