@@ -5,3 +5,6 @@ pub mod handlers;
 pub mod probe;
 pub mod routes;
 pub mod server;
+
+#[cfg(test)]
+mod proptests;
