@@ -9,6 +9,8 @@
 pub mod digest;
 pub mod dns;
 pub mod mdns;
+#[cfg(test)]
+mod proptests;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};
