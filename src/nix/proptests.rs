@@ -221,15 +221,15 @@ proptest! {
         prop_assert_eq!(pk.to_string().parse::<PublicKey>(), Ok(pk.clone()));
         let keys = TrustedKeys::new(vec![pk]);
         let sig = sk.sign(&fp);
-        prop_assert!(keys.verifies_any(&fp, &[sig.clone()]));
+        prop_assert!(keys.verifies_any(&fp, std::slice::from_ref(&sig)));
         let other = format!("{fp}x");
-        prop_assert!(!keys.verifies_any(&other, &[sig.clone()]));
+        prop_assert!(!keys.verifies_any(&other, std::slice::from_ref(&sig)));
         // Any changed byte of the base64 signature either fails to decode or to verify.
         let mut bad = sig.clone().into_bytes();
         let i = key_name.len() + 1 + flip.0 % (bad.len() - key_name.len() - 1);
         bad[i] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[flip.1 as usize % 64];
         let bad = String::from_utf8(bad).unwrap();
-        prop_assert!(bad == sig || !keys.verifies_any(&fp, &[bad.clone()]));
+        prop_assert!(bad == sig || !keys.verifies_any(&fp, std::slice::from_ref(&bad)));
     }
 }
 
