@@ -260,6 +260,14 @@ async fn head_range_only_if_cached_and_cache_info() {
         get(&nar_url, &[("range", "bytes=99999999-")]).await.status,
         416
     );
+    // A last-byte-pos past the end (even u64::MAX) is clamped to the end (RFC 9110).
+    let rest = get(&nar_url, &[("range", "bytes=5-18446744073709551615")]).await;
+    assert_eq!(rest.status, 206);
+    assert!(rest.bytes == expected[5..]);
+    assert_eq!(
+        rest.headers["content-range"],
+        format!("bytes 5-{}/{}", expected.len() - 1, expected.len()).as_str()
+    );
     let nar_head = request("HEAD", &nar_url, &[]).await;
     assert!(nar_head.bytes.is_empty());
     assert_eq!(

@@ -186,6 +186,15 @@ pub enum Range {
     Unsatisfiable,
 }
 
+/// A byte position: ASCII digits only (`u64::from_str` would also take a leading `+`). A
+/// number past `u64::MAX` is past the end of any file, so it saturates.
+fn digits(s: &str) -> Result<u64, ()> {
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(());
+    }
+    Ok(s.parse().unwrap_or(u64::MAX))
+}
+
 /// Parses a single `bytes=` range (RFC 9110 §14.1.2). Multiple ranges and other units are
 /// answered with the whole file, which the RFC allows.
 pub fn parse_range(header: Option<&str>, size: u64) -> Range {
@@ -199,8 +208,10 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Range {
         return Range::Full;
     };
     let (a, b) = (a.trim(), b.trim());
-    let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(start), Ok(last)) if start <= last => Some((start, (last + 1).min(size))),
+    let parsed = match (digits(a), digits(b)) {
+        // A last-byte-pos past the end means "to the end" (RFC 9110 §14.1.2); saturating,
+        // since `last` may be u64::MAX.
+        (Ok(start), Ok(last)) if start <= last => Some((start, last.saturating_add(1).min(size))),
         (Ok(start), Err(_)) if b.is_empty() => Some((start, size)),
         (Err(_), Ok(n)) if a.is_empty() && n > 0 => Some((size.saturating_sub(n), size)),
         _ => return Range::Full,
@@ -228,5 +239,25 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=100-"), 100), Range::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Range::Full);
         assert_eq!(parse_range(Some("items=0-1"), 100), Range::Full);
+        assert_eq!(parse_range(Some("bytes=+1-+5"), 100), Range::Full);
+    }
+
+    #[test]
+    fn last_byte_past_the_end_is_clamped() {
+        let max = format!("bytes=0-{}", u64::MAX);
+        assert_eq!(parse_range(Some(&max), 100), Range::Partial(0, 100));
+        let from = format!("bytes=40-{}", u64::MAX);
+        assert_eq!(parse_range(Some(&from), 100), Range::Partial(40, 100));
+        assert_eq!(parse_range(Some(&max), 0), Range::Unsatisfiable);
+        let huge = format!("bytes={0}-{0}", u64::MAX);
+        assert_eq!(parse_range(Some(&huge), 100), Range::Unsatisfiable);
+        let past_u64 = "bytes=0-99999999999999999999";
+        assert_eq!(parse_range(Some(past_u64), 100), Range::Partial(0, 100));
+        let suffix = "bytes=-99999999999999999999";
+        assert_eq!(parse_range(Some(suffix), 100), Range::Partial(0, 100));
+        assert_eq!(
+            parse_range(Some("bytes=99999999999999999999-"), 100),
+            Range::Unsatisfiable
+        );
     }
 }

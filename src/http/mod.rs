@@ -6,3 +6,6 @@ pub mod handlers;
 pub mod routes;
 pub mod server;
 pub mod state;
+
+#[cfg(test)]
+mod proptests;

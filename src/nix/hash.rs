@@ -47,7 +47,8 @@ impl Sha256 {
 }
 
 fn from_hex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    // `from_str_radix` alone would also take a `+` sign.
+    if s.len() != 64 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -112,5 +113,7 @@ mod tests {
             Err(HashError::Algorithm(_))
         ));
         assert!("sha256:zz".parse::<Sha256>().is_err());
+        let signed = format!("sha256:+f{}", &hex[9..]);
+        assert!(signed.parse::<Sha256>().is_err(), "{signed}");
     }
 }

@@ -7,6 +7,9 @@ pub mod nix32;
 pub mod signature;
 pub mod store_path;
 
+#[cfg(test)]
+pub(crate) mod proptests;
+
 /// The store directory nixgate serves (`StoreDir` in `nix-cache-info`).
 pub const STORE_DIR: &str = "/nix/store";
 

@@ -30,6 +30,11 @@ use super::store_path::{StorePathBase, StorePathError};
 /// Narinfos larger than this are refused (real ones are a few KiB even with many references).
 pub const MAX_NARINFO_BYTES: usize = 1 << 20;
 
+/// Narinfos with more `Sig:` lines than this are refused as malformed: each one may cost an
+/// ed25519 verification on an async worker (10,000 of them took ~400 ms), and real narinfos
+/// carry one or two.
+pub const MAX_SIGS: usize = 16;
+
 /// A parsed narinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfo {
@@ -126,6 +131,10 @@ impl Fields {
             "Deriver" if v != "unknown-deriver" => {
                 set_once(&mut self.deriver, "Deriver", v.to_owned())
             }
+            "Sig" if self.sigs.len() >= MAX_SIGS => Err(NarInfoError::Field {
+                field: "Sig",
+                value: format!("more than {MAX_SIGS} signatures"),
+            }),
             "Sig" => {
                 self.sigs.push(v.to_owned());
                 Ok(())
@@ -306,5 +315,21 @@ Sig: test-vector-1:GjYKk58x+PG4uxAotLzdFr8Xb2CajSkVcEJk+v002C+7l+PiiWjiMDVq8hV9l
             );
         }
         assert!("no separator".parse::<NarInfo>().is_err());
+    }
+
+    #[test]
+    fn refuses_more_than_max_sigs() {
+        let sig = VECTOR.lines().find(|l| l.starts_with("Sig:")).unwrap();
+        let with = |n: usize| format!("{VECTOR}{}", format!("{sig}\n").repeat(n - 1));
+        assert_eq!(
+            with(MAX_SIGS).parse::<NarInfo>().unwrap().sigs.len(),
+            MAX_SIGS
+        );
+        assert!(matches!(
+            with(MAX_SIGS + 1).parse::<NarInfo>(),
+            Err(NarInfoError::Field { field: "Sig", .. })
+        ));
+        // The 1 MiB flood that cost ~400 ms of verification is refused at parse time.
+        assert!(with(10_000).parse::<NarInfo>().is_err());
     }
 }

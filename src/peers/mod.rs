@@ -11,6 +11,8 @@ pub mod dns;
 pub mod fleet;
 pub mod mdns;
 pub mod membership;
+#[cfg(test)]
+mod proptests;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};

@@ -176,7 +176,11 @@ impl Expected {
     /// Checks a peer's `.torrent` and returns it in canonical form: one file, the expected
     /// name and length, the policy's piece length and exactly one hash per piece.
     pub fn check(&self, torrent: &[u8]) -> Result<NarTorrent, TorrentError> {
-        let t = librqbit::torrent_from_bytes(torrent)
+        // librqbit's bencode reads integers with unchecked arithmetic: a long number panics
+        // on overflow where overflow checks are on (debug builds, tests) and wraps elsewhere.
+        // Either way the peer's bytes are refused or checked below; never let them panic.
+        let t = std::panic::catch_unwind(|| librqbit::torrent_from_bytes(torrent))
+            .map_err(|_| TorrentError::Malformed("number out of range".into()))?
             .map_err(|e| TorrentError::Malformed(e.to_string()))?;
         let info = &t.info.data;
         let mismatch = |what: String| Err(TorrentError::Mismatch(what));
@@ -292,5 +296,14 @@ mod tests {
             exp(50_000).check(b"not bencode"),
             Err(TorrentError::Malformed(_))
         ));
+        // Numbers past their type (a usize length prefix, a u32 piece length) are refused.
+        let long_len = b"d4:infod4:name99999999999999999999999:xee";
+        let long_pl = b"d4:infod6:lengthi50000e4:name8:x.nar.xz12:piece lengthi99999999999ee";
+        for bytes in [&long_len[..], &long_pl[..]] {
+            assert!(matches!(
+                exp(50_000).check(bytes),
+                Err(TorrentError::Malformed(_))
+            ));
+        }
     }
 }

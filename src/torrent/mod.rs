@@ -13,6 +13,8 @@
 //!   files are deleted when the read ends.
 
 pub mod meta;
+#[cfg(test)]
+mod proptests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
