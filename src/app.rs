@@ -38,7 +38,7 @@ impl App {
         )?);
         let peers = Arc::new(PeerSet::new(own_port, config.peers.clone()));
         let fetcher = Arc::new(Fetcher::new(
-            config,
+            config.fetch_settings(),
             store.clone(),
             metrics.clone(),
             peers.clone(),
