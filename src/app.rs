@@ -32,7 +32,7 @@ pub fn build(config: &Config, own_port: u16) -> Result<Arc<App>, StoreError> {
         })?;
     let peers = Arc::new(PeerSet::new(own_port, id, false, config.peers.clone()));
     let fetcher = Arc::new(Fetcher::new(
-        config,
+        config.fetch_settings(),
         store.clone(),
         metrics.clone(),
         peers.clone(),

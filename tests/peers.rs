@@ -16,7 +16,7 @@ async fn with_peers(
     key: &str,
     peers: Vec<String>,
 ) -> Appliance {
-    Appliance::start(dir, &[up.url()], key, move |a| a.peers = peers).await
+    Appliance::start(dir, &[up.url()], key, move |a| a.peers = Some(peers)).await
 }
 
 /// `(url, origin, state)` of each peer in `/_p2p/v1/peers`.

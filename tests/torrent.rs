@@ -16,7 +16,7 @@ use nixgate::torrent::meta::{NarTorrent, PieceHasher};
 fn with_torrent(a: &mut nixgate::config::ServeArgs, trackers: &[String]) {
     a.no_torrent = false;
     a.torrent_listen = Some(format!("127.0.0.1:{}", free_port()));
-    a.trackers = trackers.to_vec();
+    a.trackers = Some(trackers.to_vec());
 }
 
 /// An appliance with BitTorrent on, in front of `up`, with these peers and trackers.
@@ -30,7 +30,7 @@ async fn torrent_appliance(
 ) -> Appliance {
     Appliance::start(dir, &[up.url()], key, move |s| {
         with_torrent(s, trackers);
-        s.peers = peers;
+        s.peers = Some(peers);
         extra(s);
     })
     .await

@@ -5,6 +5,7 @@
 pub mod coalesce;
 pub mod nar;
 pub mod narinfo;
+mod settings;
 pub mod verify;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::nix::signature::TrustedKeys;
 use crate::peers::PeerSet;
 use crate::store::Store;
 use crate::upstream::{Upstream, UpstreamClient, UpstreamError};
+pub use settings::{FetchSettings, PeerPolicy, PeerTuning};
 
 /// Why a fetch produced nothing. Cloneable: every coalesced waiter gets the same answer.
 #[derive(Debug, Clone, Error)]
@@ -58,39 +60,34 @@ pub struct Fetcher {
     >,
     nars: nar::Inflights,
     /// When peers are preferred over upstreams.
-    pub tuning: crate::config::PeerTuning,
+    pub tuning: PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).
     torrent: std::sync::OnceLock<Arc<crate::torrent::Engine>>,
 }
 
 impl Fetcher {
-    /// Upstreams, keys, timeouts and the peer policy come from `config`.
+    /// Upstreams, keys, timeouts and the peer policy come from `settings`.
     pub fn new(
-        config: &crate::config::Config,
+        settings: FetchSettings,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         peers: Arc<PeerSet>,
     ) -> Self {
         Fetcher {
             store,
-            upstreams: config
-                .upstreams
-                .iter()
-                .cloned()
-                .map(Upstream::new)
-                .collect(),
-            client: UpstreamClient::new(config.timeouts),
-            keys: config.trusted_keys.clone(),
+            upstreams: settings.upstreams.into_iter().map(Upstream::new).collect(),
+            client: UpstreamClient::new(settings.timeouts),
+            keys: settings.keys,
             metrics,
             peers,
             negative: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(config.negative_ttl.max(Duration::from_millis(1)))
+                .time_to_live(settings.negative_ttl.max(Duration::from_millis(1)))
                 .build(),
             narinfos: Default::default(),
             nars: Default::default(),
             torrent: Default::default(),
-            tuning: config.tuning,
+            tuning: settings.tuning,
         }
     }
 

@@ -19,8 +19,8 @@ use url::Url;
 
 use super::narinfo::parse_stored;
 use super::verify::{FileCheck, FileExpect, NarCheck};
+use super::PeerPolicy;
 use super::{FetchError, Fetcher};
-use crate::config::PeerPolicy;
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;

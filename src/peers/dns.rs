@@ -11,7 +11,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{peer_url, Origin, PeerSet};
-use crate::config::DnsPeers;
+
+/// `--peers-dns`: a name to resolve into peer appliances, all on one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsPeers {
+    pub name: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for DnsPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.name, self.port)
+    }
+}
 
 pub const INTERVAL: Duration = Duration::from_secs(30);
 

@@ -17,6 +17,7 @@
 //! never a partial file where a reader would find it.
 
 pub mod index;
+mod writable;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -33,6 +34,7 @@ use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
 use index::{Evicted, Index, NarFile};
+pub use writable::check_writable;
 
 const VERSION: &str = "nixgate-store 1\n";
 /// Served narinfos kept in memory so hot lookups do not touch the disk.
@@ -429,7 +431,7 @@ impl Store {
 
     /// True when the cache dir accepts writes (for `/readyz`).
     pub fn usable(&self) -> bool {
-        crate::config::check_writable(&self.tmp).is_ok()
+        check_writable(&self.tmp).is_ok()
     }
 
     /// Total bytes indexed.

@@ -19,9 +19,20 @@ use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
 use url::Url;
 
-use crate::config::Timeouts;
 use crate::metrics::{Metrics, UpstreamStatus};
 use breaker::Breaker;
+
+/// Upstream timeouts, one per phase of a request (`--connect-timeout`, `--first-byte-timeout`,
+/// `--stall-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP+TLS handshake.
+    pub connect: Duration,
+    /// Request sent to response headers.
+    pub first_byte: Duration,
+    /// Longest silence between body chunks.
+    pub stall: Duration,
+}
 
 /// One configured upstream cache.
 #[derive(Debug)]

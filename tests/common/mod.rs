@@ -283,8 +283,8 @@ impl Appliance {
     ) -> Appliance {
         let mut args = nixgate::config::ServeArgs {
             cache_dir: Some(cache_dir.to_owned()),
-            upstreams: upstreams.to_vec(),
-            trusted_public_keys: vec![key.to_owned()],
+            upstreams: Some(upstreams.to_vec()),
+            trusted_public_keys: Some(vec![key.to_owned()]),
             connect_timeout: Some("1s".into()),
             first_byte_timeout: Some("3s".into()),
             stall_timeout: Some("3s".into()),

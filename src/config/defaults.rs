@@ -1,0 +1,89 @@
+//! The default of every setting, each a named function whose doc comment says why it is what
+//! it is.
+
+use std::path::PathBuf;
+
+use crate::nix::signature::CACHE_NIXOS_ORG_KEY;
+use crate::store::check_writable;
+
+/// The appliance listens on every address, IPv6 and IPv4, on the port runners expect.
+pub(super) fn default_listen() -> String {
+    "[::]:8080".into()
+}
+/// The BitTorrent port peers expect, on every address.
+pub(super) fn default_torrent_listen() -> String {
+    "[::]:6881".into()
+}
+/// NARs below this are quick from any upstream; switching sources is not worth it.
+pub(super) fn default_accelerate_size() -> String {
+    "32MiB".into()
+}
+/// An upstream slower than this (bytes per second, measured after 2 s) makes a large NAR that a
+/// peer holds switch to the swarm: about a 100 Mbit/s link's worth.
+pub(super) fn default_accelerate_below() -> String {
+    "10MiB".into()
+}
+/// Each live torrent holds a file descriptor and ~16 KB: 512 cost about 8 MB and half of a
+/// common `ulimit -n` of 1024.
+pub(super) fn default_torrent_hot_set() -> usize {
+    512
+}
+/// 10 GiB holds the closures of a typical CI farm's hot set without filling a small volume.
+pub(super) fn default_max_cache_size() -> String {
+    "10GiB".into()
+}
+/// The public Nix cache; the default a runner would use without nixgate.
+pub(super) fn default_upstreams() -> Vec<String> {
+    vec!["https://cache.nixos.org".into()]
+}
+/// The key cache.nixos.org signs with.
+pub(super) fn default_trusted_keys() -> Vec<String> {
+    vec![CACHE_NIXOS_ORG_KEY.into()]
+}
+/// Below cache.nixos.org's 40, so runners that list both prefer the appliance.
+pub(super) fn default_priority() -> u32 {
+    30
+}
+/// Upstream 404s are remembered briefly: long enough to absorb a burst of identical misses
+/// from many runners, short enough that a path pushed upstream a minute later is found.
+pub(super) fn default_negative_ttl() -> String {
+    "30s".into()
+}
+/// 503 makes Nix retry (and, with `fallback = true`, move on); a 404 would be cached an hour.
+pub(super) fn default_upstream_down_status() -> u16 {
+    503
+}
+/// Nix master honours Retry-After as a minimum delay between its 5 retries.
+pub(super) fn default_retry_after() -> String {
+    "5s".into()
+}
+/// An upstream that cannot complete a TCP+TLS handshake in 5 s is treated as down.
+pub(super) fn default_connect_timeout() -> String {
+    "5s".into()
+}
+/// Time from request sent to response headers; generous for a CDN under load.
+pub(super) fn default_first_byte_timeout() -> String {
+    "20s".into()
+}
+/// A body that delivers no bytes for this long is abandoned (Nix's own limit is 300 s).
+pub(super) fn default_stall_timeout() -> String {
+    "30s".into()
+}
+/// mDNS is on, except inside Kubernetes (where `KUBERNETES_SERVICE_HOST` is set): multicast
+/// does not cross the pod network there.
+pub(super) fn default_mdns() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_none()
+}
+
+/// `/var/cache/nixgate` when it is (or can be made) writable, else the XDG cache dir.
+pub(super) fn default_cache_dir() -> PathBuf {
+    let system = PathBuf::from("/var/cache/nixgate");
+    if check_writable(&system).is_ok() {
+        return system;
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("nixgate")
+}

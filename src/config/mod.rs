@@ -1,0 +1,95 @@
+//! Configuration: command-line flags, `NIXGATE_*` environment variables and an optional TOML
+//! file, resolved with the precedence flag > env > file > default, then validated once.
+//!
+//! This file holds the command line (subcommands and their flags). Every setting of `serve` is
+//! declared once, in [`ServeArgs`] (`settings.rs`); its named defaults, each saying why, are in
+//! `defaults.rs`; resolution into a validated [`Config`] in `resolve.rs`. The typed settings
+//! groups belong to the modules that use them and are re-exported here.
+
+mod defaults;
+mod error;
+mod parse;
+mod resolve;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::fetch::{PeerPolicy, PeerTuning};
+pub use crate::peers::dns::DnsPeers;
+pub use crate::store::check_writable;
+pub use crate::telemetry::LogFormat;
+pub use crate::upstream::Timeouts;
+pub use error::ConfigError;
+pub use resolve::Config;
+pub use settings::ServeArgs;
+
+use crate::units::parse_duration;
+
+/// nixgate — a Nix binary-cache appliance for CI networks and office LANs.
+///
+/// Point your runners' `substituters` at it; it fetches from upstream caches, verifies every
+/// narinfo signature and every NAR hash, and keeps a disk LRU cache.
+#[derive(Debug, Parser)]
+#[command(name = "nixgate", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance.
+    Serve(ServeArgs),
+    /// Validate the configuration (flags, NIXGATE_* env, --config file) and exit.
+    ///
+    /// Exits 0 and prints the resolved settings when they are usable, non-zero with the
+    /// reason otherwise (a malformed key, an unparseable size, an unwritable cache dir, …).
+    CheckConfig(ServeArgs),
+    /// Find nixgate appliances on the local network over mDNS and print them for nix.conf.
+    ///
+    /// Browses `_nixgate._tcp.local.` for --timeout, keeps the appliances that answer
+    /// /nix-cache-info, and prints them fastest first, e.g.
+    /// `extra-substituters = http://192.168.1.20:8080`. Exits 1 when none answers.
+    Discover(DiscoverArgs),
+    /// Probe a running appliance's /healthz (for container HEALTHCHECKs; no curl needed).
+    Health {
+        /// The appliance's base URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080",
+            env = "NIXGATE_HEALTH_URL"
+        )]
+        url: String,
+    },
+}
+
+/// Flags of `discover`.
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// How long to listen for announcements, e.g. 3s, 500ms.
+    #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+    /// Output: a nix.conf line, one URL per line, or JSON with addresses, TXT and latency.
+    #[arg(long, value_enum, default_value_t = DiscoverFormat::NixConf)]
+    pub format: DiscoverFormat,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Output format of `discover`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiscoverFormat {
+    /// `extra-substituters = URL URL…`
+    NixConf,
+    /// One URL per line.
+    Url,
+    /// A JSON array, fastest first.
+    Json,
+}

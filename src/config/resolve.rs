@@ -1,0 +1,239 @@
+//! [`Config`], the resolved and validated settings, and [`ServeArgs::resolve`], which layers
+//! flags and env over the file, fills in the defaults and checks each setting group in turn.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::defaults::*;
+use super::parse::{each, parse_peer, parse_peers_dns, parse_tracker, parse_upstream, unit};
+use super::{ConfigError, ServeArgs};
+use crate::fetch::{FetchSettings, PeerTuning};
+use crate::nix::signature::{PublicKey, TrustedKeys};
+use crate::peers::dns::DnsPeers;
+use crate::store::check_writable;
+use crate::telemetry::LogFormat;
+use crate::units::{parse_duration, parse_size};
+use crate::upstream::Timeouts;
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address for runners' HTTP requests.
+    pub listen: SocketAddr,
+    /// The disk cache, proven writable.
+    pub cache_dir: PathBuf,
+    /// Size cap of the disk cache, in bytes.
+    pub max_cache_size: u64,
+    /// Upstream caches in the order they are tried, each ending in `/`.
+    pub upstreams: Vec<Url>,
+    /// Keys whose signatures make a narinfo trusted (never empty).
+    pub trusted_keys: TrustedKeys,
+    /// `Priority` in /nix-cache-info.
+    pub priority: u32,
+    /// How long an upstream 404 is remembered.
+    pub negative_ttl: Duration,
+    /// 503 or 404: the answer for a miss while every upstream fails.
+    pub upstream_down_status: u16,
+    /// `Retry-After` sent with that 503.
+    pub retry_after: Duration,
+    pub timeouts: Timeouts,
+    pub log_format: LogFormat,
+    /// Static peer appliances, each ending in `/`.
+    pub peers: Vec<Url>,
+    pub peers_dns: Option<DnsPeers>,
+    /// BitTorrent on.
+    pub torrent: bool,
+    pub torrent_listen: SocketAddr,
+    pub trackers: Vec<Url>,
+    pub tuning: PeerTuning,
+    /// Announce over and browse mDNS.
+    pub mdns: bool,
+}
+
+impl Config {
+    /// What the fetcher is built from.
+    pub fn fetch_settings(&self) -> FetchSettings {
+        FetchSettings {
+            upstreams: self.upstreams.clone(),
+            keys: self.trusted_keys.clone(),
+            negative_ttl: self.negative_ttl,
+            timeouts: self.timeouts,
+            tuning: self.tuning,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Resolves flags, env and file into a validated [`Config`] (creating the cache dir).
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = self.file()?;
+        let s = self.over_file(file);
+        // Checked in this order, so the first bad setting is the one reported.
+        let listen = address(&s.listen, default_listen, ConfigError::Listen)?;
+        let max_cache_size = max_cache_size(&s)?;
+        let upstreams = each(list(&s.upstreams, default_upstreams), parse_upstream)?;
+        let trusted_keys = trusted_keys(&s)?;
+        let upstream_down_status = upstream_down_status(&s)?;
+        let cache_dir = cache_dir(&s)?;
+        let peers = each(list(&s.peers, Vec::new), parse_peer)?;
+        let peers_dns = peers_dns(&s)?;
+        let (torrent_listen, trackers) = torrent(&s)?;
+        let tuning = tuning(&s)?;
+        Ok(Config {
+            listen,
+            cache_dir,
+            max_cache_size,
+            upstreams,
+            trusted_keys,
+            priority: s.priority.unwrap_or_else(default_priority),
+            negative_ttl: duration("negative-ttl", &s.negative_ttl, default_negative_ttl)?,
+            upstream_down_status,
+            retry_after: duration("retry-after", &s.retry_after, default_retry_after)?,
+            timeouts: timeouts(&s)?,
+            log_format: s.log_format.unwrap_or(LogFormat::Human),
+            peers,
+            peers_dns,
+            // Flags, env and the file can only switch these off.
+            torrent: !s.no_torrent,
+            torrent_listen,
+            trackers,
+            tuning,
+            mdns: s.no_mdns.map_or_else(default_mdns, |no| !no),
+        })
+    }
+}
+
+/// A list setting, or its default when unset.
+fn list(v: &Option<Vec<String>>, default: fn() -> Vec<String>) -> Vec<String> {
+    v.clone().unwrap_or_else(default)
+}
+
+fn size(
+    flag: &'static str,
+    v: &Option<String>,
+    default: fn() -> String,
+) -> Result<u64, ConfigError> {
+    unit(flag, parse_size(&v.clone().unwrap_or_else(default)))
+}
+
+fn duration(
+    flag: &'static str,
+    v: &Option<String>,
+    default: fn() -> String,
+) -> Result<Duration, ConfigError> {
+    unit(flag, parse_duration(&v.clone().unwrap_or_else(default)))
+}
+
+fn address(
+    v: &Option<String>,
+    default: fn() -> String,
+    err: fn(String) -> ConfigError,
+) -> Result<SocketAddr, ConfigError> {
+    let s = v.clone().unwrap_or_else(default);
+    s.parse().map_err(|_| err(s))
+}
+
+fn max_cache_size(s: &ServeArgs) -> Result<u64, ConfigError> {
+    let bytes = size("max-cache-size", &s.max_cache_size, default_max_cache_size)?;
+    if bytes < 1 << 20 {
+        return Err(ConfigError::CacheTooSmall);
+    }
+    Ok(bytes)
+}
+
+fn trusted_keys(s: &ServeArgs) -> Result<TrustedKeys, ConfigError> {
+    let keys = each(list(&s.trusted_public_keys, default_trusted_keys), |k| {
+        Ok(k.parse::<PublicKey>()?)
+    })?;
+    if keys.is_empty() {
+        return Err(ConfigError::NoKeys);
+    }
+    Ok(TrustedKeys::new(keys))
+}
+
+fn upstream_down_status(s: &ServeArgs) -> Result<u16, ConfigError> {
+    let status = s
+        .upstream_down_status
+        .unwrap_or_else(default_upstream_down_status);
+    if !matches!(status, 503 | 404) {
+        return Err(ConfigError::DownStatus(status));
+    }
+    Ok(status)
+}
+
+/// The cache dir, created and proven writable.
+fn cache_dir(s: &ServeArgs) -> Result<PathBuf, ConfigError> {
+    let path = s.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    check_writable(&path).map_err(|reason| ConfigError::CacheDir {
+        path: path.clone(),
+        reason,
+    })?;
+    Ok(path)
+}
+
+/// `--peers-dns`; an empty value means none.
+fn peers_dns(s: &ServeArgs) -> Result<Option<DnsPeers>, ConfigError> {
+    s.peers_dns
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(parse_peers_dns)
+        .transpose()
+}
+
+/// The BitTorrent listen address and trackers; trackers need a fixed port to hand out.
+fn torrent(s: &ServeArgs) -> Result<(SocketAddr, Vec<Url>), ConfigError> {
+    let listen = address(
+        &s.torrent_listen,
+        default_torrent_listen,
+        ConfigError::TorrentListen,
+    )?;
+    let trackers = each(list(&s.trackers, Vec::new), parse_tracker)?;
+    if !trackers.is_empty() && listen.port() == 0 {
+        return Err(ConfigError::TrackerNeedsPort);
+    }
+    Ok((listen, trackers))
+}
+
+fn tuning(s: &ServeArgs) -> Result<PeerTuning, ConfigError> {
+    Ok(PeerTuning {
+        policy: s.peer_policy.unwrap_or_default(),
+        accelerate_size: size(
+            "accelerate-size",
+            &s.accelerate_size,
+            default_accelerate_size,
+        )?,
+        accelerate_below: size(
+            "accelerate-below",
+            &s.accelerate_below,
+            default_accelerate_below,
+        )?,
+        upload_limit: s
+            .torrent_upload_limit
+            .as_deref()
+            .map(|v| unit("torrent-upload-limit", parse_size(v)))
+            .transpose()?,
+        hot_set: s
+            .torrent_hot_set
+            .unwrap_or_else(default_torrent_hot_set)
+            .max(1),
+    })
+}
+
+fn timeouts(s: &ServeArgs) -> Result<Timeouts, ConfigError> {
+    Ok(Timeouts {
+        connect: duration(
+            "connect-timeout",
+            &s.connect_timeout,
+            default_connect_timeout,
+        )?,
+        first_byte: duration(
+            "first-byte-timeout",
+            &s.first_byte_timeout,
+            default_first_byte_timeout,
+        )?,
+        stall: duration("stall-timeout", &s.stall_timeout, default_stall_timeout)?,
+    })
+}

@@ -1,0 +1,245 @@
+//! [`ServeArgs`]: every setting of `serve`, declared once. clap reads it from flags and
+//! `NIXGATE_*` env vars, serde from the `--config` TOML file (keys as the flag names); the two
+//! are layered flag > env > file, and [`ServeArgs::resolve`] fills in the defaults.
+
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::Args;
+use serde::Deserialize;
+
+use super::parse::flatten;
+use super::ConfigError;
+use crate::fetch::PeerPolicy;
+use crate::telemetry::LogFormat;
+
+/// Flags of `serve` and `check-config`. Each also reads `NIXGATE_<FLAG>` and a key of the same
+/// name in the `--config` TOML file; a flag beats the env var, which beats the file.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flag names, e.g.
+    /// `max-cache-size = "50GiB"`, `upstream = ["https://…"]`).
+    #[arg(long, env = "NIXGATE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address for runners' HTTP requests [default: [::]:8080].
+    #[arg(long, env = "NIXGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Directory of the disk cache [default: /var/cache/nixgate if writable, else
+    /// $XDG_CACHE_HOME/nixgate].
+    #[arg(long, env = "NIXGATE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Size cap of the disk cache; least recently used entries are evicted beyond it
+    /// (e.g. 50GiB, 500MiB) [default: 10GiB].
+    #[arg(long, env = "NIXGATE_MAX_CACHE_SIZE", value_name = "SIZE")]
+    pub max_cache_size: Option<String>,
+
+    /// Upstream binary cache, repeatable, tried in order
+    /// [default: https://cache.nixos.org].
+    #[arg(
+        long = "upstream",
+        env = "NIXGATE_UPSTREAM",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "upstream", alias = "upstreams")]
+    pub upstreams: Option<Vec<String>>,
+
+    /// Key whose signatures make a narinfo trusted, as NAME:BASE64 (repeatable; same format
+    /// as nix.conf `trusted-public-keys`) [default: the cache.nixos.org-1 key].
+    #[arg(
+        long = "trusted-public-key",
+        env = "NIXGATE_TRUSTED_PUBLIC_KEY",
+        value_name = "KEY",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "trusted-public-key", alias = "trusted-public-keys")]
+    pub trusted_public_keys: Option<Vec<String>>,
+
+    /// `Priority` advertised in /nix-cache-info (lower is preferred by Nix) [default: 30].
+    #[arg(long, env = "NIXGATE_PRIORITY", value_name = "N")]
+    pub priority: Option<u32>,
+
+    /// How long an upstream 404 is remembered [default: 30s].
+    #[arg(long, env = "NIXGATE_NEGATIVE_TTL", value_name = "DURATION")]
+    pub negative_ttl: Option<String>,
+
+    /// Status answered for a miss while every upstream is failing: 503 (Nix retries) or 404
+    /// [default: 503].
+    #[arg(long, env = "NIXGATE_UPSTREAM_DOWN_STATUS", value_name = "503|404")]
+    pub upstream_down_status: Option<u16>,
+
+    /// `Retry-After` sent with that 503 [default: 5s].
+    #[arg(long, env = "NIXGATE_RETRY_AFTER", value_name = "DURATION")]
+    pub retry_after: Option<String>,
+
+    /// Upstream TCP+TLS connect timeout [default: 5s].
+    #[arg(long, env = "NIXGATE_CONNECT_TIMEOUT", value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+
+    /// Upstream time to response headers [default: 20s].
+    #[arg(long, env = "NIXGATE_FIRST_BYTE_TIMEOUT", value_name = "DURATION")]
+    pub first_byte_timeout: Option<String>,
+
+    /// Abandon an upstream body that sends nothing for this long [default: 30s].
+    #[arg(long, env = "NIXGATE_STALL_TIMEOUT", value_name = "DURATION")]
+    pub stall_timeout: Option<String>,
+
+    /// Log format [default: human]. The level is set with RUST_LOG (default `info`).
+    #[arg(long, env = "NIXGATE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Peer appliance, e.g. http://10.0.0.7:8080 (repeatable): asked when every upstream
+    /// fails, and per --peer-policy. Peers are asked with `Cache-Control: only-if-cached`, and
+    /// everything they send is verified against the trusted keys and the signed NarHash.
+    #[arg(
+        long = "peer",
+        env = "NIXGATE_PEER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "peer", alias = "peers")]
+    pub peers: Option<Vec<String>>,
+
+    /// DNS name whose addresses are peer appliances, re-resolved every 30 s (e.g. a
+    /// Kubernetes headless Service: nixgate-peers.ci.svc:8080) [default port: 8080].
+    #[arg(long, env = "NIXGATE_PEERS_DNS", value_name = "NAME[:PORT]")]
+    pub peers_dns: Option<String>,
+
+    /// Disable BitTorrent between appliances (seeding cached NARs to peers, and fetching from
+    /// peers' swarm when every upstream fails).
+    #[arg(long, env = "NIXGATE_NO_TORRENT", value_parser = BoolishValueParser::new())]
+    #[serde(default)]
+    pub no_torrent: bool,
+
+    /// TCP address BitTorrent listens on; peers learn the port from the torrent route
+    /// [default: [::]:6881]. DHT, local peer discovery and UPnP are never used.
+    #[arg(long, env = "NIXGATE_TORRENT_LISTEN", value_name = "ADDR")]
+    pub torrent_listen: Option<String>,
+
+    /// BitTorrent tracker announce URL (repeatable; http, https or udp), e.g. a site
+    /// opentracker; added to every torrent this appliance seeds or fetches.
+    #[arg(
+        long = "tracker",
+        env = "NIXGATE_TRACKER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "tracker", alias = "trackers")]
+    pub trackers: Option<Vec<String>>,
+
+    /// Which source a NAR miss tries first when a peer holds it: `http-first` (upstreams
+    /// first; a large NAR switches to the swarm when the upstream is slow, see
+    /// --accelerate-below) or `peers-first` (the LAN swarm first, saving egress) [default:
+    /// http-first].
+    #[arg(long, env = "NIXGATE_PEER_POLICY", value_enum)]
+    pub peer_policy: Option<PeerPolicy>,
+
+    /// With http-first: NARs at least this large may switch to the swarm [default: 32MiB].
+    #[arg(long, env = "NIXGATE_ACCELERATE_SIZE", value_name = "SIZE")]
+    pub accelerate_size: Option<String>,
+
+    /// With http-first: switch when the upstream delivers less than this per second, measured
+    /// 2 s into the download [default: 10MiB].
+    #[arg(long, env = "NIXGATE_ACCELERATE_BELOW", value_name = "SIZE")]
+    pub accelerate_below: Option<String>,
+
+    /// Most torrents seeded at once; the least recently asked beyond it stop until asked
+    /// again (each live torrent holds a file descriptor and ~16 KB) [default: 512].
+    #[arg(long, env = "NIXGATE_TORRENT_HOT_SET", value_name = "N")]
+    pub torrent_hot_set: Option<usize>,
+
+    /// Cap on BitTorrent upload, per second, e.g. 20MiB [default: no cap].
+    #[arg(long, env = "NIXGATE_TORRENT_UPLOAD_LIMIT", value_name = "SIZE")]
+    pub torrent_upload_limit: Option<String>,
+
+    /// Do not announce this appliance over mDNS (`_nixgate._tcp.local.`) nor browse the LAN
+    /// for sibling appliances. [default: mDNS on, except inside Kubernetes (where
+    /// KUBERNETES_SERVICE_HOST is set), where multicast does not cross the pod network].
+    /// `--no-mdns=false` turns it on anywhere.
+    #[arg(
+        long,
+        env = "NIXGATE_NO_MDNS",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub no_mdns: Option<bool>,
+}
+
+/// One layer of settings over a lower one: what the upper layer leaves unset comes from below.
+trait Layer {
+    fn over(self, lower: Self) -> Self;
+}
+
+impl<T> Layer for Option<T> {
+    fn over(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
+
+/// `--no-torrent` only ever switches off: any layer that says so wins.
+impl Layer for bool {
+    fn over(self, lower: Self) -> Self {
+        self || lower
+    }
+}
+
+/// Builds a `ServeArgs` whose every field is `$upper`'s layered over `$lower`'s. The struct
+/// literal makes the compiler check that no field is forgotten.
+macro_rules! layered {
+    ($upper:ident over $lower:ident: $($field:ident),* $(,)?) => {
+        ServeArgs { $($field: Layer::over($upper.$field, $lower.$field)),* }
+    };
+}
+
+impl ServeArgs {
+    /// These settings (flags and env) over `file`'s, field by field.
+    pub(super) fn over_file(self, file: ServeArgs) -> ServeArgs {
+        let cli = self.without_blank_lists();
+        layered!(cli over file:
+            config, listen, cache_dir, max_cache_size, upstreams, trusted_public_keys, priority,
+            negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
+            stall_timeout, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
+            peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,
+            no_mdns,
+        )
+    }
+
+    /// A flag or env list with no item (`--upstream ''`, `NIXGATE_PEER=,`) is unset: clap
+    /// cannot say "explicitly empty". Only the file can (`upstream = []`).
+    fn without_blank_lists(mut self) -> ServeArgs {
+        for list in [
+            &mut self.upstreams,
+            &mut self.trusted_public_keys,
+            &mut self.peers,
+            &mut self.trackers,
+        ] {
+            if list.as_ref().is_some_and(|l| flatten(l.clone()).is_empty()) {
+                *list = None;
+            }
+        }
+        self
+    }
+
+    /// Reads the `--config` file, if any (all unset when there is none).
+    pub(super) fn file(&self) -> Result<ServeArgs, ConfigError> {
+        let Some(path) = &self.config else {
+            return Ok(ServeArgs::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+            path: path.clone(),
+            message: e.message().to_owned(),
+        })
+    }
+}

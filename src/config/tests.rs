@@ -1,0 +1,175 @@
+//! Resolution of flags, env and file: precedence, defaults, and the errors that name the setting.
+
+use std::path::Path;
+
+use clap::Parser;
+
+use super::parse::{flatten, parse_peer, parse_peers_dns, parse_tracker};
+use super::*;
+use crate::nix::signature::{KeyError, CACHE_NIXOS_ORG_KEY};
+
+fn args(cache: &Path) -> ServeArgs {
+    ServeArgs {
+        cache_dir: Some(cache.to_owned()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn defaults_follow_the_interface_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = args(dir.path()).resolve().unwrap();
+    assert_eq!(c.listen.to_string(), "[::]:8080");
+    assert_eq!(c.max_cache_size, 10 << 30);
+    assert_eq!(c.upstreams[0].as_str(), "https://cache.nixos.org/");
+    assert_eq!(c.trusted_keys.keys()[0].to_string(), CACHE_NIXOS_ORG_KEY);
+    assert!(c.torrent && c.mdns);
+}
+
+#[test]
+fn flag_beats_file_and_file_beats_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nixgate.toml");
+    std::fs::write(
+        &file,
+        "listen = \"0.0.0.0:9999\"\nmax-cache-size = \"2GiB\"\nupstream = [\"http://127.0.0.1:1/a\"]\nno-mdns = true\n",
+    )
+    .unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    a.max_cache_size = Some("500MiB".into());
+    let c = a.resolve().unwrap();
+    assert_eq!(c.listen.to_string(), "0.0.0.0:9999");
+    assert_eq!(c.max_cache_size, 500 << 20);
+    assert_eq!(c.upstreams[0].as_str(), "http://127.0.0.1:1/a/");
+    assert!(!c.mdns);
+}
+
+#[test]
+fn no_mdns_flag_forms() {
+    let parse = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+        Command::Serve(a) => a.no_mdns,
+        _ => unreachable!(),
+    };
+    assert_eq!(parse(&["nixgate", "serve"]), None);
+    assert_eq!(
+        parse(&["nixgate", "serve", "--no-mdns", "--listen", "[::]:1"]),
+        Some(true)
+    );
+    assert_eq!(parse(&["nixgate", "serve", "--no-mdns=false"]), Some(false));
+    assert_eq!(parse(&["nixgate", "serve", "--no-mdns=0"]), Some(false));
+    // An explicit `false` (flag or env) beats `no-mdns = true` in the file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nixgate.toml");
+    std::fs::write(&file, "no-mdns = true\n").unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    a.no_mdns = Some(false);
+    assert!(a.resolve().unwrap().mdns);
+}
+
+#[test]
+fn clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(dir.path());
+    a.torrent_listen = Some("127.0.0.1:0".into());
+    a.trackers = Some(vec!["http://127.0.0.1:6969/announce".into()]);
+    assert!(matches!(a.resolve(), Err(ConfigError::TrackerNeedsPort)));
+
+    let mut a = args(dir.path());
+    a.max_cache_size = Some("10 GB".into());
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(e.contains("--max-cache-size") && e.contains("10 GB"), "{e}");
+
+    let mut a = args(dir.path());
+    a.trusted_public_keys = Some(vec!["cache.nixos.org-1:notbase64!".into()]);
+    assert!(matches!(
+        a.resolve(),
+        Err(ConfigError::Key(KeyError::Base64(_)))
+    ));
+
+    let mut a = args(dir.path());
+    a.upstreams = Some(vec!["ftp://127.0.0.1/".into()]);
+    assert!(matches!(a.resolve(), Err(ConfigError::Upstream { .. })));
+
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "max-cach-size = \"1GiB\"\n").unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(e.contains("max-cach-size"), "{e}");
+}
+
+#[test]
+fn lists_split_like_nix_conf() {
+    assert_eq!(
+        flatten(vec!["a b,c".into(), "d".into()]),
+        ["a", "b", "c", "d"]
+    );
+}
+
+#[test]
+fn peers_and_torrent_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nixgate.toml");
+    std::fs::write(
+        &file,
+        "peer = [\"http://10.0.0.7:8080\"]\npeers-dns = \"nixgate-peers.ci.svc\"\n\
+         tracker = [\"udp://127.0.0.1:6969/announce\"]\ntorrent-listen = \"0.0.0.0:7000\"\n",
+    )
+    .unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    let c = a.resolve().unwrap();
+    assert_eq!(c.peers[0].as_str(), "http://10.0.0.7:8080/");
+    assert_eq!(
+        c.peers_dns,
+        Some(DnsPeers {
+            name: "nixgate-peers.ci.svc".into(),
+            port: 8080
+        })
+    );
+    assert_eq!(c.torrent_listen.port(), 7000);
+    assert_eq!(c.trackers.len(), 1);
+
+    let d = args(dir.path()).resolve().unwrap();
+    assert!(d.peers.is_empty() && d.peers_dns.is_none() && d.trackers.is_empty());
+    assert_eq!(d.torrent_listen.to_string(), "[::]:6881");
+
+    assert_eq!(parse_peers_dns("peers.local:9000").unwrap().port, 9000);
+    for bad in ["", "a..b", "peers:0", "peers:x", "bad name", "http://x"] {
+        assert!(parse_peers_dns(bad).is_err(), "{bad:?}");
+    }
+    for bad in ["ftp://x/", "/relative", "http://x/?q=1"] {
+        assert!(
+            matches!(parse_peer(bad), Err(ConfigError::Peer { .. })),
+            "{bad:?}"
+        );
+    }
+    assert!(parse_tracker("wss://x/announce").is_err());
+}
+
+#[test]
+fn file_keys_and_aliases_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nixgate.toml");
+    std::fs::write(
+        &file,
+        "upstreams = [\"http://u.example\"]\ntrusted-public-keys = []\npeers = []\n\
+         trackers = []\nno-torrent = true\nlog-format = \"json\"\npeer-policy = \"peers-first\"\n",
+    )
+    .unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file.clone());
+    // An explicitly empty key list in the file is kept, and refused.
+    assert!(matches!(a.resolve(), Err(ConfigError::NoKeys)));
+
+    std::fs::write(&file, "upstream = []\nno-torrent = true\n").unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    // A blank flag list is unset, so the file's explicitly empty list wins over the default.
+    a.upstreams = Some(vec![String::new()]);
+    a.no_torrent = false;
+    let c = a.resolve().unwrap();
+    assert!(c.upstreams.is_empty() && !c.torrent);
+}

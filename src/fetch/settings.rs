@@ -1,0 +1,49 @@
+//! What a [`Fetcher`](super::Fetcher) is built from: the upstreams and keys, the negative-cache
+//! lifetime, the upstream timeouts, and when peers are preferred over upstreams
+//! (`--peer-policy`, `--accelerate-*`, `--torrent-*`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::nix::signature::TrustedKeys;
+use crate::upstream::Timeouts;
+
+/// Which source a NAR miss tries first when a peer holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerPolicy {
+    /// Upstreams first; large NARs switch to the swarm when the upstream is slow.
+    #[default]
+    HttpFirst,
+    /// The swarm of LAN peers first, then upstreams.
+    PeersFirst,
+}
+
+/// When and how peers are preferred.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTuning {
+    pub policy: PeerPolicy,
+    /// With http-first, NARs at least this large may switch to the swarm.
+    pub accelerate_size: u64,
+    /// With http-first, switch when the upstream delivers less than this per second.
+    pub accelerate_below: u64,
+    /// BitTorrent upload cap per second.
+    pub upload_limit: Option<u64>,
+    /// Most torrents seeded at once.
+    pub hot_set: usize,
+}
+
+/// Everything [`Fetcher::new`](super::Fetcher::new) needs besides its shared handles.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// Upstream caches in the order they are tried, each ending in `/`.
+    pub upstreams: Vec<Url>,
+    /// Keys whose signatures make a narinfo trusted.
+    pub keys: TrustedKeys,
+    /// How long an upstream 404 is remembered.
+    pub negative_ttl: Duration,
+    pub timeouts: Timeouts,
+    pub tuning: PeerTuning,
+}
