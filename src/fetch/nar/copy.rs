@@ -28,38 +28,40 @@ struct Feed<'a> {
 impl Fetcher {
     /// Starts the download of `plan` (or joins the one that another caller just started).
     pub(super) fn start(self: &Arc<Self>, plan: Plan) -> Result<Download, FetchError> {
-        let mut map = self.nars.lock();
-        if let Some(d) = map.get(&plan.fh) {
-            self.metrics.coalesced();
-            return Ok(d.clone());
-        }
-        let tmp = self.store.temp_file().map_err(storage)?;
-        let read = File::open(tmp.path()).map_err(storage)?;
-        let (tx, rx) = watch::channel(Progress::Running(0));
-        let download = Download {
-            file: Arc::new(read),
-            progress: rx,
-            size: plan.size,
-        };
-        let fh = plan.fh;
-        map.insert(fh, download.clone());
-        let this = self.clone();
-        tokio::spawn(async move {
-            let res = this.download(&plan, tmp, &tx).await;
-            let final_state = match res {
-                Ok(size) => Progress::Done(size),
-                Err(e) => {
-                    if matches!(e, FetchError::NotFound) {
-                        this.remember_not_found(plan.rel());
-                    }
-                    tracing::warn!(file_hash = %fh, error = %e, "NAR download failed; nothing stored");
-                    Progress::Failed(e)
-                }
+        let (download, joined) = self.nars.join_or_start(plan.fh, || {
+            let tmp = self.store.temp_file().map_err(storage)?;
+            let read = File::open(tmp.path()).map_err(storage)?;
+            let (tx, rx) = watch::channel(Progress::Running(0));
+            let download = Download {
+                file: Arc::new(read),
+                progress: rx,
+                size: plan.size,
             };
-            tx.send_replace(final_state);
-            this.nars.lock().remove(&fh);
-        });
+            let this = self.clone();
+            let task = async move {
+                let res = this.download(&plan, tmp, &tx).await;
+                tx.send_replace(this.final_state(&plan, res));
+            };
+            Ok((download, task))
+        })?;
+        if joined {
+            self.metrics.coalesced();
+        }
         Ok(download)
+    }
+
+    /// What the download's watchers see last; a 404 is remembered.
+    fn final_state(&self, plan: &Plan, res: Result<u64, FetchError>) -> Progress {
+        match res {
+            Ok(size) => Progress::Done(size),
+            Err(e) => {
+                if matches!(e, FetchError::NotFound) {
+                    self.remember_not_found(plan.rel());
+                }
+                tracing::warn!(file_hash = %plan.fh, error = %e, "NAR download failed; nothing stored");
+                Progress::Failed(e)
+            }
+        }
     }
 
     /// Downloads, verifies and commits the NAR; its size.

@@ -19,10 +19,9 @@ mod plan;
 mod source;
 mod swarm;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Method;
@@ -55,16 +54,6 @@ pub struct Download {
     pub progress: watch::Receiver<Progress>,
     /// The expected size (`FileSize`), when a narinfo told it.
     pub size: Option<u64>,
-}
-
-/// Downloads under way, by FileHash.
-#[derive(Default)]
-pub struct Inflights(Mutex<HashMap<Sha256, Download>>);
-
-impl Inflights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sha256, Download>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// What to send for a NAR request.
@@ -104,7 +93,7 @@ impl Fetcher {
         if self.is_negative(&key) {
             return Err(FetchError::NotFound);
         }
-        let existing = self.nars.lock().get(&fh).cloned();
+        let existing = self.nars.get(&fh);
         let download = match existing {
             Some(d) => {
                 self.metrics.coalesced();
