@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::DownPolicy;
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
+use crate::nix::hash::Sha256;
 use crate::peers::PeerSet;
 use crate::store::{Store, StoreError};
 
@@ -28,13 +30,19 @@ pub struct App {
 
 impl App {
     /// Opens the cache (rebuilding its index) and sets everything up. `own_port` is the HTTP
-    /// port actually bound, so that this appliance never lists itself as a peer.
-    pub fn new(config: &Config, own_port: u16) -> Result<Arc<Self>, StoreError> {
+    /// port actually bound, so that this appliance never lists itself as a peer. `on_gone` is
+    /// told every NAR that leaves the cache (the torrent engine stops seeding it).
+    pub fn new(
+        config: &Config,
+        own_port: u16,
+        on_gone: Option<UnboundedSender<Sha256>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(Store::open(
             &config.cache_dir,
             config.max_cache_size,
             metrics.clone(),
+            on_gone,
         )?);
         let peers = Arc::new(PeerSet::new(own_port, config.peers.clone()));
         let fetcher = Arc::new(Fetcher::new(
@@ -65,8 +73,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let port = listener.local_addr().map_or(0, |a| a.port());
-    let app = App::new(&config, port)?;
-    if config.torrent {
+    // The torrent engine learns of evicted NARs from the store, which exists before it.
+    let (gone_tx, gone_rx) = match config.torrent {
+        true => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let app = App::new(&config, port, gone_tx)?;
+    if let Some(gone_rx) = gone_rx {
         let engine = crate::torrent::Engine::start(
             crate::torrent::EngineConfig {
                 listen: config.torrent_listen,
@@ -77,6 +93,7 @@ pub async fn run(
                 hot_set: config.tuning.hot_set,
             },
             app.store.clone(),
+            gone_rx,
             app.metrics.clone(),
             shutdown.clone(),
         )

@@ -203,13 +203,17 @@ impl Fetcher {
     ) -> Result<Bytes, FetchError> {
         let stored = Bytes::from(stored);
         let (store, b) = (self.store.clone(), stored.clone());
-        tokio::task::spawn_blocking(move || store.put_narinfo(&h, &fh, &b))
-            .await
-            .map_err(|e| FetchError::Storage(e.to_string()))?
-            .map_err(|e| {
-                tracing::error!(error = %e, hash = %h, "cannot store narinfo");
-                FetchError::Storage(e.to_string())
-            })?;
+        tokio::task::spawn_blocking(move || {
+            let mut w = store.begin_narinfo(h, fh)?;
+            w.write_all(&b)?;
+            w.commit()
+        })
+        .await
+        .map_err(|e| FetchError::Storage(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, hash = %h, "cannot store narinfo");
+            FetchError::Storage(e.to_string())
+        })?;
         self.metrics.fetched(source, stored.len() as u64);
         Ok(stored)
     }

@@ -13,7 +13,7 @@ use super::super::{FetchError, Fetcher};
 use super::plan::{Checks, Plan};
 use super::source::{Body, BytesFrom};
 use super::{storage, Download, Progress, ACCELERATE_AFTER, WRITE_BATCH};
-use crate::store::TempFile;
+use crate::store::WriteHandle;
 
 /// The source a download is reading from, which may change once (upstream → swarm).
 struct Feed<'a> {
@@ -29,7 +29,7 @@ impl Fetcher {
     /// Starts the download of `plan` (or joins the one that another caller just started).
     pub(super) fn start(self: &Arc<Self>, plan: Plan) -> Result<Download, FetchError> {
         let (download, joined) = self.nars.join_or_start(plan.fh, || {
-            let tmp = self.store.temp_file().map_err(storage)?;
+            let tmp = self.store.begin_nar(plan.fh, plan.ext).map_err(storage)?;
             let read = File::open(tmp.path()).map_err(storage)?;
             let (tx, rx) = watch::channel(Progress::Running(0));
             let download = Download {
@@ -68,7 +68,7 @@ impl Fetcher {
     async fn download(
         &self,
         plan: &Plan,
-        mut tmp: TempFile,
+        mut tmp: WriteHandle,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
         let accelerable = self.accelerable(plan);
@@ -92,9 +92,7 @@ impl Fetcher {
             Ok(size) => size,
             Err(e) => return Err(self.rejected(plan, &feed.from, e)),
         };
-        let store = self.store.clone();
-        let (fh, ext) = (plan.fh, plan.ext);
-        tokio::task::spawn_blocking(move || store.commit_nar(tmp, &fh, ext, size))
+        tokio::task::spawn_blocking(move || tmp.commit())
             .await
             .map_err(storage)?
             .map_err(storage)?;
