@@ -167,7 +167,7 @@ impl Fetcher {
     /// Every upstream failed: ask the peers (only-if-cached). A narinfo is taken only with a
     /// trusted signature; a peer that sends anything else is counted and put on probation.
     async fn narinfo_from_peers(&self, h: StorePathHash) -> Option<Bytes> {
-        let key = crate::peers::digest::narinfo_key(&h.to_string());
+        let key = crate::store::digest::narinfo_key(&h.to_string());
         for peer in self.peers.candidates(&key) {
             let body = match self.get_narinfo(&peer, h, true).await {
                 Ok(Some(b)) => b,

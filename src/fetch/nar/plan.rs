@@ -9,7 +9,7 @@ use super::super::{FetchError, Fetcher};
 use crate::config::PeerPolicy;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
-use crate::peers::digest::nar_key;
+use crate::store::digest::nar_key;
 
 /// Where to fetch a NAR from and what it must look like.
 pub(super) struct Plan {
