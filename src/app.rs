@@ -66,6 +66,37 @@ impl App {
     }
 }
 
+/// Starts the BitTorrent engine and hands it to the fetcher; `gone` tells it of evicted NARs.
+async fn start_torrent(
+    config: &Config,
+    app: &App,
+    gone: tokio::sync::mpsc::UnboundedReceiver<Sha256>,
+    shutdown: &CancellationToken,
+) {
+    let engine = crate::torrent::Engine::start(
+        crate::torrent::EngineConfig {
+            listen: config.torrent_listen,
+            trackers: config.trackers.clone(),
+            download_dir: config.cache_dir.join("tmp").join("bt"),
+            stall: config.timeouts.stall,
+            upload_limit: config.tuning.upload_limit,
+            hot_set: config.tuning.hot_set,
+        },
+        app.store.clone(),
+        gone,
+        app.metrics.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    match engine {
+        Ok(e) => app.fetcher.set_torrent(e),
+        // HTTP caching is the appliance's job; BitTorrent is an extra. Say so loudly.
+        Err(e) => {
+            tracing::error!(error = %e, listen = %config.torrent_listen, "BitTorrent is off: cannot start it")
+        }
+    }
+}
+
 /// Runs the appliance on `listener` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -74,37 +105,10 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let port = listener.local_addr().map_or(0, |a| a.port());
     // The torrent engine learns of evicted NARs from the store, which exists before it.
-    let (gone_tx, gone_rx) = match config.torrent {
-        true => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        }
-        false => (None, None),
-    };
-    let app = App::new(&config, port, gone_tx)?;
-    if let Some(gone_rx) = gone_rx {
-        let engine = crate::torrent::Engine::start(
-            crate::torrent::EngineConfig {
-                listen: config.torrent_listen,
-                trackers: config.trackers.clone(),
-                download_dir: config.cache_dir.join("tmp").join("bt"),
-                stall: config.timeouts.stall,
-                upload_limit: config.tuning.upload_limit,
-                hot_set: config.tuning.hot_set,
-            },
-            app.store.clone(),
-            gone_rx,
-            app.metrics.clone(),
-            shutdown.clone(),
-        )
-        .await;
-        match engine {
-            Ok(e) => app.fetcher.set_torrent(e),
-            // HTTP caching is the appliance's job; BitTorrent is an extra. Say so loudly.
-            Err(e) => {
-                tracing::error!(error = %e, listen = %config.torrent_listen, "BitTorrent is off: cannot start it")
-            }
-        }
+    let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = App::new(&config, port, config.torrent.then_some(gone_tx))?;
+    if config.torrent {
+        start_torrent(&config, &app, gone_rx, &shutdown).await;
     }
     let mdns = match listener.local_addr() {
         // A loopback appliance is not on the LAN: it neither announces nor browses.
