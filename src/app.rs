@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -12,18 +13,25 @@ use crate::fetch::Fetcher;
 use crate::http::error::DownPolicy;
 use crate::http::state::App;
 use crate::metrics::Metrics;
+use crate::nix::hash::Sha256;
 use crate::peers::PeerSet;
 use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 
 /// Opens the cache (rebuilding its index) and sets everything up. `own_port` is the HTTP
-/// port actually bound, so that this appliance never lists itself as a peer.
-pub fn build(config: &Config, own_port: u16) -> Result<Arc<App>, StoreError> {
+/// port actually bound, so that this appliance never lists itself as a peer. `on_gone` is
+/// told every NAR that leaves the cache (the torrent engine stops seeding it).
+pub fn build(
+    config: &Config,
+    own_port: u16,
+    on_gone: Option<UnboundedSender<Sha256>>,
+) -> Result<Arc<App>, StoreError> {
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(Store::open(
         &config.cache_dir,
         config.max_cache_size,
         metrics.clone(),
+        on_gone,
     )?);
     let id =
         crate::peers::load_or_create_id(&config.cache_dir).map_err(|source| StoreError::Io {
@@ -59,9 +67,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let local = listener.local_addr().ok();
-    let app = build(&config, local.map_or(0, |a| a.port()))?;
+    // The torrent engine learns of evicted NARs from the store, which exists before it.
+    let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = build(
+        &config,
+        local.map_or(0, |a| a.port()),
+        config.torrent.then_some(gone_tx),
+    )?;
     if config.torrent {
-        start_torrent(&config, &app, &shutdown).await;
+        start_torrent(&config, &app, gone_rx, &shutdown).await;
     }
     let mut tasks = Tasks::default();
     start_peer_sources(&config, &app, local, &shutdown, &mut tasks)?;
@@ -77,7 +91,12 @@ const TASK_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Starts BitTorrent. HTTP caching is the appliance's job; BitTorrent is an extra: when it
 /// cannot start, say so loudly and go on without it.
-async fn start_torrent(config: &Config, app: &App, shutdown: &CancellationToken) {
+async fn start_torrent(
+    config: &Config,
+    app: &App,
+    gone: UnboundedReceiver<Sha256>,
+    shutdown: &CancellationToken,
+) {
     let engine = crate::torrent::Engine::start(
         crate::torrent::EngineConfig {
             listen: config.torrent_listen,
@@ -88,6 +107,7 @@ async fn start_torrent(config: &Config, app: &App, shutdown: &CancellationToken)
             hot_set: config.tuning.hot_set,
         },
         app.store.clone(),
+        gone,
         app.metrics.clone(),
         shutdown.clone(),
     )

@@ -58,7 +58,8 @@ pub struct Fetcher {
         crate::nix::store_path::StorePathHash,
         Result<bytes::Bytes, FetchError>,
     >,
-    nars: nar::Inflights,
+    /// NAR downloads under way, by FileHash.
+    nars: coalesce::Inflight<crate::nix::hash::Sha256, nar::Download>,
     /// When peers are preferred over upstreams.
     pub tuning: PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).

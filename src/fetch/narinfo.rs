@@ -167,7 +167,7 @@ impl Fetcher {
     /// Every upstream failed: ask the peers (only-if-cached). A narinfo is taken only with a
     /// trusted signature; a peer that sends anything else is counted and put on probation.
     async fn narinfo_from_peers(&self, h: StorePathHash) -> Option<Bytes> {
-        let key = crate::peers::digest::narinfo_key(&h.to_string());
+        let key = crate::store::digest::narinfo_key(&h.to_string());
         for peer in self.peers.candidates(&key) {
             let body = match self.get_narinfo(&peer, h, true).await {
                 Ok(Some(b)) => b,
@@ -203,13 +203,17 @@ impl Fetcher {
     ) -> Result<Bytes, FetchError> {
         let stored = Bytes::from(stored);
         let (store, b) = (self.store.clone(), stored.clone());
-        tokio::task::spawn_blocking(move || store.put_narinfo(&h, &fh, &b))
-            .await
-            .map_err(|e| FetchError::Storage(e.to_string()))?
-            .map_err(|e| {
-                tracing::error!(error = %e, hash = %h, "cannot store narinfo");
-                FetchError::Storage(e.to_string())
-            })?;
+        tokio::task::spawn_blocking(move || {
+            let mut w = store.begin_narinfo(h, fh)?;
+            w.write_all(&b)?;
+            w.commit()
+        })
+        .await
+        .map_err(|e| FetchError::Storage(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, hash = %h, "cannot store narinfo");
+            FetchError::Storage(e.to_string())
+        })?;
         self.metrics.fetched(source, stored.len() as u64);
         Ok(stored)
     }

@@ -1,105 +1,17 @@
-//! What an appliance holds, as a Bloom filter (Squid's "cache digest" idea), so a fetcher
-//! asks only the peers that probably hold a narinfo or NAR instead of every peer every time.
-//!
-//! Keys are `narinfo/<store path hash>` and `nar/<FileHash nix32>`. Bit positions come from
-//! SHA-256 of the key (double hashing, k = 7), with 10 bits per key: about 1% false positives,
-//! 250 KB for 100k cached paths. A false positive costs one `only-if-cached` request that
-//! answers 504. Wire format: `NGD1`, k (one byte), then the bit array.
+//! Peers' digests (see [`crate::store::digest`] for the Bloom filter itself): fetched from
+//! every peer every [`REFRESH`], so a fetcher asks only the peers that probably hold a key.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
-use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use super::PeerSet;
+pub use crate::store::digest::{nar_key, narinfo_key, DigestError, Holdings, MAX_BYTES};
 use crate::upstream::probe;
 
 /// How often peers' digests are fetched again.
 pub const REFRESH: Duration = Duration::from_secs(30);
-
-const MAGIC: &[u8; 4] = b"NGD1";
-const K: u8 = 7;
-const BITS_PER_KEY: usize = 10;
-const MIN_BITS: usize = 8 * 1024;
-/// Digests larger than this are refused (40M keys; far beyond any cache).
-pub const MAX_BYTES: usize = 64 << 20;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum DigestError {
-    #[error("not a nixgate digest")]
-    Format,
-}
-
-/// A Bloom filter over the keys an appliance holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holdings {
-    bits: Vec<u8>,
-    k: u8,
-}
-
-/// The key of a narinfo.
-pub fn narinfo_key(store_path_hash: &str) -> String {
-    format!("narinfo/{store_path_hash}")
-}
-
-/// The key of a NAR.
-pub fn nar_key(file_hash_nix32: &str) -> String {
-    format!("nar/{file_hash_nix32}")
-}
-
-impl Holdings {
-    /// An empty filter sized for `keys` keys.
-    pub fn with_capacity(keys: usize) -> Self {
-        let bits = (keys * BITS_PER_KEY).max(MIN_BITS).div_ceil(8);
-        Holdings {
-            bits: vec![0; bits],
-            k: K,
-        }
-    }
-
-    fn positions(&self, key: &str) -> impl Iterator<Item = usize> {
-        let d = Sha256::digest(key.as_bytes());
-        let h1 = u64::from_le_bytes(d[0..8].try_into().expect("8 bytes"));
-        let h2 = u64::from_le_bytes(d[8..16].try_into().expect("8 bytes")) | 1;
-        let m = (self.bits.len() * 8) as u64;
-        (0..self.k as u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % m) as usize)
-    }
-
-    pub fn insert(&mut self, key: &str) {
-        let pos: Vec<usize> = self.positions(key).collect();
-        for p in pos {
-            self.bits[p / 8] |= 1 << (p % 8);
-        }
-    }
-
-    /// False: certainly not held. True: probably held.
-    pub fn contains(&self, key: &str) -> bool {
-        self.positions(key)
-            .all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(5 + self.bits.len());
-        b.extend_from_slice(MAGIC);
-        b.push(self.k);
-        b.extend_from_slice(&self.bits);
-        b
-    }
-
-    pub fn from_bytes(b: &[u8]) -> Result<Self, DigestError> {
-        let rest = b.strip_prefix(MAGIC).ok_or(DigestError::Format)?;
-        let (&k, bits) = rest.split_first().ok_or(DigestError::Format)?;
-        if k == 0 || k > 32 || bits.is_empty() || bits.len() > MAX_BYTES {
-            return Err(DigestError::Format);
-        }
-        Ok(Holdings {
-            bits: bits.to_vec(),
-            k,
-        })
-    }
-}
 
 /// Fetches every peer's digest once. A peer without one (an older release, or an error) is
 /// then asked for everything, as before digests existed.
@@ -133,35 +45,5 @@ pub async fn run(set: Arc<PeerSet>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(REFRESH) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holds_what_was_inserted_and_few_others() {
-        let mut h = Holdings::with_capacity(10_000);
-        for i in 0..10_000 {
-            h.insert(&nar_key(&format!("{i:052}")));
-        }
-        let h = Holdings::from_bytes(&h.to_bytes()).unwrap();
-        assert!((0..10_000).all(|i| h.contains(&nar_key(&format!("{i:052}")))));
-        let false_hits = (10_000..20_000)
-            .filter(|i| h.contains(&nar_key(&format!("{i:052}"))))
-            .count();
-        assert!(false_hits < 200, "{false_hits} false positives in 10000");
-        assert!(!Holdings::with_capacity(1).contains(&narinfo_key("x")));
-    }
-
-    #[test]
-    fn refuses_garbage() {
-        assert_eq!(Holdings::from_bytes(b"nope"), Err(DigestError::Format));
-        assert_eq!(Holdings::from_bytes(b"NGD1"), Err(DigestError::Format));
-        assert_eq!(
-            Holdings::from_bytes(b"NGD1\x00\xff"),
-            Err(DigestError::Format)
-        );
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use url::Url;
 
-use self::digest::Holdings;
+use crate::store::digest::Holdings;
 use crate::upstream::Upstream;
 
 /// How long a peer that sent unverifiable data is skipped.

@@ -17,6 +17,9 @@ pub const MIN_PIECE: u32 = 16 << 10;
 pub const MAX_PIECE: u32 = 16 << 20;
 /// Pieces a NAR is cut into, at most (until pieces reach [`MAX_PIECE`]): ~20 KiB of hashes.
 pub const TARGET_PIECES: u64 = 1024;
+/// Largest `.torrent` accepted from a peer: a NAR's is ~20 KiB of piece hashes (1024 pieces
+/// at most, until 16 MiB pieces), so anything near this is not one of ours.
+pub const MAX_TORRENT_FILE: usize = 1 << 20;
 
 /// The piece length for a NAR of `size` bytes: the smallest power of two that cuts it into at
 /// most [`TARGET_PIECES`] pieces, within [`MIN_PIECE`]..=[`MAX_PIECE`].
@@ -173,6 +176,14 @@ pub struct Expected {
 }
 
 impl Expected {
+    /// What the torrent of NAR file `<fh>.nar<ext>` of `file_size` bytes must say.
+    pub fn for_nar(fh: &crate::nix::hash::Sha256, ext: &str, file_size: u64) -> Self {
+        Expected {
+            name: format!("{}.nar{ext}", fh.to_nix32()),
+            length: file_size,
+        }
+    }
+
     /// Checks a peer's `.torrent` and returns it in canonical form: one file, the expected
     /// name and length, the policy's piece length and exactly one hash per piece.
     pub fn check(&self, torrent: &[u8]) -> Result<NarTorrent, TorrentError> {

@@ -88,6 +88,7 @@ impl Engine {
     pub async fn start(
         config: EngineConfig,
         store: Arc<Store>,
+        mut gone_rx: tokio::sync::mpsc::UnboundedReceiver<Sha256>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Engine>, TorrentEngineError> {
@@ -122,8 +123,6 @@ impl Engine {
             .listen_addr()
             .map(|a| a.port())
             .unwrap_or(config.listen.port());
-        let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel();
-        store.on_nar_gone(gone_tx);
         tracing::info!(port, trackers = ?config.trackers.iter().map(Url::as_str).collect::<Vec<_>>(), "BitTorrent engine started (DHT, LSD, UPnP off)");
         let engine = Arc::new(Engine {
             session,

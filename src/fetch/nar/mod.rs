@@ -1,0 +1,155 @@
+//! NAR misses: one download per FileHash, written to a temp file that every waiting client
+//! tails as it grows, verified (`FileSize`, `sha256 == FileHash`, compression magic) before it
+//! is renamed into the cache.
+//!
+//! Clients never see a verification failure as a complete response: while the download runs,
+//! readers are held one byte short of what was written, and the last byte is released only
+//! after the file verified. A failure aborts their responses, so Nix retries.
+//!
+//! - [`plan`]: where a NAR may come from and the checks its bytes must pass;
+//! - [`source`]: the source policy (upstreams, swarm, peer) and the byte streams;
+//! - [`peer`], [`swarm`]: bytes from one peer over HTTP, or from the swarm of holders;
+//! - [`copy`]: the download task (copy loop, mid-stream switch to the swarm, commit);
+//! - [`passthrough`]: NARs too large for the cache, streamed through.
+
+mod copy;
+mod passthrough;
+mod peer;
+mod plan;
+mod source;
+mod swarm;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use tokio::sync::{mpsc, watch};
+
+use super::{FetchError, Fetcher};
+use crate::nix::hash::Sha256;
+use crate::upstream::Answer;
+
+/// Largest write to the temp file; bigger batches when the upstream is fast.
+const WRITE_BATCH: usize = 1 << 20;
+/// When an accelerable download's upstream rate is judged.
+const ACCELERATE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How far a download has got.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Bytes written to the temp file so far (not yet verified).
+    Running(u64),
+    /// Verified and committed; the total size.
+    Done(u64),
+    Failed(FetchError),
+}
+
+/// A download into the cache that clients can tail.
+#[derive(Clone)]
+pub struct Download {
+    /// A read handle on the temp file; it stays valid after the rename into the cache.
+    pub file: Arc<File>,
+    pub progress: watch::Receiver<Progress>,
+    /// The expected size (`FileSize`), when a narinfo told it.
+    pub size: Option<u64>,
+}
+
+/// What to send for a NAR request.
+pub enum NarSource {
+    /// A verified file in the cache.
+    Cached { path: PathBuf, size: u64 },
+    /// A download into the cache, under way or just finished.
+    Download(Download),
+    /// Too large for the cache: streamed through without storing (last chunk held back
+    /// until verified).
+    Passthrough {
+        chunks: mpsc::Receiver<Result<Bytes, FetchError>>,
+        size: Option<u64>,
+    },
+}
+
+fn storage(e: impl std::fmt::Display) -> FetchError {
+    FetchError::Storage(e.to_string())
+}
+
+impl Fetcher {
+    /// Finds the NAR `<fh>.nar<ext>`: cached, joined to a download, or newly fetched. Returns
+    /// once the first bytes are there (or the fetch failed), so the status is known.
+    pub async fn nar(
+        self: &Arc<Self>,
+        fh: Sha256,
+        ext: &'static str,
+        only_if_cached: bool,
+    ) -> Result<(NarSource, bool), FetchError> {
+        if let Some((path, size)) = self.store.nar(&fh, ext) {
+            return Ok((NarSource::Cached { path, size }, true));
+        }
+        if only_if_cached {
+            return Err(FetchError::NotFound);
+        }
+        let key = format!("nar/{}.nar{ext}", fh.to_nix32());
+        if self.is_negative(&key) {
+            return Err(FetchError::NotFound);
+        }
+        let existing = self.nars.get(&fh);
+        let download = match existing {
+            Some(d) => {
+                self.metrics.coalesced();
+                d
+            }
+            None => {
+                let plan = self.plan(fh, ext).await;
+                if plan.size.is_some_and(|s| s > self.store.max_bytes()) {
+                    return Ok((self.passthrough(plan).await?, false));
+                }
+                self.start(plan)?
+            }
+        };
+        let mut rx = download.progress.clone();
+        let first = rx
+            .wait_for(|p| !matches!(p, Progress::Running(0)))
+            .await
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| {
+                Progress::Failed(FetchError::Storage("download task ended".into()))
+            });
+        match first {
+            Progress::Failed(e) => Err(e),
+            _ => Ok((NarSource::Download(download), false)),
+        }
+    }
+
+    /// The size of the NAR if it exists, for HEAD (`None`: exists, size unknown).
+    pub async fn nar_head(
+        self: &Arc<Self>,
+        fh: Sha256,
+        ext: &'static str,
+        only_if_cached: bool,
+    ) -> Result<Option<u64>, FetchError> {
+        if let Some((_, size)) = self.store.nar(&fh, ext) {
+            return Ok(Some(size));
+        }
+        if only_if_cached {
+            return Err(FetchError::NotFound);
+        }
+        let plan = self.plan(fh, ext).await;
+        if plan.size.is_some() {
+            return Ok(plan.size);
+        }
+        let mut failure = None;
+        for (i, url) in &plan.candidates {
+            match self
+                .client
+                .request(&self.upstreams[*i], Method::HEAD, url, &self.metrics)
+                .await
+            {
+                Ok(Answer::Found(b)) => return Ok(b.content_length),
+                Ok(Answer::NotFound) => {}
+                Err(e) => failure = Some(FetchError::unavailable(&self.upstreams[*i], &e)),
+            }
+        }
+        Err(failure.unwrap_or(FetchError::NotFound))
+    }
+}

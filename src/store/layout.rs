@@ -1,0 +1,88 @@
+//! Where files live under the cache dir and what their names say (see the layout in
+//! [`super`]): the `VERSION` check, `tmp/` clean-up at start-up, paths and name parsing.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{io_err, StoreError};
+use crate::nix::compression::Compression;
+use crate::nix::hash::Sha256;
+use crate::nix::store_path::StorePathHash;
+
+const VERSION: &str = "nixgate-store 1\n";
+
+/// The cache dir's layout: paths of narinfos, NARs and temp files.
+pub(super) struct Layout {
+    pub root: PathBuf,
+    pub tmp: PathBuf,
+}
+
+/// What a file name in the cache says it is.
+pub(super) enum Name {
+    NarInfo(StorePathHash, Sha256),
+    Nar(Sha256, &'static str),
+}
+
+impl Layout {
+    /// Checks (or writes) `VERSION`, empties `tmp/` and creates the top directories.
+    pub fn prepare(root: &Path) -> Result<Self, StoreError> {
+        let version = root.join("VERSION");
+        match fs::read_to_string(&version) {
+            Ok(v) if v == VERSION => {}
+            Ok(v) => return Err(StoreError::Version(root.to_owned(), v)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(root).map_err(io_err(root))?;
+                fs::write(&version, VERSION).map_err(io_err(&version))?;
+            }
+            Err(e) => return Err(io_err(&version)(e)),
+        }
+        let tmp = root.join("tmp");
+        // Anything in tmp/ is a download a previous process did not finish.
+        match fs::remove_dir_all(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&tmp)(e)),
+            _ => {}
+        }
+        for d in ["tmp", "narinfo", "nar"] {
+            fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
+        }
+        Ok(Layout {
+            root: root.to_owned(),
+            tmp,
+        })
+    }
+
+    fn shard(&self, kind: &str, name: &str) -> PathBuf {
+        self.root.join(kind).join(&name[..2])
+    }
+
+    /// `narinfo/<h[..2]>/<h>-<filehash>.narinfo`.
+    pub fn narinfo_path(&self, h: &StorePathHash, fh: &Sha256) -> PathBuf {
+        let h = h.to_string();
+        self.shard("narinfo", &h)
+            .join(format!("{h}-{}.narinfo", fh.to_nix32()))
+    }
+
+    /// `nar/<fh[..2]>/<filehash>.nar<ext>`.
+    pub fn nar_path(&self, fh: &Sha256, ext: &str) -> PathBuf {
+        let f = fh.to_nix32();
+        self.shard("nar", &f).join(format!("{f}.nar{ext}"))
+    }
+}
+
+impl Name {
+    /// A name under `narinfo/`.
+    pub fn narinfo(name: &str) -> Option<Name> {
+        let (h, fh) = name.strip_suffix(".narinfo")?.split_once('-')?;
+        Some(Name::NarInfo(h.parse().ok()?, Sha256::from_nix32(fh).ok()?))
+    }
+
+    /// A name under `nar/`.
+    pub fn nar(name: &str) -> Option<Name> {
+        let (fh, ext) = name.split_once(".nar")?;
+        Some(Name::Nar(
+            Sha256::from_nix32(fh).ok()?,
+            Compression::known_extension(ext)?,
+        ))
+    }
+}

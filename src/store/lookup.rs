@@ -1,0 +1,79 @@
+//! Reads: narinfo lookups (through the hot in-memory cache of served narinfos) and NAR
+//! lookups by FileHash. Each lookup counts as a use for the LRU.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::Store;
+use crate::nix::hash::Sha256;
+use crate::nix::store_path::StorePathHash;
+
+/// Served narinfos kept in memory so hot lookups do not touch the disk.
+pub(super) const HOT_NARINFO_BYTES: u64 = 32 << 20;
+
+/// The hot narinfo cache, weighed by bytes.
+pub(super) fn hot_cache() -> moka::sync::Cache<StorePathHash, Bytes> {
+    moka::sync::Cache::builder()
+        .weigher(|_, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+        .max_capacity(HOT_NARINFO_BYTES)
+        .build()
+}
+
+impl Store {
+    /// The stored narinfo file for `h` (upstream URL line + served text), if cached.
+    pub async fn narinfo(self: &Arc<Self>, h: &StorePathHash) -> Option<(Sha256, Bytes)> {
+        let fh = self.index().narinfo(h)?;
+        if let Some(b) = self.hot.get(h) {
+            return Some((fh, b));
+        }
+        let path = self.layout.narinfo_path(h, &fh);
+        match tokio::fs::read(&path).await {
+            Ok(b) => {
+                let b = Bytes::from(b);
+                self.hot.insert(*h, b.clone());
+                Some((fh, b))
+            }
+            Err(e) => {
+                // Evicted between the index lookup and the read, or removed by hand.
+                tracing::debug!(error = %e, path = %path.display(), "cached narinfo vanished");
+                None
+            }
+        }
+    }
+
+    /// The stored narinfo files that point at NAR `fh` (to learn its upstream URL).
+    pub async fn narinfos_of(&self, fh: &Sha256) -> Vec<Bytes> {
+        let paths: Vec<PathBuf> = self
+            .index()
+            .narinfos_of(fh)
+            .iter()
+            .map(|h| self.layout.narinfo_path(h, fh))
+            .collect();
+        let mut out = Vec::new();
+        for p in paths {
+            if let Ok(b) = tokio::fs::read(&p).await {
+                out.push(Bytes::from(b));
+            }
+        }
+        out
+    }
+
+    /// Where the NAR with this FileHash and extension lives.
+    pub fn nar_path(&self, fh: &Sha256, ext: &str) -> PathBuf {
+        self.layout.nar_path(fh, ext)
+    }
+
+    /// The cached NAR with this FileHash, if it is stored under extension `ext`.
+    pub fn nar(&self, fh: &Sha256, ext: &str) -> Option<(PathBuf, u64)> {
+        let nar = self.index().nar(fh).filter(|n| n.ext == ext)?;
+        Some((self.nar_path(fh, nar.ext), nar.size))
+    }
+
+    /// The cached NAR with this FileHash, whatever its extension: path, size, extension.
+    pub fn nar_by_hash(&self, fh: &Sha256) -> Option<(PathBuf, u64, &'static str)> {
+        let nar = self.index().nar(fh)?;
+        Some((self.nar_path(fh, nar.ext), nar.size, nar.ext))
+    }
+}
