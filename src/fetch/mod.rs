@@ -43,6 +43,18 @@ impl FetchError {
     }
 }
 
+/// How a request asks for a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ask {
+    /// `Cache-Control: only-if-cached` (a peer's fallback request): answer from the cache or
+    /// not at all.
+    pub only_if_cached: bool,
+    /// A fleet request (another member asks us as the key's owner): fetch it ourselves, never
+    /// ask the fleet in turn (so nothing loops). Coalesced apart from our own misses, so two
+    /// members that briefly disagree on the owner cannot wait on each other.
+    pub fleet: bool,
+}
+
 /// Everything a fetch needs.
 pub struct Fetcher {
     pub store: Arc<Store>,
@@ -54,12 +66,13 @@ pub struct Fetcher {
     pub peers: Arc<PeerSet>,
     /// Paths an upstream recently answered 404 for.
     negative: moka::sync::Cache<String, ()>,
+    /// Narinfo fetches under way, by store path hash and whether it is a fleet request.
     narinfos: coalesce::Coalescer<
-        crate::nix::store_path::StorePathHash,
+        (crate::nix::store_path::StorePathHash, bool),
         Result<bytes::Bytes, FetchError>,
     >,
-    /// NAR downloads under way, by FileHash.
-    nars: coalesce::Inflight<crate::nix::hash::Sha256, nar::Download>,
+    /// NAR downloads under way, by FileHash and whether it is a fleet request.
+    nars: coalesce::Inflight<(crate::nix::hash::Sha256, bool), nar::Download>,
     /// When peers are preferred over upstreams.
     pub tuning: PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).

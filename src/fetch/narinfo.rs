@@ -10,7 +10,7 @@ use http::Method;
 use thiserror::Error;
 use url::Url;
 
-use super::{FetchError, Fetcher};
+use super::{Ask, FetchError, Fetcher};
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
 use crate::nix::narinfo::{NarInfo, NarInfoError, MAX_NARINFO_BYTES};
@@ -79,18 +79,28 @@ fn accept(
     Ok((fh, format!("{nar_url}\n{ni}")))
 }
 
+/// How a narinfo is asked for.
+#[derive(Clone, Copy)]
+enum Via {
+    Upstream,
+    /// Only-if-cached, from a peer (fallback).
+    Peer,
+    /// From the fleet member that owns it.
+    Fleet,
+}
+
 impl Fetcher {
     /// The narinfo for `h` as served, from cache or (unless `only_if_cached`) upstream.
     /// The boolean is true on a cache hit.
     pub async fn narinfo(
         self: &Arc<Self>,
         h: StorePathHash,
-        only_if_cached: bool,
+        ask: Ask,
     ) -> Result<(Bytes, bool), FetchError> {
         if let Some((_, stored)) = self.store.narinfo(&h).await {
             return Ok((served_part(&stored), true));
         }
-        if only_if_cached {
+        if ask.only_if_cached {
             return Err(FetchError::NotFound);
         }
         let key = format!("{h}.narinfo");
@@ -100,7 +110,9 @@ impl Fetcher {
         let this = self.clone();
         let (res, joined) = self
             .narinfos
-            .run(h, move || async move { this.fetch_narinfo(h).await })
+            .run((h, ask.fleet), move || async move {
+                this.fetch_narinfo(h, ask.fleet).await
+            })
             .await;
         if joined {
             self.metrics.coalesced();
@@ -108,10 +120,19 @@ impl Fetcher {
         res.map(|stored| (served_part(&stored), false))
     }
 
-    async fn fetch_narinfo(self: Arc<Self>, h: StorePathHash) -> Result<Bytes, FetchError> {
+    async fn fetch_narinfo(
+        self: Arc<Self>,
+        h: StorePathHash,
+        fleet: bool,
+    ) -> Result<Bytes, FetchError> {
+        if !fleet {
+            if let Some(answer) = self.narinfo_from_owner(h).await {
+                return answer;
+            }
+        }
         let mut failure = None;
         for up in &self.upstreams {
-            let body = match self.get_narinfo(up, h, false).await {
+            let body = match self.get_narinfo(up, h, Via::Upstream).await {
                 Ok(Some(b)) => b,
                 Ok(None) => continue,
                 Err(e) => {
@@ -140,23 +161,25 @@ impl Fetcher {
         }
     }
 
-    /// The narinfo body from `src` (`None`: not there), asked as a peer or as an upstream.
+    /// The narinfo body from `src` (`None`: not there), asked as `via` says.
     async fn get_narinfo(
         &self,
         src: &Upstream,
         h: StorePathHash,
-        peer: bool,
+        via: Via,
     ) -> Result<Option<Bytes>, UpstreamError> {
         let url = src
             .base
             .join(&format!("{h}.narinfo"))
             .expect("hash is URL-safe");
-        let answer = if peer {
-            self.client.peer_request(src, Method::GET, &url).await
-        } else {
-            self.client
-                .request(src, Method::GET, &url, &self.metrics)
-                .await
+        let answer = match via {
+            Via::Upstream => {
+                self.client
+                    .request(src, Method::GET, &url, &self.metrics)
+                    .await
+            }
+            Via::Peer => self.client.peer_request(src, Method::GET, &url).await,
+            Via::Fleet => self.client.fleet_request(src, Method::GET, &url).await,
         };
         match answer? {
             Answer::Found(b) => b.read_all(MAX_NARINFO_BYTES).await.map(Some),
@@ -164,12 +187,42 @@ impl Fetcher {
         }
     }
 
+    /// Asks the fleet members that own `h` (best first), as the upstream would be asked: a
+    /// narinfo is taken only with a trusted signature for the right path; a member that sends
+    /// anything else is counted and put on probation, and the next is asked. The owner's 404
+    /// is taken as the upstream's (it asked them). `None`: we own `h`, or no owner answered.
+    async fn narinfo_from_owner(&self, h: StorePathHash) -> Option<Result<Bytes, FetchError>> {
+        for owner in self.peers.owners(&h.to_string()) {
+            let body = match self.get_narinfo(&owner, h, Via::Fleet).await {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    self.remember_not_found(format!("{h}.narinfo"));
+                    return Some(Err(FetchError::NotFound));
+                }
+                Err(e) => {
+                    tracing::info!(owner = %owner.base, hash = %h, error = %e, "fleet owner failed; trying the next");
+                    continue;
+                }
+            };
+            let nar_base = self.upstreams.first().map_or(&owner.base, |u| &u.base);
+            match accept(&h, nar_base, &body, &self.keys) {
+                Ok((fh, stored)) => return Some(self.save(h, fh, stored, Source::Fleet).await),
+                Err(why) => {
+                    self.metrics.verification_failure(Source::Fleet);
+                    owner.breaker.probation(crate::peers::PROBATION);
+                    tracing::warn!(owner = %owner.base, hash = %h, reason = %why, "rejected fleet narinfo; member on probation");
+                }
+            }
+        }
+        None
+    }
+
     /// Every upstream failed: ask the peers (only-if-cached). A narinfo is taken only with a
     /// trusted signature; a peer that sends anything else is counted and put on probation.
     async fn narinfo_from_peers(&self, h: StorePathHash) -> Option<Bytes> {
         let key = crate::store::digest::narinfo_key(&h.to_string());
         for peer in self.peers.candidates(&key) {
-            let body = match self.get_narinfo(&peer, h, true).await {
+            let body = match self.get_narinfo(&peer, h, Via::Peer).await {
                 Ok(Some(b)) => b,
                 Ok(None) => continue,
                 Err(e) => {

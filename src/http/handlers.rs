@@ -10,6 +10,7 @@ use super::body::{self, parse_range, Body, Range};
 use super::error::ServeError;
 use super::state::App;
 use crate::fetch::nar::NarSource;
+use crate::fetch::Ask;
 use crate::metrics::Outcome;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
@@ -154,29 +155,24 @@ pub async fn torrent(app: &Arc<App>, fh: Sha256) -> Handled {
 }
 
 /// `/<hash>.narinfo`.
-pub async fn narinfo(app: &Arc<App>, h: StorePathHash, only_if_cached: bool) -> Handled {
+pub async fn narinfo(app: &Arc<App>, h: StorePathHash, ask: Ask) -> Handled {
     let (b, hit) = app
         .fetcher
-        .narinfo(h, only_if_cached)
+        .narinfo(h, ask)
         .await
-        .map_err(|e| ServeError::from_fetch(e, only_if_cached))?;
+        .map_err(|e| ServeError::from_fetch(e, ask.only_if_cached))?;
     buffer(app, "text/x-nix-narinfo", b, hit_or_miss(hit))
 }
 
 const NAR_TYPE: &str = "application/x-nix-nar";
 
 /// HEAD `/nar/...`: no body, and no download just to answer it.
-pub async fn nar_head(
-    app: &Arc<App>,
-    fh: Sha256,
-    ext: &'static str,
-    only_if_cached: bool,
-) -> Handled {
+pub async fn nar_head(app: &Arc<App>, fh: Sha256, ext: &'static str, ask: Ask) -> Handled {
     let size = app
         .fetcher
-        .nar_head(fh, ext, only_if_cached)
+        .nar_head(fh, ext, ask)
         .await
-        .map_err(|e| ServeError::from_fetch(e, only_if_cached))?;
+        .map_err(|e| ServeError::from_fetch(e, ask.only_if_cached))?;
     let mut b = ok(NAR_TYPE).header(header::ACCEPT_RANGES, "bytes");
     if let Some(size) = size {
         b = b.header(header::CONTENT_LENGTH, size);
@@ -190,13 +186,13 @@ pub async fn nar(
     fh: Sha256,
     ext: &'static str,
     headers: &HeaderMap,
-    only_if_cached: bool,
+    ask: Ask,
 ) -> Handled {
     let (source, hit) = app
         .fetcher
-        .nar(fh, ext, only_if_cached)
+        .nar(fh, ext, ask)
         .await
-        .map_err(|e| ServeError::from_fetch(e, only_if_cached))?;
+        .map_err(|e| ServeError::from_fetch(e, ask.only_if_cached))?;
     let m = app.metrics.clone();
     let resp = match source {
         NarSource::Cached { path, size } => return cached_file(app, &path, size, headers),

@@ -19,6 +19,8 @@ use super::error::ServeError;
 use super::handlers;
 use super::routes::{parse, Target};
 use super::state::App;
+use crate::fetch::Ask;
+use crate::peers::fleet::FLEET_HEADER;
 
 /// How long shutdown waits for in-flight responses (Kubernetes' default grace is 30 s).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
@@ -40,6 +42,13 @@ async fn dispatch(
     req: &Request<Incoming>,
 ) -> Result<(crate::metrics::Outcome, Response<Body>), ServeError> {
     let oic = only_if_cached(req);
+    let ask = Ask {
+        only_if_cached: oic,
+        fleet: req.headers().contains_key(FLEET_HEADER),
+    };
+    if ask.fleet {
+        app.metrics.fleet_served();
+    }
     let head = req.method() == Method::HEAD;
     match target {
         Target::CacheInfo => handlers::cache_info(app),
@@ -49,12 +58,12 @@ async fn dispatch(
         Target::Peers => handlers::peers(app),
         Target::Torrent(fh) => handlers::torrent(app, fh).await,
         Target::Digest => handlers::digest(app).await,
-        Target::NarInfo(h) => handlers::narinfo(app, h, oic).await,
+        Target::NarInfo(h) => handlers::narinfo(app, h, ask).await,
         Target::Nar { file_hash, ext } if head => {
-            handlers::nar_head(app, file_hash, ext, oic).await
+            handlers::nar_head(app, file_hash, ext, ask).await
         }
         Target::Nar { file_hash, ext } => {
-            handlers::nar(app, file_hash, ext, req.headers(), oic).await
+            handlers::nar(app, file_hash, ext, req.headers(), ask).await
         }
         Target::Listing(h) => {
             handlers::relayed(app, &format!("{h}.ls"), "application/json", oic).await

@@ -137,12 +137,42 @@ impl UpstreamBody {
     }
 }
 
-/// Who a request is for: an upstream (counted in its metrics) or a peer appliance (asked
-/// only-if-cached, not counted as upstream traffic).
+/// Who a request is for: an upstream (counted in its metrics), a peer appliance (asked
+/// only-if-cached, not counted as upstream traffic) or a fleet member asked as the owner of a
+/// key (marked as a fleet request, so it fetches but never forwards; not upstream traffic).
 #[derive(Clone, Copy)]
 enum Asker<'a> {
     Upstream(&'a Metrics),
     Peer,
+    Fleet,
+}
+
+/// How long a fleet owner may take to answer with headers before the next owner (then the
+/// upstream) is asked. The owner answers once its own upstream's first bytes arrive, so this
+/// covers its upstream's latency too; a member that is alive answers well within it.
+pub const FLEET_FIRST_BYTE: Duration = Duration::from_secs(5);
+
+fn build_request(
+    method: Method,
+    url: &Url,
+    asker: Asker<'_>,
+) -> Result<Request<Empty<Bytes>>, UpstreamError> {
+    let mut req = Request::builder();
+    match asker {
+        Asker::Peer => req = req.header(http::header::CACHE_CONTROL, "only-if-cached"),
+        Asker::Fleet => req = req.header(crate::peers::fleet::FLEET_HEADER, "1"),
+        Asker::Upstream(_) => {}
+    }
+    req.method(method)
+        .uri(url.as_str())
+        .header(
+            http::header::USER_AGENT,
+            concat!("nixgate/", env!("CARGO_PKG_VERSION")),
+        )
+        // The bytes must hash to FileHash exactly: no transparent decoding.
+        .header(http::header::ACCEPT_ENCODING, "identity")
+        .body(Empty::new())
+        .map_err(|e| UpstreamError::Connect(e.to_string()))
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -211,6 +241,18 @@ impl UpstreamClient {
         self.send(peer, method, url, Asker::Peer).await
     }
 
+    /// Asks a fleet member as the owner of a key (see `peers::fleet`): it answers from its
+    /// cache or fetches from its upstream once for the whole fleet. Not counted as upstream
+    /// traffic; its answer has [`FLEET_FIRST_BYTE`] to come.
+    pub async fn fleet_request(
+        &self,
+        member: &Upstream,
+        method: Method,
+        url: &Url,
+    ) -> Result<Answer, UpstreamError> {
+        self.send(member, method, url, Asker::Fleet).await
+    }
+
     async fn send(
         &self,
         up: &Upstream,
@@ -227,22 +269,11 @@ impl UpstreamClient {
             count(UpstreamStatus::CircuitOpen);
             return Err(UpstreamError::CircuitOpen);
         }
-        let mut req = Request::builder();
-        if let Asker::Peer = asker {
-            req = req.header(http::header::CACHE_CONTROL, "only-if-cached");
-        }
-        let req = req
-            .method(method)
-            .uri(url.as_str())
-            .header(
-                http::header::USER_AGENT,
-                concat!("nixgate/", env!("CARGO_PKG_VERSION")),
-            )
-            // The bytes must hash to FileHash exactly: no transparent decoding.
-            .header(http::header::ACCEPT_ENCODING, "identity")
-            .body(Empty::new())
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let first_byte = self.timeouts.connect + self.timeouts.first_byte;
+        let req = build_request(method, url, asker)?;
+        let first_byte = match asker {
+            Asker::Fleet => FLEET_FIRST_BYTE,
+            _ => self.timeouts.connect + self.timeouts.first_byte,
+        };
         let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => {
                 up.breaker.failure();

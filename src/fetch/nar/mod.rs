@@ -13,6 +13,7 @@
 //! - [`passthrough`]: NARs too large for the cache, streamed through.
 
 mod copy;
+mod fleet;
 mod passthrough;
 mod peer;
 mod plan;
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use http::Method;
 use tokio::sync::{mpsc, watch};
 
-use super::{FetchError, Fetcher};
+use super::{Ask, FetchError, Fetcher};
 use crate::nix::hash::Sha256;
 use crate::upstream::Answer;
 
@@ -81,26 +82,26 @@ impl Fetcher {
         self: &Arc<Self>,
         fh: Sha256,
         ext: &'static str,
-        only_if_cached: bool,
+        ask: Ask,
     ) -> Result<(NarSource, bool), FetchError> {
         if let Some((path, size)) = self.store.nar(&fh, ext) {
             return Ok((NarSource::Cached { path, size }, true));
         }
-        if only_if_cached {
+        if ask.only_if_cached {
             return Err(FetchError::NotFound);
         }
         let key = format!("nar/{}.nar{ext}", fh.to_nix32());
         if self.is_negative(&key) {
             return Err(FetchError::NotFound);
         }
-        let existing = self.nars.get(&fh);
+        let existing = self.nars.get(&(fh, ask.fleet));
         let download = match existing {
             Some(d) => {
                 self.metrics.coalesced();
                 d
             }
             None => {
-                let plan = self.plan(fh, ext).await;
+                let plan = self.plan(fh, ext, ask.fleet).await;
                 if plan.size.is_some_and(|s| s > self.store.max_bytes()) {
                     return Ok((self.passthrough(plan).await?, false));
                 }
@@ -126,15 +127,15 @@ impl Fetcher {
         self: &Arc<Self>,
         fh: Sha256,
         ext: &'static str,
-        only_if_cached: bool,
+        ask: Ask,
     ) -> Result<Option<u64>, FetchError> {
         if let Some((_, size)) = self.store.nar(&fh, ext) {
             return Ok(Some(size));
         }
-        if only_if_cached {
+        if ask.only_if_cached {
             return Err(FetchError::NotFound);
         }
-        let plan = self.plan(fh, ext).await;
+        let plan = self.plan(fh, ext, ask.fleet).await;
         if plan.size.is_some() {
             return Ok(plan.size);
         }

@@ -22,6 +22,12 @@ pub(super) struct Plan {
     pub compression: Option<Compression>,
     /// The signed NarHash and NarSize, when a narinfo told them (needed for peer bytes).
     pub nar: Option<(Sha256, u64)>,
+    /// The key whose fleet owner fetches this NAR: the store path hash of the narinfo that
+    /// names it (so the member that fetched the narinfo, and knows its sizes and hashes, also
+    /// fetches the NAR), or the FileHash when no narinfo is held.
+    pub owner_key: String,
+    /// A fleet request: fetch it ourselves, never from the fleet.
+    pub fleet: bool,
 }
 
 impl Plan {
@@ -85,7 +91,7 @@ impl Checks {
 impl Fetcher {
     /// Candidate URLs: the one a cached narinfo recorded, then each upstream's standard
     /// `nar/<FileHash>.nar<ext>` (any of them will do: the bytes are checked against the hash).
-    pub(super) async fn plan(&self, fh: Sha256, ext: &'static str) -> Plan {
+    pub(super) async fn plan(&self, fh: Sha256, ext: &'static str, fleet: bool) -> Plan {
         let mut plan = Plan {
             fh,
             ext,
@@ -93,6 +99,8 @@ impl Fetcher {
             size: None,
             compression: Compression::from_extension(ext),
             nar: None,
+            owner_key: fh.to_nix32(),
+            fleet,
         };
         for stored in self.store.narinfos_of(&fh).await {
             let Some((url, ni)) = parse_stored(&stored) else {
@@ -112,6 +120,7 @@ impl Fetcher {
             plan.size = ni.file_size;
             plan.compression = Some(c);
             plan.nar = Some((ni.nar_hash, ni.nar_size));
+            plan.owner_key = ni.base.hash.to_string();
             break;
         }
         let rel = plan.rel();

@@ -21,6 +21,8 @@ use crate::upstream::{Answer, Upstream, UpstreamBody};
 pub(super) enum BytesFrom<'a> {
     Upstream(&'a Upstream),
     Peer(Arc<Upstream>),
+    /// The fleet member that owns the NAR (trusted for routing, never for content).
+    Fleet(Arc<Upstream>),
     /// The swarm; the peers whose `.torrent` it was.
     Torrent(Vec<Arc<Upstream>>),
 }
@@ -30,6 +32,7 @@ impl BytesFrom<'_> {
         match self {
             BytesFrom::Upstream(_) => Source::Upstream,
             BytesFrom::Peer(_) => Source::Peer,
+            BytesFrom::Fleet(_) => Source::Fleet,
             BytesFrom::Torrent(_) => Source::Torrent,
         }
     }
@@ -38,7 +41,7 @@ impl BytesFrom<'_> {
     pub fn failed(&self) {
         match self {
             BytesFrom::Upstream(u) => u.breaker.failure(),
-            BytesFrom::Peer(p) => p.breaker.failure(),
+            BytesFrom::Peer(p) | BytesFrom::Fleet(p) => p.breaker.failure(),
             BytesFrom::Torrent(_) => {}
         }
     }
@@ -47,7 +50,7 @@ impl BytesFrom<'_> {
     pub fn liars(&self) -> Vec<Arc<Upstream>> {
         match self {
             BytesFrom::Upstream(_) => Vec::new(),
-            BytesFrom::Peer(p) => vec![p.clone()],
+            BytesFrom::Peer(p) | BytesFrom::Fleet(p) => vec![p.clone()],
             BytesFrom::Torrent(holders) => holders.clone(),
         }
     }
@@ -81,15 +84,19 @@ fn from_swarm<'a>(swarm: Swarm) -> Opened<'a> {
 }
 
 impl Fetcher {
-    /// Where a NAR's bytes come from. Upstreams first, and when all fail, the swarm of peers
+    /// Where a NAR's bytes come from. The fleet member that owns it first (unless this is a
+    /// fleet request or we own it), then upstreams, and when all fail, the swarm of peers
     /// that hold it, then a peer over HTTP; with `peers-first`, the swarm first when a peer's
-    /// digest says it holds the NAR. Bytes from peers are checked against the signed NarHash.
-    /// `accelerable`: see [`Fetcher::accelerable`].
+    /// digest says it holds the NAR. Bytes from members and peers are checked against the
+    /// signed NarHash. `accelerable`: see [`Fetcher::accelerable`].
     pub(super) async fn open_source(
         &self,
         plan: &Plan,
         accelerable: bool,
     ) -> Result<Opened<'_>, FetchError> {
+        if let Some(opened) = self.open_owner(plan).await {
+            return Ok(opened);
+        }
         if self.tuning.policy == PeerPolicy::PeersFirst
             && self.peers.probable_holders(&plan.digest_key()) > 0
         {

@@ -1,0 +1,50 @@
+//! The fleet source of a NAR: the member that owns it (see `peers::fleet`) fetches it from
+//! the upstream once for the whole fleet; we stream its answer into our own download. The
+//! owner is trusted for routing only: its bytes pass the same FileHash/FileSize checks as an
+//! upstream's, plus the signed NarHash, and a member whose bytes do not verify is put on
+//! probation (and so leaves the owner rotation) like any lying peer.
+
+use http::Method;
+
+use super::super::Fetcher;
+use super::plan::Plan;
+use super::source::{Body, BytesFrom, Opened};
+use crate::metrics::Source;
+use crate::upstream::Answer;
+
+impl Fetcher {
+    /// The owner's answer, trying the owners in rendezvous order; `None` when we own the NAR,
+    /// this is a fleet request, or no owner could send it (then the upstream is asked). A down
+    /// or slow owner costs at most the fleet first-byte bound before the next is tried.
+    pub(super) async fn open_owner(&self, plan: &Plan) -> Option<Opened<'_>> {
+        if plan.fleet {
+            return None;
+        }
+        for owner in self.peers.owners(&plan.owner_key) {
+            let Ok(url) = owner.base.join(&plan.rel()) else {
+                continue;
+            };
+            match self.client.fleet_request(&owner, Method::GET, &url).await {
+                Ok(Answer::Found(body)) => {
+                    if let (Some(got), Some(want)) = (body.content_length, plan.size) {
+                        if got != want {
+                            self.metrics.verification_failure(Source::Fleet);
+                            owner.breaker.probation(crate::peers::PROBATION);
+                            tracing::warn!(owner = %owner.base, got, want, "fleet NAR length differs from FileSize; member on probation");
+                            continue;
+                        }
+                    }
+                    tracing::debug!(owner = %owner.base, file_hash = %plan.fh, "NAR from the fleet owner");
+                    return Some((BytesFrom::Fleet(owner), Body::Http(body), plan.nar_check()));
+                }
+                // The owner found nothing upstream; ask the upstream ourselves (a NAR whose
+                // narinfo we hold should exist; this costs one request and trusts nobody).
+                Ok(Answer::NotFound) => return None,
+                Err(e) => {
+                    tracing::info!(owner = %owner.base, file_hash = %plan.fh, error = %e, "fleet owner failed; trying the next")
+                }
+            }
+        }
+        None
+    }
+}
