@@ -10,15 +10,6 @@ use std::sync::atomic::Ordering;
 use common::*;
 use sha2::Digest;
 
-async fn with_peers(
-    dir: &std::path::Path,
-    up: &Upstream,
-    key: &str,
-    peers: Vec<String>,
-) -> Appliance {
-    Appliance::start(dir, &[up.url()], key, move |a| a.peers = Some(peers)).await
-}
-
 /// `(url, origin, state)` of each peer in `/_p2p/v1/peers`.
 async fn peer_states(a: &Appliance) -> Vec<(String, String, String)> {
     peer_rows(a)
@@ -26,15 +17,6 @@ async fn peer_states(a: &Appliance) -> Vec<(String, String, String)> {
         .into_iter()
         .map(|p| (p.url, p.origin, p.state))
         .collect()
-}
-
-/// A working upstream and an appliance in front of it that already holds `paths`.
-async fn holding_peer(
-    f: &Fixture,
-    dir: &std::path::Path,
-    paths: &[&String],
-) -> (Upstream, Appliance) {
-    holding_appliance(f, dir, paths, |_| {}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -318,54 +300,4 @@ async fn peers_dns_resolves_a_name_into_peers_and_never_itself() {
         [],
         "an appliance is never its own peer"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn digests_keep_misses_away_from_peers_that_do_not_hold_them() {
-    use nixgate::peers::digest::{nar_key, narinfo_key, Holdings};
-    let f = fixture().await;
-    let work = tempfile::tempdir().unwrap();
-    let (_up, a) = holding_peer(f, work.path(), &[&f.top]).await;
-
-    // A's digest says what it holds, and only that (up to Bloom false positives).
-    let got = get(&format!("{}/_p2p/v1/digest", a.url()), &[]).await;
-    assert_eq!(got.status, 200);
-    let d = Holdings::from_bytes(&got.bytes).expect("a digest");
-    let top_fh = f.nar_url(&f.top)["nar/".len()..][..52].to_owned();
-    assert!(d.contains(&narinfo_key(Fixture::hash(&f.top))));
-    assert!(d.contains(&narinfo_key(Fixture::hash(&f.dep))));
-    assert!(d.contains(&nar_key(&top_fh)));
-    assert!(!d.contains(&narinfo_key(Fixture::hash(&f.big))));
-
-    let down = failing_upstream(f).await;
-    let b = with_peers(&work.path().join("b"), &down, &f.public_key, vec![a.url()]).await;
-    // B fetched A's digest at start-up.
-    wait_for_digests(&b).await;
-
-    let asked = |a: &Appliance| {
-        let url = a.url();
-        async move {
-            let text = get(&format!("{url}/metrics"), &[]).await.body;
-            text.lines()
-                .filter(|l| l.starts_with("nixgate_requests_total{route=\"narinfo\""))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        }
-    };
-    let before = asked(&a).await;
-    // A miss A does not hold: B answers 503 without asking A.
-    let miss = get(
-        &format!("{}/{}.narinfo", b.url(), Fixture::hash(&f.big)),
-        &[],
-    )
-    .await;
-    assert_eq!(miss.status, 503);
-    assert_eq!(
-        asked(&a).await,
-        before,
-        "A was not asked for what it does not hold"
-    );
-    // What A holds is still served through B.
-    assert_ok(&nix_copy(&b.url(), &f.public_key, &f.top, &work.path().join("c")).await);
-    assert!(asked(&a).await > before);
 }

@@ -15,30 +15,18 @@ need ip nft iptables nix python3 cargo
 
 cargo build --locked --quiet --bin nixgate
 NIXGATE=$ROOT/target/debug/nixgate
-WORK=$(mktemp -d /tmp/nixgate-fw.XXXXXX)
+temp_work nixgate-fw   # WORK, removed on exit (lib.sh's trap also stops processes, deletes netns)
 S=$$   # suffix keeping names unique
 GW=ngfw-gw-$S; RUN=ngfw-run-$S; APP=ngfw-app-$S; OUT=ngfw-out-$S; PEER=ngfw-peer-$S
-PIDS=()
-
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for n in $GW $RUN $APP $OUT $PEER; do ip netns del "$n" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 echo "== topology"
-for n in $GW $RUN $APP $OUT $PEER; do ip netns add "$n"; ip -n "$n" link set lo up; done
+add_netns $GW $RUN $APP $OUT $PEER
 ip netns exec "$GW" sysctl -qw net.ipv4.ip_forward=1
 i=1
 for n in $RUN $APP $OUT $PEER; do
-  ip link add "ngfw$i-$S" type veth peer name "ngfw$i-$S-g"
-  ip link set "ngfw$i-$S" netns "$n"
-  ip link set "ngfw$i-$S-g" netns "$GW"
+  add_veth "$n" "ngfw$i-$S" "$GW" "ngfw$i-$S-g"
   ip -n "$n" addr add "10.77.$i.2/24" dev "ngfw$i-$S"
   ip -n "$GW" addr add "10.77.$i.1/24" dev "ngfw$i-$S-g"
-  ip -n "$n" link set "ngfw$i-$S" up
-  ip -n "$GW" link set "ngfw$i-$S-g" up
   ip -n "$n" route add default via "10.77.$i.1"
   i=$((i + 1))
 done
@@ -74,7 +62,6 @@ try:
 except OSError:
     sys.exit(1)
 PY
-bg() { "$@" & PIDS+=($!); }
 # can NS PROTO HOST PORT: a connection (tcp) or an echoed datagram (udp) gets through.
 can() { ip netns exec "$1" python3 "$WORK/probe.py" "$2" "$3" "$4"; }
 
@@ -82,20 +69,20 @@ echo "== services"
 make_cache "$WORK/fixture" > "$WORK/fixture.log" 2>&1 || { cat "$WORK/fixture.log"; exit 1; }
 # The outside world: an upstream cache (plain HTTP on port 443 is enough to test the port
 # rule), a DNS-port echo, and other ports that must stay unreachable.
-bg ip netns exec "$OUT" python3 -m http.server --bind "$OUT_IP" --directory "$WORK/fixture/cache" 443 > "$WORK/upstream.log" 2>&1
-bg ip netns exec "$OUT" python3 "$WORK/listen.py" "$OUT_IP" tcp/80 tcp/22 udp/53 tcp/53
-bg ip netns exec "$APP" python3 "$WORK/listen.py" "$APP_IP" tcp/22 tcp/6881 udp/6881
-bg ip netns exec "$PEER" python3 "$WORK/listen.py" "$PEER_IP" tcp/8080 tcp/6881 udp/6881 tcp/22
-bg ip netns exec "$RUN" python3 "$WORK/listen.py" "$RUNNER_IP" tcp/22
+spawn ip netns exec "$OUT" python3 -m http.server --bind "$OUT_IP" --directory "$WORK/fixture/cache" 443 > "$WORK/upstream.log" 2>&1
+spawn ip netns exec "$OUT" python3 "$WORK/listen.py" "$OUT_IP" tcp/80 tcp/22 udp/53 tcp/53
+spawn ip netns exec "$APP" python3 "$WORK/listen.py" "$APP_IP" tcp/22 tcp/6881 udp/6881
+spawn ip netns exec "$PEER" python3 "$WORK/listen.py" "$PEER_IP" tcp/8080 tcp/6881 udp/6881 tcp/22
+spawn ip netns exec "$RUN" python3 "$WORK/listen.py" "$RUNNER_IP" tcp/22
 wait_http "http://$OUT_IP:443/nix-cache-info" 10 ip netns exec "$OUT"
 # start_appliance NAME: a nixgate with an empty cache, so each round fetches from upstream
 # through the rules under test.
 start_appliance() {
-  [ -z "${APP_PID:-}" ] || { kill "$APP_PID"; wait "$APP_PID" 2>/dev/null || true; }
-  ip netns exec "$APP" "$NIXGATE" serve --listen "$APP_IP:8080" --cache-dir "$WORK/cache-$1" \
+  [ -z "${APP_PID:-}" ] || stop_pid "$APP_PID"
+  spawn ip netns exec "$APP" "$NIXGATE" serve --listen "$APP_IP:8080" --cache-dir "$WORK/cache-$1" \
     --upstream "http://$OUT_IP:443" --trusted-public-key "$KEY" --no-mdns --no-torrent \
-    > "$WORK/nixgate-$1.log" 2>&1 &
-  APP_PID=$!; PIDS+=($APP_PID)
+    > "$WORK/nixgate-$1.log" 2>&1
+  APP_PID=$!
   wait_http "http://$APP_IP:8080/readyz" 20 ip netns exec "$APP"
 }
 

@@ -81,15 +81,12 @@ make_cache "$FIX"
 P rm -f -t 2 nixgate-image-test > /dev/null 2>&1 || true
 P volume rm -f nixgate-image-test > /dev/null 2>&1 || true
 UPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m http.server --bind 127.0.0.1 --directory "$FIX/cache" "$UPORT" > "$WORK/upstream.log" 2>&1 &
+spawn python3 -m http.server --bind 127.0.0.1 --directory "$FIX/cache" "$UPORT" > "$WORK/upstream.log" 2>&1
 UPID=$!
 APORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cleanup() {
-  kill "$UPID" 2>/dev/null || true
-  P rm -f -t 2 nixgate-image-test > /dev/null 2>&1 || true
-  P volume rm -f nixgate-image-test > /dev/null 2>&1 || true
-}
-trap cleanup EXIT
+# lib.sh's trap stops the upstream, then removes the container and its volume.
+at_exit 'P rm -f -t 2 nixgate-image-test > /dev/null 2>&1 || true'
+at_exit 'P volume rm -f nixgate-image-test > /dev/null 2>&1 || true'
 wait_http "http://127.0.0.1:$UPORT/nix-cache-info" 10
 
 start() {
@@ -116,7 +113,7 @@ echo "== restart on the same volume with the upstream gone"
 P stop -t 10 nixgate-image-test > /dev/null
 check "SIGTERM stops it cleanly (exit 0)" test "$(P inspect nixgate-image-test --format '{{.State.ExitCode}}')" = 0
 P rm nixgate-image-test > /dev/null
-kill "$UPID"; wait "$UPID" 2>/dev/null || true
+stop_pid "$UPID"
 start
 D2=$WORK/client2; rm -rf "$D2"
 check "cache on the volume survives the restart (upstream down)" nix_copy_from "http://127.0.0.1:$APORT" "$D2" "$TOP" "$BLOB"

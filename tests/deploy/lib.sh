@@ -88,3 +88,59 @@ PY
   echo "no answer from $url after ${secs}s" >&2
   return 1
 }
+
+# ---- cleanup, background processes, network namespaces ----
+# Sourcing this file installs one EXIT trap. On exit it stops every process started with
+# `spawn` (TERM, then KILL), runs the `at_exit` commands, deletes the namespaces made with
+# `netns`, and removes the directory made with `temp_work`. Scripts add to it, never replace it.
+PIDS=()
+NETNS=()
+AT_EXIT=()
+TEMP_WORK=""
+
+_lib_cleanup() {
+  local p c n
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    sleep 0.2
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  fi
+  for c in "${AT_EXIT[@]}"; do eval "$c" || true; done
+  for n in "${NETNS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  [ -z "$TEMP_WORK" ] || rm -rf "$TEMP_WORK"
+}
+trap _lib_cleanup EXIT
+
+# at_exit COMMAND: runs COMMAND (one string, eval'd) on exit, after background processes stop.
+at_exit() { AT_EXIT+=("$1"); }
+
+# temp_work PREFIX: sets WORK to a fresh directory under /tmp, removed on exit.
+temp_work() { WORK=$(mktemp -d "/tmp/$1.XXXXXX"); TEMP_WORK=$WORK; }
+
+# spawn COMMAND...: runs COMMAND in the background (redirect the call to redirect its output);
+# it is stopped on exit. Its pid is in $! afterwards.
+spawn() { "$@" & PIDS+=($!); }
+
+# stop_pid PID: stops one background process now and waits for it.
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# add_netns NAME...: network namespaces with loopback up, deleted on exit.
+add_netns() {
+  local n
+  for n in "$@"; do ip netns add "$n"; NETNS+=("$n"); ip -n "$n" link set lo up; done
+}
+
+# add_veth NS IF PEER_NS PEER_IF: a veth pair, IF in NS and PEER_IF in PEER_NS, both ends up.
+add_veth() {
+  ip link add "$2" type veth peer name "$4"
+  ip link set "$2" netns "$1"
+  ip link set "$4" netns "$3"
+  ip -n "$1" link set "$2" up
+  ip -n "$3" link set "$4" up
+}
+
+# add_bridge NS BR: a bridge in NS that floods multicast (no snooping, so mDNS crosses it).
+add_bridge() {
+  ip -n "$1" link add "$2" type bridge mcast_snooping 0
+  ip -n "$1" link set "$2" up
+}

@@ -14,55 +14,37 @@ need ip nix python3 cargo avahi-daemon avahi-browse avahi-publish dbus-daemon
 
 cargo build --locked --quiet --bin nixgate
 NIXGATE=$ROOT/target/debug/nixgate
-WORK=$(mktemp -d /tmp/nixgate-mdns.XXXXXX)
+temp_work nixgate-mdns   # WORK, removed on exit (lib.sh's trap also stops processes, deletes netns)
 S=$$
 LAN=ngm-lan-$S; A=ngm-a-$S; B=ngm-b-$S; C=ngm-c-$S; AV=ngm-av-$S; LONE=ngm-lone-$S
-PIDS=()
 # Inside the namespaces only: never a kubernetes default, never the host's own bus.
 unset KUBERNETES_SERVICE_HOST
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$WORK/bus
 
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  for n in $LAN $A $B $C $AV $LONE; do ip netns del "$n" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-bg() { "$@" & PIDS+=($!); }
-
 echo "== topology: five hosts on one bridge (10.78.0.0/24), one host alone"
-ip netns add "$LAN"
-ip -n "$LAN" link add br0 type bridge mcast_snooping 0
-ip -n "$LAN" link set br0 up
+add_netns $LAN $A $B $C $AV $LONE
+add_bridge "$LAN" br0
 i=2
 for n in $A $B $C $AV; do
-  ip netns add "$n"; ip -n "$n" link set lo up
-  ip link add "ngm$i-$S" type veth peer name "ngm$i-$S-b"
-  ip link set "ngm$i-$S" netns "$n"
-  ip link set "ngm$i-$S-b" netns "$LAN"
-  ip -n "$LAN" link set "ngm$i-$S-b" master br0 up
+  add_veth "$n" "ngm$i-$S" "$LAN" "ngm$i-$S-b"
+  ip -n "$LAN" link set "ngm$i-$S-b" master br0
   ip -n "$n" addr add "10.78.0.$i/24" dev "ngm$i-$S"
-  ip -n "$n" link set "ngm$i-$S" up
   ip -n "$n" route add default dev "ngm$i-$S"   # a route for 224.0.0.251
   i=$((i + 1))
 done
-ip netns add "$LONE"; ip -n "$LONE" link set lo up
 A_IP=10.78.0.2 B_IP=10.78.0.3 C_IP=10.78.0.4 AV_IP=10.78.0.5
 
 echo "== services"
 make_cache "$WORK/fixture" > "$WORK/fixture.log" 2>&1 || { cat "$WORK/fixture.log"; exit 1; }
-bg ip netns exec "$A" python3 -m http.server --bind 127.0.0.1 --directory "$WORK/fixture/cache" 8999 > "$WORK/upstream.log" 2>&1
+spawn ip netns exec "$A" python3 -m http.server --bind 127.0.0.1 --directory "$WORK/fixture/cache" 8999 > "$WORK/upstream.log" 2>&1
 wait_http "http://127.0.0.1:8999/nix-cache-info" 10 ip netns exec "$A"
 
 # appliance NS NAME UPSTREAM [FLAGS...]: a nixgate on NS:8080 with no --peer at all.
 appliance() {
   local ns=$1 name=$2 up=$3; shift 3
-  ip netns exec "$ns" "$NIXGATE" serve --listen 0.0.0.0:8080 --cache-dir "$WORK/cache-$name" \
+  spawn ip netns exec "$ns" "$NIXGATE" serve --listen 0.0.0.0:8080 --cache-dir "$WORK/cache-$name" \
     --upstream "$up" --trusted-public-key "$KEY" --no-torrent --log-format json "$@" \
-    > "$WORK/nixgate-$name.log" 2>&1 &
-  PIDS+=($!)
+    > "$WORK/nixgate-$name.log" 2>&1
   eval "PID_$name=$!"
 }
 appliance "$A" a http://127.0.0.1:8999
@@ -133,9 +115,9 @@ enable-wide-area=no
 publish-hinfo=no
 publish-workstation=no
 CONF
-bg dbus-daemon --config-file="$WORK/dbus.conf" --nofork --nopidfile > "$WORK/dbus.log" 2>&1
+spawn dbus-daemon --config-file="$WORK/dbus.conf" --nofork --nopidfile > "$WORK/dbus.log" 2>&1
 wait_for 5 test -S "$WORK/bus"
-bg ip netns exec "$AV" avahi-daemon -f "$WORK/avahi.conf" --no-drop-root --no-chroot --no-rlimits > "$WORK/avahi.log" 2>&1
+spawn ip netns exec "$AV" avahi-daemon -f "$WORK/avahi.conf" --no-drop-root --no-chroot --no-rlimits > "$WORK/avahi.log" 2>&1
 wait_for 10 ip netns exec "$AV" avahi-browse -pt _nixgate._tcp
 browse() { ip netns exec "$AV" avahi-browse -rpt _nixgate._tcp 2>/dev/null; }
 sees() { browse | grep '^=' | grep ";$1;" | grep -q '"v=1"'; }
@@ -146,11 +128,10 @@ check "A's TXT carries id= and path=/" bash -c "$(declare -f browse); AV=$AV; br
 
 echo "== a record published with avahi-publish is found by nixgate discover"
 # D: an appliance that does not announce itself; avahi announces it for it.
-ip netns exec "$AV" "$NIXGATE" serve --listen "$AV_IP:8080" --cache-dir "$WORK/cache-d" \
-  --upstream http://127.0.0.1:1 --trusted-public-key "$KEY" --no-torrent --no-mdns > "$WORK/nixgate-d.log" 2>&1 &
-PIDS+=($!)
+spawn ip netns exec "$AV" "$NIXGATE" serve --listen "$AV_IP:8080" --cache-dir "$WORK/cache-d" \
+  --upstream http://127.0.0.1:1 --trusted-public-key "$KEY" --no-torrent --no-mdns > "$WORK/nixgate-d.log" 2>&1
 wait_http "http://$AV_IP:8080/readyz" 20 ip netns exec "$AV"
-bg ip netns exec "$AV" avahi-publish -s "avahi-published-nixgate" _nixgate._tcp 8080 v=1 path=/ id=0000000000000000000000000000d00d > "$WORK/avahi-publish.log" 2>&1
+spawn ip netns exec "$AV" avahi-publish -s "avahi-published-nixgate" _nixgate._tcp 8080 v=1 path=/ id=0000000000000000000000000000d00d > "$WORK/avahi-publish.log" 2>&1
 discover() { ip netns exec "$C" "$NIXGATE" discover "$@"; }
 has_d() { discover --timeout 2s --format url | grep -qx "http://$AV_IP:8080"; }
 check "discover lists the avahi-published appliance" wait_for 15 has_d
