@@ -38,7 +38,12 @@ pub fn build(
             path: config.cache_dir.join("peer-id"),
             source,
         })?;
-    let peers = Arc::new(PeerSet::new(own_port, id, false, config.peers.clone()));
+    let peers = Arc::new(PeerSet::new(
+        own_port,
+        id,
+        config.fleet,
+        config.peers.clone(),
+    ));
     let fetcher = Arc::new(Fetcher::new(
         config.fetch_settings(),
         store.clone(),

@@ -13,6 +13,7 @@ use super::{ConfigError, ServeArgs};
 use crate::fetch::{FetchSettings, PeerTuning};
 use crate::nix::signature::{PublicKey, TrustedKeys};
 use crate::peers::dns::DnsPeers;
+use crate::peers::Membership;
 use crate::store::check_writable;
 use crate::telemetry::LogFormat;
 use crate::units::{parse_duration, parse_size};
@@ -51,6 +52,8 @@ pub struct Config {
     pub tuning: PeerTuning,
     /// Announce over and browse mDNS.
     pub mdns: bool,
+    /// Who owns keys in the fleet.
+    pub fleet: Membership,
 }
 
 impl Config {
@@ -102,6 +105,10 @@ impl ServeArgs {
             trackers,
             tuning,
             mdns: s.no_mdns.map_or_else(default_mdns, |no| !no),
+            fleet: Membership {
+                configured: !s.no_fleet,
+                mdns: s.fleet_mdns,
+            },
         })
     }
 }

@@ -171,6 +171,21 @@ pub struct ServeArgs {
         value_name = "BOOL"
     )]
     pub no_mdns: Option<bool>,
+
+    /// Configured peers (--peer, --peers-dns) are not one fleet: they are asked only when
+    /// every upstream fails, and for BitTorrent, never as the owner of a key. For peers at
+    /// other sites. [default: configured peers are a fleet: each narinfo and NAR is fetched
+    /// from the upstream by one member, its rendezvous owner, for all of them].
+    #[arg(long, env = "NIXGATE_NO_FLEET", value_parser = BoolishValueParser::new())]
+    #[serde(default)]
+    pub no_fleet: bool,
+
+    /// Appliances found over mDNS join the fleet and own keys too. Off by default: anyone on
+    /// an office LAN can announce an appliance (it is never trusted for content, but an owner
+    /// decides whether a miss is found at all).
+    #[arg(long, env = "NIXGATE_FLEET_MDNS", value_parser = BoolishValueParser::new())]
+    #[serde(default)]
+    pub fleet_mdns: bool,
 }
 
 /// One layer of settings over a lower one: what the upper layer leaves unset comes from below.
@@ -208,7 +223,7 @@ impl ServeArgs {
             negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
             stall_timeout, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,
-            no_mdns,
+            no_mdns, no_fleet, fleet_mdns,
         )
     }
 

@@ -107,11 +107,19 @@ impl Fetcher {
         if self.is_negative(&key) {
             return Err(FetchError::NotFound);
         }
+        // A fleet request, or a key we own, is fetched by us; such fetches coalesce apart
+        // from ours that wait on an owner, so members that briefly disagree on the owner
+        // cannot wait on each other.
+        let owners = if ask.fleet {
+            Vec::new()
+        } else {
+            self.peers.owners(&h.to_string())
+        };
         let this = self.clone();
         let (res, joined) = self
             .narinfos
-            .run((h, ask.fleet), move || async move {
-                this.fetch_narinfo(h, ask.fleet).await
+            .run((h, owners.is_empty()), move || async move {
+                this.fetch_narinfo(h, owners).await
             })
             .await;
         if joined {
@@ -123,12 +131,16 @@ impl Fetcher {
     async fn fetch_narinfo(
         self: Arc<Self>,
         h: StorePathHash,
-        fleet: bool,
+        owners: Vec<Arc<Upstream>>,
     ) -> Result<Bytes, FetchError> {
-        if !fleet {
-            if let Some(answer) = self.narinfo_from_owner(h).await {
-                return answer;
-            }
+        let key = h.to_string();
+        if let Some(answer) = self.narinfo_from_members(h, owners, Via::Fleet).await {
+            return answer;
+        }
+        // We own it: the member that owned it before us may hold it already.
+        let successor = self.peers.successor(&key).into_iter().collect();
+        if let Some(answer) = self.narinfo_from_members(h, successor, Via::Peer).await {
+            return answer;
         }
         let mut failure = None;
         for up in &self.upstreams {
@@ -187,14 +199,21 @@ impl Fetcher {
         }
     }
 
-    /// Asks the fleet members that own `h` (best first), as the upstream would be asked: a
-    /// narinfo is taken only with a trusted signature for the right path; a member that sends
-    /// anything else is counted and put on probation, and the next is asked. The owner's 404
-    /// is taken as the upstream's (it asked them). `None`: we own `h`, or no owner answered.
-    async fn narinfo_from_owner(&self, h: StorePathHash) -> Option<Result<Bytes, FetchError>> {
-        for owner in self.peers.owners(&h.to_string()) {
-            let body = match self.get_narinfo(&owner, h, Via::Fleet).await {
+    /// Asks fleet `members` for `h` in order, as the upstream would be asked: a narinfo is
+    /// taken only with a trusted signature for the right path; a member that sends anything
+    /// else is counted and put on probation, and the next is asked. An owner's 404 (`via`
+    /// fleet) is taken as the upstream's (it asked them); a successor's (`via` peer,
+    /// only-if-cached) only means it does not hold it. `None`: nobody had an answer.
+    async fn narinfo_from_members(
+        &self,
+        h: StorePathHash,
+        members: Vec<Arc<Upstream>>,
+        via: Via,
+    ) -> Option<Result<Bytes, FetchError>> {
+        for owner in members {
+            let body = match self.get_narinfo(&owner, h, via).await {
                 Ok(Some(b)) => b,
+                Ok(None) if matches!(via, Via::Peer) => continue,
                 Ok(None) => {
                     self.remember_not_found(format!("{h}.narinfo"));
                     return Some(Err(FetchError::NotFound));

@@ -66,7 +66,12 @@ mod tests {
 
     #[tokio::test]
     async fn resolves_a_name_into_peers() {
-        let set = PeerSet::new(8080, "0".repeat(32), false, vec![]);
+        let set = PeerSet::new(
+            8080,
+            "0".repeat(32),
+            crate::peers::Membership::default(),
+            vec![],
+        );
         let dns = DnsPeers {
             name: "localhost".into(),
             port: 9999,

@@ -47,6 +47,20 @@ pub fn owners<'a, T>(key: &str, self_id: &str, members: &'a [(String, T)]) -> Ve
     ranked.into_iter().map(|(_, _, t)| t).collect()
 }
 
+/// The member that would own `key` if we were not in the fleet: the best ranked below us.
+/// A new owner asks it (only-if-cached) before the upstream, so a member that joins takes
+/// over its share of keys without fetching again what the fleet already holds.
+pub fn successor<'a, T>(key: &str, self_id: &str, members: &'a [(String, T)]) -> Option<&'a T> {
+    let me = (weight(key, self_id), self_id);
+    members
+        .iter()
+        .filter(|(id, _)| id != self_id)
+        .map(|(id, t)| ((weight(key, id), id.as_str()), t))
+        .filter(|(w, _)| *w < me)
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, t)| t)
+}
+
 /// Whether `s` is a well-formed peer id (32 lowercase hex digits).
 pub fn valid_id(s: &str) -> bool {
     s.len() == 32
@@ -110,6 +124,21 @@ mod tests {
             assert!((800..1200).contains(&c), "share {c} of {n} is near 1/4");
         }
         assert!((600..1000).contains(&moved), "about 1/5 moved: {moved}");
+    }
+
+    #[test]
+    fn the_successor_owned_the_key_before_we_joined() {
+        let all = ids(4);
+        let members: Vec<(String, String)> = all.iter().map(|i| (i.clone(), i.clone())).collect();
+        for k in 0..200 {
+            let key = format!("k{k}");
+            let owner = owner_of(&key, &all);
+            let without: Vec<String> = all.iter().filter(|i| **i != owner).cloned().collect();
+            assert_eq!(
+                successor(&key, &owner, &members),
+                Some(&owner_of(&key, &without))
+            );
+        }
     }
 
     #[test]

@@ -47,11 +47,24 @@ struct Entry {
     id: Option<String>,
 }
 
+/// Which peers take part in fleet ownership (see [`fleet`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Configured peers (`--peer`, `--peers-dns`): the members of one deployment. On by
+    /// default; `--no-fleet` makes them fallback-only.
+    pub configured: bool,
+    /// mDNS neighbours: only when the operator opted in (`--fleet-mdns`), since anyone on an
+    /// office LAN can announce one.
+    pub mdns: bool,
+}
+
 impl Entry {
-    /// Whether it takes part in fleet ownership: configured members always, mDNS neighbours
-    /// only when the operator opted in (anyone on an office LAN can announce one).
-    fn in_fleet(&self, mdns_owners: bool) -> bool {
-        self.origin != Origin::Mdns || mdns_owners
+    /// Whether it takes part in fleet ownership.
+    fn in_fleet(&self, m: Membership) -> bool {
+        match self.origin {
+            Origin::Mdns => m.mdns,
+            Origin::Static | Origin::Dns => m.configured,
+        }
     }
 }
 
@@ -78,17 +91,17 @@ pub struct PeerSet {
     own_port: u16,
     /// This appliance's peer id (see [`load_or_create_id`]).
     own_id: String,
-    /// `--fleet-mdns`: mDNS neighbours own keys too.
-    mdns_owners: bool,
+    /// Who owns keys.
+    membership: Membership,
 }
 
 impl PeerSet {
-    pub fn new(own_port: u16, own_id: String, mdns_owners: bool, statics: Vec<Url>) -> Self {
+    pub fn new(own_port: u16, own_id: String, membership: Membership, statics: Vec<Url>) -> Self {
         let set = PeerSet {
             entries: RwLock::new(Vec::new()),
             own_port,
             own_id,
-            mdns_owners,
+            membership,
         };
         set.replace(Origin::Static, statics);
         set
@@ -160,11 +173,7 @@ impl PeerSet {
     /// whose circuit is open (failing, or on probation for bad data) are left out.
     pub fn owners(&self, key: &str) -> Vec<Arc<Upstream>> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        let members: Vec<(String, &Arc<Upstream>)> = entries
-            .iter()
-            .filter(|e| e.in_fleet(self.mdns_owners) && !e.peer.breaker.is_open())
-            .filter_map(|e| Some((e.id.clone()?, &e.peer)))
-            .collect();
+        let members = self.live_members(&entries);
         let mut owners: Vec<Arc<Upstream>> = fleet::owners(key, &self.own_id, &members)
             .into_iter()
             .map(|p| (*p).clone())
@@ -173,12 +182,29 @@ impl PeerSet {
         owners
     }
 
+    /// The live member that owned `key` before this appliance joined (see
+    /// [`fleet::successor`]); `None` without a fleet.
+    pub fn successor(&self, key: &str) -> Option<Arc<Upstream>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let members = self.live_members(&entries);
+        fleet::successor(key, &self.own_id, &members).map(|p| (*p).clone())
+    }
+
+    /// The live fleet members with their ids.
+    fn live_members<'a>(&self, entries: &'a [Entry]) -> Vec<(String, &'a Arc<Upstream>)> {
+        entries
+            .iter()
+            .filter(|e| e.in_fleet(self.membership) && !e.peer.breaker.is_open())
+            .filter_map(|e| Some((e.id.clone()?, &e.peer)))
+            .collect()
+    }
+
     /// The peers that membership probes go to: the fleet members.
     pub fn fleet_members(&self) -> Vec<Arc<Upstream>> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries
             .iter()
-            .filter(|e| e.in_fleet(self.mdns_owners))
+            .filter(|e| e.in_fleet(self.membership))
             .map(|e| e.peer.clone())
             .collect()
     }
@@ -214,7 +240,7 @@ impl PeerSet {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
                 digest: e.holdings.is_some(),
-                owner: e.in_fleet(self.mdns_owners) && e.id.is_some() && !e.peer.breaker.is_open(),
+                owner: e.in_fleet(self.membership) && e.id.is_some() && !e.peer.breaker.is_open(),
                 id: e.id.clone(),
             })
             .collect()
@@ -290,7 +316,7 @@ mod tests {
         let set = PeerSet::new(
             8080,
             "0".repeat(32),
-            false,
+            Membership::default(),
             vec![u("http://10.9.9.1:8080/")],
         );
         set.replace(

@@ -96,6 +96,8 @@ pub struct PeerRow {
     pub origin: String,
     pub state: String,
     pub digest: bool,
+    /// A live fleet member that owns a share of the keys.
+    pub owner: bool,
 }
 
 /// The peer set an appliance reports.
@@ -114,6 +116,7 @@ pub async fn peer_rows(a: &Appliance) -> Vec<PeerRow> {
                 origin: s("origin"),
                 state: s("state"),
                 digest: p["digest"] == true,
+                owner: p["owner"] == true,
             }
         })
         .collect()
@@ -155,9 +158,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An appliance in front of `up` with these static peers.
+/// An appliance with `peers` as fallback peers (`--no-fleet`: asked only when every upstream
+/// fails, and for BitTorrent; tests/fleet.rs covers configured peers as one fleet).
 pub async fn with_peers(dir: &Path, up: &Upstream, key: &str, peers: Vec<String>) -> Appliance {
-    Appliance::start(dir, &[up.url()], key, move |a| a.peers = Some(peers)).await
+    Appliance::start(dir, &[up.url()], key, move |a| {
+        a.peers = Some(peers);
+        a.no_fleet = true;
+    })
+    .await
 }
 
 /// A working upstream and an appliance in front of it that already holds `paths`.

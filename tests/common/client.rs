@@ -55,18 +55,28 @@ pub async fn nix_copy(
     path: &str,
     dest: &Path,
 ) -> std::process::Output {
+    nix_copy_paths(appliance_url, key, &[path], dest).await
+}
+
+/// Runs real `nix copy --from <appliance>` of `paths` (and their closures) into a fresh store
+/// under `dest`.
+pub async fn nix_copy_paths(
+    appliance_url: &str,
+    key: &str,
+    paths: &[&str],
+    dest: &Path,
+) -> std::process::Output {
     let xdg = dest.join("xdg");
     let mut cmd = tokio::process::Command::new("nix");
     cmd.env("NIX_CONFIG", NIX_CONFIG)
         .env("XDG_CACHE_HOME", &xdg)
         .args(["copy", "--from", appliance_url, "--to"])
         .arg(dest.join("root"))
-        .args(["--option", "trusted-public-keys", key, path]);
-    let out = cmd
-        .output()
+        .args(["--option", "trusted-public-keys", key])
+        .args(paths);
+    cmd.output()
         .await
-        .expect("nix is installed (ci/test.sh installs nix-bin)");
-    out
+        .expect("nix is installed (ci/test.sh installs nix-bin)")
 }
 
 /// Asserts that a `nix copy` succeeded, showing Nix's stderr when it did not.

@@ -28,6 +28,7 @@ pub async fn torrent_appliance(
     Appliance::start(dir, &[up.url()], key, move |s| {
         with_torrent(s, trackers);
         s.peers = Some(peers);
+        s.no_fleet = true; // the swarm and fallback roles, not fleet ownership
         extra(s);
     })
     .await

@@ -28,7 +28,7 @@ struct Feed<'a> {
 impl Fetcher {
     /// Starts the download of `plan` (or joins the one that another caller just started).
     pub(super) fn start(self: &Arc<Self>, plan: Plan) -> Result<Download, FetchError> {
-        let (download, joined) = self.nars.join_or_start((plan.fh, plan.fleet), || {
+        let (download, joined) = self.nars.join_or_start((plan.fh, plan.ourselves), || {
             let tmp = self.store.begin_nar(plan.fh, plan.ext).map_err(storage)?;
             let read = File::open(tmp.path()).map_err(storage)?;
             let (tx, rx) = watch::channel(Progress::Running(0));

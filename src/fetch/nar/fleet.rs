@@ -17,14 +17,12 @@ impl Fetcher {
     /// this is a fleet request, or no owner could send it (then the upstream is asked). A down
     /// or slow owner costs at most the fleet first-byte bound before the next is tried.
     pub(super) async fn open_owner(&self, plan: &Plan) -> Option<Opened<'_>> {
-        if plan.fleet {
-            return None;
-        }
-        for owner in self.peers.owners(&plan.owner_key) {
+        for owner in plan.owners.clone() {
             let Ok(url) = owner.base.join(&plan.rel()) else {
                 continue;
             };
-            match self.client.fleet_request(&owner, Method::GET, &url).await {
+            let answer = self.client.fleet_request(&owner, Method::GET, &url).await;
+            match answer {
                 Ok(Answer::Found(body)) => {
                     if let (Some(got), Some(want)) = (body.content_length, plan.size) {
                         if got != want {
@@ -45,6 +43,20 @@ impl Fetcher {
                 }
             }
         }
-        None
+        self.open_successor(plan).await
+    }
+
+    /// We own the NAR: the member that owned it before us (it may have just joined the
+    /// fleet, or come back) may hold it; asked only-if-cached, so it never fetches for us.
+    async fn open_successor(&self, plan: &Plan) -> Option<Opened<'_>> {
+        let member = self.peers.successor(&plan.owner_key)?;
+        let url = member.base.join(&plan.rel()).ok()?;
+        match self.client.peer_request(&member, Method::GET, &url).await {
+            Ok(Answer::Found(body)) if body.content_length == plan.size || plan.size.is_none() => {
+                tracing::debug!(member = %member.base, file_hash = %plan.fh, "NAR from the previous owner");
+                Some((BytesFrom::Fleet(member), Body::Http(body), plan.nar_check()))
+            }
+            _ => None,
+        }
     }
 }

@@ -94,14 +94,15 @@ impl Fetcher {
         if self.is_negative(&key) {
             return Err(FetchError::NotFound);
         }
-        let existing = self.nars.get(&(fh, ask.fleet));
+        // Whether we fetch it ourselves depends on its owner, which the narinfo tells.
+        let plan = self.plan(fh, ext, ask.fleet).await;
+        let existing = self.nars.get(&(fh, plan.ourselves));
         let download = match existing {
             Some(d) => {
                 self.metrics.coalesced();
                 d
             }
             None => {
-                let plan = self.plan(fh, ext, ask.fleet).await;
                 if plan.size.is_some_and(|s| s > self.store.max_bytes()) {
                     return Ok((self.passthrough(plan).await?, false));
                 }

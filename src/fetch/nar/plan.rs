@@ -1,6 +1,8 @@
 //! What a NAR download is after: its candidate URLs, its expected size and compression, the
 //! signed NarHash/NarSize when a narinfo told them, and the checks its bytes must pass.
 
+use std::sync::Arc;
+
 use url::Url;
 
 use super::super::narinfo::parse_stored;
@@ -10,6 +12,7 @@ use crate::fetch::PeerPolicy;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::store::digest::nar_key;
+use crate::upstream::Upstream;
 
 /// Where to fetch a NAR from and what it must look like.
 pub(super) struct Plan {
@@ -26,8 +29,12 @@ pub(super) struct Plan {
     /// names it (so the member that fetched the narinfo, and knows its sizes and hashes, also
     /// fetches the NAR), or the FileHash when no narinfo is held.
     pub owner_key: String,
-    /// A fleet request: fetch it ourselves, never from the fleet.
-    pub fleet: bool,
+    /// The fleet members to ask first, best first (empty when we fetch it ourselves).
+    pub owners: Vec<Arc<Upstream>>,
+    /// We fetch it ourselves (a fleet request, or we own it): such downloads coalesce with
+    /// each other, apart from ours that wait on an owner, so members that briefly disagree
+    /// on the owner cannot wait on each other.
+    pub ourselves: bool,
 }
 
 impl Plan {
@@ -100,7 +107,8 @@ impl Fetcher {
             compression: Compression::from_extension(ext),
             nar: None,
             owner_key: fh.to_nix32(),
-            fleet,
+            owners: Vec::new(),
+            ourselves: true,
         };
         for stored in self.store.narinfos_of(&fh).await {
             let Some((url, ni)) = parse_stored(&stored) else {
@@ -122,6 +130,10 @@ impl Fetcher {
             plan.nar = Some((ni.nar_hash, ni.nar_size));
             plan.owner_key = ni.base.hash.to_string();
             break;
+        }
+        if !fleet {
+            plan.owners = self.peers.owners(&plan.owner_key);
+            plan.ourselves = plan.owners.is_empty();
         }
         let rel = plan.rel();
         for (i, up) in self.upstreams.iter().enumerate() {

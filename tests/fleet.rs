@@ -1,0 +1,248 @@
+//! Fleet ownership: appliances that are configured peers of each other fetch each narinfo and
+//! each NAR from the upstream at most once between them (real `nix copy` through each member,
+//! one after another and all at once), a member killed with `kill -9` costs nothing but its
+//! share, a member that lies is refused and put on probation, and a joining member moves only
+//! its share of keys.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Every path of the fixture: `top` (with `dep`), `big` and the five blobs.
+fn all_paths(f: &Fixture) -> Vec<&str> {
+    let mut p = vec![f.top.as_str(), f.big.as_str()];
+    p.extend(f.blobs.iter().map(String::as_str));
+    p
+}
+
+/// The upstream's request counts for narinfos and NARs: (requests, paths asked more than once).
+fn upstream_counts(up: &Upstream) -> (u64, Vec<String>) {
+    let reqs = up.requests.lock().unwrap();
+    let mut total = 0;
+    let mut repeated = Vec::new();
+    for (path, n) in reqs.iter() {
+        if path.ends_with(".narinfo") || path.starts_with("nar/") {
+            total += n;
+            if *n > 1 {
+                repeated.push(format!("{path} x{n}"));
+            }
+        }
+    }
+    (total, repeated)
+}
+
+/// Starts `n` appliances on fixed loopback ports, each with the others as `--peer`, and waits
+/// until every member sees every other as an owner.
+async fn fleet(dir: &std::path::Path, up: &Upstream, key: &str, n: usize) -> Vec<Appliance> {
+    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let mut members = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let peers: Vec<String> = ports
+            .iter()
+            .filter(|p| *p != port)
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let cache = dir.join(format!("m{i}"));
+        let a = Appliance::start_on(&cache, *port, &[up.url()], key, move |s| {
+            s.peers = Some(peers)
+        })
+        .await;
+        members.push(a);
+    }
+    for m in &members {
+        wait_for_owners(m, n - 1).await;
+    }
+    members
+}
+
+/// Waits until `a` counts `n` live owners among its peers.
+async fn wait_for_owners(a: &Appliance, n: usize) {
+    for _ in 0..200 {
+        if peer_rows(a).await.iter().filter(|p| p.owner).count() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never saw {n} owners: {:?}", a.url(), peer_rows(a).await);
+}
+
+/// Bytes a member fetched from other members.
+async fn from_fleet(a: &Appliance) -> u64 {
+    a.metric("nixgate_fetched_bytes_total{source=\"fleet\"}")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runners_one_after_another_cost_one_upstream_fetch_per_file() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let members = fleet(work.path(), &up, &f.public_key, 3).await;
+    for (i, m) in members.iter().enumerate() {
+        let dest = work.path().join(format!("runner{i}"));
+        assert_ok(&nix_copy_paths(&m.url(), &f.public_key, &all_paths(f), &dest).await);
+        for p in all_paths(f) {
+            assert!(substituted(&dest, p), "{p} through member {i}");
+        }
+    }
+    let (total, repeated) = upstream_counts(&up);
+    assert!(
+        repeated.is_empty(),
+        "asked upstream more than once: {repeated:?}"
+    );
+    // 8 paths: 8 narinfos and 8 NARs, once for the whole fleet.
+    assert_eq!(total, 16, "{:?}", up.requests.lock().unwrap());
+    for m in &members[1..] {
+        assert!(
+            from_fleet(m).await > 0,
+            "{} took bytes from owners",
+            m.url()
+        );
+    }
+    let served: u64 = {
+        let mut s = 0;
+        for m in &members {
+            s += m.metric("nixgate_fleet_requests_served_total").await;
+        }
+        s
+    };
+    assert!(served > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_runners_cost_one_upstream_fetch_per_file() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let members = fleet(work.path(), &up, &f.public_key, 3).await;
+    let runs = members.iter().enumerate().map(|(i, m)| {
+        let dest = work.path().join(format!("runner{i}"));
+        let (url, key, paths) = (m.url(), f.public_key.clone(), all_paths(f));
+        async move { nix_copy_paths(&url, &key, &paths, &dest).await }
+    });
+    for out in futures_util::future::join_all(runs).await {
+        assert_ok(&out);
+    }
+    let (total, repeated) = upstream_counts(&up);
+    assert!(
+        repeated.is_empty(),
+        "asked upstream more than once: {repeated:?}"
+    );
+    assert_eq!(total, 16);
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_nixgate");
+
+/// A member as a real process (so it can be killed with SIGKILL).
+fn spawn_member(cache: &std::path::Path, port: u16, up: &str, key: &str, peers: &[u16]) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--upstream",
+            up,
+            "--trusted-public-key",
+            key,
+            "--no-torrent",
+        ])
+        .arg("--cache-dir")
+        .arg(cache);
+    for p in peers {
+        cmd.args(["--peer", &format!("http://127.0.0.1:{p}")]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_killed_mid_run_costs_at_most_its_share() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers_of = |i: usize| -> Vec<String> {
+        ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("http://127.0.0.1:{p}"))
+            .collect()
+    };
+    let mut members = Vec::new();
+    for i in 0..2 {
+        let peers = peers_of(i);
+        let cache = work.path().join(format!("m{i}"));
+        members.push(
+            Appliance::start_on(&cache, ports[i], &[up.url()], &f.public_key, move |s| {
+                s.peers = Some(peers)
+            })
+            .await,
+        );
+    }
+    let mut victim = spawn_member(
+        &work.path().join("m2"),
+        ports[2],
+        &up.url(),
+        &f.public_key,
+        &ports[..2],
+    );
+    for m in &members {
+        wait_for_owners(m, 2).await;
+    }
+    // Three runners at once; the third member dies while they run.
+    let runs = (0..3).map(|i| {
+        let url = members[i % 2].url();
+        let dest = work.path().join(format!("runner{i}"));
+        let (key, paths) = (f.public_key.clone(), all_paths(f));
+        async move { nix_copy_paths(&url, &key, &paths, &dest).await }
+    });
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        victim.kill().unwrap(); // SIGKILL
+        victim.wait().unwrap();
+    };
+    let (outs, ()) = tokio::join!(futures_util::future::join_all(runs), killer);
+    for out in outs {
+        assert_ok(&out);
+    }
+    let (total, _) = upstream_counts(&up);
+    assert!(total <= 32, "multiplier {} > 2", total as f64 / 16.0);
+    // The dead member leaves the owners within the membership interval.
+    for m in &members {
+        wait_for_owners(m, 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_member_moves_only_its_share_and_refetches_nothing() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let mut members = fleet(work.path(), &up, &f.public_key, 3).await;
+    let dest = work.path().join("warm");
+    assert_ok(&nix_copy_paths(&members[0].url(), &f.public_key, &all_paths(f), &dest).await);
+    let (before, _) = upstream_counts(&up);
+    // A fourth member joins, knowing the three (as a DNS name lists it after a scale-up).
+    let peers: Vec<String> = members.iter().map(Appliance::url).collect();
+    let joined = Appliance::start(
+        &work.path().join("m3"),
+        &[up.url()],
+        &f.public_key,
+        move |s| s.peers = Some(peers),
+    )
+    .await;
+    wait_for_owners(&joined, 3).await;
+    let dest = work.path().join("runner-new");
+    assert_ok(&nix_copy_paths(&joined.url(), &f.public_key, &all_paths(f), &dest).await);
+    let (after, repeated) = upstream_counts(&up);
+    // The newcomer owns about a quarter of the keys now; for those it asked the member that
+    // owned them before it (only-if-cached), for the rest their owners: nothing is fetched
+    // from the upstream again.
+    assert_eq!(after, before, "refetched from the upstream: {repeated:?}");
+    assert!(from_fleet(&joined).await > 0);
+    members.push(joined);
+}
