@@ -51,6 +51,8 @@ pub struct Config {
     pub tuning: PeerTuning,
     /// Announce over and browse mDNS.
     pub mdns: bool,
+    /// Interval of the status page's history samples.
+    pub status_interval: Duration,
 }
 
 impl Config {
@@ -102,8 +104,19 @@ impl ServeArgs {
             trackers,
             tuning,
             mdns: s.no_mdns.map_or_else(default_mdns, |no| !no),
+            status_interval: status_interval(&s)?,
         })
     }
+}
+
+/// The status sample interval: at least 100 ms (a zero interval would spin).
+fn status_interval(s: &ServeArgs) -> Result<Duration, ConfigError> {
+    let d = duration(
+        "status-interval",
+        &s.status_interval,
+        default_status_interval,
+    )?;
+    Ok(d.max(Duration::from_millis(100)))
 }
 
 /// A list setting, or its default when unset.
