@@ -20,8 +20,8 @@ const CACHE_ROUTES: [Route; 2] = [Route::NarInfo, Route::Nar];
 /// Cumulative counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Sample {
-    /// Unix time, seconds.
-    pub t: u64,
+    /// Unix time, milliseconds (sample intervals below a second stay apart).
+    pub t_ms: u64,
     /// Narinfo and NAR requests answered from the cache.
     pub hits: u64,
     /// Narinfo and NAR requests that had to be fetched.
@@ -46,14 +46,14 @@ pub struct Sample {
 
 impl Sample {
     /// Reads the counters now.
-    pub fn take(m: &Metrics, t: u64) -> Sample {
+    pub fn take(m: &Metrics, t_ms: u64) -> Sample {
         let sum = |o: Outcome| -> u64 { CACHE_ROUTES.iter().map(|r| m.requests_of(*r, o)).sum() };
         let errors = Route::ALL
             .iter()
             .map(|r| m.requests_of(*r, Outcome::Error) + m.requests_of(*r, Outcome::Unavailable))
             .sum();
         Sample {
-            t,
+            t_ms,
             hits: sum(Outcome::Hit),
             misses: sum(Outcome::Miss),
             errors,
@@ -101,7 +101,7 @@ impl History {
     /// (the first one included, so the day plot has a start).
     pub fn record(&mut self, s: Sample) {
         push(&mut self.fine, FINE_LEN, s);
-        if self.taken % COARSE_EVERY == 0 {
+        if self.taken.is_multiple_of(COARSE_EVERY) {
             push(&mut self.coarse, COARSE_LEN, s);
         }
         self.taken += 1;
@@ -132,16 +132,16 @@ mod tests {
     #[test]
     fn rings_are_bounded() {
         let mut h = History::default();
-        for t in 0..(FINE_LEN as u64 * 40) {
+        for t_ms in 0..(FINE_LEN as u64 * 40) {
             h.record(Sample {
-                t,
+                t_ms,
                 ..Default::default()
             });
         }
         assert_eq!(h.fine().len(), FINE_LEN);
-        assert_eq!(h.fine()[0].t, FINE_LEN as u64 * 39);
+        assert_eq!(h.fine()[0].t_ms, FINE_LEN as u64 * 39);
         assert!(h.coarse().len() <= COARSE_LEN + 1);
-        assert_eq!(h.coarse()[1].t - h.coarse()[0].t, COARSE_EVERY);
+        assert_eq!(h.coarse()[1].t_ms - h.coarse()[0].t_ms, COARSE_EVERY);
         assert_eq!(History::BYTES, 648 * 88);
     }
 

@@ -23,6 +23,12 @@ pub fn unix(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Unix time in milliseconds.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The rings behind the status page.
 #[derive(Debug)]
 pub struct Status {
@@ -56,7 +62,7 @@ impl Status {
 
     /// Takes one sample of `m` now.
     pub fn sample(&self, m: &Metrics) {
-        let s = Sample::take(m, unix(SystemTime::now()));
+        let s = Sample::take(m, unix_ms(SystemTime::now()));
         self.history
             .lock()
             .unwrap_or_else(|p| p.into_inner())

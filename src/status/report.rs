@@ -7,7 +7,7 @@ use url::Url;
 
 use super::events::Event;
 use super::history::{History, Sample};
-use super::unix;
+use super::{unix, unix_ms};
 use crate::http::state::App;
 use crate::peers::PeerStatus;
 
@@ -132,13 +132,13 @@ fn peers(app: &App) -> Vec<PeerStatus> {
 impl Report {
     /// Assembles the document from the running appliance.
     pub fn build(app: &App) -> Report {
-        let now = Sample::take(&app.metrics, unix(std::time::SystemTime::now()));
+        let now = Sample::take(&app.metrics, unix_ms(std::time::SystemTime::now()));
         let (hour, day) = app.status.history();
         let (bytes, entries) = app.metrics.cache();
         let max_bytes = app.store.max_bytes();
         Report {
             version: env!("CARGO_PKG_VERSION"),
-            now: now.t,
+            now: now.t_ms / 1000,
             started: unix(app.status.started),
             sample_interval_secs: app.status.interval.as_secs_f64(),
             history_bytes: History::BYTES,
