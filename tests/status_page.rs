@@ -20,8 +20,9 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-sync",
     "--no-first-run",
     "--hide-scrollbars",
-    // The page renders from inlined data; let its script and a refresh run before the dump.
-    "--virtual-time-budget=3000",
+    // The page renders from inlined data; let one 5 s refresh (a fetch of /_status/v1) run
+    // before the dump (virtual time: this does not take 6 s).
+    "--virtual-time-budget=6000",
 ];
 
 fn chromium() -> PathBuf {
@@ -124,6 +125,11 @@ fn assert_rendered(dom: &str) {
     );
     assert!(dom.contains(">static<"), "the peer table");
     assert!(dom.contains(">miss<"), "recent misses");
+    let updated = text_of(dom, "updated");
+    assert!(
+        updated.starts_with("updated "),
+        "the refresh failed: {updated}"
+    );
 }
 
 fn nixgate_status(url: &str, format: &str) -> String {
