@@ -19,6 +19,8 @@ command -v avahi-browse >/dev/null || need+=(avahi-utils)
 command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
 command -v aria2c >/dev/null || need+=(aria2)
 command -v opentracker >/dev/null || need+=(opentracker)
+# The status page test loads / in headless Chromium.
+command -v chromium >/dev/null || need+=(chromium)
 # promtool parses the chart's alert rules and dashboard queries (the server is never started).
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

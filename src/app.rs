@@ -60,6 +60,7 @@ pub fn build(
             retry_after: config.retry_after,
         },
         peers,
+        status: Arc::new(crate::status::Status::new(config.status_interval)),
         digest: Default::default(),
     }))
 }
@@ -83,6 +84,11 @@ pub async fn run(
         start_torrent(&config, &app, gone_rx, &shutdown).await;
     }
     let mut tasks = Tasks::default();
+    let (status, metrics) = (app.status.clone(), app.metrics.clone());
+    tasks.spawn(
+        "status-history",
+        crate::status::run(status, metrics, shutdown.clone()),
+    );
     start_peer_sources(&config, &app, local, &shutdown, &mut tasks)?;
     log_start(&config, local);
     crate::http::server::serve(listener, app, shutdown).await;

@@ -2,7 +2,8 @@
 //!
 //! Layout: `nix/` pure protocol types; `store/` the disk cache and its LRU index;
 //! `upstream/` the HTTP client with timeouts and circuit breakers; `fetch/` the source policy,
-//! verification and coalescing; `http/` routes, handlers and bodies; `app` the wiring.
+//! verification and coalescing; `http/` routes, handlers and bodies; `status/` the operator's
+//! view (history rings, `/_status/v1`, `nixgate status`); `app` the wiring.
 #![deny(unsafe_code)]
 
 pub mod app;
@@ -12,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod nix;
 pub mod peers;
+pub mod status;
 pub mod store;
 pub mod tasks;
 pub mod telemetry;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use nixgate::config::{Cli, Command, Config, DiscoverArgs, DiscoverFormat};
+use nixgate::config::{
+    Cli, Command, Config, DiscoverArgs, DiscoverFormat, StatusArgs, StatusFormat,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         },
         Command::Health { url } => report(health(&url)),
         Command::Discover(args) => report(discover(args)),
+        Command::Status(args) => report(status(args)),
     }
 }
 
@@ -147,6 +150,16 @@ async fn health(url: &str) -> anyhow::Result<()> {
     nixgate::upstream::probe::get_ok(&base, "/healthz", std::time::Duration::from_secs(5))
         .await
         .with_context(|| format!("{base} /healthz"))?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let v = nixgate::status::cli::fetch(&args.url).await?;
+    match args.format {
+        StatusFormat::Text => print!("{}", nixgate::status::cli::summary(&v)),
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+    }
     Ok(())
 }
 

@@ -30,7 +30,7 @@ label_enum!(
         CacheInfo => "nix-cache-info", NarInfo => "narinfo", Nar => "nar", Listing => "ls",
         Log => "log", Realisation => "realisation", Health => "healthz", Ready => "readyz",
         Metrics => "metrics", Peers => "p2p-peers", Torrent => "p2p-torrent",
-        Digest => "p2p-digest", Other => "other",
+        Digest => "p2p-digest", Status => "status", Other => "other",
     }
 );
 
@@ -127,6 +127,41 @@ impl Metrics {
     /// This appliance answered a fleet request (a member asked it as the owner of a key).
     pub fn fleet_served(&self) {
         self.fleet_served.fetch_add(1, Relaxed);
+    }
+
+    /// Requests so far with this route and outcome (for the status page).
+    pub fn requests_of(&self, route: Route, outcome: Outcome) -> u64 {
+        self.requests[route as usize][outcome as usize].load(Relaxed)
+    }
+    /// Bytes fetched so far from `source`.
+    pub fn fetched_bytes(&self, source: Source) -> u64 {
+        self.fetched[source as usize].load(Relaxed)
+    }
+    /// Response body bytes sent so far.
+    pub fn served_bytes(&self) -> u64 {
+        self.served.load(Relaxed)
+    }
+    /// Upstream answers so far of this class.
+    pub fn upstream_count(&self, status: UpstreamStatus) -> u64 {
+        self.upstream[status as usize].load(Relaxed)
+    }
+    /// Bytes and files held in the disk cache now.
+    pub fn cache(&self) -> (u64, u64) {
+        (
+            self.cache_size.load(Relaxed),
+            self.cache_entries.load(Relaxed),
+        )
+    }
+    /// Evictions so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Relaxed)
+    }
+    /// Verification failures so far, all sources.
+    pub fn verification_failures(&self) -> u64 {
+        self.verification_failures
+            .iter()
+            .map(|v| v.load(Relaxed))
+            .sum()
     }
 
     /// Renders the Prometheus text exposition format.

@@ -173,11 +173,11 @@ async fn a_member_killed_mid_run_costs_at_most_its_share() {
             .collect()
     };
     let mut members = Vec::new();
-    for i in 0..2 {
+    for (i, port) in ports.iter().take(2).enumerate() {
         let peers = peers_of(i);
         let cache = work.path().join(format!("m{i}"));
         members.push(
-            Appliance::start_on(&cache, ports[i], &[up.url()], &f.public_key, move |s| {
+            Appliance::start_on(&cache, *port, &[up.url()], &f.public_key, move |s| {
                 s.peers = Some(peers)
             })
             .await,

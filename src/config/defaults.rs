@@ -28,6 +28,10 @@ pub(super) fn default_accelerate_below() -> String {
 pub(super) fn default_torrent_hot_set() -> usize {
     512
 }
+/// One status sample per 10 s: 360 samples are the last hour (the day ring takes every 30th).
+pub(super) fn default_status_interval() -> String {
+    "10s".into()
+}
 /// 10 GiB holds the closures of a typical CI farm's hot set without filling a small volume.
 pub(super) fn default_max_cache_size() -> String {
     "10GiB".into()

@@ -56,6 +56,10 @@ pub enum Command {
     /// /nix-cache-info, and prints them fastest first, e.g.
     /// `extra-substituters = http://192.168.1.20:8080`. Exits 1 when none answers.
     Discover(DiscoverArgs),
+    /// Show a running appliance's hit ratio, egress saved, disk, upstreams and peers.
+    ///
+    /// Reads /_status/v1 (the data of the status page at /) from --url.
+    Status(StatusArgs),
     /// Probe a running appliance's /healthz (for container HEALTHCHECKs; no curl needed).
     Health {
         /// The appliance's base URL.
@@ -66,6 +70,30 @@ pub enum Command {
         )]
         url: String,
     },
+}
+
+/// Flags of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The appliance's base URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080",
+        env = "NIXGATE_STATUS_URL"
+    )]
+    pub url: String,
+    /// Output: a summary for people, or the /_status/v1 JSON as is.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+/// Output format of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// Hit ratio, egress saved, disk, upstreams and peers.
+    Text,
+    /// The /_status/v1 document, pretty-printed.
+    Json,
 }
 
 /// Flags of `discover`.

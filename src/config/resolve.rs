@@ -54,6 +54,8 @@ pub struct Config {
     pub mdns: bool,
     /// Who owns keys in the fleet.
     pub fleet: Membership,
+    /// Interval of the status page's history samples.
+    pub status_interval: Duration,
 }
 
 impl Config {
@@ -109,8 +111,19 @@ impl ServeArgs {
                 configured: !s.no_fleet,
                 mdns: s.fleet_mdns,
             },
+            status_interval: status_interval(&s)?,
         })
     }
+}
+
+/// The status sample interval: at least 100 ms (a zero interval would spin).
+fn status_interval(s: &ServeArgs) -> Result<Duration, ConfigError> {
+    let d = duration(
+        "status-interval",
+        &s.status_interval,
+        default_status_interval,
+    )?;
+    Ok(d.max(Duration::from_millis(100)))
 }
 
 /// A list setting, or its default when unset.

@@ -186,6 +186,15 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_FLEET_MDNS", value_parser = BoolishValueParser::new())]
     #[serde(default)]
     pub fleet_mdns: bool,
+    /// How often the status page's history takes a sample (hidden: tests make it quick)
+    /// [default: 10s].
+    #[arg(
+        long,
+        env = "NIXGATE_STATUS_INTERVAL",
+        value_name = "DURATION",
+        hide = true
+    )]
+    pub status_interval: Option<String>,
 }
 
 /// One layer of settings over a lower one: what the upper layer leaves unset comes from below.
@@ -223,7 +232,7 @@ impl ServeArgs {
             negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
             stall_timeout, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,
-            no_mdns, no_fleet, fleet_mdns,
+            no_mdns, no_fleet, fleet_mdns, status_interval,
         )
     }
 

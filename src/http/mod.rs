@@ -6,6 +6,7 @@ pub mod handlers;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod status;
 
 #[cfg(test)]
 mod proptests;

@@ -29,6 +29,10 @@ pub enum Target {
     Digest,
     /// `/_p2p/v1/torrent/<FileHash nix32>`: the `.torrent` of a held NAR.
     Torrent(Sha256),
+    /// `/`: the status page (HTML).
+    StatusPage,
+    /// `/_status/v1`: the status page's data (JSON).
+    StatusJson,
     /// A path of a known kind that is malformed (400).
     Invalid(&'static str),
     NotFound,
@@ -50,6 +54,7 @@ impl Target {
             Target::Peers => Route::Peers,
             Target::Torrent(_) => Route::Torrent,
             Target::Digest => Route::Digest,
+            Target::StatusPage | Target::StatusJson => Route::Status,
             Target::Invalid(_) | Target::NotFound => Route::Other,
         }
     }
@@ -93,6 +98,8 @@ pub fn parse(path: &str) -> Target {
         return Target::NotFound;
     };
     match p {
+        "" => return Target::StatusPage,
+        "_status/v1" => return Target::StatusJson,
         "nix-cache-info" => return Target::CacheInfo,
         "healthz" => return Target::Health,
         "readyz" => return Target::Ready,
@@ -157,6 +164,8 @@ mod tests {
         ));
         let r = format!("/realisations/sha256:{}!out.doi", "ab".repeat(32));
         assert!(matches!(parse(&r), Target::Realisation(_)));
+        assert_eq!(parse("/"), Target::StatusPage);
+        assert_eq!(parse("/_status/v1"), Target::StatusJson);
     }
 
     #[test]
@@ -173,7 +182,7 @@ mod tests {
             "/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee.narinfo",
             "/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar.gz",
             "",
-            "/",
+            "//",
         ] {
             assert!(
                 matches!(parse(p), Target::Invalid(_) | Target::NotFound),

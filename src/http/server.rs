@@ -58,6 +58,8 @@ async fn dispatch(
         Target::Peers => handlers::peers(app),
         Target::Torrent(fh) => handlers::torrent(app, fh).await,
         Target::Digest => handlers::digest(app).await,
+        Target::StatusPage => super::status::page(app),
+        Target::StatusJson => super::status::json(app),
         Target::NarInfo(h) => handlers::narinfo(app, h, ask).await,
         Target::Nar { file_hash, ext } if head => {
             handlers::nar_head(app, file_hash, ext, ask).await
@@ -100,6 +102,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         }
     };
     app.metrics.request(route, outcome);
+    app.status.request(route, outcome, req.uri().path());
     if req.method() == Method::HEAD {
         // Headers (Content-Length included) stay; the body never goes out.
         *resp.body_mut() = body::empty();

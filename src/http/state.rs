@@ -21,6 +21,8 @@ pub struct App {
     pub cache_info: Bytes,
     pub down_policy: DownPolicy,
     pub peers: Arc<PeerSet>,
+    /// The status page's history and recent events.
+    pub status: Arc<crate::status::Status>,
     /// The last `/_p2p/v1/digest` body and when it was built.
     pub digest: Mutex<Option<(Instant, Bytes)>>,
 }

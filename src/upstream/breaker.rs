@@ -78,6 +78,15 @@ impl Breaker {
         };
     }
 
+    /// The circuit's state as a word: `closed`, `open` or `half-open`.
+    pub fn state_name(&self) -> &'static str {
+        match *self.state() {
+            State::Closed { .. } => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen => "half-open",
+        }
+    }
+
     /// True while requests are being skipped.
     pub fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })

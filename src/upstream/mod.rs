@@ -40,6 +40,8 @@ pub struct Upstream {
     /// Base URL, always ending in `/`.
     pub base: Url,
     pub breaker: Breaker,
+    /// The last failure and when (for the status page).
+    last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
 }
 
 impl Upstream {
@@ -47,7 +49,24 @@ impl Upstream {
         Upstream {
             base,
             breaker: Breaker::default(),
+            last_error: Default::default(),
         }
+    }
+
+    /// Remembers `e` as the last failure (a skip while the circuit is open is not one).
+    fn note_error(&self, e: &UpstreamError) {
+        if !matches!(e, UpstreamError::CircuitOpen) {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((std::time::SystemTime::now(), e.to_string()));
+        }
+    }
+
+    /// The last failure and when it happened, if any.
+    pub fn last_error(&self) -> Option<(std::time::SystemTime, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -227,7 +246,11 @@ impl UpstreamClient {
         url: &Url,
         metrics: &Metrics,
     ) -> Result<Answer, UpstreamError> {
-        self.send(up, method, url, Asker::Upstream(metrics)).await
+        let r = self.send(up, method, url, Asker::Upstream(metrics)).await;
+        if let Err(e) = &r {
+            up.note_error(e);
+        }
+        r
     }
 
     /// Asks a peer appliance with `Cache-Control: only-if-cached`, so that it answers from
@@ -238,7 +261,11 @@ impl UpstreamClient {
         method: Method,
         url: &Url,
     ) -> Result<Answer, UpstreamError> {
-        self.send(peer, method, url, Asker::Peer).await
+        let r = self.send(peer, method, url, Asker::Peer).await;
+        if let Err(e) = &r {
+            peer.note_error(e);
+        }
+        r
     }
 
     /// Asks a fleet member as the owner of a key (see `peers::fleet`): it answers from its
