@@ -48,6 +48,8 @@ pub use write::WriteHandle;
 pub enum StoreError {
     #[error("cache dir {0} holds an unknown layout (VERSION {1:?}); use an empty directory")]
     Version(PathBuf, String),
+    #[error("cache dir {0} is not empty and holds no nixgate VERSION file; refusing to use it (nothing was changed): point --cache-dir at an empty or new directory")]
+    NotEmpty(PathBuf),
     #[error("cache I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -221,6 +223,27 @@ mod tests {
         assert!(!tmp.exists());
         assert!(s.nar(&fh, ".xz").is_none());
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn refuses_a_non_empty_directory_without_version() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["tmp", "nar", "narinfo"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+            fs::write(dir.path().join(d).join("precious"), "keep me").unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path(), 1 << 20, Arc::new(Metrics::default()), None),
+            Err(StoreError::NotEmpty(..))
+        ));
+        for d in ["tmp", "nar", "narinfo"] {
+            assert!(dir.path().join(d).join("precious").exists());
+        }
+        assert!(!dir.path().join("VERSION").exists());
+        let empty = dir.path().join("fresh");
+        fs::create_dir(&empty).unwrap();
+        open(&empty, 1 << 20);
+        assert!(empty.join("VERSION").exists());
     }
 
     #[test]
