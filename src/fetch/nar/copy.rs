@@ -125,6 +125,11 @@ impl Fetcher {
             accelerate,
             counted: 0,
         };
+        if let (None, Body::Http(b)) = (plan.size, &feed.body) {
+            if let Some(len) = b.content_length {
+                sink.expect(len, relay, tx, &plan.fh);
+            }
+        }
         let checks = Checks::new(plan, nar_check);
         let size = match self
             .copy(plan, &mut feed, checks, &mut sink, relay, tx)

@@ -90,13 +90,7 @@ impl Sink {
                     tx.send_replace(Progress::Running(written));
                     return Ok(());
                 }
-                let file_end = written - chunk.len() as u64;
-                tracing::warn!(file_hash = %fh, offset = file_end, "cache cannot store this NAR; relaying it uncached");
-                *self = Sink::Readers {
-                    readers: relay.close(file_end),
-                    held: Some(chunk),
-                };
-                tx.send_replace(Progress::Relaying(file_end));
+                self.switch(written - chunk.len() as u64, Some(chunk), relay, tx, fh);
                 Ok(())
             }
             Sink::Readers { readers, held } => match held.replace(chunk) {
@@ -104,6 +98,33 @@ impl Sink {
                 None => Ok(()),
             },
         }
+    }
+
+    /// The length the source announced (when no narinfo told it): reserved up front, so a
+    /// NAR the cache cannot hold is relayed from its first byte, evicting nothing.
+    pub fn expect(&mut self, len: u64, relay: &Relay, tx: &watch::Sender<Progress>, fh: &Sha256) {
+        if let Sink::File { tmp, .. } = self {
+            if tmp.grow(len).is_err() {
+                self.switch(0, None, relay, tx, fh);
+            }
+        }
+    }
+
+    /// Gives up storing at `file_end` bytes: from now on chunks go to the readers.
+    fn switch(
+        &mut self,
+        file_end: u64,
+        held: Option<Bytes>,
+        relay: &Relay,
+        tx: &watch::Sender<Progress>,
+        fh: &Sha256,
+    ) {
+        tracing::warn!(file_hash = %fh, offset = file_end, "cache cannot store this NAR; relaying it uncached");
+        *self = Sink::Readers {
+            readers: relay.close(file_end),
+            held,
+        };
+        tx.send_replace(Progress::Relaying(file_end));
     }
 
     /// The whole file verified: commits it, or sends the last chunk to the readers. A failed
