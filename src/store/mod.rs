@@ -1,6 +1,7 @@
-//! The disk cache: the [`Store`] handle, its deletions (with the eviction listener) and
-//! readiness. Layout in [`layout`], start-up scan in [`rebuild`], writes in [`write`], reads
-//! in [`lookup`], the LRU in [`index`], the peer digest in [`digest`].
+//! The disk cache: the [`Store`] handle and its deletions (with the eviction listener).
+//! Layout in [`layout`], start-up scan in [`rebuild`], writes and cap reservations in
+//! [`write`], reads in [`lookup`], the LRU in [`index`], store failures and readiness in
+//! [`health`], the peer digest in [`digest`].
 //!
 //! Layout under the cache dir (version in `VERSION`):
 //!
