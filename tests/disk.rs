@@ -302,3 +302,76 @@ async fn damaged_files_on_disk_are_not_served() {
     assert_eq!(ready(&a).await.status, 200, "readiness does not recover");
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_of_a_download_that_runs_out_of_space_all_get_it_whole() {
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk");
+    let _mount = tmpfs(&disk, "2m");
+    let a = Appliance::start(&disk.join("cache"), &[up.url()], &f.public_key, |a| {
+        a.max_cache_size = Some("64MiB".into())
+    })
+    .await;
+    let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big));
+    assert_eq!(get(&narinfo, &[]).await.status, 200);
+    // Slow enough that every reader joins before the 3 MB NAR fills the 2 MiB disk.
+    up.rate.store(1_500_000, Ordering::SeqCst);
+    let url = format!("{}/{}", a.url(), f.nar_url(&f.big));
+    let readers: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    for r in readers {
+        let g = r.await.unwrap();
+        assert_eq!((g.status, g.body_error.as_deref()), (200, None));
+        assert_eq!(g.bytes, nar_bytes(f, &f.big));
+    }
+    assert_eq!(
+        up.count(&f.nar_url(&f.big)),
+        1,
+        "the readers were not coalesced"
+    );
+    assert!(a.metric(NO_SPACE).await >= 1);
+    assert!(files(&a.cache_dir, "tmp").is_empty());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_over_the_cap_never_fill_the_disk() {
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk");
+    // Three ~400 KB misses under a 1 MiB cap on a 1150 KiB disk: two are stored, the
+    // third is streamed uncached; the disk never runs out (issue 11, finding 5 scaled down).
+    let _mount = tmpfs(&disk, "1150k");
+    let a = Appliance::start(&disk.join("cache"), &[up.url()], &f.public_key, |a| {
+        a.max_cache_size = Some("1MiB".into())
+    })
+    .await;
+    for b in &f.blobs[..3] {
+        let url = format!("{}/{}.narinfo", a.url(), Fixture::hash(b));
+        assert_eq!(get(&url, &[]).await.status, 200);
+    }
+    up.rate.store(400_000, Ordering::SeqCst);
+    let misses: Vec<_> = f.blobs[..3]
+        .iter()
+        .map(|b| {
+            let url = format!("{}/{}", a.url(), f.nar_url(b));
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    for (m, b) in misses.into_iter().zip(&f.blobs) {
+        let g = m.await.unwrap();
+        assert_eq!((g.status, g.body_error.as_deref()), (200, None));
+        assert_eq!(g.bytes, nar_bytes(f, b));
+    }
+    assert_eq!(a.metric(NO_SPACE).await, 0, "the disk ran out");
+    assert_eq!(a.metric(CAP).await, 1);
+    assert_eq!(files(&a.cache_dir, "nar").len(), 2);
+    a.stop().await;
+}
