@@ -56,6 +56,11 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// Why the cache could not store a download (it was streamed through instead).
+    StoreFailure { NoSpace => "no_space", CapReached => "cap_reached", Io => "io_error" }
+);
+
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }
@@ -73,6 +78,7 @@ pub struct Metrics {
     coalesced: AtomicU64,
     torrents_seeding: AtomicU64,
     fleet_served: AtomicU64,
+    store_failures: [AtomicU64; StoreFailure::COUNT],
 }
 
 impl Default for Metrics {
@@ -89,6 +95,7 @@ impl Default for Metrics {
             coalesced: AtomicU64::new(0),
             torrents_seeding: AtomicU64::new(0),
             fleet_served: AtomicU64::new(0),
+            store_failures: counters(),
         }
     }
 }
@@ -162,6 +169,10 @@ impl Metrics {
             .iter()
             .map(|v| v.load(Relaxed))
             .sum()
+    }
+    /// The cache could not store a download (it was served uncached).
+    pub fn store_failure(&self, reason: StoreFailure) {
+        self.store_failures[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Renders the Prometheus text exposition format.
@@ -256,6 +267,14 @@ impl Metrics {
                 "Requests other fleet members sent to this appliance as the owner of a key.",
             )
             .value(&self.fleet_served),
+            Family::new(
+                "nixgate_cache_store_failures_total",
+                Counter,
+                "Downloads the cache could not store (served uncached instead), by reason.",
+            )
+            .by("reason", StoreFailure::ALL, |r| {
+                &self.store_failures[r as usize]
+            }),
         ]
     }
 }

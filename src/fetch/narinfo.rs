@@ -97,7 +97,12 @@ impl Fetcher {
         h: StorePathHash,
         ask: Ask,
     ) -> Result<(Bytes, bool), FetchError> {
-        if let Some((_, stored)) = self.store.narinfo(&h).await {
+        // A narinfo read from disk is checked once: damaged files are dropped and refetched.
+        let valid = |stored: &Bytes, fh: &crate::nix::hash::Sha256| {
+            parse_stored(stored)
+                .is_some_and(|(_, ni)| ni.base.hash == h && ni.file_hash == Some(*fh))
+        };
+        if let Some((_, stored)) = self.store.narinfo(&h, valid).await {
             return Ok((served_part(&stored), true));
         }
         if ask.only_if_cached {
@@ -275,17 +280,18 @@ impl Fetcher {
     ) -> Result<Bytes, FetchError> {
         let stored = Bytes::from(stored);
         let (store, b) = (self.store.clone(), stored.clone());
-        tokio::task::spawn_blocking(move || {
+        let stored_ok = tokio::task::spawn_blocking(move || {
             let mut w = store.begin_narinfo(h, fh)?;
             w.write_all(&b)?;
             w.commit()
         })
         .await
-        .map_err(|e| FetchError::Storage(e.to_string()))?
-        .map_err(|e| {
-            tracing::error!(error = %e, hash = %h, "cannot store narinfo");
-            FetchError::Storage(e.to_string())
-        })?;
+        .map_err(|e| FetchError::Storage(e.to_string()))
+        .and_then(|r| r.map_err(|e| FetchError::Storage(e.to_string())));
+        // A full or broken disk degrades: the verified narinfo is served, just not cached.
+        if let Err(e) = stored_ok {
+            tracing::warn!(error = %e, hash = %h, "cannot store narinfo; serving it uncached");
+        }
         self.metrics.fetched(source, stored.len() as u64);
         Ok(stored)
     }

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::{mpsc, watch};
 
-use crate::fetch::nar::{Download, Progress};
+use crate::fetch::nar::{Progress, Reader, Relay};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamBody;
 
@@ -97,6 +97,8 @@ pub fn file_range(file: File, start: u64, end: u64, metrics: Arc<Metrics>) -> Bo
 struct Tail {
     file: Arc<File>,
     progress: watch::Receiver<Progress>,
+    relay: Arc<Relay>,
+    rest: mpsc::Receiver<Bytes>,
     pos: u64,
     finished: bool,
 }
@@ -107,7 +109,19 @@ impl Tail {
         if self.finished {
             return None;
         }
+        let r = self.advance().await;
+        match &r {
+            Some(Ok(b)) => self.pos += b.len() as u64,
+            _ => self.finished = true,
+        }
+        r
+    }
+
+    async fn advance(&mut self) -> Option<Result<Bytes, BodyError>> {
         loop {
+            if let Some(file_end) = self.relay.file_end() {
+                return self.relayed(file_end).await;
+            }
             let state = self.progress.borrow_and_update().clone();
             // Hold back the last written byte until the file verified: a failed download
             // must never look complete to the client.
@@ -115,38 +129,56 @@ impl Tail {
                 Progress::Running(n) => (n.saturating_sub(1), false),
                 Progress::Done(n) => (n, true),
                 Progress::Failed(e) => {
-                    self.finished = true;
-                    return Some(Err(BodyError(format!("download failed: {e}"))));
+                    return Some(Err(BodyError(format!("download failed: {e}"))))
                 }
+                // Seen through `relay.file_end()` on the next turn.
+                Progress::Relaying(_) => continue,
             };
             if self.pos < readable {
                 let len = (readable - self.pos).min(CHUNK as u64) as usize;
-                let r = read_at(self.file.clone(), self.pos, len).await;
-                if let Ok(b) = &r {
-                    self.pos += b.len() as u64;
-                }
-                self.finished = r.is_err();
-                return Some(r);
+                return Some(read_at(self.file.clone(), self.pos, len).await);
             }
             if done {
-                self.finished = true;
                 return None;
             }
             if self.progress.changed().await.is_err()
                 && !matches!(*self.progress.borrow(), Progress::Done(_))
             {
-                self.finished = true;
                 return Some(Err(BodyError("download ended without a result".into())));
             }
+        }
+    }
+
+    /// After the switch to uncached streaming: the temp file up to `file_end`, then this
+    /// reader's channel, which ends well only if the download verified.
+    async fn relayed(&mut self, file_end: u64) -> Option<Result<Bytes, BodyError>> {
+        if self.pos < file_end {
+            let len = (file_end - self.pos).min(CHUNK as u64) as usize;
+            return Some(read_at(self.file.clone(), self.pos, len).await);
+        }
+        if let Some(b) = self.rest.recv().await {
+            return Some(Ok(b));
+        }
+        let end = self
+            .progress
+            .wait_for(|p| matches!(p, Progress::Done(_) | Progress::Failed(_)))
+            .await
+            .map(|p| p.clone());
+        match end {
+            Ok(Progress::Done(_)) => None,
+            Ok(Progress::Failed(e)) => Some(Err(BodyError(format!("download failed: {e}")))),
+            _ => Some(Err(BodyError("download ended without a result".into()))),
         }
     }
 }
 
 /// A download into the cache, from its start, as it grows.
-pub fn download(d: Download, metrics: Arc<Metrics>) -> Body {
+pub fn download(r: Reader, metrics: Arc<Metrics>) -> Body {
     let tail = Tail {
-        file: d.file,
-        progress: d.progress,
+        file: r.download.file,
+        progress: r.download.progress,
+        relay: r.download.relay,
+        rest: r.rest,
         pos: 0,
         finished: false,
     };

@@ -65,21 +65,31 @@ pub fn health(app: &App) -> Handled {
     )
 }
 
-/// `/readyz`: 503 while the cache dir does not accept writes.
+/// `/readyz`: 503 with the reason while the cache cannot store (dir not writable, a full
+/// disk, the cap taken by downloads under way, an unreadable shard). Misses are still served
+/// (uncached) meanwhile; this tells an operator or a load balancer why.
 pub async fn ready(app: &Arc<App>) -> Handled {
     let store = app.store.clone();
-    let usable = tokio::task::spawn_blocking(move || store.usable())
+    let readiness = tokio::task::spawn_blocking(move || store.readiness())
         .await
-        .unwrap_or(false);
-    if usable {
-        buffer(
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match readiness {
+        Ok(()) => buffer(
             app,
             "text/plain; charset=utf-8",
             Bytes::from_static(b"ready\n"),
             Outcome::Hit,
-        )
-    } else {
-        Err(ServeError::Storage)
+        ),
+        Err(reason) => {
+            let text = format!("not ready: {reason}\n");
+            let resp = Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header(header::CONTENT_LENGTH, text.len())
+                .body(body::small(text))
+                .expect("valid headers");
+            Ok((Outcome::Unavailable, resp))
+        }
     }
 }
 
@@ -198,7 +208,7 @@ pub async fn nar(
         NarSource::Cached { path, size } => return cached_file(app, &path, size, headers),
         NarSource::Download(d) => {
             let mut b = ok(NAR_TYPE);
-            if let Some(size) = d.size {
+            if let Some(size) = d.download.size {
                 b = b.header(header::CONTENT_LENGTH, size);
             }
             b.body(body::download(d, m))

@@ -19,6 +19,9 @@ pub struct NarFile {
     /// Extension with its dot, e.g. `.xz`, or `""`.
     pub ext: &'static str,
     pub size: u64,
+    /// False for a file found on disk at start-up until its size was checked against its
+    /// narinfo (the disk may have changed since nixgate wrote it).
+    pub checked: bool,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +57,8 @@ pub struct Index {
     clock: u64,
     bytes: u64,
     files: u64,
+    /// Bytes promised to downloads under way (not yet committed): they count against the cap.
+    reserved: u64,
 }
 
 impl Index {
@@ -139,6 +144,18 @@ impl Index {
         old
     }
 
+    /// Removes the narinfo of `h` (a damaged file); the FileHash it pointed at.
+    pub fn drop_narinfo(&mut self, h: &StorePathHash) -> Option<Sha256> {
+        self.remove_narinfo(h)
+    }
+
+    /// Marks the NAR of `fh` as checked.
+    pub fn mark_checked(&mut self, fh: &Sha256) {
+        if let Some(n) = self.groups.get_mut(fh).and_then(|g| g.nar.as_mut()) {
+            n.checked = true;
+        }
+    }
+
     fn remove_narinfo(&mut self, h: &StorePathHash) -> Option<Sha256> {
         let fh = self.narinfos.remove(h)?;
         let g = self.groups.get_mut(&fh)?;
@@ -175,6 +192,24 @@ impl Index {
         })
     }
 
+    /// Bytes promised to downloads under way.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Promises `n` more bytes to a download if indexed files can be evicted to make room under
+    /// `cap` (reservations are never evicted); evicts them. `None`: it does not fit.
+    pub fn reserve(&mut self, n: u64, cap: u64) -> Option<Vec<Evicted>> {
+        let reserved = self.reserved.checked_add(n).filter(|r| *r <= cap)?;
+        self.reserved = reserved;
+        Some(self.evict_to(cap - reserved, None))
+    }
+
+    /// Gives back `n` reserved bytes (the download ended or was committed).
+    pub fn release(&mut self, n: u64) {
+        self.reserved = self.reserved.saturating_sub(n);
+    }
+
     /// Evicts least recently used groups until at most `limit` bytes remain, never evicting
     /// `keep` (the group just written).
     pub fn evict_to(&mut self, limit: u64, keep: Option<&Sha256>) -> Vec<Evicted> {
@@ -207,6 +242,7 @@ mod tests {
     const NAR: NarFile = NarFile {
         ext: ".xz",
         size: 1000,
+        checked: true,
     };
 
     #[test]
@@ -240,6 +276,23 @@ mod tests {
     }
 
     #[test]
+    fn reservations_count_against_the_cap() {
+        let mut ix = Index::default();
+        ix.insert_nar(f(1), NAR);
+        assert!(ix.reserve(2000, 4000).unwrap().is_empty());
+        let ev = ix.reserve(2000, 4000).unwrap();
+        assert_eq!(ev.len(), 1, "cached bytes make room for downloads");
+        assert!(
+            ix.reserve(1, 4000).is_none(),
+            "in-flight bytes never exceed the cap"
+        );
+        ix.release(2000);
+        assert!(ix.reserve(2000, 4000).is_some());
+        assert!(ix.reserve(u64::MAX, u64::MAX).is_none());
+        assert_eq!(ix.reserved(), 4000);
+    }
+
+    #[test]
     fn keep_is_never_evicted_and_replacing_moves_a_narinfo() {
         let mut ix = Index::default();
         ix.insert_narinfo(h(1), f(1), 100);
@@ -248,6 +301,7 @@ mod tests {
             NarFile {
                 ext: "",
                 size: 5000,
+                checked: true,
             },
         );
         assert!(ix.evict_to(10, Some(&f(1))).is_empty());

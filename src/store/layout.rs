@@ -25,7 +25,7 @@ pub(super) enum Name {
 }
 
 impl Layout {
-    /// Checks (or writes) `VERSION`, empties `tmp/` and creates the top directories.
+    /// Checks `VERSION` (writing it only into an empty directory), empties `tmp/` and creates the top directories.
     pub fn prepare(root: &Path) -> Result<Self, StoreError> {
         let version = root.join("VERSION");
         match fs::read_to_string(&version) {
@@ -33,6 +33,11 @@ impl Layout {
             Ok(v) => return Err(StoreError::Version(root.to_owned(), v)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(root).map_err(io_err(root))?;
+                // Without VERSION this is not a nixgate cache: adopting it would delete
+                // whatever its tmp/, nar/ and narinfo/ hold. Only an empty directory is taken.
+                if fs::read_dir(root).map_err(io_err(root))?.next().is_some() {
+                    return Err(StoreError::NotEmpty(root.to_owned()));
+                }
                 fs::write(&version, VERSION).map_err(io_err(&version))?;
             }
             Err(e) => return Err(io_err(&version)(e)),

@@ -22,18 +22,28 @@ pub(super) fn hot_cache() -> moka::sync::Cache<StorePathHash, Bytes> {
 }
 
 impl Store {
-    /// The stored narinfo file for `h` (upstream URL line + served text), if cached.
-    pub async fn narinfo(self: &Arc<Self>, h: &StorePathHash) -> Option<(Sha256, Bytes)> {
+    /// The stored narinfo file for `h` (upstream URL line + served text), if cached. A file
+    /// read from disk must pass `valid` (it may have been damaged since it was written): one
+    /// that does not is dropped, so the caller refetches it.
+    pub async fn narinfo(
+        self: &Arc<Self>,
+        h: &StorePathHash,
+        valid: impl Fn(&Bytes, &Sha256) -> bool,
+    ) -> Option<(Sha256, Bytes)> {
         let fh = self.index().narinfo(h)?;
         if let Some(b) = self.hot.get(h) {
             return Some((fh, b));
         }
         let path = self.layout.narinfo_path(h, &fh);
-        match tokio::fs::read(&path).await {
-            Ok(b) => {
-                let b = Bytes::from(b);
+        match tokio::fs::read(&path).await.map(Bytes::from) {
+            Ok(b) if valid(&b, &fh) => {
                 self.hot.insert(*h, b.clone());
                 Some((fh, b))
+            }
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "dropping a damaged cached narinfo; refetching");
+                self.drop_narinfo(h, &fh);
+                None
             }
             Err(e) => {
                 // Evicted between the index lookup and the read, or removed by hand.
@@ -65,10 +75,32 @@ impl Store {
         self.layout.nar_path(fh, ext)
     }
 
+    /// Removes the narinfo of `h` (pointing at `fh`) from the index and the disk.
+    fn drop_narinfo(&self, h: &StorePathHash, fh: &Sha256) {
+        if self.index().drop_narinfo(h).is_some() {
+            self.hot.invalidate(h);
+            let _ = std::fs::remove_file(self.layout.narinfo_path(h, fh));
+            let ix = self.index();
+            self.metrics.set_cache(ix.bytes(), ix.files());
+        }
+    }
+
     /// The cached NAR with this FileHash, if it is stored under extension `ext`.
     pub fn nar(&self, fh: &Sha256, ext: &str) -> Option<(PathBuf, u64)> {
         let nar = self.index().nar(fh).filter(|n| n.ext == ext)?;
         Some((self.nar_path(fh, nar.ext), nar.size))
+    }
+
+    /// Like [`Store::nar`], for a NAR found on disk at start-up and not yet checked against
+    /// its narinfo: `Some(true)` when it still needs [`Store::nar_checked`].
+    pub fn nar_unchecked(&self, fh: &Sha256, ext: &str) -> Option<bool> {
+        let nar = self.index().nar(fh).filter(|n| n.ext == ext)?;
+        Some(!nar.checked)
+    }
+
+    /// Marks a NAR found at start-up as checked (its size matched its narinfo's FileSize).
+    pub fn nar_checked(&self, fh: &Sha256) {
+        self.index().mark_checked(fh);
     }
 
     /// The cached NAR with this FileHash, whatever its extension: path, size, extension.

@@ -1,6 +1,7 @@
-//! The disk cache: the [`Store`] handle, its deletions (with the eviction listener) and
-//! readiness. Layout in [`layout`], start-up scan in [`rebuild`], writes in [`write`], reads
-//! in [`lookup`], the LRU in [`index`], the peer digest in [`digest`].
+//! The disk cache: the [`Store`] handle and its deletions (with the eviction listener).
+//! Layout in [`layout`], start-up scan in [`rebuild`], writes and cap reservations in
+//! [`write`], reads in [`lookup`], the LRU in [`index`], store failures and readiness in
+//! [`health`], the peer digest in [`digest`].
 //!
 //! Layout under the cache dir (version in `VERSION`):
 //!
@@ -19,6 +20,7 @@
 //! never a partial file where a reader would find it.
 
 pub mod digest;
+mod health;
 pub mod index;
 mod layout;
 mod lookup;
@@ -48,6 +50,11 @@ pub use write::WriteHandle;
 pub enum StoreError {
     #[error("cache dir {0} holds an unknown layout (VERSION {1:?}); use an empty directory")]
     Version(PathBuf, String),
+    #[error("cache dir {0} is not empty and holds no nixgate VERSION file; refusing to use it (nothing was changed): point --cache-dir at an empty or new directory")]
+    NotEmpty(PathBuf),
+    /// Downloads under way already hold what the cap allows.
+    #[error("cache cap reached: {want} more bytes do not fit beside the downloads under way")]
+    CapReached { want: u64 },
     #[error("cache I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -67,6 +74,7 @@ pub struct Store {
     hot: moka::sync::Cache<StorePathHash, Bytes>,
     metrics: Arc<Metrics>,
     seq: AtomicU64,
+    health: health::Health,
     /// Told the FileHash of every NAR that leaves the cache (the torrent engine stops seeding).
     on_gone: Option<mpsc::UnboundedSender<Sha256>>,
 }
@@ -88,6 +96,7 @@ impl Store {
             hot: lookup::hot_cache(),
             metrics,
             seq: AtomicU64::new(0),
+            health: Default::default(),
             on_gone,
         };
         store.rebuild()?;
@@ -137,11 +146,6 @@ impl Store {
         self.metrics.set_cache(ix.bytes(), ix.files());
     }
 
-    /// True when the cache dir accepts writes (for `/readyz`).
-    pub fn usable(&self) -> bool {
-        check_writable(&self.layout.tmp).is_ok()
-    }
-
     /// Total bytes indexed.
     pub fn bytes(&self) -> u64 {
         self.index().bytes()
@@ -159,7 +163,7 @@ mod tests {
     }
 
     fn nar(store: &Arc<Store>, fh: &Sha256, len: usize) {
-        let mut t = store.begin_nar(*fh, ".xz").unwrap();
+        let mut t = store.begin_nar(*fh, ".xz", None).unwrap();
         t.file().write_all(&vec![7u8; len]).unwrap();
         t.commit().unwrap();
     }
@@ -178,13 +182,16 @@ mod tests {
             let s = open(dir.path(), 1 << 20);
             narinfo(&s, &h, &fh, b"url\nnarinfo");
             nar(&s, &fh, 100);
-            let abandoned = s.begin_nar(Sha256([3; 32]), ".xz").unwrap();
+            let abandoned = s.begin_nar(Sha256([3; 32]), ".xz", None).unwrap();
             std::mem::forget(abandoned); // as if the process died mid-download
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
         let s = open(dir.path(), 1 << 20);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        assert_eq!(s.narinfo(&h).await.unwrap().1, &b"url\nnarinfo"[..]);
+        assert_eq!(
+            s.narinfo(&h, |_, _| true).await.unwrap().1,
+            &b"url\nnarinfo"[..]
+        );
         assert_eq!(s.nar(&fh, ".xz").unwrap().1, 100);
         assert!(s.nar(&fh, ".zst").is_none());
     }
@@ -214,13 +221,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), 1 << 20);
         let fh = Sha256([5; 32]);
-        let mut w = s.begin_nar(fh, ".xz").unwrap();
+        let mut w = s.begin_nar(fh, ".xz", None).unwrap();
         w.write_all(b"partial").unwrap();
         let tmp = w.path().to_owned();
         drop(w);
         assert!(!tmp.exists());
         assert!(s.nar(&fh, ".xz").is_none());
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn refuses_a_non_empty_directory_without_version() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["tmp", "nar", "narinfo"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+            fs::write(dir.path().join(d).join("precious"), "keep me").unwrap();
+        }
+        assert!(matches!(
+            Store::open(dir.path(), 1 << 20, Arc::new(Metrics::default()), None),
+            Err(StoreError::NotEmpty(..))
+        ));
+        for d in ["tmp", "nar", "narinfo"] {
+            assert!(dir.path().join(d).join("precious").exists());
+        }
+        assert!(!dir.path().join("VERSION").exists());
+        let empty = dir.path().join("fresh");
+        fs::create_dir(&empty).unwrap();
+        open(&empty, 1 << 20);
+        assert!(empty.join("VERSION").exists());
     }
 
     #[test]

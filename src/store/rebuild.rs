@@ -1,5 +1,8 @@
 //! The start-up scan: the index is rebuilt from directory listings and `stat` alone (no file
-//! is read), oldest first so the logical clock reproduces the write order as recency.
+//! is read), oldest first so the logical clock reproduces the write order as recency. What the
+//! disk holds is checked lazily on first use: a NAR's size against its narinfo's FileSize
+//! (`Store::nar_unchecked`), a narinfo's contents when first read (`Store::narinfo`). A shard
+//! that cannot be listed is logged and reported by `/readyz`.
 
 use std::fs;
 use std::time::SystemTime;
@@ -22,8 +25,12 @@ impl Store {
         let top = self.layout.root.join(dir);
         for shard in fs::read_dir(&top).map_err(io_err(&top))? {
             let shard = shard.map_err(io_err(&top))?.path();
-            let Ok(entries) = fs::read_dir(&shard) else {
-                continue;
+            let entries = match fs::read_dir(&shard) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.bad_shard(shard, &e);
+                    continue;
+                }
             };
             for e in entries.flatten() {
                 let file_name = e.file_name();
@@ -64,7 +71,14 @@ impl Store {
                     Name::NarInfo(h, fh) => {
                         ix.insert_narinfo(h, fh, f.size);
                     }
-                    Name::Nar(fh, ext) => ix.insert_nar(fh, NarFile { ext, size: f.size }),
+                    Name::Nar(fh, ext) => ix.insert_nar(
+                        fh,
+                        NarFile {
+                            ext,
+                            size: f.size,
+                            checked: false,
+                        },
+                    ),
                 }
             }
             ix.evict_to(self.max_bytes, None)

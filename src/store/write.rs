@@ -1,6 +1,11 @@
 //! The write path: a [`WriteHandle`] is a file in `tmp/` destined for one place in the cache.
 //! [`WriteHandle::commit`] is the only way a file enters the cache (fsync, rename, fsync the
 //! directory, then index it and evict inline); dropping the handle deletes the temp file.
+//!
+//! A NAR write holds a reservation: its bytes count against the cap from the start (its
+//! FileSize when known) and grow with what is written ([`WriteHandle::grow`]), so cached
+//! files plus downloads under way never exceed the cap. A write that does not fit, or fails,
+//! is recorded (metric, log, `/readyz`) and the caller streams the download uncached.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -26,16 +31,38 @@ pub struct WriteHandle {
     entry: Entry,
     path: PathBuf,
     file: Option<File>,
+    /// Bytes of the cap this write holds until it is committed or dropped.
+    reserved: u64,
 }
 
 impl Store {
-    /// Begins writing the NAR `<fh>.nar<ext>` (the caller verifies it before committing).
+    /// Begins writing the NAR `<fh>.nar<ext>` (the caller verifies it before committing),
+    /// reserving `size` bytes of the cap (its FileSize, when known). Fails, recorded, when the
+    /// reservation or the temp file cannot be had.
     pub fn begin_nar(
         self: &Arc<Self>,
         fh: Sha256,
         ext: &'static str,
+        size: Option<u64>,
     ) -> Result<WriteHandle, StoreError> {
-        self.begin(Entry::Nar(fh, ext))
+        let want = size.unwrap_or(0);
+        self.reserve(want).inspect_err(|e| self.store_failed(e))?;
+        let mut w = self.begin(Entry::Nar(fh, ext)).inspect_err(|e| {
+            self.index().release(want);
+            self.store_failed(e);
+        })?;
+        w.reserved = want;
+        Ok(w)
+    }
+
+    /// Reserves `n` bytes of the cap, evicting cached files to make room on disk.
+    fn reserve(&self, n: u64) -> Result<(), StoreError> {
+        let evicted = self
+            .index()
+            .reserve(n, self.max_bytes)
+            .ok_or(StoreError::CapReached { want: n })?;
+        self.delete_evicted(evicted);
+        Ok(())
     }
 
     /// Begins writing the narinfo file of `h`, which points at NAR `fh`.
@@ -45,6 +72,7 @@ impl Store {
         fh: Sha256,
     ) -> Result<WriteHandle, StoreError> {
         self.begin(Entry::NarInfo(h, fh))
+            .inspect_err(|e| self.store_failed(e))
     }
 
     fn begin(self: &Arc<Self>, entry: Entry) -> Result<WriteHandle, StoreError> {
@@ -59,6 +87,7 @@ impl Store {
             entry,
             path,
             file: Some(file),
+            reserved: 0,
         })
     }
 
@@ -69,21 +98,28 @@ impl Store {
         }
     }
 
-    /// Indexes a file just renamed into place and evicts down to the cap (keeping its group).
-    fn record(&self, entry: Entry, size: u64) {
+    /// Indexes a file just renamed into place (its reservation of `reserved` bytes ends) and
+    /// evicts down to the cap less the other downloads' reservations (keeping its group).
+    fn record(&self, entry: Entry, size: u64, reserved: u64) {
         let (stale, evicted) = {
             let mut ix = self.index();
+            ix.release(reserved);
+            let limit = self.max_bytes.saturating_sub(ix.reserved());
             match entry {
                 Entry::NarInfo(h, fh) => {
                     let stale = ix.insert_narinfo(h, fh, size);
-                    (
-                        stale.map(|old| (h, old)),
-                        ix.evict_to(self.max_bytes, Some(&fh)),
-                    )
+                    (stale.map(|old| (h, old)), ix.evict_to(limit, Some(&fh)))
                 }
                 Entry::Nar(fh, ext) => {
-                    ix.insert_nar(fh, NarFile { ext, size });
-                    (None, ix.evict_to(self.max_bytes, Some(&fh)))
+                    ix.insert_nar(
+                        fh,
+                        NarFile {
+                            ext,
+                            size,
+                            checked: true,
+                        },
+                    );
+                    (None, ix.evict_to(limit, Some(&fh)))
                 }
             }
         };
@@ -105,10 +141,36 @@ impl WriteHandle {
         self.file.as_mut().expect("file is open until commit")
     }
 
-    /// Writes `bytes` at the current position (blocking I/O).
+    /// Writes `bytes` at the current position (blocking I/O), within the reservation.
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        self.file().write_all(bytes).map_err(io_err(&path))
+        let len = self.file().metadata().map_err(|e| self.failed(e))?.len();
+        self.grow(len + bytes.len() as u64)?;
+        self.file
+            .as_mut()
+            .expect("open")
+            .write_all(bytes)
+            .map_err(|e| self.failed(e))
+    }
+
+    /// Grows the reservation to cover `total` bytes written; fails (recorded) when the cap
+    /// does not allow it: the caller stops writing and streams the rest uncached.
+    pub fn grow(&mut self, total: u64) -> Result<(), StoreError> {
+        if total <= self.reserved {
+            return Ok(());
+        }
+        let more = total - self.reserved;
+        self.store
+            .reserve(more)
+            .inspect_err(|e| self.store.store_failed(e))?;
+        self.reserved = total;
+        Ok(())
+    }
+
+    /// Records a failed write to this file (counted, logged, shown by `/readyz`).
+    pub fn failed(&self, e: std::io::Error) -> StoreError {
+        let e = io_err(&self.path)(e);
+        self.store.store_failed(&e);
+        e
     }
 
     /// Moves the fully written (and verified) file into the cache; its final path. Blocking
@@ -121,13 +183,16 @@ impl WriteHandle {
             Ok(size) => size,
             Err(e) => {
                 let _ = fs::remove_file(&self.path);
+                self.store.store_failed(&e);
                 return Err(e);
             }
         };
-        if let Entry::NarInfo(h, _) = self.entry {
-            self.store.hot.invalidate(&h);
+        match self.entry {
+            Entry::NarInfo(h, _) => self.store.hot.invalidate(&h),
+            Entry::Nar(..) => self.store.stored(),
         }
-        self.store.record(self.entry, size);
+        self.store
+            .record(self.entry, size, std::mem::take(&mut self.reserved));
         Ok(dest)
     }
 }
@@ -149,6 +214,9 @@ impl Drop for WriteHandle {
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.path);
+        }
+        if self.reserved > 0 {
+            self.store.index().release(self.reserved);
         }
     }
 }

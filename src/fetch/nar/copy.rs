@@ -1,18 +1,19 @@
 //! The download task: copies a source's bytes into a temp file that clients tail, checking
 //! them as they pass, switches an accelerable upstream download to the swarm mid-stream when
-//! the upstream is slow, and commits the verified file into the cache.
+//! the upstream is slow, and commits the verified file into the cache (or, when the cache
+//! cannot store it, relays it to its readers uncached: [`super::relay`]).
 
 use std::fs::File;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use super::super::{FetchError, Fetcher};
 use super::plan::{Checks, Plan};
+use super::relay::{Relay, Sink};
 use super::source::{Body, BytesFrom};
-use super::{storage, Download, Progress, ACCELERATE_AFTER, WRITE_BATCH};
+use super::{storage, Download, Progress, Reader, ACCELERATE_AFTER, WRITE_BATCH};
 use crate::store::WriteHandle;
 
 /// The source a download is reading from, which may change once (upstream → swarm).
@@ -26,28 +27,65 @@ struct Feed<'a> {
 }
 
 impl Fetcher {
-    /// Starts the download of `plan` (or joins the one that another caller just started).
-    pub(super) fn start(self: &Arc<Self>, plan: Plan) -> Result<Download, FetchError> {
-        let (download, joined) = self.nars.join_or_start((plan.fh, plan.ourselves), || {
-            let tmp = self.store.begin_nar(plan.fh, plan.ext).map_err(storage)?;
-            let read = File::open(tmp.path()).map_err(storage)?;
+    /// Starts the download of `plan` (or joins the one that another caller just started),
+    /// with this caller's reader. `Err(plan)`: the cache cannot take it (the cap is held by
+    /// downloads under way, or the temp file cannot be created): stream it uncached.
+    pub(super) fn start(self: &Arc<Self>, plan: Plan) -> Result<Reader, Box<Plan>> {
+        let (fh, ourselves) = (plan.fh, plan.ourselves);
+        // The plan goes to the task when this call starts one; else it comes back.
+        let mut slot = Some(plan);
+        let mut first = None;
+        let started = self.nars.join_or_start((fh, ourselves), || {
+            let plan = slot.take().expect("start is called once");
+            let (mut tmp, read) = match self.begin(&plan) {
+                Some(t) => t,
+                None => {
+                    slot = Some(plan);
+                    return Err(());
+                }
+            };
             let (tx, rx) = watch::channel(Progress::Running(0));
+            let relay = Arc::new(Relay::new());
+            first = relay.subscribe();
             let download = Download {
                 file: Arc::new(read),
                 progress: rx,
                 size: plan.size,
+                relay: relay.clone(),
             };
             let this = self.clone();
             let task = async move {
-                let res = this.download(&plan, tmp, &tx).await;
+                let out = tmp.file().try_clone().map(tokio::fs::File::from_std);
+                let res = match out {
+                    Ok(out) => {
+                        this.download(&plan, Sink::File { tmp, out }, &relay, &tx)
+                            .await
+                    }
+                    Err(e) => Err(storage(e)),
+                };
                 tx.send_replace(this.final_state(&plan, res));
             };
             Ok((download, task))
-        })?;
+        });
+        let Ok((download, joined)) = started else {
+            return Err(Box::new(slot.take().expect("the plan came back")));
+        };
         if joined {
             self.metrics.coalesced();
         }
-        Ok(download)
+        match first.or_else(|| download.relay.subscribe()) {
+            Some(rest) => Ok(Reader { download, rest }),
+            // It switched to uncached streaming before this caller could join.
+            None => Err(Box::new(slot.take().expect("a joiner keeps its plan"))),
+        }
+    }
+
+    /// The temp file of a new download and a read handle on it; `None` when the cache cannot
+    /// take it (the store recorded why).
+    fn begin(self: &Arc<Self>, plan: &Plan) -> Option<(WriteHandle, File)> {
+        let tmp = self.store.begin_nar(plan.fh, plan.ext, plan.size).ok()?;
+        let read = File::open(tmp.path()).map_err(|e| tmp.failed(e)).ok()?;
+        Some((tmp, read))
     }
 
     /// What the download's watchers see last; a 404 is remembered.
@@ -64,11 +102,12 @@ impl Fetcher {
         }
     }
 
-    /// Downloads, verifies and commits the NAR; its size.
+    /// Downloads, verifies and commits the NAR (or relays it uncached); its size.
     async fn download(
         &self,
         plan: &Plan,
-        mut tmp: WriteHandle,
+        mut sink: Sink,
+        relay: &Relay,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
         let accelerable = self.accelerable(plan);
@@ -86,28 +125,33 @@ impl Fetcher {
             accelerate,
             counted: 0,
         };
-        let out = tokio::fs::File::from_std(tmp.file().try_clone().map_err(storage)?);
+        if let (None, Body::Http(b)) = (plan.size, &feed.body) {
+            if let Some(len) = b.content_length {
+                sink.expect(len, relay, tx, &plan.fh);
+            }
+        }
         let checks = Checks::new(plan, nar_check);
-        let size = match self.copy(plan, &mut feed, checks, out, tx).await {
+        let size = match self
+            .copy(plan, &mut feed, checks, &mut sink, relay, tx)
+            .await
+        {
             Ok(size) => size,
             Err(e) => return Err(self.rejected(plan, &feed.from, e)),
         };
-        tokio::task::spawn_blocking(move || tmp.commit())
-            .await
-            .map_err(storage)?
-            .map_err(storage)?;
+        sink.finish().await?;
         self.metrics
             .fetched(feed.from.source(), size - feed.counted);
         Ok(size)
     }
 
-    /// Copies the feed into `out` to its end, publishing progress; the verified size.
+    /// Copies the feed into `sink` to its end, publishing progress; the verified size.
     async fn copy(
         &self,
         plan: &Plan,
         feed: &mut Feed<'_>,
         mut checks: Checks,
-        mut out: tokio::fs::File,
+        sink: &mut Sink,
+        relay: &Relay,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
         loop {
@@ -120,10 +164,8 @@ impl Fetcher {
                 }
             };
             checks.update(&chunk)?;
-            out.write_all(&chunk).await.map_err(storage)?;
-            out.flush().await.map_err(storage)?;
             let written = checks.written();
-            tx.send_replace(Progress::Running(written));
+            sink.put(chunk, written, relay, tx, &plan.fh).await?;
             self.maybe_switch(plan, feed, written).await;
         }
         checks.finish()

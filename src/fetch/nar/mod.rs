@@ -10,13 +10,15 @@
 //! - [`source`]: the source policy (upstreams, swarm, peer) and the byte streams;
 //! - [`peer`], [`swarm`]: bytes from one peer over HTTP, or from the swarm of holders;
 //! - [`copy`]: the download task (copy loop, mid-stream switch to the swarm, commit);
-//! - [`passthrough`]: NARs too large for the cache, streamed through.
+//! - [`relay`]: a download the cache cannot store, relayed uncached to its readers;
+//! - [`passthrough`]: NARs the cache cannot take (too large, no room), streamed through.
 
 mod copy;
 mod fleet;
 mod passthrough;
 mod peer;
 mod plan;
+mod relay;
 mod source;
 mod swarm;
 
@@ -31,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Ask, FetchError, Fetcher};
 use crate::nix::hash::Sha256;
 use crate::upstream::Answer;
+pub use relay::Relay;
 
 /// Largest write to the temp file; bigger batches when the upstream is fast.
 const WRITE_BATCH: usize = 1 << 20;
@@ -42,7 +45,10 @@ const ACCELERATE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 pub enum Progress {
     /// Bytes written to the temp file so far (not yet verified).
     Running(u64),
-    /// Verified and committed; the total size.
+    /// The cache gave up at this many bytes (all in the temp file); the rest comes through
+    /// each reader's channel ([`Reader::rest`]).
+    Relaying(u64),
+    /// Verified (and committed, unless it was relayed uncached); the total size.
     Done(u64),
     Failed(FetchError),
 }
@@ -55,6 +61,15 @@ pub struct Download {
     pub progress: watch::Receiver<Progress>,
     /// The expected size (`FileSize`), when a narinfo told it.
     pub size: Option<u64>,
+    /// Its readers, should the cache give up on it mid-way.
+    pub relay: Arc<relay::Relay>,
+}
+
+/// One client's view of a download: the shared temp file and, should the download switch to
+/// uncached streaming, its own channel for the rest.
+pub struct Reader {
+    pub download: Download,
+    pub rest: mpsc::Receiver<Bytes>,
 }
 
 /// What to send for a NAR request.
@@ -62,8 +77,8 @@ pub enum NarSource {
     /// A verified file in the cache.
     Cached { path: PathBuf, size: u64 },
     /// A download into the cache, under way or just finished.
-    Download(Download),
-    /// Too large for the cache: streamed through without storing (last chunk held back
+    Download(Reader),
+    /// Not taken by the cache (too large, no room): streamed through without storing (last chunk held back
     /// until verified).
     Passthrough {
         chunks: mpsc::Receiver<Result<Bytes, FetchError>>,
@@ -84,7 +99,7 @@ impl Fetcher {
         ext: &'static str,
         ask: Ask,
     ) -> Result<(NarSource, bool), FetchError> {
-        if let Some((path, size)) = self.store.nar(&fh, ext) {
+        if let Some((path, size)) = self.cached(fh, ext).await {
             return Ok((NarSource::Cached { path, size }, true));
         }
         if ask.only_if_cached {
@@ -97,19 +112,23 @@ impl Fetcher {
         // Whether we fetch it ourselves depends on its owner, which the narinfo tells.
         let plan = self.plan(fh, ext, ask.fleet).await;
         let existing = self.nars.get(&(fh, plan.ourselves));
-        let download = match existing {
-            Some(d) => {
+        let reader = match existing.and_then(|d| Some((d.relay.subscribe()?, d))) {
+            Some((rest, download)) => {
                 self.metrics.coalesced();
-                d
+                Reader { download, rest }
             }
             None => {
                 if plan.size.is_some_and(|s| s > self.store.max_bytes()) {
                     return Ok((self.passthrough(plan).await?, false));
                 }
-                self.start(plan)?
+                match self.start(plan) {
+                    Ok(reader) => reader,
+                    // No room in the cache: served all the same, verified and uncached.
+                    Err(plan) => return Ok((self.passthrough(*plan).await?, false)),
+                }
             }
         };
-        let mut rx = download.progress.clone();
+        let mut rx = reader.download.progress.clone();
         let first = rx
             .wait_for(|p| !matches!(p, Progress::Running(0)))
             .await
@@ -119,8 +138,30 @@ impl Fetcher {
             });
         match first {
             Progress::Failed(e) => Err(e),
-            _ => Ok((NarSource::Download(download), false)),
+            _ => Ok((NarSource::Download(reader), false)),
         }
+    }
+
+    /// The cached NAR, if any. A NAR found on disk at start-up is checked on first use: its
+    /// size against its narinfo's FileSize (a truncated file is dropped, and refetched).
+    async fn cached(&self, fh: Sha256, ext: &'static str) -> Option<(PathBuf, u64)> {
+        if self.store.nar_unchecked(&fh, ext)? {
+            let (_, size) = self.store.nar(&fh, ext)?;
+            let want = self
+                .store
+                .narinfos_of(&fh)
+                .await
+                .iter()
+                .filter_map(super::narinfo::parse_stored)
+                .find_map(|(_, ni)| ni.file_size);
+            if want.is_some_and(|w| w != size) {
+                tracing::warn!(file_hash = %fh, size, file_size = want, "cached NAR does not match its narinfo's FileSize; dropping it");
+                self.store.forget(&fh);
+                return None;
+            }
+            self.store.nar_checked(&fh);
+        }
+        self.store.nar(&fh, ext)
     }
 
     /// The size of the NAR if it exists, for HEAD (`None`: exists, size unknown).
@@ -130,7 +171,7 @@ impl Fetcher {
         ext: &'static str,
         ask: Ask,
     ) -> Result<Option<u64>, FetchError> {
-        if let Some((_, size)) = self.store.nar(&fh, ext) {
+        if let Some((_, size)) = self.cached(fh, ext).await {
             return Ok(Some(size));
         }
         if ask.only_if_cached {

@@ -1,0 +1,87 @@
+//! Why the cache cannot store right now: each store failure is classified, counted
+//! (`nixgate_cache_store_failures_total`), logged and remembered, and `/readyz` asks
+//! [`Store::readiness`]. Nothing here stops a download: the fetcher streams it uncached.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{check_writable, Store, StoreError};
+use crate::metrics::StoreFailure;
+
+/// How long a store failure keeps `/readyz` at 503 when no store succeeds after it.
+const REMEMBER: Duration = Duration::from_secs(30);
+
+/// The last store failure and the shards that could not be listed at start-up.
+#[derive(Default)]
+pub(super) struct Health {
+    last: Mutex<Option<(StoreFailure, String, Instant)>>,
+    bad_shards: Mutex<Vec<PathBuf>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StoreError {
+    /// The metric label of this failure.
+    pub fn reason(&self) -> StoreFailure {
+        match self {
+            StoreError::CapReached { .. } => StoreFailure::CapReached,
+            StoreError::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                StoreFailure::NoSpace
+            }
+            StoreError::Io { .. } | StoreError::Version(..) | StoreError::NotEmpty(_) => {
+                StoreFailure::Io
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Records that a write could not be stored: counted, logged, and shown by `/readyz`.
+    pub(super) fn store_failed(&self, e: &StoreError) {
+        let reason = e.reason();
+        self.metrics.store_failure(reason);
+        tracing::warn!(reason = reason.as_str(), error = %e, "cache cannot store this download; serving it uncached");
+        *lock(&self.health.last) = Some((reason, e.to_string(), Instant::now()));
+    }
+
+    /// A NAR was stored: the cache works again.
+    pub(super) fn stored(&self) {
+        if lock(&self.health.last).take().is_some() {
+            tracing::info!("cache stores again");
+        }
+    }
+
+    /// Remembers a shard directory that could not be listed (its files are not indexed).
+    pub(super) fn bad_shard(&self, shard: PathBuf, e: &io::Error) {
+        tracing::error!(shard = %shard.display(), error = %e, "cannot list a cache shard; its files are not served and writes into it may fail");
+        lock(&self.health.bad_shards).push(shard);
+    }
+
+    /// `Ok` when the cache can store; otherwise why not (for `/readyz`). Blocking I/O.
+    pub fn readiness(&self) -> Result<(), String> {
+        check_writable(&self.layout.tmp).map_err(|e| format!("cache dir {e}"))?;
+        {
+            let mut bad = lock(&self.health.bad_shards);
+            bad.retain(|s| std::fs::read_dir(s).is_err());
+            if let Some(s) = bad.first() {
+                return Err(format!("cache shard {} cannot be listed", s.display()));
+            }
+        }
+        let mut last = lock(&self.health.last);
+        match &*last {
+            Some((_, _, at)) if at.elapsed() > REMEMBER => *last = None,
+            Some((reason, e, _)) => return Err(format!("cannot store ({}): {e}", reason.as_str())),
+            None => {}
+        }
+        Ok(())
+    }
+}
