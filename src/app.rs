@@ -38,7 +38,10 @@ pub fn build(
             path: config.cache_dir.join("peer-id"),
             source,
         })?;
-    let peers = Arc::new(PeerSet::new(own_port, id, false, config.peers.clone()));
+    let peers = Arc::new(
+        PeerSet::new(own_port, id, false, config.peers.clone())
+            .with_max_peers(config.tuning.max_peers),
+    );
     let fetcher = Arc::new(Fetcher::new(
         config.fetch_settings(),
         store.clone(),
@@ -131,7 +134,11 @@ fn start_peer_sources(
     tasks: &mut Tasks,
 ) -> Result<(), StoreError> {
     let (set, token) = (app.peers.clone(), shutdown.clone());
-    tasks.spawn("peer-digests", crate::peers::digest::run(set, token));
+    let metrics = app.metrics.clone();
+    tasks.spawn(
+        "peer-digests",
+        crate::peers::digest::run(set, metrics, token),
+    );
     let (set, token) = (app.peers.clone(), shutdown.clone());
     tasks.spawn(
         "fleet-membership",

@@ -73,6 +73,8 @@ pub struct Metrics {
     coalesced: AtomicU64,
     torrents_seeding: AtomicU64,
     fleet_served: AtomicU64,
+    digests_refused: AtomicU64,
+    torrent_hashes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,8 @@ impl Default for Metrics {
             coalesced: AtomicU64::new(0),
             torrents_seeding: AtomicU64::new(0),
             fleet_served: AtomicU64::new(0),
+            digests_refused: AtomicU64::new(0),
+            torrent_hashes: AtomicU64::new(0),
         }
     }
 }
@@ -127,6 +131,16 @@ impl Metrics {
     /// This appliance answered a fleet request (a member asked it as the owner of a key).
     pub fn fleet_served(&self) {
         self.fleet_served.fetch_add(1, Relaxed);
+    }
+
+    /// A peer's digest was refused (too large, malformed, or implausibly full).
+    pub fn digest_refused(&self) {
+        self.digests_refused.fetch_add(1, Relaxed);
+    }
+
+    /// A cached NAR was hashed into its torrent.
+    pub fn torrent_hashed(&self) {
+        self.torrent_hashes.fetch_add(1, Relaxed);
     }
 
     /// Renders the Prometheus text exposition format.
@@ -221,6 +235,18 @@ impl Metrics {
                 "Requests other fleet members sent to this appliance as the owner of a key.",
             )
             .value(&self.fleet_served),
+            Family::new(
+                "nixgate_peer_digests_refused_total",
+                Counter,
+                "Peer digests refused: too large, malformed, or implausibly full.",
+            )
+            .value(&self.digests_refused),
+            Family::new(
+                "nixgate_torrent_hashes_total",
+                Counter,
+                "Cached NARs hashed into torrents (concurrent requests share one).",
+            )
+            .value(&self.torrent_hashes),
         ]
     }
 }
