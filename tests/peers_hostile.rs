@@ -73,3 +73,36 @@ async fn huge_and_all_ones_digests_are_refused_and_counted() {
     let got = get(&format!("{}/healthz", a.url()), &[]).await;
     assert_eq!(got.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_peer_costs_a_miss_at_most_two_seconds() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    // A peer that accepts connections and never answers.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_url = format!("http://{}", hang.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let down = failing_upstream(f).await;
+    let a = Appliance::start(&work.path().join("a"), &[down.url()], &f.public_key, |s| {
+        s.peers = Some(vec![hang_url]);
+        // The defaults: 25 s before an upstream is given up.
+        s.connect_timeout = Some("5s".into());
+        s.first_byte_timeout = Some("20s".into());
+    })
+    .await;
+    let h = Fixture::hash(&f.blobs[0]);
+    let start = std::time::Instant::now();
+    let got = get(&format!("{}/{h}.narinfo", a.url()), &[]).await;
+    let took = start.elapsed();
+    assert_eq!(got.status, 503, "upstream down, nobody has it");
+    assert!(took < Duration::from_secs(4), "the miss took {took:?}");
+    let start = std::time::Instant::now();
+    let health = get(&format!("{}/healthz", a.url()), &[]).await;
+    assert_eq!(health.status, 200);
+    assert!(start.elapsed() < Duration::from_secs(1));
+}

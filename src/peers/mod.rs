@@ -6,7 +6,10 @@
 //! can never bounce between appliances. A peer whose data fails verification is put on
 //! probation (skipped) for [`PROBATION`]. This appliance's own address is never its peer.
 
+pub mod addr;
+mod announce;
 pub mod digest;
+mod discover;
 pub mod dns;
 pub mod fleet;
 pub mod mdns;

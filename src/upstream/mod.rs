@@ -76,6 +76,11 @@ pub enum Answer {
     NotFound,
 }
 
+/// The longest a peer may take to answer with headers (connect included).
+pub const PEER_FIRST_BYTE: Duration = Duration::from_secs(2);
+/// The longest a peer's body may go without a byte.
+pub const PEER_STALL: Duration = Duration::from_secs(5);
+
 /// A response body read with the stall timeout.
 pub struct UpstreamBody {
     body: Incoming,
@@ -242,7 +247,14 @@ impl UpstreamClient {
             .header(http::header::ACCEPT_ENCODING, "identity")
             .body(Empty::new())
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let first_byte = self.timeouts.connect + self.timeouts.first_byte;
+        let mut first_byte = self.timeouts.connect + self.timeouts.first_byte;
+        let mut stall = self.timeouts.stall;
+        if let Asker::Peer = asker {
+            // A peer answers from its disk, on the LAN: one that hangs must not cost a miss
+            // the upstream timeouts (25 s by default) while the upstream is down.
+            first_byte = first_byte.min(PEER_FIRST_BYTE);
+            stall = stall.min(PEER_STALL);
+        }
         let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => {
                 up.breaker.failure();
@@ -285,7 +297,7 @@ impl UpstreamClient {
         Ok(Answer::Found(UpstreamBody {
             body,
             headers: parts.headers,
-            stall: self.timeouts.stall,
+            stall,
             content_length,
         }))
     }
