@@ -108,6 +108,7 @@ async fn start_torrent(
             stall: config.timeouts.stall,
             upload_limit: config.tuning.upload_limit,
             hot_set: config.tuning.hot_set,
+            hash_concurrency: config.tuning.hash_concurrency,
         },
         app.store.clone(),
         gone,

@@ -106,3 +106,38 @@ async fn a_hanging_peer_costs_a_miss_at_most_two_seconds() {
     assert_eq!(health.status, 200);
     assert!(start.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_torrent_requests_hash_each_nar_once() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let paths = [&f.blobs[0], &f.blobs[1], &f.big];
+    let (_up, a) = holding_appliance(f, work.path(), &paths, |s| {
+        s.no_torrent = false;
+        s.torrent_listen = Some(format!("127.0.0.1:{}", free_port()));
+        s.hash_concurrency = Some(1);
+    })
+    .await;
+    let before = a.metric("nixgate_torrent_hashes_total").await;
+    let fhs: Vec<String> = paths
+        .iter()
+        .map(|p| f.nar_url(p)["nar/".len()..][..52].to_owned())
+        .collect();
+    let mut asks = Vec::new();
+    for i in 0..60 {
+        let url = format!("{}/_p2p/v1/torrent/{}", a.url(), fhs[i % 3]);
+        asks.push(tokio::spawn(async move { (i % 3, get(&url, &[]).await) }));
+    }
+    let mut bodies: [Option<Bytes>; 3] = Default::default();
+    for ask in asks {
+        let (i, got) = ask.await.unwrap();
+        assert_eq!(got.status, 200);
+        let first = bodies[i].get_or_insert_with(|| got.bytes.clone());
+        assert_eq!(*first, got.bytes, "one torrent per NAR");
+    }
+    assert_eq!(
+        a.metric("nixgate_torrent_hashes_total").await - before,
+        3,
+        "60 requests for 3 NARs hash each NAR once"
+    );
+}
