@@ -141,3 +141,44 @@ async fn concurrent_torrent_requests_hash_each_nar_once() {
         "60 requests for 3 NARs hash each NAR once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_of_a_nar_larger_than_the_cache_share_one_upstream_get() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    // The NAR (~3 MB) is larger than the whole cache: it is streamed through, never stored.
+    let a = Appliance::start(&work.path().join("a"), &[up.url()], &f.public_key, |s| {
+        s.max_cache_size = Some("1MiB".into());
+    })
+    .await;
+    let h = Fixture::hash(&f.big);
+    assert_eq!(
+        get(&format!("{}/{h}.narinfo", a.url()), &[]).await.status,
+        200
+    );
+    let rel = f.nar_url(&f.big);
+    let want = Bytes::from(std::fs::read(f.cache.join(&rel)).unwrap());
+    up.nar_delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let mut asks = Vec::new();
+    for _ in 0..20 {
+        let url = format!("{}/{rel}", a.url());
+        asks.push(tokio::spawn(async move { get(&url, &[]).await }));
+    }
+    for ask in asks {
+        let got = ask.await.unwrap();
+        assert_eq!(got.status, 200);
+        assert!(got.body_error.is_none(), "{:?}", got.body_error);
+        assert!(
+            got.bytes == want,
+            "every client gets the whole verified NAR"
+        );
+    }
+    assert_eq!(up.count(&rel), 1, "20 clients, one upstream GET");
+    assert!(files(&a.cache_dir, "nar").is_empty(), "never stored");
+    // A client after the shared one ended starts its own.
+    let again = get(&format!("{}/{rel}", a.url()), &[]).await;
+    assert!(again.status == 200 && again.bytes == want);
+    assert_eq!(up.count(&rel), 2);
+}

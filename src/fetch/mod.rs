@@ -60,6 +60,8 @@ pub struct Fetcher {
     >,
     /// NAR downloads under way, by FileHash.
     nars: coalesce::Inflight<crate::nix::hash::Sha256, nar::Download>,
+    /// Passthroughs (NARs larger than the cache) still open to joiners, by FileHash.
+    passthroughs: coalesce::Inflight<crate::nix::hash::Sha256, nar::PassthroughHub>,
     /// When peers are preferred over upstreams.
     pub tuning: PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).
@@ -87,6 +89,7 @@ impl Fetcher {
                 .build(),
             narinfos: Default::default(),
             nars: Default::default(),
+            passthroughs: Default::default(),
             torrent: Default::default(),
             tuning: settings.tuning,
         }

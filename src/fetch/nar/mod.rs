@@ -19,6 +19,8 @@ mod plan;
 mod source;
 mod swarm;
 
+pub(super) use passthrough::Hub as PassthroughHub;
+
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
