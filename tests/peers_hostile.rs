@@ -182,3 +182,158 @@ async fn concurrent_misses_of_a_nar_larger_than_the_cache_share_one_upstream_get
     assert!(again.status == 200 && again.bytes == want);
     assert_eq!(up.count(&rel), 2);
 }
+
+/// `a`'s signed narinfo with `b`'s FileHash, FileSize and URL (none of them signed).
+fn narinfo_pointing_at(f: &Fixture, a: &str, b: &str) -> String {
+    let theirs = f.narinfo(b);
+    let field = |k: &str| {
+        theirs
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .to_owned()
+    };
+    f.narinfo(a)
+        .lines()
+        .map(|l| {
+            for k in ["URL: ", "FileHash: ", "FileSize: "] {
+                if l.starts_with(k) {
+                    return field(k) + "\n";
+                }
+            }
+            l.to_owned() + "\n"
+        })
+        .collect()
+}
+
+/// A peer that serves `a`'s narinfo pointing at `b`'s NAR (and, with `nar`, `b`'s NAR).
+async fn liar(f: &Fixture, dir: &std::path::Path, a: &str, b: &str, nar: bool) -> Upstream {
+    let l = Upstream::start(&dir.join("nothing")).await;
+    let mut ov = l.overrides.lock().unwrap();
+    let poisoned = narinfo_pointing_at(f, a, b);
+    ov.insert(format!("{}.narinfo", Fixture::hash(a)), poisoned.into());
+    if nar {
+        let rel = f.nar_url(b);
+        ov.insert(
+            rel.clone(),
+            std::fs::read(f.cache.join(rel)).unwrap().into(),
+        );
+    }
+    drop(ov);
+    l
+}
+
+fn file_hash_of(f: &Fixture, path: &str) -> String {
+    f.nar_url(path)["nar/".len()..][..52].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_narinfo_naming_another_paths_cached_nar_is_refused() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (&f.blobs[2], &f.blobs[3]);
+    let (ha, fha, fhb) = (Fixture::hash(a), file_hash_of(f, a), file_hash_of(f, b));
+    let l = liar(f, work.path(), a, b, false).await;
+    let up = Upstream::start(&f.cache).await;
+    let x = Appliance::start(&work.path().join("x"), &[up.url()], &f.public_key, |s| {
+        s.peers = Some(vec![l.url()])
+    })
+    .await;
+    assert_ok(&nix_copy(&x.url(), &f.public_key, b, &work.path().join("warm")).await);
+
+    // The upstream goes down; the liar's narinfo for A names B's cached NAR.
+    up.fail_5xx.store(true, std::sync::atomic::Ordering::SeqCst);
+    let got = get(&format!("{}/{ha}.narinfo", x.url()), &[]).await;
+    assert!(
+        !got.body.contains(&fhb),
+        "A's narinfo never points at B's NAR"
+    );
+    assert_eq!(got.status, 503);
+    assert_eq!(
+        peer_rows(&x).await[0].state,
+        "skipped",
+        "the liar is on probation"
+    );
+    assert!(
+        x.metric("nixgate_verification_failures_total{source=\"peer\"}")
+            .await
+            >= 1
+    );
+
+    // The upstream is back: A's own narinfo and NAR.
+    up.fail_5xx
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let got = get(&format!("{}/{ha}.narinfo", x.url()), &[]).await;
+    assert_eq!(got.status, 200);
+    assert!(got.body.contains(&fha));
+    let dest = work.path().join("client");
+    assert_ok(&nix_copy(&x.url(), &f.public_key, a, &dest).await);
+    assert!(substituted(&dest, a));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_narinfo_that_does_not_match_its_nar_is_forgotten_and_gives_way_to_upstream() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (&f.blobs[2], &f.blobs[3]);
+    let (ha, fha, fhb) = (Fixture::hash(a), file_hash_of(f, a), file_hash_of(f, b));
+    let up = Upstream::start(&f.cache).await;
+    up.fail_5xx.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // B is not cached: the poisoned narinfo cannot be told apart yet and is stored, but B's
+    // bytes (from the peer) fail A's NarHash: never served as A's NAR, narinfo forgotten,
+    // peer on probation.
+    let l = liar(f, work.path(), a, b, true).await;
+    let y = Appliance::start(&work.path().join("y"), &[up.url()], &f.public_key, |s| {
+        s.peers = Some(vec![l.url()])
+    })
+    .await;
+    let got = get(&format!("{}/{ha}.narinfo", y.url()), &[]).await;
+    assert_eq!(got.status, 200);
+    let nar = get(&format!("{}/nar/{fhb}.nar.xz", y.url()), &[]).await;
+    assert!(
+        nar.status != 200 || nar.body_error.is_some(),
+        "B's bytes never complete a response for A's narinfo"
+    );
+    assert_eq!(
+        peer_rows(&y).await[0].state,
+        "skipped",
+        "the liar is on probation"
+    );
+    assert!(
+        files(&y.cache_dir, "narinfo").is_empty(),
+        "narinfo forgotten"
+    );
+    assert!(
+        files(&y.cache_dir, "nar").is_empty(),
+        "nothing unverified stored"
+    );
+
+    // A poisoned narinfo that is stored gives way to the upstream's once it is back.
+    let l2 = liar(f, work.path(), a, b, false).await;
+    let z = Appliance::start(&work.path().join("z"), &[up.url()], &f.public_key, |s| {
+        s.peers = Some(vec![l2.url()])
+    })
+    .await;
+    let got = get(&format!("{}/{ha}.narinfo", z.url()), &[]).await;
+    assert!(got.status == 200 && got.body.contains(&fhb));
+    up.fail_5xx
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut fresh = String::new();
+    for _ in 0..150 {
+        fresh = get(&format!("{}/{ha}.narinfo", z.url()), &[]).await.body;
+        if fresh.contains(&fha) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fresh.contains(&fha),
+        "the upstream's narinfo replaced the peer's"
+    );
+    for c in [&y, &z] {
+        let dest = work.path().join(format!("client-{}", c.addr.port()));
+        assert_ok(&nix_copy(&c.url(), &f.public_key, a, &dest).await);
+        assert!(substituted(&dest, a));
+    }
+}

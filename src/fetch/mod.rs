@@ -5,6 +5,7 @@
 pub mod coalesce;
 pub mod nar;
 pub mod narinfo;
+mod provenance;
 mod settings;
 pub mod verify;
 
@@ -60,6 +61,8 @@ pub struct Fetcher {
     >,
     /// NAR downloads under way, by FileHash.
     nars: coalesce::Inflight<crate::nix::hash::Sha256, nar::Download>,
+    /// Which stored narinfos came from peers.
+    provenance: provenance::Provenance,
     /// Passthroughs (NARs larger than the cache) still open to joiners, by FileHash.
     passthroughs: coalesce::Inflight<crate::nix::hash::Sha256, nar::PassthroughHub>,
     /// When peers are preferred over upstreams.
@@ -90,6 +93,7 @@ impl Fetcher {
             narinfos: Default::default(),
             nars: Default::default(),
             passthroughs: Default::default(),
+            provenance: Default::default(),
             torrent: Default::default(),
             tuning: settings.tuning,
         }

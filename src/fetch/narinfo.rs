@@ -54,7 +54,7 @@ pub fn parse_stored(stored: &Bytes) -> Option<(Url, NarInfo)> {
 
 /// Checks a narinfo (from an upstream or a peer) and builds the file to store; its NAR URL is
 /// resolved against `nar_base` (an upstream's base, where the NAR is refetched after eviction).
-fn accept(
+pub(super) fn accept(
     h: &StorePathHash,
     nar_base: &Url,
     body: &[u8],
@@ -88,6 +88,10 @@ impl Fetcher {
         only_if_cached: bool,
     ) -> Result<(Bytes, bool), FetchError> {
         if let Some((_, stored)) = self.store.narinfo(&h).await {
+            // A peer's narinfo gives way to an upstream's once one answers (provenance.rs).
+            if let Some(fresh) = self.revalidated(h).await {
+                return Ok((served_part(&fresh), false));
+            }
             return Ok((served_part(&stored), true));
         }
         if only_if_cached {
@@ -141,7 +145,7 @@ impl Fetcher {
     }
 
     /// The narinfo body from `src` (`None`: not there), asked as a peer or as an upstream.
-    async fn get_narinfo(
+    pub(super) async fn get_narinfo(
         &self,
         src: &Upstream,
         h: StorePathHash,
@@ -180,10 +184,11 @@ impl Fetcher {
             // Refetches after eviction go to the first upstream's standard location.
             let nar_base = self.upstreams.first().map_or(&peer.base, |u| &u.base);
             match accept(&h, nar_base, &body, &self.keys) {
-                Ok((fh, stored)) => {
-                    tracing::info!(peer = %peer.base, hash = %h, "narinfo from peer");
-                    return self.save(h, fh, stored, Source::Peer).await.ok();
-                }
+                // Vetted against the cache, stored and marked as the peer's (provenance.rs).
+                Ok((fh, stored)) => match self.from_peer(&peer, h, fh, stored).await {
+                    Some(saved) => return saved,
+                    None => continue,
+                },
                 Err(why) => {
                     self.metrics.verification_failure(Source::Peer);
                     peer.breaker.probation(crate::peers::PROBATION);
@@ -194,7 +199,7 @@ impl Fetcher {
         None
     }
 
-    async fn save(
+    pub(super) async fn save(
         &self,
         h: StorePathHash,
         fh: crate::nix::hash::Sha256,

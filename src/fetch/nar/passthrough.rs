@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::super::{FetchError, Fetcher};
-use super::plan::{Checks, Plan};
+use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::{NarSource, WRITE_BATCH};
 use crate::metrics::Source;
 use crate::upstream::UpstreamBody;
@@ -155,7 +155,7 @@ impl Fetcher {
     /// verified.
     async fn relay(&self, plan: Plan, mut body: UpstreamBody, hub: Hub) {
         let mut out = Fanout { hub, clients: None };
-        let mut verifier = Checks::new(&plan, None);
+        let mut verifier = Checks::new(&plan, plan.nar_check());
         let mut held: Option<Bytes> = None;
         let end = loop {
             match body.batch(WRITE_BATCH).await {
@@ -178,7 +178,12 @@ impl Fetcher {
                 self.metrics.fetched(Source::Upstream, n);
                 held.map(Ok)
             }
-            Err(e) => Some(Err(e)),
+            Err(e) => {
+                if let (true, Some(h)) = (is_nar_mismatch(&e), plan.narinfo) {
+                    self.narinfo_refuted(h, &e.to_string());
+                }
+                Some(Err(e))
+            }
         };
         if let Some(last) = last {
             out.send(last).await;

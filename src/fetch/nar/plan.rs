@@ -9,6 +9,7 @@ use super::super::{FetchError, Fetcher};
 use crate::fetch::PeerPolicy;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
+use crate::nix::store_path::StorePathHash;
 use crate::store::digest::nar_key;
 
 /// Where to fetch a NAR from and what it must look like.
@@ -20,8 +21,27 @@ pub(super) struct Plan {
     pub candidates: Vec<(usize, Url)>,
     pub size: Option<u64>,
     pub compression: Option<Compression>,
-    /// The signed NarHash and NarSize, when a narinfo told them (needed for peer bytes).
+    /// The signed NarHash and NarSize, when a narinfo told them (checked for every source
+    /// whose compression nixgate can decode).
     pub nar: Option<(Sha256, u64)>,
+    /// The store path whose narinfo told them (forgotten when the NAR does not match).
+    pub narinfo: Option<StorePathHash>,
+}
+
+/// Starts the message of a verification failure of the decompressed NAR (NarHash/NarSize):
+/// the bytes may be right for their FileHash and the narinfo wrong.
+const NAR_MISMATCH: &str = "against the narinfo's NarHash: ";
+
+/// Whether `e` is a failure of the NarHash/NarSize check (see [`NAR_MISMATCH`]).
+pub(super) fn is_nar_mismatch(e: &FetchError) -> bool {
+    matches!(e, FetchError::Verification(m) if m.starts_with(NAR_MISMATCH))
+}
+
+fn nar_mismatch(e: FetchError) -> FetchError {
+    match e {
+        FetchError::Verification(m) => FetchError::Verification(format!("{NAR_MISMATCH}{m}")),
+        e => e,
+    }
 }
 
 impl Plan {
@@ -43,7 +63,7 @@ impl Plan {
     }
 }
 
-/// The checks for one source: the file always; the decompressed NAR for peer bytes.
+/// The checks for one source: the file always; the decompressed NAR when it can be decoded.
 pub(super) struct Checks {
     file: FileCheck,
     nar: Option<NarCheck>,
@@ -68,7 +88,7 @@ impl Checks {
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
         self.file.update(chunk)?;
         match &mut self.nar {
-            Some(n) => n.update(chunk),
+            Some(n) => n.update(chunk).map_err(nar_mismatch),
             None => Ok(()),
         }
     }
@@ -76,7 +96,7 @@ impl Checks {
     pub fn finish(self) -> Result<u64, FetchError> {
         let n = self.file.finish()?;
         if let Some(nar) = self.nar {
-            nar.finish()?;
+            nar.finish().map_err(nar_mismatch)?;
         }
         Ok(n)
     }
@@ -93,6 +113,7 @@ impl Fetcher {
             size: None,
             compression: Compression::from_extension(ext),
             nar: None,
+            narinfo: None,
         };
         for stored in self.store.narinfos_of(&fh).await {
             let Some((url, ni)) = parse_stored(&stored) else {
@@ -112,6 +133,7 @@ impl Fetcher {
             plan.size = ni.file_size;
             plan.compression = Some(c);
             plan.nar = Some((ni.nar_hash, ni.nar_size));
+            plan.narinfo = Some(ni.base.hash);
             break;
         }
         let rel = plan.rel();
