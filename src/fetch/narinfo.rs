@@ -185,7 +185,7 @@ impl Fetcher {
             let nar_base = self.upstreams.first().map_or(&peer.base, |u| &u.base);
             match accept(&h, nar_base, &body, &self.keys) {
                 // Vetted against the cache, stored and marked as the peer's (provenance.rs).
-                Ok((fh, stored)) => match self.from_peer(&peer, h, fh, stored).await {
+                Ok((fh, stored)) => match self.keep_peer_narinfo(&peer, h, fh, stored).await {
                     Some(saved) => return saved,
                     None => continue,
                 },

@@ -57,7 +57,7 @@ impl Provenance {
 impl Fetcher {
     /// A trusted narinfo from `peer` (FileHash `fh`): vetted, stored and marked as the peer's.
     /// `None` when it is refused (counted, the peer on probation): the caller asks the next.
-    pub(super) async fn from_peer(
+    pub(super) async fn keep_peer_narinfo(
         &self,
         peer: &Upstream,
         h: StorePathHash,
