@@ -19,6 +19,10 @@ use crate::upstream::UpstreamBody;
 
 type Chunk = Result<Bytes, FetchError>;
 
+/// How long a shared passthrough waits for one client to take a chunk before dropping it, so
+/// a client that stops reading cannot stall the others.
+const CLIENT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A shared passthrough: who still may join, and how opening the upstream went.
 #[derive(Clone)]
 pub struct Hub {
@@ -62,7 +66,9 @@ impl Fanout {
         let clients = self.clients.get_or_insert_with(|| self.hub.close());
         let mut kept = Vec::with_capacity(clients.len());
         for c in clients.drain(..) {
-            if c.send(item.clone()).await.is_ok() {
+            // A client that stops reading is dropped (its transfer aborts), not waited for.
+            let sent = tokio::time::timeout(CLIENT_STALL, c.send(item.clone())).await;
+            if matches!(sent, Ok(Ok(()))) {
                 kept.push(c);
             }
         }
