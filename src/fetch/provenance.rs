@@ -5,6 +5,7 @@
 //! answers again, and is forgotten, its peer put on probation, when the NAR it names does not
 //! match its NarHash.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,8 @@ use crate::upstream::Upstream;
 
 /// How often a peer's narinfo is asked of the upstreams again, at most.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
+/// How long a hit waits for the upstreams' narinfo before serving the peer's.
+const REVALIDATE_WAIT: Duration = Duration::from_secs(1);
 /// Marks kept, at most (narinfos from peers only arrive while every upstream fails).
 const MAX_MARKS: u64 = 100_000;
 
@@ -117,13 +120,23 @@ impl Fetcher {
 
     /// For a cached narinfo of `h` that a peer supplied: the upstreams are asked for theirs
     /// (at most every [`REVALIDATE_EVERY`]; an upstream whose circuit is open is skipped at
-    /// no cost), and the first trusted one replaces the peer's.
-    pub(super) async fn revalidated(&self, h: StorePathHash) -> Option<Bytes> {
+    /// no cost), and the first trusted one replaces the peer's. A hit waits for that at most
+    /// [`REVALIDATE_WAIT`] (then the peer's is served and the upstreams' answer lands later).
+    pub(super) async fn revalidated(self: &Arc<Self>, h: StorePathHash) -> Option<Bytes> {
         let mark = self.provenance.marks.get(&h)?;
         if mark.checked.elapsed() < REVALIDATE_EVERY {
             return None;
         }
         self.provenance.mark(h, &mark.peer);
+        let this = self.clone();
+        let asked = tokio::spawn(async move { this.narinfo_from_upstreams(h).await });
+        tokio::time::timeout(REVALIDATE_WAIT, asked)
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    async fn narinfo_from_upstreams(&self, h: StorePathHash) -> Option<Bytes> {
         for up in &self.upstreams {
             let Ok(Some(body)) = self.get_narinfo(up, h, false).await else {
                 continue;
