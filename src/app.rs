@@ -38,12 +38,10 @@ pub fn build(
             path: config.cache_dir.join("peer-id"),
             source,
         })?;
-    let peers = Arc::new(PeerSet::new(
-        own_port,
-        id,
-        config.fleet,
-        config.peers.clone(),
-    ));
+    let peers = Arc::new(
+        PeerSet::new(own_port, id, config.fleet, config.peers.clone())
+            .with_max_peers(config.tuning.max_peers),
+    );
     let fetcher = Arc::new(Fetcher::new(
         config.fetch_settings(),
         store.clone(),
@@ -116,6 +114,7 @@ async fn start_torrent(
             stall: config.timeouts.stall,
             upload_limit: config.tuning.upload_limit,
             hot_set: config.tuning.hot_set,
+            hash_concurrency: config.tuning.hash_concurrency,
         },
         app.store.clone(),
         gone,
@@ -142,7 +141,11 @@ fn start_peer_sources(
     tasks: &mut Tasks,
 ) -> Result<(), StoreError> {
     let (set, token) = (app.peers.clone(), shutdown.clone());
-    tasks.spawn("peer-digests", crate::peers::digest::run(set, token));
+    let metrics = app.metrics.clone();
+    tasks.spawn(
+        "peer-digests",
+        crate::peers::digest::run(set, metrics, token),
+    );
     let (set, token) = (app.peers.clone(), shutdown.clone());
     tasks.spawn(
         "fleet-membership",

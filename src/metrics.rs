@@ -79,6 +79,8 @@ pub struct Metrics {
     torrents_seeding: AtomicU64,
     fleet_served: AtomicU64,
     store_failures: [AtomicU64; StoreFailure::COUNT],
+    digests_refused: AtomicU64,
+    torrent_hashes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -96,6 +98,8 @@ impl Default for Metrics {
             torrents_seeding: AtomicU64::new(0),
             fleet_served: AtomicU64::new(0),
             store_failures: counters(),
+            digests_refused: AtomicU64::new(0),
+            torrent_hashes: AtomicU64::new(0),
         }
     }
 }
@@ -173,6 +177,15 @@ impl Metrics {
     /// The cache could not store a download (it was served uncached).
     pub fn store_failure(&self, reason: StoreFailure) {
         self.store_failures[reason as usize].fetch_add(1, Relaxed);
+    }
+    /// A peer's digest was refused (too large, malformed, or implausibly full).
+    pub fn digest_refused(&self) {
+        self.digests_refused.fetch_add(1, Relaxed);
+    }
+
+    /// A cached NAR was hashed into its torrent.
+    pub fn torrent_hashed(&self) {
+        self.torrent_hashes.fetch_add(1, Relaxed);
     }
 
     /// Renders the Prometheus text exposition format.
@@ -275,6 +288,18 @@ impl Metrics {
             .by("reason", StoreFailure::ALL, |r| {
                 &self.store_failures[r as usize]
             }),
+            Family::new(
+                "nixgate_peer_digests_refused_total",
+                Counter,
+                "Peer digests refused: too large, malformed, or implausibly full.",
+            )
+            .value(&self.digests_refused),
+            Family::new(
+                "nixgate_torrent_hashes_total",
+                Counter,
+                "Cached NARs hashed into torrents (concurrent requests share one).",
+            )
+            .value(&self.torrent_hashes),
         ]
     }
 }

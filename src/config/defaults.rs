@@ -32,6 +32,16 @@ pub(super) fn default_torrent_hot_set() -> usize {
 pub(super) fn default_status_interval() -> String {
     "10s".into()
 }
+/// A fleet or office LAN rarely has more appliances; each peer costs a digest (up to 4 MiB)
+/// and a probe every few seconds, so a LAN host announcing thousands cannot exhaust memory.
+pub(super) fn default_max_peers() -> usize {
+    64
+}
+/// Hashing a cached NAR into a torrent reads it whole on the blocking pool that also serves
+/// cached files; two at once keep one core free for serving on a small appliance.
+pub(super) fn default_hash_concurrency() -> usize {
+    2
+}
 /// 10 GiB holds the closures of a typical CI farm's hot set without filling a small volume.
 pub(super) fn default_max_cache_size() -> String {
     "10GiB".into()

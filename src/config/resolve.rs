@@ -239,6 +239,11 @@ fn tuning(s: &ServeArgs) -> Result<PeerTuning, ConfigError> {
             .torrent_hot_set
             .unwrap_or_else(default_torrent_hot_set)
             .max(1),
+        max_peers: s.max_peers.unwrap_or_else(default_max_peers),
+        hash_concurrency: s
+            .hash_concurrency
+            .unwrap_or_else(default_hash_concurrency)
+            .max(1),
     })
 }
 

@@ -153,6 +153,16 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_TORRENT_HOT_SET", value_name = "N")]
     pub torrent_hot_set: Option<usize>,
 
+    /// Most peers kept at once, from every source (`--peer`, `--peers-dns`, mDNS); further
+    /// ones are ignored until some leave. Bounds memory (each holds a digest) [default: 64].
+    #[arg(long, env = "NIXGATE_MAX_PEERS", value_name = "N")]
+    pub max_peers: Option<usize>,
+
+    /// Most cached NARs hashed at once into torrents for `/_p2p/v1/torrent`, so hashing never
+    /// starves the threads that serve cached files [default: 2].
+    #[arg(long, env = "NIXGATE_HASH_CONCURRENCY", value_name = "N")]
+    pub hash_concurrency: Option<usize>,
+
     /// Cap on BitTorrent upload, per second, e.g. 20MiB [default: no cap].
     #[arg(long, env = "NIXGATE_TORRENT_UPLOAD_LIMIT", value_name = "SIZE")]
     pub torrent_upload_limit: Option<String>,
@@ -232,7 +242,7 @@ impl ServeArgs {
             negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
             stall_timeout, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,
-            no_mdns, no_fleet, fleet_mdns, status_interval,
+            no_mdns, no_fleet, fleet_mdns, status_interval, max_peers, hash_concurrency,
         )
     }
 

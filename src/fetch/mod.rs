@@ -5,6 +5,7 @@
 pub mod coalesce;
 pub mod nar;
 pub mod narinfo;
+mod provenance;
 mod settings;
 pub mod verify;
 
@@ -73,6 +74,10 @@ pub struct Fetcher {
     >,
     /// NAR downloads under way, by FileHash and whether it is a fleet request.
     nars: coalesce::Inflight<(crate::nix::hash::Sha256, bool), nar::Download>,
+    /// Which stored narinfos came from peers.
+    provenance: provenance::Provenance,
+    /// Passthroughs (NARs larger than the cache) still open to joiners, by FileHash.
+    passthroughs: coalesce::Inflight<crate::nix::hash::Sha256, nar::PassthroughHub>,
     /// When peers are preferred over upstreams.
     pub tuning: PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).
@@ -100,6 +105,8 @@ impl Fetcher {
                 .build(),
             narinfos: Default::default(),
             nars: Default::default(),
+            passthroughs: Default::default(),
+            provenance: Default::default(),
             torrent: Default::default(),
             tuning: settings.tuning,
         }

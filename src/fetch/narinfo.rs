@@ -54,7 +54,7 @@ pub fn parse_stored(stored: &Bytes) -> Option<(Url, NarInfo)> {
 
 /// Checks a narinfo (from an upstream or a peer) and builds the file to store; its NAR URL is
 /// resolved against `nar_base` (an upstream's base, where the NAR is refetched after eviction).
-fn accept(
+pub(super) fn accept(
     h: &StorePathHash,
     nar_base: &Url,
     body: &[u8],
@@ -81,7 +81,7 @@ fn accept(
 
 /// How a narinfo is asked for.
 #[derive(Clone, Copy)]
-enum Via {
+pub(super) enum Via {
     Upstream,
     /// Only-if-cached, from a peer (fallback).
     Peer,
@@ -103,6 +103,10 @@ impl Fetcher {
                 .is_some_and(|(_, ni)| ni.base.hash == h && ni.file_hash == Some(*fh))
         };
         if let Some((_, stored)) = self.store.narinfo(&h, valid).await {
+            // A peer's narinfo gives way to an upstream's once one answers (provenance.rs).
+            if let Some(fresh) = self.revalidated(h).await {
+                return Ok((served_part(&fresh), false));
+            }
             return Ok((served_part(&stored), true));
         }
         if ask.only_if_cached {
@@ -179,7 +183,7 @@ impl Fetcher {
     }
 
     /// The narinfo body from `src` (`None`: not there), asked as `via` says.
-    async fn get_narinfo(
+    pub(super) async fn get_narinfo(
         &self,
         src: &Upstream,
         h: StorePathHash,
@@ -230,7 +234,16 @@ impl Fetcher {
             };
             let nar_base = self.upstreams.first().map_or(&owner.base, |u| &u.base);
             match accept(&h, nar_base, &body, &self.keys) {
-                Ok((fh, stored)) => return Some(self.save(h, fh, stored, Source::Fleet).await),
+                // Its FileHash is not under the signature: vetted against what the cache
+                // holds, like a peer's (provenance.rs); its NAR is checked against NarHash.
+                Ok((fh, stored)) => match self.vet_peer_narinfo(fh, &stored).await {
+                    Ok(()) => return Some(self.save(h, fh, stored, Source::Fleet).await),
+                    Err(why) => {
+                        self.metrics.verification_failure(Source::Fleet);
+                        owner.breaker.probation(crate::peers::PROBATION);
+                        tracing::warn!(owner = %owner.base, hash = %h, reason = %why, "fleet narinfo contradicts the cache; member on probation");
+                    }
+                },
                 Err(why) => {
                     self.metrics.verification_failure(Source::Fleet);
                     owner.breaker.probation(crate::peers::PROBATION);
@@ -257,10 +270,11 @@ impl Fetcher {
             // Refetches after eviction go to the first upstream's standard location.
             let nar_base = self.upstreams.first().map_or(&peer.base, |u| &u.base);
             match accept(&h, nar_base, &body, &self.keys) {
-                Ok((fh, stored)) => {
-                    tracing::info!(peer = %peer.base, hash = %h, "narinfo from peer");
-                    return self.save(h, fh, stored, Source::Peer).await.ok();
-                }
+                // Vetted against the cache, stored and marked as the peer's (provenance.rs).
+                Ok((fh, stored)) => match self.keep_peer_narinfo(&peer, h, fh, stored).await {
+                    Some(saved) => return saved,
+                    None => continue,
+                },
                 Err(why) => {
                     self.metrics.verification_failure(Source::Peer);
                     peer.breaker.probation(crate::peers::PROBATION);
@@ -271,7 +285,7 @@ impl Fetcher {
         None
     }
 
-    async fn save(
+    pub(super) async fn save(
         &self,
         h: StorePathHash,
         fh: crate::nix::hash::Sha256,

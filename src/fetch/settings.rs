@@ -33,6 +33,10 @@ pub struct PeerTuning {
     pub upload_limit: Option<u64>,
     /// Most torrents seeded at once.
     pub hot_set: usize,
+    /// Most peers in the peer set (`--max-peers`).
+    pub max_peers: usize,
+    /// Most cached NARs hashed into torrents at once (`--hash-concurrency`).
+    pub hash_concurrency: usize,
 }
 
 /// Everything [`Fetcher::new`](super::Fetcher::new) needs besides its shared handles.

@@ -18,13 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use mdns_sd::{IfKind, ResolvedService, ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{IfKind, ResolvedService, ServiceDaemon, ServiceEvent};
 use serde::Serialize;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::{Origin, PeerSet};
+pub use super::announce::Announcement;
+pub use super::discover::{discover, Discovered};
+use super::{addr, Origin, PeerSet};
 use crate::upstream::probe;
 
 /// The DNS-SD service type of nixgate appliances.
@@ -34,69 +36,12 @@ pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a probe of `/nix-cache-info` may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The TXT `v=` this release speaks.
-const TXT_VERSION: &str = "1";
+pub(super) const TXT_VERSION: &str = "1";
 
 #[derive(Debug, Error)]
 pub enum MdnsError {
     #[error("mDNS: {0}")]
     Daemon(#[from] mdns_sd::Error),
-}
-
-/// What this appliance announces.
-#[derive(Debug, Clone)]
-pub struct Announcement {
-    /// The stable peer id (see [`super::load_or_create_id`]).
-    pub id: String,
-    /// The HTTP address actually bound.
-    pub listen: SocketAddr,
-    /// The BitTorrent port, when BitTorrent is on.
-    pub bt_port: Option<u16>,
-}
-
-impl Announcement {
-    /// `nixgate-<hostname>-<id prefix>`, at most 63 bytes (RFC 6763 §4.1.1).
-    pub fn instance_name(&self) -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let host: String = host
-            .trim()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(40)
-            .collect();
-        let id = &self.id[..self.id.len().min(8)];
-        if host.is_empty() {
-            format!("nixgate-{id}")
-        } else {
-            format!("nixgate-{host}-{id}")
-        }
-    }
-
-    /// The record to register; `None` for a loopback listen address.
-    pub fn service_info(&self) -> Result<Option<ServiceInfo>, MdnsError> {
-        let ip = self.listen.ip();
-        if ip.is_loopback() {
-            return Ok(None);
-        }
-        let bt = self.bt_port.map(|p| p.to_string());
-        let mut txt = vec![("v", TXT_VERSION), ("id", self.id.as_str()), ("path", "/")];
-        if let Some(bt) = &bt {
-            txt.push(("bt", bt));
-        }
-        let host = format!("nixgate-{}.local.", &self.id[..self.id.len().min(12)]);
-        let name = self.instance_name();
-        let port = self.listen.port();
-        let info = if ip.is_unspecified() {
-            let mut info = ServiceInfo::new(SERVICE_TYPE, &name, &host, (), port, &txt[..])?
-                .enable_addr_auto();
-            if ip.is_ipv4() {
-                info.set_interfaces(vec![IfKind::IPv4]);
-            }
-            info
-        } else {
-            ServiceInfo::new(SERVICE_TYPE, &name, &host, ip, port, &txt[..])?
-        };
-        Ok(Some(info))
-    }
 }
 
 /// One announced appliance.
@@ -112,9 +57,13 @@ pub struct Found {
 }
 
 impl Found {
-    /// `None` unless the record is complete and speaks `v=1`.
+    /// `None` unless the record is complete, speaks `v=1` and serves at `path=/` (a cache
+    /// elsewhere on the host is not an appliance; an attacker-chosen path is not called).
     pub fn from_resolved(r: &ResolvedService) -> Option<Found> {
         if !r.is_valid() || r.get_property_val_str("v") != Some(TXT_VERSION) {
+            return None;
+        }
+        if r.get_property_val_str("path").is_some_and(|p| p != "/") || r.get_port() == 0 {
             return None;
         }
         let txt: BTreeMap<String, String> = r
@@ -133,20 +82,33 @@ impl Found {
         })
     }
 
-    /// Base URLs to try, IPv4 first. Loopback addresses and link-local IPv6 ones (a URL for
-    /// Nix cannot carry the interface they need) are left out.
+    /// Base URLs to try, IPv4 first: only the addresses [`addr::check`] accepts against this
+    /// host's interfaces, and none that is this host's.
     pub fn urls(&self) -> Vec<Url> {
-        let path = self.txt.get("path").map_or("/", String::as_str);
-        let path = if path.starts_with('/') { path } else { "/" };
-        self.addresses
-            .iter()
-            .filter(|ip| !ip.is_loopback())
-            .filter(|ip| match ip {
-                IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
-                IpAddr::V4(_) => true,
+        let mut urls = self.urls_on(&addr::own_subnets());
+        urls.retain(|u| {
+            !u.socket_addrs(|| None)
+                .is_ok_and(|a| a.iter().any(|a| super::is_local_address(a.ip())))
+        });
+        urls
+    }
+
+    /// Base URLs to try given this host's subnets `own` (see [`addr::check`]). Link-local
+    /// addresses are refused there too: a URL for Nix cannot carry their interface.
+    pub fn urls_on(&self, own: &[addr::Subnet]) -> Vec<Url> {
+        let mut ips: Vec<IpAddr> = (self.addresses.iter())
+            .filter_map(|ip| match addr::check(*ip, self.port, own) {
+                Ok(ip) => Some(ip),
+                Err(why) => {
+                    tracing::debug!(instance = %self.instance, %ip, reason = %why, "mDNS: announced address refused");
+                    None
+                }
             })
+            .collect();
+        ips.dedup();
+        (ips.iter())
             .filter_map(|ip| {
-                Url::parse(&format!("http://{}{path}", SocketAddr::new(*ip, self.port))).ok()
+                Url::parse(&format!("http://{}/", SocketAddr::new(*ip, self.port))).ok()
             })
             .collect()
     }
@@ -167,7 +129,7 @@ pub async fn fastest(urls: &[Url]) -> Option<(Url, Duration)> {
         .min_by_key(|(_, d)| *d)
 }
 
-fn daemon() -> Result<ServiceDaemon, MdnsError> {
+pub(super) fn daemon() -> Result<ServiceDaemon, MdnsError> {
     let d = ServiceDaemon::new()?;
     // mDNS on loopback would only ever find this host, and we never announce loopback.
     d.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])?;
@@ -202,6 +164,9 @@ pub async fn run(
     };
     let events = daemon.browse(SERVICE_TYPE)?;
     let mut members: HashMap<String, Member> = HashMap::new();
+    // Probes of newly resolved records run beside the loop and report here: a record whose
+    // addresses hang never holds up other events.
+    let (probed_tx, mut probed) = tokio::sync::mpsc::unbounded_channel();
     let mut tick = tokio::time::interval(LIVENESS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -209,14 +174,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             ev = events.recv_async() => match ev {
                 Ok(ServiceEvent::ServiceResolved(r)) => {
-                    let Some(found) = Found::from_resolved(&r) else { continue };
-                    if found.id.as_deref() == Some(me.id.as_str()) {
-                        continue; // our own record
-                    }
-                    let live = fastest(&found.urls()).await.map(|(u, _)| u);
-                    tracing::info!(instance = %found.instance, url = ?live.as_ref().map(Url::as_str), "mDNS: appliance found");
-                    members.insert(found.instance.clone(), Member { found, live });
-                    publish(&set, &members);
+                    resolved(&r, &me, set.max_peers(), &mut members, &probed_tx);
                 }
                 Ok(ServiceEvent::ServiceRemoved(_, name)) => {
                     if members.remove(&name).is_some() {
@@ -231,6 +189,15 @@ pub async fn run(
                     break;
                 }
             },
+            Some((name, live)) = probed.recv() => {
+                if let Some(m) = members.get_mut(&name) {
+                    if m.live != live {
+                        tracing::info!(instance = %name, url = ?live.as_ref().map(Url::as_str), "mDNS: appliance found");
+                        m.live = live;
+                        publish(&set, &members);
+                    }
+                }
+            }
             _ = tick.tick() => {
                 if check_liveness(&daemon, &mut members).await {
                     publish(&set, &members);
@@ -248,6 +215,41 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), rx.recv_async()).await;
     }
     Ok(())
+}
+
+/// A resolved record: kept (at most `max` members; when full, one that does not answer makes
+/// room) when it is another appliance with an acceptable address, and probed in the
+/// background; the probe's answer arrives on `probed`.
+fn resolved(
+    r: &ResolvedService,
+    me: &Announcement,
+    max: usize,
+    members: &mut HashMap<String, Member>,
+    probed: &tokio::sync::mpsc::UnboundedSender<(String, Option<Url>)>,
+) {
+    let Some(found) = Found::from_resolved(r) else {
+        return;
+    };
+    let urls = found.urls();
+    if found.id.as_deref() == Some(me.id.as_str()) || urls.is_empty() {
+        return; // our own record, or no address we may call
+    }
+    let name = found.instance.clone();
+    if !members.contains_key(&name) && members.len() >= max {
+        let idle = members.iter().find(|(_, m)| m.live.is_none());
+        let Some(idle) = idle.map(|(n, _)| n.clone()) else {
+            tracing::debug!(instance = %name, max, "mDNS: peer set full; appliance ignored");
+            return;
+        };
+        members.remove(&idle);
+    }
+    let live = members.get(&name).and_then(|m| m.live.clone());
+    members.insert(name.clone(), Member { found, live });
+    let tx = probed.clone();
+    tokio::spawn(async move {
+        let live = fastest(&urls).await.map(|(u, _)| u);
+        let _ = tx.send((name, live));
+    });
 }
 
 /// Probes every member; returns whether any changed. A member that stopped answering is
@@ -281,107 +283,37 @@ fn publish(set: &PeerSet, members: &HashMap<String, Member>) {
     set.replace(Origin::Mdns, urls);
 }
 
-/// An appliance found by [`discover`], with the URL that answered fastest.
-#[derive(Debug, Serialize)]
-pub struct Discovered {
-    pub url: String,
-    pub latency_ms: f64,
-    #[serde(flatten)]
-    pub found: Found,
-}
-
-/// Browses for `timeout`, then probes what was found. Returns the appliances that answered,
-/// fastest first, and how many were announced in all.
-pub async fn discover(timeout: Duration) -> Result<(Vec<Discovered>, usize), MdnsError> {
-    let daemon = daemon()?;
-    let events = daemon.browse(SERVICE_TYPE)?;
-    let mut found: BTreeMap<String, Found> = BTreeMap::new();
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            ev = events.recv_async() => match ev {
-                Ok(ServiceEvent::ServiceResolved(r)) => {
-                    if let Some(f) = Found::from_resolved(&r) {
-                        found.insert(f.instance.clone(), f);
-                    }
-                }
-                Ok(ServiceEvent::ServiceRemoved(_, name)) => {
-                    found.remove(&name);
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    }
-    if let Ok(rx) = daemon.shutdown() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv_async()).await;
-    }
-    let announced = found.len();
-    let probes = found.into_values().map(|f| async move {
-        let (url, latency) = fastest(&f.urls()).await?;
-        Some(Discovered {
-            url: url.as_str().trim_end_matches('/').to_owned(),
-            latency_ms: latency.as_secs_f64() * 1000.0,
-            found: f,
-        })
-    });
-    let mut answering: Vec<Discovered> = join_all(probes).await.into_iter().flatten().collect();
-    answering.sort_by(|a, b| a.latency_ms.total_cmp(&b.latency_ms));
-    Ok((answering, announced))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn me(listen: &str) -> Announcement {
-        Announcement {
-            id: "0123456789abcdef0123456789abcdef".into(),
-            listen: listen.parse().unwrap(),
-            bt_port: Some(6881),
-        }
-    }
-
     #[test]
-    fn announcement_record() {
-        assert!(me("127.0.0.1:8080").service_info().unwrap().is_none());
-        assert!(me("[::1]:8080").service_info().unwrap().is_none());
-        let info = me("10.1.2.3:8080").service_info().unwrap().unwrap();
-        assert_eq!(info.get_type(), SERVICE_TYPE);
-        assert_eq!(info.get_port(), 8080);
-        assert_eq!(info.get_property_val_str("v"), Some("1"));
-        assert_eq!(info.get_property_val_str("bt"), Some("6881"));
-        assert_eq!(info.get_property_val_str("path"), Some("/"));
-        assert_eq!(
-            info.get_property_val_str("id"),
-            Some("0123456789abcdef0123456789abcdef")
-        );
-        assert!(me("[::]:8080")
-            .service_info()
-            .unwrap()
-            .unwrap()
-            .is_addr_auto());
-        let name = me("[::]:8080").instance_name();
-        assert!(name.starts_with("nixgate-") && name.ends_with("-01234567") && name.len() <= 63);
-    }
-
-    #[test]
-    fn urls_skip_loopback_and_link_local() {
-        let f = Found {
+    fn urls_only_for_other_hosts_on_our_subnets() {
+        let net = |ip: &str| addr::Subnet {
+            ip: ip.parse().unwrap(),
+            prefix: 8,
+        };
+        let own = [net("10.0.0.1"), net("fd00::1")];
+        let mut f = Found {
             instance: "x._nixgate._tcp.local.".into(),
             id: None,
             port: 8080,
-            addresses: vec![
-                "10.0.0.2".parse().unwrap(),
-                "127.0.0.1".parse().unwrap(),
-                "fe80::1".parse().unwrap(),
-                "fd00::2".parse().unwrap(),
-            ],
+            addresses: [
+                "10.0.0.2",
+                "127.0.0.1",
+                "0.0.0.0",
+                "::ffff:127.0.0.1",
+                "10.0.0.1",
+            ]
+            .into_iter()
+            .chain(["fe80::1", "fd00::2", "192.168.9.9", "::"])
+            .map(|a| a.parse().unwrap())
+            .collect(),
             txt: BTreeMap::new(),
         };
-        let urls: Vec<String> = f.urls().iter().map(|u| u.to_string()).collect();
+        let urls: Vec<String> = f.urls_on(&own).iter().map(|u| u.to_string()).collect();
         assert_eq!(urls, ["http://10.0.0.2:8080/", "http://[fd00::2]:8080/"]);
+        f.port = 0;
+        assert!(f.urls_on(&own).is_empty());
     }
 }

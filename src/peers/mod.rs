@@ -6,7 +6,10 @@
 //! can never bounce between appliances. A peer whose data fails verification is put on
 //! probation (skipped) for [`PROBATION`]. This appliance's own address is never its peer.
 
+pub mod addr;
+mod announce;
 pub mod digest;
+mod discover;
 pub mod dns;
 pub mod fleet;
 pub mod mdns;
@@ -26,6 +29,8 @@ use crate::upstream::Upstream;
 
 /// How long a peer that sent unverifiable data is skipped.
 pub const PROBATION: Duration = Duration::from_secs(300);
+/// The bound on the peer set unless [`PeerSet::with_max_peers`] says otherwise.
+pub const DEFAULT_MAX_PEERS: usize = 64;
 
 /// Where a peer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,6 +98,8 @@ pub struct PeerSet {
     own_id: String,
     /// Who owns keys.
     membership: Membership,
+    /// `--max-peers`: peers beyond this are ignored (static ones are always kept).
+    max_peers: usize,
 }
 
 impl PeerSet {
@@ -102,9 +109,32 @@ impl PeerSet {
             own_port,
             own_id,
             membership,
+            max_peers: DEFAULT_MAX_PEERS,
         };
         set.replace(Origin::Static, statics);
         set
+    }
+
+    /// Bounds the set to `max` peers: later ones (from DNS or mDNS) are ignored while it is
+    /// full. Peers given with `--peer` are the operator's own and always kept.
+    pub fn with_max_peers(mut self, max: usize) -> Self {
+        self.max_peers = max;
+        let entries = self.entries.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut kept = entries
+            .iter()
+            .filter(|e| e.origin == Origin::Static)
+            .count();
+        entries.retain(|e| {
+            let keep = e.origin == Origin::Static || kept < max;
+            kept += usize::from(keep && e.origin != Origin::Static);
+            keep
+        });
+        self
+    }
+
+    /// The bound on the set (`--max-peers`).
+    pub fn max_peers(&self) -> usize {
+        self.max_peers
     }
 
     /// Replaces the peers of one origin, keeping the state (breaker) of peers that stay.
@@ -115,6 +145,10 @@ impl PeerSet {
         for url in urls {
             if entries.iter().any(|e| e.peer.base == url) {
                 continue; // already known (perhaps from another origin)
+            }
+            if origin != Origin::Static && entries.len() >= self.max_peers {
+                tracing::warn!(peer = %url, ?origin, max_peers = self.max_peers, "peer set full; peer ignored");
+                continue;
             }
             tracing::info!(peer = %url, ?origin, "peer added");
             entries.push(Entry {
@@ -345,6 +379,23 @@ mod tests {
         assert_eq!(set.status()[1].state, "skipped");
         set.replace(Origin::Dns, vec![]);
         assert_eq!(set.peers().len(), 1, "static peers stay");
+    }
+
+    #[test]
+    fn the_set_is_bounded() {
+        let set = PeerSet::new(
+            8080,
+            "0".repeat(32),
+            Membership::default(),
+            vec![u("http://10.9.9.1:8080/")],
+        )
+        .with_max_peers(3);
+        let many = (2..200)
+            .map(|i| u(&format!("http://10.9.9.{i}:8080/")))
+            .collect();
+        set.replace(Origin::Mdns, many);
+        assert_eq!(set.peers().len(), 3);
+        assert_eq!(set.max_peers(), 3);
     }
 
     #[test]

@@ -12,8 +12,13 @@ use thiserror::Error;
 
 use super::Store;
 
-/// Digests larger than this are refused (40M keys; far beyond any cache).
-pub const MAX_BYTES: usize = 64 << 20;
+/// Digests larger than this are refused: 4 MiB is 3.3M keys at 10 bits per key (1.6M cached
+/// paths, far beyond a 10 GiB cache), and ten peers' digests then cost at most 40 MiB.
+pub const MAX_BYTES: usize = 4 << 20;
+/// A filter with more bits set than this is refused. A real digest sized at 10 bits per key
+/// with k = 7 is at most about half full (1 - e^-0.7 = 0.50); a fuller one is a liar's (an
+/// all-ones filter would claim every key) and would make its peer look like it holds all.
+pub const MAX_FILL: f64 = 0.6;
 const MAGIC: &[u8; 4] = b"NGD1";
 const K: u8 = 7;
 const BITS_PER_KEY: usize = 10;
@@ -23,6 +28,11 @@ const MIN_BITS: usize = 8 * 1024;
 pub enum DigestError {
     #[error("not a nixgate digest")]
     Format,
+    #[error("digest larger than {MAX_BYTES} bytes")]
+    TooLarge,
+    /// The percentage of bits set.
+    #[error("implausible digest: {0}% of its bits are set")]
+    Implausible(u8),
 }
 
 /// A Bloom filter over the keys an appliance holds.
@@ -84,8 +94,16 @@ impl Holdings {
     pub fn from_bytes(b: &[u8]) -> Result<Self, DigestError> {
         let rest = b.strip_prefix(MAGIC).ok_or(DigestError::Format)?;
         let (&k, bits) = rest.split_first().ok_or(DigestError::Format)?;
-        if k == 0 || k > 32 || bits.is_empty() || bits.len() > MAX_BYTES {
+        if bits.len() > MAX_BYTES {
+            return Err(DigestError::TooLarge);
+        }
+        if k == 0 || k > 32 || bits.is_empty() {
             return Err(DigestError::Format);
+        }
+        let set: u64 = bits.iter().map(|b| u64::from(b.count_ones())).sum();
+        let fill = set as f64 / (bits.len() as f64 * 8.0);
+        if fill > MAX_FILL {
+            return Err(DigestError::Implausible((fill * 100.0) as u8));
         }
         Ok(Holdings {
             bits: bits.to_vec(),
@@ -136,5 +154,24 @@ mod tests {
             Holdings::from_bytes(b"NGD1\x00\xff"),
             Err(DigestError::Format)
         );
+    }
+
+    #[test]
+    fn refuses_oversized_and_implausible() {
+        let mut big = b"NGD1\x07".to_vec();
+        big.resize(5 + MAX_BYTES + 1, 0);
+        assert_eq!(Holdings::from_bytes(&big), Err(DigestError::TooLarge));
+        let mut ones = b"NGD1\x07".to_vec();
+        ones.resize(5 + 1024, 0xff);
+        assert!(matches!(
+            Holdings::from_bytes(&ones),
+            Err(DigestError::Implausible(_))
+        ));
+        // A digest filled to its design load (10 bits per key) is accepted.
+        let mut full = Holdings::with_capacity(100_000);
+        for i in 0..100_000 {
+            full.insert(&nar_key(&format!("{i:052}")));
+        }
+        assert!(Holdings::from_bytes(&full.to_bytes()).is_ok());
     }
 }

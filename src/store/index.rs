@@ -156,7 +156,7 @@ impl Index {
         }
     }
 
-    fn remove_narinfo(&mut self, h: &StorePathHash) -> Option<Sha256> {
+    pub(super) fn remove_narinfo(&mut self, h: &StorePathHash) -> Option<Sha256> {
         let fh = self.narinfos.remove(h)?;
         let g = self.groups.get_mut(&fh)?;
         if let Some(i) = g.narinfos.iter().position(|(x, _)| x == h) {

@@ -121,6 +121,19 @@ impl Store {
         self.delete_files(removed.into_iter().collect());
     }
 
+    /// Drops the narinfo of `h` alone (its NAR stays): a narinfo whose NarHash the NAR it
+    /// names did not match.
+    pub fn forget_narinfo(&self, h: &StorePathHash) {
+        let Some(fh) = self.index().remove_narinfo(h) else {
+            return;
+        };
+        self.delete_files(vec![Evicted {
+            file_hash: fh,
+            narinfos: vec![*h],
+            nar: None,
+        }]);
+    }
+
     fn delete_evicted(&self, evicted: Vec<Evicted>) {
         if !evicted.is_empty() {
             self.metrics.evicted(evicted.len() as u64);

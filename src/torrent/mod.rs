@@ -12,6 +12,7 @@
 //!   verifies the bytes (FileHash, NarHash) as for any other source, and the torrent and its
 //!   files are deleted when the read ends.
 
+mod hashing;
 pub mod meta;
 #[cfg(test)]
 mod proptests;
@@ -34,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use self::meta::{NarTorrent, PieceHasher};
+use self::meta::NarTorrent;
 use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
 use crate::store::Store;
@@ -67,6 +68,8 @@ pub struct EngineConfig {
     pub upload_limit: Option<u64>,
     /// Live seeding torrents, at most.
     pub hot_set: usize,
+    /// Cached NARs hashed into torrents at once, at most.
+    pub hash_concurrency: usize,
 }
 
 /// The running engine.
@@ -80,6 +83,10 @@ pub struct Engine {
     hot_set: usize,
     metrics: Arc<Metrics>,
     metas: moka::sync::Cache<Sha256, Arc<NarTorrent>>,
+    /// Hashing under way: concurrent requests for one NAR share one hash.
+    hashing: crate::fetch::coalesce::Coalescer<Sha256, Result<Arc<NarTorrent>, String>>,
+    /// Bounds concurrent hashing, so the blocking pool keeps threads to serve cached files.
+    hash_slots: Arc<tokio::sync::Semaphore>,
     /// Seeding torrents, most recently asked last.
     hot: Mutex<VecDeque<(Sha256, Id20)>>,
 }
@@ -134,6 +141,8 @@ impl Engine {
             hot_set: config.hot_set,
             metrics,
             metas: moka::sync::Cache::new(META_CACHE),
+            hashing: Default::default(),
+            hash_slots: Arc::new(tokio::sync::Semaphore::new(config.hash_concurrency.max(1))),
             hot: Mutex::new(VecDeque::new()),
         });
         // An evicted NAR stops being seeded (librqbit would keep the unlinked file open).
@@ -160,16 +169,7 @@ impl Engine {
         };
         let torrent = match self.metas.get(fh) {
             Some(t) => t,
-            None => {
-                let name = format!("{}.nar{ext}", fh.to_nix32());
-                let p = path.clone();
-                let t = tokio::task::spawn_blocking(move || hash_file(&p, name, size))
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))??;
-                let t = Arc::new(t);
-                self.metas.insert(*fh, t.clone());
-                t
-            }
+            None => self.hash(*fh, path.clone(), size, ext).await?,
         };
         self.seed(fh, &path, &torrent).await?;
         Ok(Some(Bytes::from(torrent.to_file(&self.trackers))))
@@ -289,23 +289,6 @@ impl Engine {
             .await;
         let _ = tokio::fs::remove_dir_all(dir).await;
     }
-}
-
-/// Hashes a cached NAR into its torrent.
-fn hash_file(path: &Path, name: String, size: u64) -> std::io::Result<NarTorrent> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = PieceHasher::new(name, size);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    h.finish(size)
-        .ok_or_else(|| std::io::Error::other("the cached NAR changed size while hashing"))
 }
 
 /// librqbit's file stream (its type is not exported).

@@ -95,6 +95,11 @@ pub enum Answer {
     NotFound,
 }
 
+/// The longest a peer may take to answer with headers (connect included).
+pub const PEER_FIRST_BYTE: Duration = Duration::from_secs(2);
+/// The longest a peer's body may go without a byte.
+pub const PEER_STALL: Duration = Duration::from_secs(5);
+
 /// A response body read with the stall timeout.
 pub struct UpstreamBody {
     body: Incoming,
@@ -297,9 +302,18 @@ impl UpstreamClient {
             return Err(UpstreamError::CircuitOpen);
         }
         let req = build_request(method, url, asker)?;
-        let first_byte = match asker {
-            Asker::Fleet => FLEET_FIRST_BYTE,
-            _ => self.timeouts.connect + self.timeouts.first_byte,
+        let (first_byte, stall) = match asker {
+            Asker::Fleet => (FLEET_FIRST_BYTE, self.timeouts.stall),
+            // A peer answers from its disk, on the LAN: one that hangs must not cost a miss
+            // the upstream timeouts (25 s by default) while the upstream is down.
+            Asker::Peer => (
+                (self.timeouts.connect + self.timeouts.first_byte).min(PEER_FIRST_BYTE),
+                self.timeouts.stall.min(PEER_STALL),
+            ),
+            Asker::Upstream(_) => (
+                self.timeouts.connect + self.timeouts.first_byte,
+                self.timeouts.stall,
+            ),
         };
         let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => {
@@ -343,7 +357,7 @@ impl UpstreamClient {
         Ok(Answer::Found(UpstreamBody {
             body,
             headers: parts.headers,
-            stall: self.timeouts.stall,
+            stall,
             content_length,
         }))
     }

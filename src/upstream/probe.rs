@@ -20,6 +20,8 @@ pub enum ProbeError {
     Connect(String),
     #[error("answered {0}")]
     Status(http::StatusCode),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 /// GETs `path` under `base`; returns the time to the response headers.
@@ -41,7 +43,12 @@ pub async fn get_bytes(
             .collect()
             .await
             .map(|b| b.to_bytes())
-            .map_err(|e| ProbeError::Connect(format!("reading the body: {e}")))
+            .map_err(
+                |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                    Some(_) => ProbeError::TooLarge(max),
+                    None => ProbeError::Connect(format!("reading the body: {e}")),
+                },
+            )
     })
     .await
     .map_err(|_| ProbeError::Timeout(deadline))?

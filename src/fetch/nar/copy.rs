@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::super::{FetchError, Fetcher};
-use super::plan::{Checks, Plan};
+use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::relay::{Relay, Sink};
 use super::source::{Body, BytesFrom};
 use super::{storage, Download, Progress, Reader, ACCELERATE_AFTER, WRITE_BATCH};
@@ -111,12 +111,14 @@ impl Fetcher {
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
         let accelerable = self.accelerable(plan);
-        let (from, body, mut nar_check) = self.open_source(plan, accelerable).await?;
+        let (from, body, nar_check) = self.open_source(plan, accelerable).await?;
+        // NarHash is checked for every source whose compression can be decoded, before
+        // commit: a peer's narinfo may name another path's (genuine) NAR.
+        let nar_check = nar_check.or_else(|| plan.nar_check());
         // http-first acceleration: a large NAR that a peer holds switches to the swarm if the
         // upstream turns out slow. The swarm's bytes need the NarHash check from byte 0.
         let mut accelerate = None;
         if matches!(from, BytesFrom::Upstream(_)) && accelerable {
-            nar_check = plan.nar_check();
             accelerate = nar_check.is_some().then(Instant::now);
         }
         let mut feed = Feed {
@@ -206,6 +208,9 @@ impl Fetcher {
             return e;
         }
         self.metrics.verification_failure(from.source());
+        if let (true, Some(h)) = (is_nar_mismatch(&e), plan.narinfo) {
+            self.narinfo_refuted(h, &e.to_string());
+        }
         let liars = from.liars();
         if !liars.is_empty() {
             // The peer may have invented the FileHash its narinfo named: forget the

@@ -22,6 +22,8 @@ mod relay;
 mod source;
 mod swarm;
 
+pub(super) use passthrough::Hub as PassthroughHub;
+
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -11,6 +11,7 @@ use super::super::{FetchError, Fetcher};
 use crate::fetch::PeerPolicy;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
+use crate::nix::store_path::StorePathHash;
 use crate::store::digest::nar_key;
 use crate::upstream::Upstream;
 
@@ -23,7 +24,8 @@ pub(super) struct Plan {
     pub candidates: Vec<(usize, Url)>,
     pub size: Option<u64>,
     pub compression: Option<Compression>,
-    /// The signed NarHash and NarSize, when a narinfo told them (needed for peer bytes).
+    /// The signed NarHash and NarSize, when a narinfo told them (checked for every source
+    /// whose compression nixgate can decode).
     pub nar: Option<(Sha256, u64)>,
     /// The key whose fleet owner fetches this NAR: the store path hash of the narinfo that
     /// names it (so the member that fetched the narinfo, and knows its sizes and hashes, also
@@ -35,6 +37,24 @@ pub(super) struct Plan {
     /// each other, apart from ours that wait on an owner, so members that briefly disagree
     /// on the owner cannot wait on each other.
     pub ourselves: bool,
+    /// The store path whose narinfo told them (forgotten when the NAR does not match).
+    pub narinfo: Option<StorePathHash>,
+}
+
+/// Starts the message of a verification failure of the decompressed NAR (NarHash/NarSize):
+/// the bytes may be right for their FileHash and the narinfo wrong.
+const NAR_MISMATCH: &str = "against the narinfo's NarHash: ";
+
+/// Whether `e` is a failure of the NarHash/NarSize check (see [`NAR_MISMATCH`]).
+pub(super) fn is_nar_mismatch(e: &FetchError) -> bool {
+    matches!(e, FetchError::Verification(m) if m.starts_with(NAR_MISMATCH))
+}
+
+fn nar_mismatch(e: FetchError) -> FetchError {
+    match e {
+        FetchError::Verification(m) => FetchError::Verification(format!("{NAR_MISMATCH}{m}")),
+        e => e,
+    }
 }
 
 impl Plan {
@@ -56,7 +76,7 @@ impl Plan {
     }
 }
 
-/// The checks for one source: the file always; the decompressed NAR for peer bytes.
+/// The checks for one source: the file always; the decompressed NAR when it can be decoded.
 pub(super) struct Checks {
     file: FileCheck,
     nar: Option<NarCheck>,
@@ -81,7 +101,7 @@ impl Checks {
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
         self.file.update(chunk)?;
         match &mut self.nar {
-            Some(n) => n.update(chunk),
+            Some(n) => n.update(chunk).map_err(nar_mismatch),
             None => Ok(()),
         }
     }
@@ -89,7 +109,7 @@ impl Checks {
     pub fn finish(self) -> Result<u64, FetchError> {
         let n = self.file.finish()?;
         if let Some(nar) = self.nar {
-            nar.finish()?;
+            nar.finish().map_err(nar_mismatch)?;
         }
         Ok(n)
     }
@@ -109,6 +129,7 @@ impl Fetcher {
             owner_key: fh.to_nix32(),
             owners: Vec::new(),
             ourselves: true,
+            narinfo: None,
         };
         for stored in self.store.narinfos_of(&fh).await {
             let Some((url, ni)) = parse_stored(&stored) else {
@@ -129,6 +150,7 @@ impl Fetcher {
             plan.compression = Some(c);
             plan.nar = Some((ni.nar_hash, ni.nar_size));
             plan.owner_key = ni.base.hash.to_string();
+            plan.narinfo = Some(ni.base.hash);
             break;
         }
         if !fleet {

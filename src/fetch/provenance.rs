@@ -1,0 +1,169 @@
+//! Narinfos that came from peers. A trusted signature covers the store path, NarHash, NarSize
+//! and references, not FileHash/FileSize: those are the peer's word. So a peer's narinfo is
+//! checked against what the cache already holds for its FileHash before it is stored, is
+//! marked (in memory) as that peer's, is replaced by an upstream's as soon as an upstream
+//! answers again, and is forgotten, its peer put on probation, when the NAR it names does not
+//! match its NarHash.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use url::Url;
+
+use super::narinfo::{accept, parse_stored, Via};
+use super::verify::NarCheck;
+use super::Fetcher;
+use crate::metrics::Source;
+use crate::nix::compression::Compression;
+use crate::nix::hash::Sha256;
+use crate::nix::store_path::StorePathHash;
+use crate::upstream::Upstream;
+
+/// How often a peer's narinfo is asked of the upstreams again, at most.
+const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
+/// How long a hit waits for the upstreams' narinfo before serving the peer's.
+const REVALIDATE_WAIT: Duration = Duration::from_secs(1);
+/// Marks kept, at most (narinfos from peers only arrive while every upstream fails).
+const MAX_MARKS: u64 = 100_000;
+
+/// Which stored narinfos came from which peer.
+pub struct Provenance {
+    marks: moka::sync::Cache<StorePathHash, Mark>,
+}
+
+#[derive(Clone)]
+struct Mark {
+    peer: Url,
+    /// When the upstreams were last asked for it.
+    checked: Instant,
+}
+
+impl Default for Provenance {
+    fn default() -> Self {
+        Provenance {
+            marks: moka::sync::Cache::new(MAX_MARKS),
+        }
+    }
+}
+
+impl Provenance {
+    fn mark(&self, h: StorePathHash, peer: &Url) {
+        let mark = Mark {
+            peer: peer.clone(),
+            checked: Instant::now(),
+        };
+        self.marks.insert(h, mark);
+    }
+}
+
+impl Fetcher {
+    /// A trusted narinfo from `peer` (FileHash `fh`): vetted, stored and marked as the peer's.
+    /// `None` when it is refused (counted, the peer on probation): the caller asks the next.
+    pub(super) async fn keep_peer_narinfo(
+        &self,
+        peer: &Upstream,
+        h: StorePathHash,
+        fh: Sha256,
+        stored: String,
+    ) -> Option<Option<Bytes>> {
+        if let Err(why) = self.vet_peer_narinfo(fh, &stored).await {
+            self.metrics.verification_failure(Source::Peer);
+            peer.breaker.probation(crate::peers::PROBATION);
+            tracing::warn!(peer = %peer.base, hash = %h, reason = %why, "peer narinfo names another path's NAR; peer on probation");
+            return None;
+        }
+        tracing::info!(peer = %peer.base, hash = %h, "narinfo from peer");
+        let saved = self.save(h, fh, stored, Source::Peer).await.ok();
+        if saved.is_some() {
+            self.provenance.mark(h, &peer.base);
+        }
+        Some(saved)
+    }
+
+    /// Checks a peer narinfo's NarHash/NarSize against what the cache holds for its FileHash:
+    /// another narinfo naming the same file, else the NAR file itself (decompressed).
+    pub(super) async fn vet_peer_narinfo(&self, fh: Sha256, stored: &str) -> Result<(), String> {
+        let (_, ni) =
+            parse_stored(&Bytes::copy_from_slice(stored.as_bytes())).ok_or("unparsable narinfo")?;
+        let claim = (ni.nar_hash, ni.nar_size);
+        for other in self.store.narinfos_of(&fh).await {
+            if let Some((_, o)) = parse_stored(&other) {
+                if (o.nar_hash, o.nar_size) != claim {
+                    return Err(format!("its FileHash is the NAR of {}", o.store_path));
+                }
+                return Ok(());
+            }
+        }
+        let compression = Compression::from_field(ni.compression.as_deref());
+        let Some((path, _)) = self.store.nar(&fh, compression.extension()) else {
+            return Ok(()); // checked against NarHash when it is fetched
+        };
+        let Some(mut check) = NarCheck::new(compression, claim.0, claim.1) else {
+            return Ok(()); // cannot decode it; Nix checks NarHash itself
+        };
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match f.read(&mut buf).map_err(|e| e.to_string())? {
+                    0 => break,
+                    n => check.update(&buf[..n]).map_err(|e| e.to_string())?,
+                }
+            }
+            check.finish().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// For a cached narinfo of `h` that a peer supplied: the upstreams are asked for theirs
+    /// (at most every [`REVALIDATE_EVERY`]; an upstream whose circuit is open is skipped at
+    /// no cost), and the first trusted one replaces the peer's. A hit waits for that at most
+    /// [`REVALIDATE_WAIT`] (then the peer's is served and the upstreams' answer lands later).
+    pub(super) async fn revalidated(self: &Arc<Self>, h: StorePathHash) -> Option<Bytes> {
+        let mark = self.provenance.marks.get(&h)?;
+        if mark.checked.elapsed() < REVALIDATE_EVERY {
+            return None;
+        }
+        self.provenance.mark(h, &mark.peer);
+        let this = self.clone();
+        let asked = tokio::spawn(async move { this.narinfo_from_upstreams(h).await });
+        tokio::time::timeout(REVALIDATE_WAIT, asked)
+            .await
+            .ok()?
+            .ok()?
+    }
+
+    async fn narinfo_from_upstreams(&self, h: StorePathHash) -> Option<Bytes> {
+        for up in &self.upstreams {
+            let Ok(Some(body)) = self.get_narinfo(up, h, Via::Upstream).await else {
+                continue;
+            };
+            let Ok((fh, stored)) = accept(&h, &up.base, &body, &self.keys) else {
+                continue;
+            };
+            let saved = self.save(h, fh, stored, Source::Upstream).await.ok()?;
+            self.provenance.marks.remove(&h);
+            tracing::info!(upstream = %up.base, hash = %h, "peer's narinfo replaced by the upstream's");
+            return Some(saved);
+        }
+        None
+    }
+
+    /// The NAR named by the narinfo of `h` did not match its NarHash: that narinfo is
+    /// forgotten (the NAR may well be another path's, and stays), and the peer that supplied
+    /// it, if one did, is put on probation.
+    pub(super) fn narinfo_refuted(&self, h: StorePathHash, why: &str) {
+        self.store.forget_narinfo(&h);
+        let Some(mark) = self.provenance.marks.remove(&h) else {
+            tracing::warn!(hash = %h, reason = %why, "NAR does not match its narinfo; narinfo forgotten");
+            return;
+        };
+        for p in self.peers.peers().iter().filter(|p| p.base == mark.peer) {
+            p.breaker.probation(crate::peers::PROBATION);
+        }
+        tracing::warn!(hash = %h, peer = %mark.peer, reason = %why, "NAR does not match the peer's narinfo; narinfo forgotten, peer on probation");
+    }
+}

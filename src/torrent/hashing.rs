@@ -1,0 +1,64 @@
+//! Hashing a cached NAR into its torrent for `/_p2p/v1/torrent`: once for all concurrent
+//! requests (coalesced by FileHash), at most `--hash-concurrency` NARs at a time, on the
+//! blocking pool; the result is kept in the engine's torrent cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::meta::{NarTorrent, PieceHasher};
+use super::{Engine, TorrentEngineError};
+use crate::nix::hash::Sha256;
+
+impl Engine {
+    /// Hashes a cached NAR into its torrent: once for all concurrent askers, and at most
+    /// `hash_concurrency` NARs at a time.
+    pub(super) async fn hash(
+        &self,
+        fh: Sha256,
+        path: PathBuf,
+        size: u64,
+        ext: &'static str,
+    ) -> Result<Arc<NarTorrent>, TorrentEngineError> {
+        let (metas, slots, metrics) = (
+            self.metas.clone(),
+            self.hash_slots.clone(),
+            self.metrics.clone(),
+        );
+        let (res, _) = self
+            .hashing
+            .run(fh, move || async move {
+                if let Some(t) = metas.get(&fh) {
+                    return Ok(t); // finished just before this call joined
+                }
+                let _slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+                let name = format!("{}.nar{ext}", fh.to_nix32());
+                let t = tokio::task::spawn_blocking(move || hash_file(&path, name, size))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                metrics.torrent_hashed();
+                let t = Arc::new(t);
+                metas.insert(fh, t.clone());
+                Ok(t)
+            })
+            .await;
+        res.map_err(|e| TorrentEngineError::Io(std::io::Error::other(e)))
+    }
+}
+
+/// Hashes a cached NAR into its torrent.
+fn hash_file(path: &Path, name: String, size: u64) -> std::io::Result<NarTorrent> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = PieceHasher::new(name, size);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finish(size)
+        .ok_or_else(|| std::io::Error::other("the cached NAR changed size while hashing"))
+}
