@@ -56,6 +56,16 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// The kind of slot a client connection holds (`--max-connections` or the reserve).
+    ConnSlot { Regular => "regular", Reserve => "reserve" }
+);
+
+label_enum!(
+    /// Why a client connection was closed on accept.
+    Refusal { PerIp => "per_ip", Global => "global" }
+);
+
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }
@@ -73,6 +83,9 @@ pub struct Metrics {
     coalesced: AtomicU64,
     torrents_seeding: AtomicU64,
     fleet_served: AtomicU64,
+    connections: [AtomicU64; ConnSlot::COUNT],
+    refused: [AtomicU64; Refusal::COUNT],
+    send_timeouts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -89,6 +102,9 @@ impl Default for Metrics {
             coalesced: AtomicU64::new(0),
             torrents_seeding: AtomicU64::new(0),
             fleet_served: AtomicU64::new(0),
+            connections: counters(),
+            refused: counters(),
+            send_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -127,6 +143,19 @@ impl Metrics {
     /// This appliance answered a fleet request (a member asked it as the owner of a key).
     pub fn fleet_served(&self) {
         self.fleet_served.fetch_add(1, Relaxed);
+    }
+
+    /// Client connections open now, by slot.
+    pub fn set_connections(&self, slot: ConnSlot, n: u64) {
+        self.connections[slot as usize].store(n, Relaxed);
+    }
+    /// A client connection was closed on accept.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+    /// A client connection was dropped for accepting no bytes within `--send-timeout`.
+    pub fn send_timeout(&self) {
+        self.send_timeouts.fetch_add(1, Relaxed);
     }
 
     /// Renders the Prometheus text exposition format.
@@ -221,6 +250,24 @@ impl Metrics {
                 "Requests other fleet members sent to this appliance as the owner of a key.",
             )
             .value(&self.fleet_served),
+            Family::new(
+                "nixgate_client_connections",
+                Gauge,
+                "Client connections open, by slot.",
+            )
+            .by("slot", ConnSlot::ALL, |s| &self.connections[s as usize]),
+            Family::new(
+                "nixgate_connections_refused_total",
+                Counter,
+                "Client connections closed on accept: over the per-IP or global limit.",
+            )
+            .by("reason", Refusal::ALL, |r| &self.refused[r as usize]),
+            Family::new(
+                "nixgate_send_timeouts_total",
+                Counter,
+                "Client connections dropped for accepting no bytes within --send-timeout.",
+            )
+            .value(&self.send_timeouts),
         ]
     }
 }

@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::metrics::Metrics;
+
 /// Connections beyond `--max-connections` that may still be accepted, each for one request
 /// of a cheap route (health, readiness, metrics, cache info; everything else gets 503), with a
 /// short header timeout. Enough for probes and a few curls; too few to matter for memory.
@@ -27,20 +29,7 @@ pub struct ConnLimits {
     pub send_timeout: Duration,
 }
 
-/// Which kind of slot a connection got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    Regular,
-    /// Beyond the global limit: one cheap request, then close.
-    Reserve,
-}
-
-/// Why a connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    PerIp,
-    Global,
-}
+pub use crate::metrics::{ConnSlot as Slot, Refusal as Refused};
 
 #[derive(Default)]
 struct Counts {
@@ -55,6 +44,7 @@ struct Counts {
 /// when the connection ends.
 pub struct Gate {
     limits: ConnLimits,
+    metrics: Arc<Metrics>,
     counts: Mutex<Counts>,
 }
 
@@ -85,6 +75,7 @@ impl Drop for Permit {
                 c.per_ip.remove(&self.key);
             }
         }
+        self.gate.publish(&c);
     }
 }
 
@@ -102,9 +93,10 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 impl Gate {
     /// A gate with nothing open.
-    pub fn new(limits: ConnLimits) -> Arc<Gate> {
+    pub fn new(limits: ConnLimits, metrics: Arc<Metrics>) -> Arc<Gate> {
         Arc::new(Gate {
             limits,
+            metrics,
             counts: Mutex::default(),
         })
     }
@@ -128,6 +120,7 @@ impl Gate {
         match slot {
             Ok(slot) => {
                 *c.per_ip.entry(key).or_default() += 1;
+                self.publish(&c);
                 Ok(Permit {
                     gate: self.clone(),
                     key,
@@ -135,6 +128,7 @@ impl Gate {
                 })
             }
             Err(why) => {
+                self.metrics.refused(why);
                 c.refused += 1;
                 let now = Instant::now();
                 if c.last_log.is_none_or(|t| now - t >= LOG_EVERY) {
@@ -151,6 +145,13 @@ impl Gate {
         }
     }
 
+    fn publish(&self, c: &Counts) {
+        self.metrics
+            .set_connections(Slot::Regular, c.regular as u64);
+        self.metrics
+            .set_connections(Slot::Reserve, c.reserve as u64);
+    }
+
     /// Regular and reserve connections open now.
     pub fn open(&self) -> (usize, usize) {
         let c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,11 +164,12 @@ mod tests {
     use super::*;
 
     fn gate(max: usize, per_ip: usize) -> Arc<Gate> {
-        Gate::new(ConnLimits {
+        let limits = ConnLimits {
             max,
             per_ip,
             send_timeout: Duration::from_secs(1),
-        })
+        };
+        Gate::new(limits, Arc::default())
     }
 
     #[test]

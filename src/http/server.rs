@@ -176,6 +176,18 @@ impl AcceptBackoff {
     }
 }
 
+/// True when a connection ended because its client accepted no bytes (see [`SendTimeout`]).
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Serves connections from `listener` until `shutdown` is cancelled, then drains. Each
 /// connection is admitted by the [`Gate`] of `limits` and its writes carry the send timeout.
 pub async fn serve(
@@ -185,7 +197,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let (regular, reserve) = builders();
-    let gate = Gate::new(limits);
+    let gate = Gate::new(limits, app.metrics.clone());
     let graceful = GracefulShutdown::new();
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -206,6 +218,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(SendTimeout::new(stream, limits.send_timeout));
+        let metrics = app.metrics.clone();
         let app = app.clone();
         let conn = if permit.slot() == Slot::Reserve {
             let svc = service_fn(move |req| handle_reserve(app.clone(), req));
@@ -216,6 +229,9 @@ pub async fn serve(
         };
         tokio::spawn(async move {
             if let Err(e) = conn.await {
+                if timed_out(&e) {
+                    metrics.send_timeout();
+                }
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
