@@ -110,17 +110,15 @@ async fn handle_reserve(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let cheap = matches!(
-        parse(req.uri().path()),
+    let target = parse(req.uri().path());
+    if matches!(
+        target,
         Target::Health | Target::Ready | Target::Metrics | Target::CacheInfo
-    );
-    if cheap {
+    ) {
         return handle(app, req).await;
     }
-    app.metrics.request(
-        parse(req.uri().path()).route(),
-        crate::metrics::Outcome::Unavailable,
-    );
+    app.metrics
+        .request(target.route(), crate::metrics::Outcome::Unavailable);
     let text = "over the connection limit, retry later\n";
     Ok(Response::builder()
         .status(http::StatusCode::SERVICE_UNAVAILABLE)
