@@ -43,11 +43,11 @@ curl -sf -o /dev/null http://127.0.0.1:$NG$BIG_NAR   # the slow readers' NAR is 
     echo "$(awk '/VmRSS/ {print $2}' /proc/$PID/status) $(ls /proc/$PID/fd | wc -l)"; sleep 1
   done > $D/samples ) & echo $! >> $D/pids
 
-echo "machine: $(nproc) cores, $(uname -r), nixgate $(target/release/nixgate --version)"
+echo "machine: $(nproc) cores, $(uname -r), nixgate $(target/release/nixgate --version), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== soak: $CLIENTS clients ($SLOW slow readers) for ${SECS}s, $HITS cached paths"
 target/release/examples/soak 127.0.0.1:$NG $D/cache "$HITS" "$SECS" "$CLIENTS" "$SLOW" "$BIG_NAR"
 sleep 1
 awk '{ if ($1>r) r=$1; if ($2>f) f=$2 } END { printf "nixgate: max RSS %.1f MiB, max open fds %d (sampled every second)\n", r/1024, f }' $D/samples
 echo "nixgate: peak RSS (VmHWM) $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$PID/status)"
 echo "nixgate: $(curl -s http://127.0.0.1:$NG/metrics | grep -E '^nixgate_(send_timeouts_total|connections_refused_total)' | tr '\n' ' ')"
-echo "nixgate log lines at warn or above: $(wc -l < $D/nixgate.log)"
+echo "nixgate log lines at warn or above: $(wc -l < $D/nixgate.log); load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

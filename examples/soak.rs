@@ -265,11 +265,12 @@ async fn main() {
     lat.sort_unstable();
     let req = tally.requests.load(Relaxed);
     println!(
-        "well-behaved: {} clients, {req} requests ({:.0}/s), {} errors; misses asked {}",
+        "well-behaved: {} clients, {req} requests ({:.0}/s), {} errors; {} paths fetched \
+         from the upstream as misses (narinfo + NAR)",
         clients - n_slow,
         req as f64 / seconds as f64,
         tally.errors.load(Relaxed),
-        plan.next_miss.load(Relaxed)
+        plan.next_miss.load(Relaxed).min(plan.misses.len())
     );
     println!(
         "hit latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} hits)",
@@ -280,8 +281,8 @@ async fn main() {
         lat.len()
     );
     println!(
-        "slow readers: {n_slow} ({} stalled, {} at 4 KiB/s); stalled ones found dropped after \
-         {STALL_HOLD:?}: {}; trickling ones read {} KiB",
+        "slow readers: {n_slow} ({} stalled, {} at 4 KiB/s); stalled connections found \
+         closed by the appliance after {STALL_HOLD:?}: {}; trickling ones read {} KiB",
         n_slow.div_ceil(2),
         n_slow / 2,
         tally.slow_dropped.load(Relaxed),
