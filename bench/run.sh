@@ -9,6 +9,7 @@
 #     time to first byte (nixgate coalescing vs nginx proxy_cache_lock)
 #  4. peak RSS of nixgate (VmHWM) over the whole run
 #  5. bench/swarm.sh: 200 MiB NAR through the swarm of 1-3 peers vs a rate-limited upstream
+#  6. bench/soak.sh: 1,000 concurrent keep-alive clients (hits, misses, slow readers) for 60 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for t in nginx wrk curl; do
@@ -89,3 +90,6 @@ for p in $NG4 $NG5; do echo "nixgate pid $p peak RSS: $(awk '/VmHWM/ {print $2/1
 
 echo "== BitTorrent swarm (bench/swarm.sh)"
 bench/swarm.sh
+
+echo "== soak (bench/soak.sh)"
+bench/soak.sh

@@ -89,7 +89,7 @@ pub async fn run(
     );
     start_peer_sources(&config, &app, local, &shutdown, &mut tasks)?;
     log_start(&config, local);
-    crate::http::server::serve(listener, app, shutdown).await;
+    crate::http::server::serve(listener, app, config.connections, shutdown).await;
     // The mDNS goodbye packet goes out before the process exits.
     tasks.drain(TASK_DRAIN).await;
     Ok(())

@@ -72,6 +72,10 @@ fn print_config(c: &Config) {
         "  timeouts             connect {:?}, first byte {:?}, stall {:?}",
         c.timeouts.connect, c.timeouts.first_byte, c.timeouts.stall
     );
+    println!(
+        "  connections          max {}, per client {}, send timeout {:?}",
+        c.connections.max, c.connections.per_ip, c.connections.send_timeout
+    );
     for p in &c.peers {
         println!("  peer                 {p}");
     }
@@ -122,6 +126,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 #[tokio::main]
 async fn serve(config: Config) -> anyhow::Result<()> {
     nixgate::telemetry::init(config.log_format);
+    raise_nofile_limit(&config);
     let listener = bind(config.listen).await?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -133,6 +138,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     nixgate::app::run(config, listener, shutdown)
         .await
         .context("starting the cache")
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every connection, cache file being
+/// served and live torrent holds a descriptor, and the common soft limit of 1024 is far below
+/// `--max-connections`. Uses the `rlimit` crate (already in the dependency tree through
+/// librqbit) so that the binary needs no `unsafe`. Warns when even the hard limit is short.
+fn raise_nofile_limit(config: &Config) {
+    // Connections (regular and reserve), plus room for cache files, torrents and sockets.
+    let need =
+        config.connections.max + nixgate::http::limits::RESERVE + config.tuning.hot_set + 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < need as u64 => tracing::warn!(
+            limit = n,
+            need,
+            "the open-file limit is below --max-connections plus room for cache files; \
+             raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections"
+        ),
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 async fn wait_for_signal() {

@@ -61,6 +61,16 @@ label_enum!(
     StoreFailure { NoSpace => "no_space", CapReached => "cap_reached", Io => "io_error" }
 );
 
+label_enum!(
+    /// The kind of slot a client connection holds (`--max-connections` or the reserve).
+    ConnSlot { Regular => "regular", Reserve => "reserve" }
+);
+
+label_enum!(
+    /// Why a client connection was closed on accept.
+    Refusal { PerIp => "per_ip", Global => "global" }
+);
+
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }
@@ -81,6 +91,9 @@ pub struct Metrics {
     store_failures: [AtomicU64; StoreFailure::COUNT],
     digests_refused: AtomicU64,
     torrent_hashes: AtomicU64,
+    connections: [AtomicU64; ConnSlot::COUNT],
+    refused: [AtomicU64; Refusal::COUNT],
+    send_timeouts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -100,6 +113,9 @@ impl Default for Metrics {
             store_failures: counters(),
             digests_refused: AtomicU64::new(0),
             torrent_hashes: AtomicU64::new(0),
+            connections: counters(),
+            refused: counters(),
+            send_timeouts: AtomicU64::new(0),
         }
     }
 }
@@ -186,6 +202,18 @@ impl Metrics {
     /// A cached NAR was hashed into its torrent.
     pub fn torrent_hashed(&self) {
         self.torrent_hashes.fetch_add(1, Relaxed);
+    }
+    /// Client connections open now, by slot.
+    pub fn set_connections(&self, slot: ConnSlot, n: u64) {
+        self.connections[slot as usize].store(n, Relaxed);
+    }
+    /// A client connection was closed on accept.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+    /// A client connection was dropped for accepting no bytes within `--send-timeout`.
+    pub fn send_timeout(&self) {
+        self.send_timeouts.fetch_add(1, Relaxed);
     }
 
     /// Renders the Prometheus text exposition format.
@@ -300,6 +328,24 @@ impl Metrics {
                 "Cached NARs hashed into torrents (concurrent requests share one).",
             )
             .value(&self.torrent_hashes),
+            Family::new(
+                "nixgate_client_connections",
+                Gauge,
+                "Client connections open, by slot.",
+            )
+            .by("slot", ConnSlot::ALL, |s| &self.connections[s as usize]),
+            Family::new(
+                "nixgate_connections_refused_total",
+                Counter,
+                "Client connections closed on accept: over the per-IP or global limit.",
+            )
+            .by("reason", Refusal::ALL, |r| &self.refused[r as usize]),
+            Family::new(
+                "nixgate_send_timeouts_total",
+                Counter,
+                "Client connections dropped for accepting no bytes within --send-timeout.",
+            )
+            .value(&self.send_timeouts),
         ]
     }
 }

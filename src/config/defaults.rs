@@ -83,6 +83,22 @@ pub(super) fn default_first_byte_timeout() -> String {
 pub(super) fn default_stall_timeout() -> String {
     "30s".into()
 }
+/// A client that accepts no bytes for 30 s is stalled, not slow: Nix's own transfer timeout
+/// is far longer, and a busy runner still reads something every few seconds.
+pub(super) fn default_send_timeout() -> String {
+    "30s".into()
+}
+/// 4096 connections are ~16 per runner for 256 runners (Nix opens up to 25 while substituting
+/// but few stay busy), and cost a few tens of MiB at most; with the reserve and the cache's
+/// files it fits a raised `ulimit -n` of 8192 or more.
+pub(super) fn default_max_connections() -> usize {
+    4096
+}
+/// One address rarely needs more than ten Nix clients' worth (25 each); a single LAN host
+/// cannot take more than a sixteenth of the default global limit.
+pub(super) fn default_max_connections_per_ip() -> usize {
+    256
+}
 /// mDNS is on, except inside Kubernetes (where `KUBERNETES_SERVICE_HOST` is set): multicast
 /// does not cross the pod network there.
 pub(super) fn default_mdns() -> bool {

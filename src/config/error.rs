@@ -46,6 +46,8 @@ pub enum ConfigError {
     TrackerNeedsPort,
     #[error("--tracker {url:?}: {reason}")]
     Tracker { url: String, reason: String },
+    #[error("--{0} must not be 0")]
+    ZeroLimit(&'static str),
     #[error("--cache-dir {path}: {reason}")]
     CacheDir { path: PathBuf, reason: String },
 }

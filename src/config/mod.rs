@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use crate::fetch::{PeerPolicy, PeerTuning};
+pub use crate::http::limits::ConnLimits;
 pub use crate::peers::dns::DnsPeers;
 pub use crate::store::check_writable;
 pub use crate::telemetry::LogFormat;

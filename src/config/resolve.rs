@@ -11,6 +11,7 @@ use super::defaults::*;
 use super::parse::{each, parse_peer, parse_peers_dns, parse_tracker, parse_upstream, unit};
 use super::{ConfigError, ServeArgs};
 use crate::fetch::{FetchSettings, PeerTuning};
+use crate::http::limits::ConnLimits;
 use crate::nix::signature::{PublicKey, TrustedKeys};
 use crate::peers::dns::DnsPeers;
 use crate::peers::Membership;
@@ -41,6 +42,8 @@ pub struct Config {
     /// `Retry-After` sent with that 503.
     pub retry_after: Duration,
     pub timeouts: Timeouts,
+    /// Client connection bounds and the send timeout.
+    pub connections: ConnLimits,
     pub log_format: LogFormat,
     /// Static peer appliances, each ending in `/`.
     pub peers: Vec<Url>,
@@ -98,6 +101,7 @@ impl ServeArgs {
             upstream_down_status,
             retry_after: duration("retry-after", &s.retry_after, default_retry_after)?,
             timeouts: timeouts(&s)?,
+            connections: connections(&s)?,
             log_format: s.log_format.unwrap_or(LogFormat::Human),
             peers,
             peers_dns,
@@ -260,5 +264,27 @@ fn timeouts(s: &ServeArgs) -> Result<Timeouts, ConfigError> {
             default_first_byte_timeout,
         )?,
         stall: duration("stall-timeout", &s.stall_timeout, default_stall_timeout)?,
+    })
+}
+
+fn connections(s: &ServeArgs) -> Result<ConnLimits, ConfigError> {
+    let max = s.max_connections.unwrap_or_else(default_max_connections);
+    let per_ip = s
+        .max_connections_per_ip
+        .unwrap_or_else(default_max_connections_per_ip);
+    if max == 0 {
+        return Err(ConfigError::ZeroLimit("max-connections"));
+    }
+    if per_ip == 0 {
+        return Err(ConfigError::ZeroLimit("max-connections-per-ip"));
+    }
+    let send_timeout = duration("send-timeout", &s.send_timeout, default_send_timeout)?;
+    if send_timeout.is_zero() {
+        return Err(ConfigError::ZeroLimit("send-timeout"));
+    }
+    Ok(ConnLimits {
+        max,
+        per_ip,
+        send_timeout,
     })
 }

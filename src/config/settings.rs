@@ -89,6 +89,23 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_STALL_TIMEOUT", value_name = "DURATION")]
     pub stall_timeout: Option<String>,
 
+    /// Drop a client connection that accepts no response bytes for this long (a slow or
+    /// stalled reader holds a connection, a file descriptor and maybe an evicted file)
+    /// [default: 30s].
+    #[arg(long, env = "NIXGATE_SEND_TIMEOUT", value_name = "DURATION")]
+    pub send_timeout: Option<String>,
+
+    /// Client connections open at once; beyond it a small reserve answers only /healthz,
+    /// /readyz, /metrics and /nix-cache-info (others get 503), then connections are closed
+    /// [default: 4096].
+    #[arg(long, env = "NIXGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Connections one client address (an IPv6 /64) holds at once; more are closed at once
+    /// [default: 256].
+    #[arg(long, env = "NIXGATE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
     /// Log format [default: human]. The level is set with RUST_LOG (default `info`).
     #[arg(long, env = "NIXGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -240,7 +257,7 @@ impl ServeArgs {
         layered!(cli over file:
             config, listen, cache_dir, max_cache_size, upstreams, trusted_public_keys, priority,
             negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
-            stall_timeout, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
+            stall_timeout, send_timeout, max_connections, max_connections_per_ip, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,
             no_mdns, no_fleet, fleet_mdns, status_interval, max_peers, hash_concurrency,
         )

@@ -173,3 +173,45 @@ fn file_keys_and_aliases_parse() {
     let c = a.resolve().unwrap();
     assert!(c.upstreams.is_empty() && !c.torrent);
 }
+
+#[test]
+fn connection_limits_default_layer_and_refuse_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = args(dir.path()).resolve().unwrap();
+    assert_eq!(
+        (c.connections.max, c.connections.per_ip),
+        (4096, 256),
+        "defaults"
+    );
+    assert_eq!(
+        c.connections.send_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    let file = dir.path().join("nixgate.toml");
+    std::fs::write(
+        &file,
+        "max-connections = 100\nmax-connections-per-ip = 10\nsend-timeout = \"5s\"\n",
+    )
+    .unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    a.max_connections_per_ip = Some(20);
+    let c = a.resolve().unwrap();
+    assert_eq!((c.connections.max, c.connections.per_ip), (100, 20));
+    assert_eq!(
+        c.connections.send_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    for bad in [
+        ServeArgs {
+            max_connections: Some(0),
+            ..args(dir.path())
+        },
+        ServeArgs {
+            send_timeout: Some("0s".into()),
+            ..args(dir.path())
+        },
+    ] {
+        assert!(matches!(bad.resolve(), Err(ConfigError::ZeroLimit(_))));
+    }
+}

@@ -3,7 +3,9 @@
 pub mod body;
 pub mod error;
 pub mod handlers;
+pub mod limits;
 pub mod routes;
+pub mod send_timeout;
 pub mod server;
 pub mod state;
 pub mod status;

@@ -1,13 +1,15 @@
-//! The accept loop (HTTP/1.1 keep-alive, as Nix uses over plain http), request dispatch,
-//! and graceful shutdown: on cancel, stop accepting and let in-flight responses finish for
+//! The accept loop (HTTP/1.1 keep-alive, as Nix uses over plain http, behind the connection
+//! limits and the send timeout), request dispatch, and graceful shutdown: on cancel, stop accepting and let in-flight responses finish for
 //! up to [`DRAIN_DEADLINE`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{header, Method, Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::body::{self, Body};
 use super::error::ServeError;
 use super::handlers;
+use super::limits::{ConnLimits, Gate, Slot};
 use super::routes::{parse, Target};
+use super::send_timeout::SendTimeout;
 use super::state::App;
 use crate::fetch::Ask;
 use crate::peers::fleet::FLEET_HEADER;
@@ -26,6 +30,8 @@ use crate::peers::fleet::FLEET_HEADER;
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 /// Slow-loris guard: the request head must arrive within this.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same on a reserve connection, whose slots are few and for probes that ask at once.
+const RESERVE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn only_if_cached(req: &Request<Incoming>) -> bool {
     req.headers()
@@ -110,34 +116,135 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(resp)
 }
 
-/// Serves connections from `listener` until `shutdown` is cancelled, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+/// Answers a request on a reserve connection (beyond `--max-connections`): the cheap routes
+/// that probes and operators need, and a quick 503 for everything else.
+async fn handle_reserve(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let target = parse(req.uri().path());
+    if matches!(
+        target,
+        Target::Health | Target::Ready | Target::Metrics | Target::CacheInfo
+    ) {
+        return handle(app, req).await;
+    }
+    app.metrics
+        .request(target.route(), crate::metrics::Outcome::Unavailable);
+    let text = "over the connection limit, retry later\n";
+    Ok(Response::builder()
+        .status(http::StatusCode::SERVICE_UNAVAILABLE)
+        .header(header::RETRY_AFTER, 1)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, text.len())
+        .body(body::small(text))
+        .expect("static headers are valid"))
+}
+
+/// The two connection builders: regular (keep-alive) and reserve (one request, short head).
+fn builders() -> (http1::Builder, http1::Builder) {
+    let mut regular = http1::Builder::new();
+    regular
+        .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
+    let mut reserve = http1::Builder::new();
+    reserve
+        .timer(TokioTimer::new())
+        .header_read_timeout(RESERVE_HEADER_READ_TIMEOUT)
+        .keep_alive(false);
+    (regular, reserve)
+}
+
+/// Accept errors: EMFILE and friends back off (doubling up to a second) instead of spinning;
+/// logged at most every few seconds.
+#[derive(Default)]
+struct AcceptBackoff {
+    delay: Duration,
+    failures: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    async fn failed(&mut self, e: std::io::Error) {
+        self.failures += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now - t >= Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, failures = self.failures, "accept failed; backing off");
+            self.last_log = Some(now);
+            self.failures = 0;
+        }
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::time::sleep(self.delay).await;
+    }
+
+    fn succeeded(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
+/// True when a connection ended because its client accepted no bytes (see [`SendTimeout`]).
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Serves connections from `listener` until `shutdown` is cancelled, then drains. Each
+/// connection is admitted by the [`Gate`] of `limits` and its writes carry the send timeout.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let (regular, reserve) = builders();
+    let gate = Gate::new(limits, app.metrics.clone());
     let graceful = GracefulShutdown::new();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    backoff.failed(e).await;
                     continue;
                 }
             },
         };
+        backoff.succeeded();
+        // Refused: dropping the stream closes it at once.
+        let Ok(permit) = gate.admit(peer.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(SendTimeout::new(stream, limits.send_timeout));
+        let metrics = app.metrics.clone();
         let app = app.clone();
-        let svc = service_fn(move |req| handle(app.clone(), req));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let conn = if permit.slot() == Slot::Reserve {
+            let svc = service_fn(move |req| handle_reserve(app.clone(), req));
+            graceful.watch(reserve.serve_connection(io, svc)).boxed()
+        } else {
+            let svc = service_fn(move |req| handle(app.clone(), req));
+            graceful.watch(regular.serve_connection(io, svc)).boxed()
+        };
         tokio::spawn(async move {
             if let Err(e) = conn.await {
+                if timed_out(&e) {
+                    metrics.send_timeout();
+                }
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
