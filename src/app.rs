@@ -157,7 +157,7 @@ fn start_peer_sources(
     }
     match local {
         Some(listen) if config.mdns && !listen.ip().is_loopback() => {
-            let me = crate::peers::mdns::Announcement {
+            let me = crate::peers::announce::Announcement {
                 id: app.peers.own_id().to_owned(),
                 listen,
                 bt_port: app.fetcher.torrent().map(|e| e.port()),

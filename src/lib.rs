@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod coalesce;
 pub mod config;
 pub mod fetch;
 pub mod http;

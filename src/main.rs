@@ -191,7 +191,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
     use nixgate::peers::mdns;
-    let (found, announced) = mdns::discover(args.timeout).await?;
+    let (found, announced) = nixgate::peers::discover::discover(args.timeout).await?;
     if found.is_empty() {
         if announced == 0 {
             anyhow::bail!(

@@ -2,7 +2,6 @@
 //! peers when every upstream failed) with verification before anything is stored, and
 //! per-key coalescing of concurrent misses.
 
-pub mod coalesce;
 pub mod nar;
 pub mod narinfo;
 mod provenance;
@@ -68,16 +67,16 @@ pub struct Fetcher {
     /// Paths an upstream recently answered 404 for.
     negative: moka::sync::Cache<String, ()>,
     /// Narinfo fetches under way, by store path hash and whether it is a fleet request.
-    narinfos: coalesce::Coalescer<
+    narinfos: crate::coalesce::Coalescer<
         (crate::nix::store_path::StorePathHash, bool),
         Result<bytes::Bytes, FetchError>,
     >,
     /// NAR downloads under way, by FileHash and whether it is a fleet request.
-    nars: coalesce::Inflight<(crate::nix::hash::Sha256, bool), nar::Download>,
+    nars: crate::coalesce::Inflight<(crate::nix::hash::Sha256, bool), nar::Download>,
     /// Which stored narinfos came from peers.
     provenance: provenance::Provenance,
     /// Passthroughs (NARs larger than the cache) still open to joiners, by FileHash.
-    passthroughs: coalesce::Inflight<crate::nix::hash::Sha256, nar::PassthroughHub>,
+    passthroughs: crate::coalesce::Inflight<crate::nix::hash::Sha256, nar::PassthroughHub>,
     /// When peers are preferred over upstreams.
     pub tuning: PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).

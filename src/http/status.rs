@@ -8,7 +8,7 @@ use super::body;
 use super::error::ServeError;
 use super::state::App;
 use crate::metrics::Outcome;
-use crate::status::report::Report;
+use crate::status::report::{Parts, Report};
 
 /// The page: HTML, CSS and a small script drawing SVG plots; nothing is loaded from elsewhere.
 pub const PAGE: &str = include_str!("status.html");
@@ -22,7 +22,7 @@ type Handled = Result<(Outcome, Response<body::Body>), ServeError>;
 
 /// The report as JSON that is also safe inside a `<script>` element (no `<` at all).
 fn report_json(app: &App) -> String {
-    serde_json::to_string(&Report::build(app))
+    serde_json::to_string(&Report::build(&parts(app)))
         .expect("the report serializes")
         .replace('<', "\\u003c")
 }
@@ -50,6 +50,17 @@ pub fn page(app: &App) -> Handled {
 /// `/_status/v1`: the status data.
 pub fn json(app: &App) -> Handled {
     respond(app, "application/json", report_json(app))
+}
+
+/// The appliance's parts a status report reads.
+fn parts(app: &App) -> Parts<'_> {
+    Parts {
+        metrics: &app.metrics,
+        status: &app.status,
+        store: &app.store,
+        fetcher: &app.fetcher,
+        peers: &app.peers,
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use mdns_sd::{IfKind, ServiceInfo};
 
-use super::mdns::{MdnsError, SERVICE_TYPE, TXT_VERSION};
+use super::service::{MdnsError, SERVICE_TYPE, TXT_VERSION};
 
 /// What this appliance announces.
 #[derive(Debug, Clone)]

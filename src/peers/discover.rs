@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use mdns_sd::ServiceEvent;
 use serde::Serialize;
 
-use super::mdns::{daemon, fastest, Found, MdnsError, SERVICE_TYPE};
+use super::service::{daemon, fastest, Found, MdnsError, SERVICE_TYPE};
 
 /// An appliance found by [`discover`], with the URL that answered fastest.
 #[derive(Debug, Serialize)]

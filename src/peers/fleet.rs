@@ -13,9 +13,7 @@ use sha2::{Digest, Sha256};
 
 /// The response header of `/nix-cache-info` that carries an appliance's peer id.
 pub const ID_HEADER: &str = "x-nixgate-id";
-/// The request header that marks a fleet request: the owner answers it from its cache or
-/// fetches it itself, and never forwards it to another member (so nothing loops).
-pub const FLEET_HEADER: &str = "x-nixgate-fleet";
+pub use crate::upstream::FLEET_HEADER;
 /// How many members a miss tries before going to the upstream itself: the owner, then the
 /// next in rendezvous order (a member that just died, before the fleet noticed).
 pub const OWNERS_TRIED: usize = 2;

@@ -7,15 +7,16 @@
 //! probation (skipped) for [`PROBATION`]. This appliance's own address is never its peer.
 
 pub mod addr;
-mod announce;
+pub mod announce;
 pub mod digest;
-mod discover;
+pub mod discover;
 pub mod dns;
 pub mod fleet;
 pub mod mdns;
 pub mod membership;
 #[cfg(test)]
 mod proptests;
+pub mod service;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, RwLock};

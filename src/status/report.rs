@@ -8,7 +8,6 @@ use url::Url;
 use super::events::Event;
 use super::history::{History, Sample};
 use super::{unix, unix_ms};
-use crate::http::state::App;
 use crate::peers::PeerStatus;
 
 /// The whole document.
@@ -86,7 +85,16 @@ pub fn public_url(u: &Url) -> String {
     u.to_string()
 }
 
-fn totals(now: &Sample, app: &App) -> Totals {
+/// What a report is made from (the running appliance's parts, without the HTTP state).
+pub struct Parts<'a> {
+    pub metrics: &'a crate::metrics::Metrics,
+    pub status: &'a super::Status,
+    pub store: &'a crate::store::Store,
+    pub fetcher: &'a crate::fetch::Fetcher,
+    pub peers: &'a crate::peers::PeerSet,
+}
+
+fn totals(now: &Sample, app: &Parts<'_>) -> Totals {
     let looked = now.hits + now.misses;
     Totals {
         hits: now.hits,
@@ -106,7 +114,7 @@ fn totals(now: &Sample, app: &App) -> Totals {
     }
 }
 
-fn upstreams(app: &App) -> Vec<UpstreamRow> {
+fn upstreams(app: &Parts<'_>) -> Vec<UpstreamRow> {
     let rows = app.fetcher.upstreams.iter().map(|u| {
         let last = u.last_error();
         UpstreamRow {
@@ -119,7 +127,7 @@ fn upstreams(app: &App) -> Vec<UpstreamRow> {
     rows.collect()
 }
 
-fn peers(app: &App) -> Vec<PeerStatus> {
+fn peers(app: &Parts<'_>) -> Vec<PeerStatus> {
     let mut rows = app.peers.status();
     for p in &mut rows {
         if let Ok(u) = Url::parse(&p.url) {
@@ -131,8 +139,8 @@ fn peers(app: &App) -> Vec<PeerStatus> {
 
 impl Report {
     /// Assembles the document from the running appliance.
-    pub fn build(app: &App) -> Report {
-        let now = Sample::take(&app.metrics, unix_ms(std::time::SystemTime::now()));
+    pub fn build(app: &Parts<'_>) -> Report {
+        let now = Sample::take(app.metrics, unix_ms(std::time::SystemTime::now()));
         let (hour, day) = app.status.history();
         let (bytes, entries) = app.metrics.cache();
         let max_bytes = app.store.max_bytes();

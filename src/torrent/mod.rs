@@ -84,7 +84,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     metas: moka::sync::Cache<Sha256, Arc<NarTorrent>>,
     /// Hashing under way: concurrent requests for one NAR share one hash.
-    hashing: crate::fetch::coalesce::Coalescer<Sha256, Result<Arc<NarTorrent>, String>>,
+    hashing: crate::coalesce::Coalescer<Sha256, Result<Arc<NarTorrent>, String>>,
     /// Bounds concurrent hashing, so the blocking pool keeps threads to serve cached files.
     hash_slots: Arc<tokio::sync::Semaphore>,
     /// Seeding torrents, most recently asked last.

@@ -171,6 +171,10 @@ enum Asker<'a> {
     Fleet,
 }
 
+/// The request header that marks a fleet request: the owner answers it from its cache or
+/// fetches it itself, and never forwards it to another member (so nothing loops).
+pub const FLEET_HEADER: &str = "x-nixgate-fleet";
+
 /// How long a fleet owner may take to answer with headers before the next owner (then the
 /// upstream) is asked. The owner answers once its own upstream's first bytes arrive, so this
 /// covers its upstream's latency too; a member that is alive answers well within it.
@@ -184,7 +188,7 @@ fn build_request(
     let mut req = Request::builder();
     match asker {
         Asker::Peer => req = req.header(http::header::CACHE_CONTROL, "only-if-cached"),
-        Asker::Fleet => req = req.header(crate::peers::fleet::FLEET_HEADER, "1"),
+        Asker::Fleet => req = req.header(FLEET_HEADER, "1"),
         Asker::Upstream(_) => {}
     }
     req.method(method)

@@ -1,0 +1,183 @@
+//! Prometheus metrics with a small fixed label set (names are part of the interface contract
+//! in DESIGN.md). Counters are plain atomics indexed by label enums, so recording costs one
+//! relaxed add on the hot path and rendering needs no registry. Labels live in `labels`, the
+//! exposition (the one table of names, types and help texts) in `render`.
+
+mod labels;
+mod render;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub use labels::*;
+
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// All of nixgate's metrics.
+pub struct Metrics {
+    requests: [[AtomicU64; Outcome::COUNT]; Route::COUNT],
+    fetched: [AtomicU64; Source::COUNT],
+    served: AtomicU64,
+    upstream: [AtomicU64; UpstreamStatus::COUNT],
+    cache_size: AtomicU64,
+    cache_entries: AtomicU64,
+    evictions: AtomicU64,
+    verification_failures: [AtomicU64; Source::COUNT],
+    coalesced: AtomicU64,
+    torrents_seeding: AtomicU64,
+    fleet_served: AtomicU64,
+    store_failures: [AtomicU64; StoreFailure::COUNT],
+    digests_refused: AtomicU64,
+    torrent_hashes: AtomicU64,
+    connections: [AtomicU64; ConnSlot::COUNT],
+    refused: [AtomicU64; Refusal::COUNT],
+    send_timeouts: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: std::array::from_fn(|_| counters()),
+            fetched: counters(),
+            served: AtomicU64::new(0),
+            upstream: counters(),
+            cache_size: AtomicU64::new(0),
+            cache_entries: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            verification_failures: counters(),
+            coalesced: AtomicU64::new(0),
+            torrents_seeding: AtomicU64::new(0),
+            fleet_served: AtomicU64::new(0),
+            store_failures: counters(),
+            digests_refused: AtomicU64::new(0),
+            torrent_hashes: AtomicU64::new(0),
+            connections: counters(),
+            refused: counters(),
+            send_timeouts: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: Route, outcome: Outcome) {
+        self.requests[route as usize][outcome as usize].fetch_add(1, Relaxed);
+    }
+    pub fn fetched(&self, source: Source, bytes: u64) {
+        self.fetched[source as usize].fetch_add(bytes, Relaxed);
+    }
+    pub fn served(&self, bytes: u64) {
+        self.served.fetch_add(bytes, Relaxed);
+    }
+    pub fn upstream(&self, status: UpstreamStatus) {
+        self.upstream[status as usize].fetch_add(1, Relaxed);
+    }
+    pub fn set_torrents_seeding(&self, n: u64) {
+        self.torrents_seeding.store(n, Relaxed);
+    }
+    pub fn set_cache(&self, bytes: u64, entries: u64) {
+        self.cache_size.store(bytes, Relaxed);
+        self.cache_entries.store(entries, Relaxed);
+    }
+    pub fn evicted(&self, n: u64) {
+        self.evictions.fetch_add(n, Relaxed);
+    }
+    pub fn verification_failure(&self, source: Source) {
+        self.verification_failures[source as usize].fetch_add(1, Relaxed);
+    }
+    /// A request joined a fetch already under way instead of starting one.
+    pub fn coalesced(&self) {
+        self.coalesced.fetch_add(1, Relaxed);
+    }
+
+    /// This appliance answered a fleet request (a member asked it as the owner of a key).
+    pub fn fleet_served(&self) {
+        self.fleet_served.fetch_add(1, Relaxed);
+    }
+
+    /// Requests so far with this route and outcome (for the status page).
+    pub fn requests_of(&self, route: Route, outcome: Outcome) -> u64 {
+        self.requests[route as usize][outcome as usize].load(Relaxed)
+    }
+    /// Bytes fetched so far from `source`.
+    pub fn fetched_bytes(&self, source: Source) -> u64 {
+        self.fetched[source as usize].load(Relaxed)
+    }
+    /// Response body bytes sent so far.
+    pub fn served_bytes(&self) -> u64 {
+        self.served.load(Relaxed)
+    }
+    /// Upstream answers so far of this class.
+    pub fn upstream_count(&self, status: UpstreamStatus) -> u64 {
+        self.upstream[status as usize].load(Relaxed)
+    }
+    /// Bytes and files held in the disk cache now.
+    pub fn cache(&self) -> (u64, u64) {
+        (
+            self.cache_size.load(Relaxed),
+            self.cache_entries.load(Relaxed),
+        )
+    }
+    /// Evictions so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Relaxed)
+    }
+    /// Verification failures so far, all sources.
+    pub fn verification_failures(&self) -> u64 {
+        self.verification_failures
+            .iter()
+            .map(|v| v.load(Relaxed))
+            .sum()
+    }
+    /// The cache could not store a download (it was served uncached).
+    pub fn store_failure(&self, reason: StoreFailure) {
+        self.store_failures[reason as usize].fetch_add(1, Relaxed);
+    }
+    /// A peer's digest was refused (too large, malformed, or implausibly full).
+    pub fn digest_refused(&self) {
+        self.digests_refused.fetch_add(1, Relaxed);
+    }
+
+    /// A cached NAR was hashed into its torrent.
+    pub fn torrent_hashed(&self) {
+        self.torrent_hashes.fetch_add(1, Relaxed);
+    }
+    /// Client connections open now, by slot.
+    pub fn set_connections(&self, slot: ConnSlot, n: u64) {
+        self.connections[slot as usize].store(n, Relaxed);
+    }
+    /// A client connection was closed on accept.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+    /// A client connection was dropped for accepting no bytes within `--send-timeout`.
+    pub fn send_timeout(&self) {
+        self.send_timeouts.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_names() {
+        let m = Metrics::default();
+        m.request(Route::Nar, Outcome::Hit);
+        m.fetched(Source::Upstream, 42);
+        m.verification_failure(Source::Upstream);
+        let t = m.render();
+        assert!(t.contains("nixgate_requests_total{route=\"nar\",result=\"hit\"} 1"));
+        assert!(t.contains("nixgate_fetched_bytes_total{source=\"upstream\"} 42"));
+        assert!(t.contains("nixgate_verification_failures_total{source=\"upstream\"} 1"));
+        for name in [
+            "nixgate_served_bytes_total",
+            "nixgate_upstream_requests_total",
+            "nixgate_cache_size_bytes",
+            "nixgate_cache_entries",
+            "nixgate_evictions_total",
+        ] {
+            assert!(t.contains(name), "{name}");
+        }
+    }
+}

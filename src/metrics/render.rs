@@ -1,0 +1,235 @@
+//! The Prometheus text exposition of [`Metrics`]: one table of families (name, type, help,
+//! samples), rendered in order.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::labels::LabelValue;
+use super::*;
+
+impl Metrics {
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        for family in self.families() {
+            family.write(&mut o);
+        }
+        o
+    }
+
+    /// Every metric family, in exposition order: the one table of names, kinds and help texts.
+    fn families(&self) -> Vec<Family> {
+        let mut all = self.traffic_families();
+        all.extend(self.more_families());
+        all.extend(self.peer_families());
+        all
+    }
+
+    /// Requests, bytes and upstream answers.
+    fn traffic_families(&self) -> Vec<Family> {
+        use Kind::Counter;
+        let requests = Route::ALL.iter().flat_map(|r| {
+            Outcome::ALL.iter().map(move |x| {
+                let v = self.requests[*r as usize][*x as usize].load(Relaxed);
+                (
+                    format!("route=\"{}\",result=\"{}\"", r.as_str(), x.as_str()),
+                    v,
+                )
+            })
+        });
+        vec![
+            Family::new(
+                "nixgate_requests_total",
+                Counter,
+                "HTTP requests by route and outcome.",
+            )
+            .samples(requests),
+            Family::new(
+                "nixgate_fetched_bytes_total",
+                Counter,
+                "Bytes fetched into the cache, by source.",
+            )
+            .by("source", Source::ALL, |s| &self.fetched[s as usize]),
+            Family::new(
+                "nixgate_served_bytes_total",
+                Counter,
+                "Response body bytes sent to clients.",
+            )
+            .value(&self.served),
+            Family::new(
+                "nixgate_upstream_requests_total",
+                Counter,
+                "Requests to upstream caches by answer class.",
+            )
+            .by("status", UpstreamStatus::ALL, |s| {
+                &self.upstream[s as usize]
+            }),
+        ]
+    }
+
+    /// The cache and verification families.
+    fn more_families(&self) -> Vec<Family> {
+        use Kind::{Counter, Gauge};
+        vec![
+            Family::new(
+                "nixgate_cache_size_bytes",
+                Gauge,
+                "Bytes held in the disk cache.",
+            )
+            .value(&self.cache_size),
+            Family::new(
+                "nixgate_cache_entries",
+                Gauge,
+                "Files (narinfos and NARs) in the disk cache.",
+            )
+            .value(&self.cache_entries),
+            Family::new(
+                "nixgate_evictions_total",
+                Counter,
+                "LRU evictions of narinfo+NAR groups.",
+            )
+            .value(&self.evictions),
+            Family::new(
+                "nixgate_verification_failures_total",
+                Counter,
+                "Narinfos or NARs rejected by signature, hash, size or format checks.",
+            )
+            .by("source", Source::ALL, |s| {
+                &self.verification_failures[s as usize]
+            }),
+            Family::new(
+                "nixgate_coalesced_requests_total",
+                Counter,
+                "Requests that joined a fetch already under way.",
+            )
+            .value(&self.coalesced),
+        ]
+    }
+
+    /// The torrent, fleet, peer and connection families.
+    fn peer_families(&self) -> Vec<Family> {
+        use Kind::{Counter, Gauge};
+        vec![
+            Family::new(
+                "nixgate_torrents_seeding",
+                Gauge,
+                "NAR torrents seeded right now (at most --torrent-hot-set).",
+            )
+            .value(&self.torrents_seeding),
+            Family::new(
+                "nixgate_fleet_requests_served_total",
+                Counter,
+                "Requests other fleet members sent to this appliance as the owner of a key.",
+            )
+            .value(&self.fleet_served),
+            Family::new(
+                "nixgate_cache_store_failures_total",
+                Counter,
+                "Downloads the cache could not store (served uncached instead), by reason.",
+            )
+            .by("reason", StoreFailure::ALL, |r| {
+                &self.store_failures[r as usize]
+            }),
+            Family::new(
+                "nixgate_peer_digests_refused_total",
+                Counter,
+                "Peer digests refused: too large, malformed, or implausibly full.",
+            )
+            .value(&self.digests_refused),
+            Family::new(
+                "nixgate_torrent_hashes_total",
+                Counter,
+                "Cached NARs hashed into torrents (concurrent requests share one).",
+            )
+            .value(&self.torrent_hashes),
+            Family::new(
+                "nixgate_client_connections",
+                Gauge,
+                "Client connections open, by slot.",
+            )
+            .by("slot", ConnSlot::ALL, |s| &self.connections[s as usize]),
+            Family::new(
+                "nixgate_connections_refused_total",
+                Counter,
+                "Client connections closed on accept: over the per-IP or global limit.",
+            )
+            .by("reason", Refusal::ALL, |r| &self.refused[r as usize]),
+            Family::new(
+                "nixgate_send_timeouts_total",
+                Counter,
+                "Client connections dropped for accepting no bytes within --send-timeout.",
+            )
+            .value(&self.send_timeouts),
+        ]
+    }
+}
+
+/// A Prometheus metric type.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric family as rendered: name, type, help and its samples (label set, value).
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: Vec<(String, u64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: Kind, help: &'static str) -> Self {
+        Family {
+            name,
+            kind,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    /// An unlabelled sample.
+    fn value(mut self, v: &AtomicU64) -> Self {
+        self.samples.push((String::new(), v.load(Relaxed)));
+        self
+    }
+
+    /// One sample per value of a label enum.
+    fn by<'m, L: LabelValue + Copy>(
+        mut self,
+        label: &str,
+        all: &[L],
+        get: impl Fn(L) -> &'m AtomicU64,
+    ) -> Self {
+        for l in all {
+            let v = get(*l).load(Relaxed);
+            self.samples.push((format!("{label}=\"{}\"", l.label()), v));
+        }
+        self
+    }
+
+    fn samples(mut self, s: impl Iterator<Item = (String, u64)>) -> Self {
+        self.samples.extend(s);
+        self
+    }
+
+    fn write(&self, o: &mut String) {
+        let kind = match self.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(
+            o,
+            "# HELP {} {}\n# TYPE {} {kind}",
+            self.name, self.help, self.name
+        );
+        for (labels, v) in &self.samples {
+            if labels.is_empty() {
+                let _ = writeln!(o, "{} {v}", self.name);
+            } else {
+                let _ = writeln!(o, "{}{{{labels}}} {v}", self.name);
+            }
+        }
+    }
+}
