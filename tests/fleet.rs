@@ -246,3 +246,49 @@ async fn a_joining_member_moves_only_its_share_and_refetches_nothing() {
     assert!(from_fleet(&joined).await > 0);
     members.push(joined);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_that_serves_rotten_bytes_is_refused_and_the_upstream_serves() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let members = fleet(work.path(), &up, &f.public_key, 2).await;
+    let (a, c) = (&members[0], &members[1]);
+    // C fetches its share and keeps a copy of A's: it holds every NAR.
+    let warm = work.path().join("warm");
+    assert_ok(&nix_copy_paths(&c.url(), &f.public_key, &all_paths(f), &warm).await);
+    // C's disk rots: every cached NAR keeps its length but not its bytes. C still serves
+    // them as hits (a lying owner, as far as A can tell).
+    let nars = files(&c.cache_dir, "nar");
+    assert!(!nars.is_empty());
+    for nar in &nars {
+        let mut bytes = std::fs::read(nar).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(nar, bytes).unwrap();
+    }
+    let before = upstream_counts(&up).0;
+    // A asks C for C's share: the rotten bytes fail FileHash, nothing is stored, C is put on
+    // probation, and the paths come from the upstream (at the latest on Nix's retry).
+    let dest = work.path().join("runner");
+    let first = nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &dest).await;
+    if !first.status.success() {
+        assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &dest).await);
+    }
+    for p in all_paths(f) {
+        assert!(substituted(&dest, p), "{p}");
+    }
+    let refused = a
+        .metric("nixgate_verification_failures_total{source=\"fleet\"}")
+        .await;
+    assert!(refused >= 1, "the rotten NAR was counted");
+    let rows = peer_rows(a).await;
+    assert!(
+        rows.iter().all(|p| p.state == "skipped" && !p.owner),
+        "C is on probation and owns nothing: {rows:?}"
+    );
+    assert!(upstream_counts(&up).0 > before, "the upstream served instead");
+    // Nothing A committed is rotten: a second runner through A gets every path intact.
+    let again = work.path().join("runner2");
+    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &again).await);
+}
