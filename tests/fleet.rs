@@ -287,7 +287,10 @@ async fn an_owner_that_serves_rotten_bytes_is_refused_and_the_upstream_serves() 
         rows.iter().all(|p| p.state == "skipped" && !p.owner),
         "C is on probation and owns nothing: {rows:?}"
     );
-    assert!(upstream_counts(&up).0 > before, "the upstream served instead");
+    assert!(
+        upstream_counts(&up).0 > before,
+        "the upstream served instead"
+    );
     // Nothing A committed is rotten: a second runner through A gets every path intact.
     let again = work.path().join("runner2");
     assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &again).await);
