@@ -30,17 +30,29 @@ fn spawn(cache: &std::path::Path, port: u16, up: &str, key: &str) -> std::proces
 }
 
 async fn wait_ready(port: u16) {
+    // The port is bound before the cache is opened (and tmp/ emptied): wait for an HTTP
+    // answer, which comes only once the appliance serves.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let mut answer = Vec::new();
+            let asked = async {
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await?;
+                s.read_to_end(&mut answer).await
+            };
+            if tokio::time::timeout(Duration::from_secs(2), asked)
+                .await
+                .is_ok()
+                && answer.starts_with(b"HTTP/1.1 200 ")
+            {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("nixgate did not start listening on {port}");
+    panic!("nixgate did not start serving on {port}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
