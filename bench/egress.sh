@@ -50,7 +50,7 @@ nix key generate-secret --key-name nixgate-egress-1 > "$D/sk"
 KEY=$(nix key convert-secret-to-public < "$D/sk")
 TOP=$(nix-build "$D/t.nix" -A top --no-out-link 2>/dev/null)
 mapfile -t PROBES < <(nix-build "$D/t.nix" -A probes --no-out-link 2>/dev/null)
-nix copy --to "file://$D/cache?secret-key=$D/sk&compression=none" "$TOP" "${PROBES[@]}"
+nix copy --to "file://$D/cache?secret-key=$D/sk&compression=none" "$TOP" "${PROBES[@]}" 2>/dev/null
 mapfile -t CLOSURE < <(nix path-info -r "$TOP")
 UNIQ_PATHS=${#CLOSURE[@]}
 UNIQ_BYTES=0
@@ -118,14 +118,19 @@ scenario() {
     fleet=$((fleet + $(curl -sf "$(url $i)/metrics" | awk '/^nixgate_fetched_bytes_total\{source="fleet"\}/ {s += $2} END {printf "%d", s}')))
   done
   stop_members
+  local dup; dup=$(tail -n +$((from + 1)) "$D/up.log" | awk '$1 ~ /^\/nar\// {c[$1]++} END {for (u in c) if (c[u] > 1) d++; print d + 0}')
+  if [ "$mode" = fleet ] && [ "$dup" -gt 0 ]; then
+    echo "  $dup NARs fetched more than once; members' warnings:" >&2
+    grep -hi warn "$D"/m/*.log | sed 's/^.*WARN/  WARN/' | sort | uniq -c | sort -rn | head -5 >&2 || true
+  fi
   tail -n +$((from + 1)) "$D/up.log" | awk -v k="$k" -v m="$mode" -v s="$name" -v n="$n" -v ub="$UNIQ_BYTES" \
-    -v up="$UNIQ_PATHS" -v t="$(python3 -c "print($t1 - $t0)")" -v fl="$fleet" '
+    -v up="$UNIQ_PATHS" -v t="$(python3 -c "print($t1 - $t0)")" -v fl="$fleet" -v dup="$dup" '
     $1 ~ /\.narinfo$/ {ni++} $1 ~ /^\/nar\// {nb += $3; nn++}
-    END {printf "%s %s %s %d %.3f %.3f %.2f %d %d %d\n", k, s, m, n, nb / ub, ni / up, t, nb, ni, fl}' >> "$D/results"
+    END {printf "%s %s %s %d %.3f %.3f %.2f %d %d %d %d\n", k, s, m, n, nb / ub, ni / up, t, nb, ni, fl, dup}' >> "$D/results"
   tail -1 "$D/results"
 }
 
-echo "== scenarios (columns: K scenario mode runners NARx narinfox wall_s nar_bytes narinfo_reqs fleet_bytes)"
+echo "== scenarios (columns: K scenario mode runners NARx narinfox wall_s nar_bytes narinfo_reqs fleet_bytes NARs_fetched_twice)"
 for k in 1 2 3 5; do
   for mode in fleet nofleet; do
     scenario $k $mode seq $k 0
@@ -136,24 +141,30 @@ done
 
 echo "== first byte of a narinfo: local hit vs miss at the non-owner (2-member fleet)"
 start_fleet 2 fleet
-served() { curl -sf "$(url 0)/metrics" | awk '/^nixgate_fleet_requests_served_total/ {print $2}'; }
+served() { curl -sf "$(url "$1")/metrics" | awk '/^nixgate_fleet_requests_served_total/ {print $2}'; }
 ttfb() { curl -sf -o /dev/null -w '%{time_starttransfer}\n' "$1"; }
 hashes=(); for p in "${PROBES[@]}"; do hashes+=("$(basename "$p" | cut -c1-32)"); done
-# Member 0 asks for every probe: it holds all of them; member 1 holds the ones it owns.
-for h in "${hashes[@]}"; do curl -sf -o /dev/null "$(url 0)/$h.narinfo"; done
+# Member 0 asks for every probe: it holds all of them; member 1 holds the ones it owns. The
+# ones member 0 owns come straight from the upstream (member 1 served nothing): timed too.
+: > "$D/upmiss"
+for h in "${hashes[@]}"; do
+  before=$(served 1); t=$(ttfb "$(url 0)/$h.narinfo"); after=$(served 1)
+  [ "$after" -eq "$before" ] && echo "$t" >> "$D/upmiss"
+done
 : > "$D/miss"; OWNED0=()
 for h in "${hashes[@]}"; do
   [ ${#OWNED0[@]} -ge 50 ] && break
-  before=$(served); t=$(ttfb "$(url 1)/$h.narinfo"); after=$(served)
+  before=$(served 0); t=$(ttfb "$(url 1)/$h.narinfo"); after=$(served 0)
   [ "$after" -gt "$before" ] && { echo "$t" >> "$D/miss"; OWNED0+=("$h"); }
 done
 [ ${#OWNED0[@]} -ge 50 ] || { echo "only ${#OWNED0[@]} probes owned by member 0" >&2; exit 1; }
 for h in "${OWNED0[@]}"; do ttfb "$(url 1)/$h.narinfo"; done > "$D/hit"
 stop_members
 
-python3 - "$D/results" "$D/hit" "$D/miss" "$UNIQ_PATHS" "$UNIQ_BYTES" <<'PY'
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+python3 - "$D/results" "$D/hit" "$D/miss" "$D/upmiss" "$UNIQ_PATHS" "$UNIQ_BYTES" <<'PY'
 import sys, statistics as st
-res, hit, miss, paths, nbytes = sys.argv[1:]
+res, hit, miss, upmiss, paths, nbytes = sys.argv[1:]
 rows = {}
 for l in open(res):
     k, s, m, n, nar, ni, t, *_ = l.split()
@@ -164,10 +175,11 @@ print("|---|---|---|---|---|---|---|---|---|---|")
 for (k, s, n), r in sorted(rows.items()):
     f, o = r["fleet"], r["nofleet"]
     print(f"| {k} | {s} | {n} | {f[0]:.2f} | {f[1]:.2f} | {f[2]:.2f} | {o[0]:.2f} | {o[1]:.2f} | {o[2]:.2f} | {o[0]/f[0]:.2f}x |")
-h = [float(x) * 1000 for x in open(hit)]; m = [float(x) * 1000 for x in open(miss)]
+h, m, u = ([float(x) * 1000 for x in open(f)] for f in (hit, miss, upmiss))
 q = lambda v: f"median {st.median(v):.3f} ms, p90 {sorted(v)[int(len(v) * .9)]:.3f} ms"
 print(f"\nnarinfo first byte, {len(h)} samples each (50 different paths, each a miss once at the non-owner):")
 print(f"  local hit:                          {q(h)}")
 print(f"  miss at non-owner, owner holds it:  {q(m)}")
+print(f"  (miss at the owner, from the upstream, {len(u)} paths: {q(u)})")
 print(f"  cost of the owner hop:              {st.median(m) - st.median(h):+.3f} ms (goal <= 2 ms)")
 PY
