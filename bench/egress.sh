@@ -82,7 +82,7 @@ start_fleet() {
     local args=()
     for ((j = 0; j < k; j++)); do [ $j -ne $i ] && args+=(--peer "$(url $j)"); done
     [ "$mode" = nofleet ] && args+=(--no-fleet)
-    RUST_LOG=warn "$NG" serve --listen "127.0.0.1:$((BASE + 1 + i))" --cache-dir "$D/m/$i" \
+    RUST_LOG=warn,nixgate::fetch::nar::fleet=info "$NG" serve --listen "127.0.0.1:$((BASE + 1 + i))" --cache-dir "$D/m/$i" \
       --upstream "http://127.0.0.1:$BASE" --trusted-public-key "$KEY" --no-mdns --no-torrent \
       "${args[@]}" > "$D/m/$i.log" 2>&1 &
     MEMBERS+=($!)
@@ -120,8 +120,8 @@ scenario() {
   stop_members
   local dup; dup=$(tail -n +$((from + 1)) "$D/up.log" | awk '$1 ~ /^\/nar\// {c[$1]++} END {for (u in c) if (c[u] > 1) d++; print d + 0}')
   if [ "$mode" = fleet ] && [ "$dup" -gt 0 ]; then
-    echo "  $dup NARs fetched more than once; members' warnings:" >&2
-    grep -hi warn "$D"/m/*.log | sed 's/^.*WARN/  WARN/' | sort | uniq -c | sort -rn | head -5 >&2 || true
+    echo "  $dup NARs fetched more than once; members' warnings and failed fleet asks:" >&2
+    grep -hiE "warn|fleet owner failed" "$D"/m/*.log | sed -E 's/^.*(WARN|INFO)/  \1/; s/file_hash=[^ ]+ //' | sort | uniq -c | sort -rn | head -5 >&2 || true
   fi
   tail -n +$((from + 1)) "$D/up.log" | awk -v k="$k" -v m="$mode" -v s="$name" -v n="$n" -v ub="$UNIQ_BYTES" \
     -v up="$UNIQ_PATHS" -v t="$(python3 -c "print($t1 - $t0)")" -v fl="$fleet" -v dup="$dup" '
