@@ -172,7 +172,8 @@ for l in open(res):
 print(f"\nclosure: {paths} paths, {int(nbytes)/1e6:.1f} MB of NARs (upstream bytes and requests per unique)")
 print("| K | scenario | runners | fleet NAR × | fleet narinfo × | fleet wall s | no-fleet NAR × | no-fleet narinfo × | no-fleet wall s | egress saved |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for (k, s, n), r in sorted(rows.items()):
+order = {"seq": 0, "conc": 1, "conc15": 2}
+for (k, s, n), r in sorted(rows.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
     f, o = r["fleet"], r["nofleet"]
     print(f"| {k} | {s} | {n} | {f[0]:.2f} | {f[1]:.2f} | {f[2]:.2f} | {o[0]:.2f} | {o[1]:.2f} | {o[2]:.2f} | {o[0]/f[0]:.2f}x |")
 h, m, u = ([float(x) * 1000 for x in open(f)] for f in (hit, miss, upmiss))
