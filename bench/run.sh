@@ -10,6 +10,8 @@
 #  4. peak RSS of nixgate (VmHWM) over the whole run
 #  5. bench/swarm.sh: 200 MiB NAR through the swarm of 1-3 peers vs a rate-limited upstream
 #  6. bench/soak.sh: 1,000 concurrent keep-alive clients (hits, misses, slow readers) for 60 s
+#  7. bench/egress.sh: upstream egress of a fleet of K = 1, 2, 3, 5 appliances (real `nix copy`)
+#     vs K independent ones (--no-fleet), and the first-byte cost of the owner hop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for t in nginx wrk curl; do
@@ -93,3 +95,6 @@ bench/swarm.sh
 
 echo "== soak (bench/soak.sh)"
 bench/soak.sh
+
+echo "== fleet egress (bench/egress.sh)"
+bench/egress.sh
