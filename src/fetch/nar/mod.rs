@@ -113,6 +113,12 @@ impl Fetcher {
         }
         // Whether we fetch it ourselves depends on its owner, which the narinfo tells.
         let plan = self.plan(fh, ext, ask.fleet).await;
+        // Planning waited on the disk: a download may have finished meanwhile (committed,
+        // then left the in-flight map). Looking again here, with no wait before joining or
+        // starting, keeps one download per NAR.
+        if let Some((path, size)) = self.store.nar(&fh, ext) {
+            return Ok((NarSource::Cached { path, size }, true));
+        }
         let existing = self.nars.get(&(fh, plan.ourselves));
         let reader = match existing.and_then(|d| Some((d.relay.subscribe()?, d))) {
             Some((rest, download)) => {
