@@ -58,6 +58,8 @@ async fn right_credentials_let_nix_copy_through() {
     assert_ok(&nix_copy(&a.url(), &f.public_key, &f.top, &tmp.path().join("dest")).await);
     assert!(substituted(&tmp.path().join("dest"), &f.dep));
     assert_eq!(a.metric(AUTH_FAILED).await, 0);
+    let log = std::fs::read_to_string(tmp.path().join("nginx/access.log")).unwrap();
+    assert!(log.contains(" - ci ["), "nginx saw the user: {log}");
     // An upstream failure makes the appliance ask its peer: without credentials.
     nginx_down(nginx);
     let got = get(
@@ -153,6 +155,8 @@ async fn a_redirect_to_another_host_is_not_followed() {
     )
     .await;
     assert_ne!(got.status, 200);
+    let other = "nixgate_upstream_requests_total{status=\"other\"}";
+    assert!(a.metric(other).await >= 1, "the upstream answered the 302");
     assert!(elsewhere.heads().is_empty(), "the redirect was followed");
     assert_no_credentials(&peer);
     a.stop().await;
