@@ -34,7 +34,7 @@ enum State {
 
 /// A message from a path's task to the walk.
 enum Msg {
-    Narinfo(StorePathBase, Result<Option<NarInfo>, String>),
+    Narinfo(StorePathBase, Result<Option<Box<NarInfo>>, String>),
     Nar(StorePathBase, Result<u64, String>, Duration),
 }
 
@@ -200,7 +200,7 @@ impl Job {
         let _slot = self.slots.acquire().await.expect("never closed");
         let info = match self.client.narinfo(&p.hash.to_string()).await {
             Ok(Some(text)) => NarInfo::parse(&text, &self.store_dir)
-                .map(Some)
+                .map(|i| Some(Box::new(i)))
                 .map_err(|e| format!("malformed narinfo: {e}")),
             Ok(None) => Ok(None),
             Err(e) => Err(e),

@@ -64,12 +64,14 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx is installed");
+        // Held from here on, so that the panic below kills and reaps it (Drop).
+        let nginx = Nginx { port, child };
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return Nginx { port, child };
+                return nginx;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
