@@ -58,6 +58,8 @@ async fn warming_a_closure_caches_every_nar() {
         &a.url(),
         "--from-file",
         list.to_str().unwrap(),
+        // dep is a root and a reference of top: found twice, warmed once.
+        &f.dep,
         &f.top,
     ])
     .await;

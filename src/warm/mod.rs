@@ -117,7 +117,9 @@ async fn walk(
     let mut running = 0usize;
     let progress = report.bytes.clone();
     let spawn = |p: StorePathBase, states: &mut BTreeMap<StorePathBase, State>| {
-        if states.insert(p.clone(), State::Pending).is_none() {
+        // A path already known (a root that is also a reference) keeps its state.
+        if let std::collections::btree_map::Entry::Vacant(e) = states.entry(p.clone()) {
+            e.insert(State::Pending);
             let job = Job {
                 client: client.clone(),
                 store_dir: store_dir.to_owned(),
@@ -133,6 +135,7 @@ async fn walk(
     for r in roots {
         running += spawn(r, &mut states);
     }
+    report.total = states.len();
     let full = |b: &StorePathBase| format!("{store_dir}/{b}");
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while running > 0 {

@@ -47,14 +47,13 @@ impl Report {
     pub fn event(&mut self, event: &str, mut fields: Value) {
         if self.json {
             fields["event"] = json!(event);
-            println!("{fields}");
+            // A closed pipe (`| head`) is not an error of the warm-up itself.
+            let _ = writeln!(std::io::stdout().lock(), "{fields}");
             return;
         }
         if event == "error" {
-            eprintln!(
-                "\r\x1b[Kwarm: {} {}: {}",
-                fields["stage"], fields["path"], fields["error"]
-            );
+            let s = |k: &str| fields[k].as_str().unwrap_or_default().to_owned();
+            eprintln!("\r\x1b[Kwarm: {} {}: {}", s("stage"), s("path"), s("error"));
         }
         self.progress();
     }
@@ -88,7 +87,7 @@ impl Report {
     /// Ends the progress line (terminal only).
     pub fn end_line(&self) {
         if !self.json {
-            println!();
+            let _ = writeln!(std::io::stdout().lock());
         }
     }
 }
