@@ -21,3 +21,4 @@ pub mod telemetry;
 pub mod torrent;
 pub mod units;
 pub mod upstream;
+pub mod warm;

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         Command::Health { url } => report(health(&url)),
         Command::Discover(args) => report(discover(args)),
         Command::Status(args) => report(status(args)),
+        Command::Warm(args) => report(warm(args)),
     }
 }
 
@@ -58,6 +59,9 @@ fn print_config(c: &Config) {
     println!("  max-cache-size       {} bytes", c.max_cache_size);
     for u in &c.upstreams {
         println!("  upstream             {u}");
+    }
+    if let Some(p) = &c.netrc_file {
+        println!("  netrc-file           {} ({:?})", p.display(), c.netrc);
     }
     for k in c.trusted_keys.keys() {
         println!("  trusted-public-key   {k}");
@@ -176,6 +180,11 @@ async fn health(url: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{base} /healthz"))?;
     Ok(())
+}
+
+#[tokio::main]
+async fn warm(args: nixgate::config::WarmArgs) -> anyhow::Result<()> {
+    nixgate::warm::run(&args).await
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -50,6 +50,11 @@ pub(super) fn default_max_cache_size() -> String {
 pub(super) fn default_upstreams() -> Vec<String> {
     vec!["https://cache.nixos.org".into()]
 }
+/// No credentials unless the operator names a file: unlike Nix (`/etc/nix/netrc`), an
+/// appliance must not pick up a host's netrc and send its secrets upstream by surprise.
+pub(super) fn default_netrc_file() -> Option<PathBuf> {
+    None
+}
 /// The key cache.nixos.org signs with.
 pub(super) fn default_trusted_keys() -> Vec<String> {
     vec![CACHE_NIXOS_ORG_KEY.into()]

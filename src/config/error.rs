@@ -48,6 +48,8 @@ pub enum ConfigError {
     Tracker { url: String, reason: String },
     #[error("--{0} must not be 0")]
     ZeroLimit(&'static str),
+    #[error("--netrc-file {path}: {reason}")]
+    Netrc { path: PathBuf, reason: String },
     #[error("--cache-dir {path}: {reason}")]
     CacheDir { path: PathBuf, reason: String },
 }

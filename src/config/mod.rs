@@ -61,6 +61,14 @@ pub enum Command {
     ///
     /// Reads /_status/v1 (the data of the status page at /) from --url.
     Status(StatusArgs),
+    /// Make an appliance fetch and cache the closures of store paths before runners ask.
+    ///
+    /// Walks each path's closure through the appliance's narinfos (`References:`), GETs every
+    /// NAR through it (concurrently, --jobs at once), then asks it with `Cache-Control:
+    /// only-if-cached` whether it holds everything. Exits 0 only when the whole closure is
+    /// cached; otherwise lists the missing paths and exits 1. Progress on a terminal, one
+    /// JSON object per line (per event) otherwise.
+    Warm(WarmArgs),
     /// Probe a running appliance's /healthz (for container HEALTHCHECKs; no curl needed).
     Health {
         /// The appliance's base URL.
@@ -71,6 +79,28 @@ pub enum Command {
         )]
         url: String,
     },
+}
+
+/// Flags of `warm`.
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// The appliance's base URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080",
+        env = "NIXGATE_WARM_APPLIANCE"
+    )]
+    pub appliance: String,
+    /// A file of store paths, one a line (blank lines and `#` comments skipped), e.g. the
+    /// output of `nix path-info -r`; added to those given as arguments.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<std::path::PathBuf>,
+    /// Most paths fetched through the appliance at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Store paths whose closures to warm (`/nix/store/<hash>-<name>` or `<hash>-<name>`).
+    #[arg(value_name = "STORE_PATH")]
+    pub paths: Vec<String>,
 }
 
 /// Flags of `status`.

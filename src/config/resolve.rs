@@ -18,6 +18,7 @@ use crate::peers::Membership;
 use crate::store::check_writable;
 use crate::telemetry::LogFormat;
 use crate::units::{parse_duration, parse_size};
+use crate::upstream::netrc::Netrc;
 use crate::upstream::Timeouts;
 
 /// The resolved, validated configuration.
@@ -31,6 +32,10 @@ pub struct Config {
     pub max_cache_size: u64,
     /// Upstream caches in the order they are tried, each ending in `/`.
     pub upstreams: Vec<Url>,
+    /// `--netrc-file`, if any.
+    pub netrc_file: Option<PathBuf>,
+    /// Credentials per upstream host, read from `netrc_file` (empty without one).
+    pub netrc: Netrc,
     /// Keys whose signatures make a narinfo trusted (never empty).
     pub trusted_keys: TrustedKeys,
     /// `Priority` in /nix-cache-info.
@@ -67,6 +72,7 @@ impl Config {
         FetchSettings {
             upstreams: self.upstreams.clone(),
             keys: self.trusted_keys.clone(),
+            netrc: self.netrc.clone(),
             negative_ttl: self.negative_ttl,
             timeouts: self.timeouts,
             tuning: self.tuning,
@@ -83,6 +89,7 @@ impl ServeArgs {
         let listen = address(&s.listen, default_listen, ConfigError::Listen)?;
         let max_cache_size = max_cache_size(&s)?;
         let upstreams = each(list(&s.upstreams, default_upstreams), parse_upstream)?;
+        let (netrc_file, netrc) = netrc(&s)?;
         let trusted_keys = trusted_keys(&s)?;
         let upstream_down_status = upstream_down_status(&s)?;
         let cache_dir = cache_dir(&s)?;
@@ -95,6 +102,8 @@ impl ServeArgs {
             cache_dir,
             max_cache_size,
             upstreams,
+            netrc_file,
+            netrc,
             trusted_keys,
             priority: s.priority.unwrap_or_else(default_priority),
             negative_ttl: duration("negative-ttl", &s.negative_ttl, default_negative_ttl)?,
@@ -166,6 +175,18 @@ fn max_cache_size(s: &ServeArgs) -> Result<u64, ConfigError> {
         return Err(ConfigError::CacheTooSmall);
     }
     Ok(bytes)
+}
+
+/// The `--netrc-file` path and its parsed credentials.
+fn netrc(s: &ServeArgs) -> Result<(Option<PathBuf>, Netrc), ConfigError> {
+    let Some(path) = s.netrc_file.clone().or_else(default_netrc_file) else {
+        return Ok((None, Netrc::default()));
+    };
+    let netrc = Netrc::read(&path).map_err(|reason| ConfigError::Netrc {
+        path: path.clone(),
+        reason,
+    })?;
+    Ok((Some(path), netrc))
 }
 
 fn trusted_keys(s: &ServeArgs) -> Result<TrustedKeys, ConfigError> {

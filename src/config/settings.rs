@@ -49,6 +49,12 @@ pub struct ServeArgs {
     #[serde(rename = "upstream", alias = "upstreams")]
     pub upstreams: Option<Vec<String>>,
 
+    /// netrc file with credentials for upstream caches (`machine HOST login USER password
+    /// SECRET`, as Nix's `netrc-file`): each upstream request to HOST carries them as Basic
+    /// auth; peers and fleet members never get them [default: none].
+    #[arg(long, env = "NIXGATE_NETRC_FILE", value_name = "FILE")]
+    pub netrc_file: Option<PathBuf>,
+
     /// Key whose signatures make a narinfo trusted, as NAME:BASE64 (repeatable; same format
     /// as nix.conf `trusted-public-keys`) [default: the cache.nixos.org-1 key].
     #[arg(
@@ -255,7 +261,7 @@ impl ServeArgs {
     pub(super) fn over_file(self, file: ServeArgs) -> ServeArgs {
         let cli = self.without_blank_lists();
         layered!(cli over file:
-            config, listen, cache_dir, max_cache_size, upstreams, trusted_public_keys, priority,
+            config, listen, cache_dir, max_cache_size, upstreams, netrc_file, trusted_public_keys, priority,
             negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
             stall_timeout, send_timeout, max_connections, max_connections_per_ip, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,

@@ -215,3 +215,34 @@ fn connection_limits_default_layer_and_refuse_zero() {
         assert!(matches!(bad.resolve(), Err(ConfigError::ZeroLimit(_))));
     }
 }
+
+#[test]
+fn netrc_file_from_the_config_file_is_read_and_a_bad_one_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let netrc = dir.path().join("netrc");
+    std::fs::write(
+        &netrc,
+        "machine cache.example.com login ci password s3cret\n",
+    )
+    .unwrap();
+    let file = dir.path().join("nixgate.toml");
+    std::fs::write(
+        &file,
+        format!("netrc-file = {:?}\n", netrc.display().to_string()),
+    )
+    .unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    let c = a.resolve().unwrap();
+    assert_eq!(c.netrc_file.as_deref(), Some(netrc.as_path()));
+    assert!(c.netrc.lookup("cache.example.com").is_some());
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "the Debug of Config hides it"
+    );
+    assert!(args(dir.path()).resolve().unwrap().netrc.is_empty());
+    let mut a = args(dir.path());
+    a.netrc_file = Some(dir.path().join("absent"));
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(e.starts_with("--netrc-file"), "{e}");
+}

@@ -94,7 +94,7 @@ impl Fetcher {
         Fetcher {
             store,
             upstreams: settings.upstreams.into_iter().map(Upstream::new).collect(),
-            client: UpstreamClient::new(settings.timeouts),
+            client: UpstreamClient::new(settings.timeouts, settings.netrc),
             keys: settings.keys,
             metrics,
             peers,

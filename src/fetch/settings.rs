@@ -8,6 +8,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::nix::signature::TrustedKeys;
+use crate::upstream::netrc::Netrc;
 use crate::upstream::Timeouts;
 
 /// Which source a NAR miss tries first when a peer holds it.
@@ -46,6 +47,8 @@ pub struct FetchSettings {
     pub upstreams: Vec<Url>,
     /// Keys whose signatures make a narinfo trusted.
     pub keys: TrustedKeys,
+    /// Credentials per upstream host (`--netrc-file`).
+    pub netrc: Netrc,
     /// How long an upstream 404 is remembered.
     pub negative_ttl: Duration,
     pub timeouts: Timeouts,

@@ -48,7 +48,7 @@ label_enum!(
     UpstreamStatus {
         Ok => "200", NotFound => "404", ClientError => "4xx", ServerError => "5xx",
         ConnectError => "connect_error", Timeout => "timeout", CircuitOpen => "circuit_open",
-        Other => "other",
+        AuthFailed => "auth_failed", Other => "other",
     }
 );
 

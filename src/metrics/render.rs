@@ -59,7 +59,8 @@ impl Metrics {
             Family::new(
                 "nixgate_upstream_requests_total",
                 Counter,
-                "Requests to upstream caches by answer class.",
+                "Requests to upstream caches by answer class (auth_failed: a 401, or a 403 to \
+                 a request with --netrc-file credentials).",
             )
             .by("status", UpstreamStatus::ALL, |s| {
                 &self.upstream[s as usize]

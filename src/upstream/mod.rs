@@ -3,15 +3,16 @@
 //! breaker per upstream. Errors say whether the upstream is *down* (try another source, answer
 //! 503) or said *not found* (a real 404 that may be cached briefly).
 
+pub mod body;
 pub mod breaker;
+pub mod netrc;
 pub mod probe;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -20,7 +21,9 @@ use thiserror::Error;
 use url::Url;
 
 use crate::metrics::{Metrics, UpstreamStatus};
+pub use body::UpstreamBody;
 use breaker::Breaker;
+use netrc::{Credentials, Netrc};
 
 /// Upstream timeouts, one per phase of a request (`--connect-timeout`, `--first-byte-timeout`,
 /// `--stall-timeout`).
@@ -83,6 +86,8 @@ pub enum UpstreamError {
     Stalled(Duration),
     #[error("status {0}")]
     Status(u16),
+    #[error("authentication failed (status {0}): check the --netrc-file entry for this host")]
+    AuthFailed(u16),
     #[error("body: {0}")]
     Body(String),
     #[error("response larger than {0} bytes")]
@@ -99,67 +104,6 @@ pub enum Answer {
 pub const PEER_FIRST_BYTE: Duration = Duration::from_secs(2);
 /// The longest a peer's body may go without a byte.
 pub const PEER_STALL: Duration = Duration::from_secs(5);
-
-/// A response body read with the stall timeout.
-pub struct UpstreamBody {
-    body: Incoming,
-    stall: Duration,
-    /// `Content-Length`, when the upstream sent one.
-    pub content_length: Option<u64>,
-    pub headers: http::HeaderMap,
-}
-
-impl UpstreamBody {
-    /// The next data chunk; `None` at the end.
-    pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        loop {
-            let frame = tokio::time::timeout(self.stall, self.body.frame())
-                .await
-                .map_err(|_| UpstreamError::Stalled(self.stall))?;
-            match frame {
-                None => return Ok(None),
-                Some(Err(e)) => return Err(UpstreamError::Body(e.to_string())),
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        return Ok(Some(data));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits for one chunk, then appends whatever else is ready without waiting, up to
-    /// `max` bytes: large writes when the upstream is fast, low latency when it is slow.
-    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, UpstreamError> {
-        let Some(first) = self.chunk().await? else {
-            return Ok(None);
-        };
-        if first.len() >= max {
-            return Ok(Some(first));
-        }
-        let mut buf = BytesMut::from(&first[..]);
-        while buf.len() < max {
-            match self.chunk().now_or_never() {
-                Some(Ok(Some(more))) => buf.extend_from_slice(&more),
-                Some(Ok(None)) | None => break,
-                Some(Err(e)) => return Err(e),
-            }
-        }
-        Ok(Some(buf.freeze()))
-    }
-
-    /// Reads the whole body, refusing more than `limit` bytes.
-    pub async fn read_all(mut self, limit: usize) -> Result<Bytes, UpstreamError> {
-        let mut buf = BytesMut::new();
-        while let Some(c) = self.chunk().await? {
-            if buf.len() + c.len() > limit {
-                return Err(UpstreamError::TooLarge(limit));
-            }
-            buf.extend_from_slice(&c);
-        }
-        Ok(buf.freeze())
-    }
-}
 
 /// Who a request is for: an upstream (counted in its metrics), a peer appliance (asked
 /// only-if-cached, not counted as upstream traffic) or a fleet member asked as the owner of a
@@ -180,16 +124,23 @@ pub const FLEET_HEADER: &str = "x-nixgate-fleet";
 /// covers its upstream's latency too; a member that is alive answers well within it.
 pub const FLEET_FIRST_BYTE: Duration = Duration::from_secs(5);
 
+/// The request for `url`. `creds` (the netrc entry for `url`'s host) are sent only to an
+/// upstream: never to a peer or a fleet member, whatever their host.
 fn build_request(
     method: Method,
     url: &Url,
     asker: Asker<'_>,
+    creds: Option<&Credentials>,
 ) -> Result<Request<Empty<Bytes>>, UpstreamError> {
     let mut req = Request::builder();
     match asker {
         Asker::Peer => req = req.header(http::header::CACHE_CONTROL, "only-if-cached"),
         Asker::Fleet => req = req.header(FLEET_HEADER, "1"),
-        Asker::Upstream(_) => {}
+        Asker::Upstream(_) => {
+            if let Some(c) = creds {
+                req = req.header(http::header::AUTHORIZATION, c.header());
+            }
+        }
     }
     req.method(method)
         .uri(url.as_str())
@@ -206,13 +157,22 @@ fn build_request(
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// The shared upstream HTTP client.
+///
+/// It never follows redirects (hyper's client does not, and none is added): a 3xx is an
+/// error like any other unexpected status, so credentials sent to an upstream can never be
+/// carried to the host a redirect names.
 pub struct UpstreamClient {
     client: HttpsClient,
     timeouts: Timeouts,
+    /// Credentials per upstream host (`--netrc-file`).
+    netrc: Netrc,
 }
 
-fn classify(status: StatusCode) -> UpstreamStatus {
+/// The class of an answer; `authenticated`: credentials were sent with the request.
+fn classify(status: StatusCode, authenticated: bool) -> UpstreamStatus {
     match status.as_u16() {
+        401 => UpstreamStatus::AuthFailed,
+        403 if authenticated => UpstreamStatus::AuthFailed,
         200..=299 => UpstreamStatus::Ok,
         404 => UpstreamStatus::NotFound,
         400..=499 => UpstreamStatus::ClientError,
@@ -223,8 +183,8 @@ fn classify(status: StatusCode) -> UpstreamStatus {
 
 impl UpstreamClient {
     /// Builds the client (HTTP/1.1; https with the Mozilla roots compiled in, so the image
-    /// needs no CA bundle).
-    pub fn new(timeouts: Timeouts) -> Self {
+    /// needs no CA bundle); `netrc` gives upstreams their credentials.
+    pub fn new(timeouts: Timeouts, netrc: Netrc) -> Self {
         // Two rustls providers are linked (ring here, aws-lc-rs through librqbit's reqwest),
         // so rustls cannot pick one by itself: make ring the process default (for librqbit's
         // https trackers too). Installing twice is a no-op error.
@@ -243,11 +203,16 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(https);
-        UpstreamClient { client, timeouts }
+        UpstreamClient {
+            client,
+            timeouts,
+            netrc,
+        }
     }
 
     /// Sends `method url` to `up`, honouring its breaker and recording the answer class.
-    /// 404, 410 and 403 are "not found", as Nix treats them for cache files.
+    /// 404, 410 and 403 are "not found", as Nix treats them for cache files, except that a
+    /// 401, or a 403 to a request that carried credentials, is an auth failure (an error).
     pub async fn request(
         &self,
         up: &Upstream,
@@ -305,20 +270,12 @@ impl UpstreamClient {
             count(UpstreamStatus::CircuitOpen);
             return Err(UpstreamError::CircuitOpen);
         }
-        let req = build_request(method, url, asker)?;
-        let (first_byte, stall) = match asker {
-            Asker::Fleet => (FLEET_FIRST_BYTE, self.timeouts.stall),
-            // A peer answers from its disk, on the LAN: one that hangs must not cost a miss
-            // the upstream timeouts (25 s by default) while the upstream is down.
-            Asker::Peer => (
-                (self.timeouts.connect + self.timeouts.first_byte).min(PEER_FIRST_BYTE),
-                self.timeouts.stall.min(PEER_STALL),
-            ),
-            Asker::Upstream(_) => (
-                self.timeouts.connect + self.timeouts.first_byte,
-                self.timeouts.stall,
-            ),
+        let creds = match asker {
+            Asker::Upstream(_) => url.host_str().and_then(|h| self.netrc.lookup(h)),
+            Asker::Peer | Asker::Fleet => None,
         };
+        let req = build_request(method, url, asker, creds)?;
+        let (first_byte, stall) = self.phase_timeouts(asker);
         let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => {
                 up.breaker.failure();
@@ -338,31 +295,75 @@ impl UpstreamClient {
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
-        count(classify(status));
-        if matches!(asker, Asker::Peer) && status == StatusCode::GATEWAY_TIMEOUT {
+        let class = classify(status, creds.is_some());
+        count(class);
+        if class == UpstreamStatus::AuthFailed {
+            // The upstream answered: it is up, but will not serve us. Never log the header.
             up.breaker.success();
-            return Ok(Answer::NotFound); // a peer's "not in my cache"
+            tracing::warn!(
+                upstream = %up.base,
+                status = status.as_u16(),
+                credentials = creds.is_some(),
+                "upstream refused authentication; check --netrc-file"
+            );
+            return Err(UpstreamError::AuthFailed(status.as_u16()));
         }
-        if status.is_server_error() {
-            up.breaker.failure();
-            return Err(UpstreamError::Status(status.as_u16()));
+        answer(up, asker, resp, stall)
+    }
+
+    /// Time to headers and longest body silence for a request by `asker`.
+    fn phase_timeouts(&self, asker: Asker<'_>) -> (Duration, Duration) {
+        match asker {
+            Asker::Fleet => (FLEET_FIRST_BYTE, self.timeouts.stall),
+            // A peer answers from its disk, on the LAN: one that hangs must not cost a miss
+            // the upstream timeouts (25 s by default) while the upstream is down.
+            Asker::Peer => (
+                (self.timeouts.connect + self.timeouts.first_byte).min(PEER_FIRST_BYTE),
+                self.timeouts.stall.min(PEER_STALL),
+            ),
+            Asker::Upstream(_) => (
+                self.timeouts.connect + self.timeouts.first_byte,
+                self.timeouts.stall,
+            ),
         }
-        up.breaker.success();
-        match status.as_u16() {
-            200 => {}
-            403 | 404 | 410 => return Ok(Answer::NotFound),
-            s => return Err(UpstreamError::Status(s)),
-        }
-        let content_length = resp
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        let (parts, body) = resp.into_parts();
-        Ok(Answer::Found(UpstreamBody {
-            body,
-            headers: parts.headers,
-            stall,
-            content_length,
-        }))
     }
 }
+
+/// What a response (other than an auth failure) means: a body, "not found", or an error. A
+/// redirect (3xx) is an error: it is never followed.
+fn answer(
+    up: &Upstream,
+    asker: Asker<'_>,
+    resp: http::Response<Incoming>,
+    stall: Duration,
+) -> Result<Answer, UpstreamError> {
+    let status = resp.status();
+    if matches!(asker, Asker::Peer) && status == StatusCode::GATEWAY_TIMEOUT {
+        up.breaker.success();
+        return Ok(Answer::NotFound); // a peer's "not in my cache"
+    }
+    if status.is_server_error() {
+        up.breaker.failure();
+        return Err(UpstreamError::Status(status.as_u16()));
+    }
+    up.breaker.success();
+    match status.as_u16() {
+        200 => {}
+        403 | 404 | 410 => return Ok(Answer::NotFound),
+        s => return Err(UpstreamError::Status(s)),
+    }
+    let content_length = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let (parts, body) = resp.into_parts();
+    Ok(Answer::Found(UpstreamBody {
+        body,
+        headers: parts.headers,
+        stall,
+        content_length,
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -7,11 +7,13 @@
 pub mod appliance;
 pub mod client;
 pub mod fixture;
+pub mod nginx;
 pub mod swarm;
 pub mod upstream;
 
 pub use appliance::*;
 pub use client::*;
 pub use fixture::*;
+pub use nginx::*;
 pub use swarm::*;
 pub use upstream::*;

@@ -1,0 +1,159 @@
+//! The HTTP side of `nixgate warm`: requests to the appliance — narinfos read, NARs read in
+//! full and discarded (so that the appliance fetches and caches them), and the
+//! `Cache-Control: only-if-cached` checks that prove what it holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+use crate::nix::narinfo::MAX_NARINFO_BYTES;
+
+/// Time to the response headers: the appliance answers once its upstream's headers arrive.
+const HEADERS: Duration = Duration::from_secs(60);
+/// Longest silence in a body before the download is given up.
+const STALL: Duration = Duration::from_secs(120);
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// A client of one appliance.
+pub struct ApplianceClient {
+    client: HttpsClient,
+    base: Url,
+}
+
+impl ApplianceClient {
+    /// A client for the appliance at `base` (http or https).
+    pub fn new(base: &str) -> Result<Self, String> {
+        let mut base = Url::parse(base).map_err(|e| format!("appliance URL {base}: {e}"))?;
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(ApplianceClient { client, base })
+    }
+
+    /// The appliance's base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        rel: &str,
+        only_if_cached: bool,
+    ) -> Result<http::Response<Incoming>, String> {
+        let url = self
+            .base
+            .join(rel.trim_start_matches('/'))
+            .map_err(|e| format!("{rel}: {e}"))?;
+        let mut req = Request::builder().method(method).uri(url.as_str());
+        if only_if_cached {
+            req = req.header(http::header::CACHE_CONTROL, "only-if-cached");
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(HEADERS, self.client.request(req)).await {
+            Err(_) => Err(format!("no answer within {HEADERS:?}")),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// The appliance's `StoreDir` (from /nix-cache-info).
+    pub async fn store_dir(&self) -> Result<String, String> {
+        let text = self
+            .text("nix-cache-info", 64 << 10)
+            .await?
+            .ok_or("no /nix-cache-info")?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("StoreDir:"))
+            .map_or("/nix/store", str::trim)
+            .to_owned())
+    }
+
+    /// A narinfo's text (`None`: the appliance answered 404, nothing upstream has it).
+    pub async fn narinfo(&self, hash: &str) -> Result<Option<String>, String> {
+        self.text(&format!("{hash}.narinfo"), MAX_NARINFO_BYTES)
+            .await
+    }
+
+    async fn text(&self, rel: &str, max: usize) -> Result<Option<String>, String> {
+        let resp = self.send(Method::GET, rel, false).await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            s => return Err(format!("{rel}: status {s}")),
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), max)
+            .collect()
+            .await
+            .map_err(|e| format!("{rel}: {e}"))?;
+        String::from_utf8(body.to_bytes().to_vec())
+            .map(Some)
+            .map_err(|_| format!("{rel}: not UTF-8"))
+    }
+
+    /// GETs the NAR at `rel`, reading it in full and dropping the bytes; each chunk's size is
+    /// added to `progress`. Returns the bytes read.
+    pub async fn nar(&self, rel: &str, progress: &AtomicU64) -> Result<u64, String> {
+        let resp = self.send(Method::GET, rel, false).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("status {}", resp.status()));
+        }
+        let mut body = resp.into_body();
+        let mut total = 0;
+        loop {
+            let frame = tokio::time::timeout(STALL, body.frame())
+                .await
+                .map_err(|_| format!("body stalled for {STALL:?}"))?;
+            match frame {
+                None => return Ok(total),
+                Some(Err(e)) => return Err(format!("body: {}", error_chain(&e))),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        total += data.len() as u64;
+                        progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the appliance holds `rel` now, asked with `Cache-Control: only-if-cached`
+    /// (it answers 504 when it does not, and never fetches): a GET for a narinfo, a HEAD for
+    /// a NAR (no body is sent).
+    pub async fn cached(&self, method: Method, rel: &str) -> Result<bool, String> {
+        let resp = self.send(method, rel, true).await?;
+        let status = resp.status();
+        // Drain the (small) body so the connection is reused.
+        let _ = resp.into_body().collect().await;
+        Ok(status == StatusCode::OK)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
