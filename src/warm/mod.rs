@@ -170,23 +170,26 @@ async fn walk(
             }
             Msg::Nar(p, r, took) => {
                 running -= 1;
-                report.done += 1;
-                let path = full(&p);
-                match r {
-                    Ok(bytes) => report.event(
-                        "nar",
-                        json!({"path": path, "bytes": bytes,
-                        "seconds": took.as_secs_f64()}),
-                    ),
-                    Err(error) => report.event(
-                        "error",
-                        json!({"path": path, "stage": "nar", "error": error}),
-                    ),
-                }
+                nar_done(report, full(&p), r, took);
             }
         }
     }
     states
+}
+
+/// Reports a finished NAR read (its bytes, or why it failed).
+fn nar_done(report: &mut Report, path: String, r: Result<u64, String>, took: Duration) {
+    report.done += 1;
+    match r {
+        Ok(bytes) => report.event(
+            "nar",
+            json!({"path": path, "bytes": bytes, "seconds": took.as_secs_f64()}),
+        ),
+        Err(error) => report.event(
+            "error",
+            json!({"path": path, "stage": "nar", "error": error}),
+        ),
+    }
 }
 
 /// One path's work: its narinfo, then its NAR, holding one of the `--jobs` slots.
