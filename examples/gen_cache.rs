@@ -1,8 +1,9 @@
 //! Writes a synthetic signed binary cache for the benchmark:
 //! `gen_cache DIR NARINFOS SMALL_NAR_BYTES BIG_NAR_MIB...`.
 //!
-//! Narinfos are real (signed with a fixed key, fingerprint as Nix computes it); NAR bodies are
-//! zstd magic + pseudo-random bytes, which is all nixgate checks (FileHash, FileSize, magic).
+//! Narinfos are real (signed with a fixed key, fingerprint as Nix computes it); NAR files are
+//! pseudo-random bytes compressed with zstd, so every check nixgate makes holds (FileHash,
+//! FileSize, magic, and NarHash/NarSize of the decompressed bytes).
 //! Prints nothing; writes DIR/key.pub, DIR/narinfos.txt (request paths) and DIR/big.txt
 //! (`<narinfo path> <nar path>` per big NAR).
 
@@ -36,17 +37,17 @@ fn write_path(
     let mut h = [0u8; 20];
     rng.fill(&mut h);
     let hash = nix32::encode(&h);
-    let mut nar = vec![0u8; nar_bytes];
-    rng.fill(&mut nar);
-    nar[..4].copy_from_slice(b"\x28\xb5\x2f\xfd");
+    let mut plain = vec![0u8; nar_bytes];
+    rng.fill(&mut plain);
+    let nar = zstd::encode_all(&plain[..], 1).unwrap();
     let fh = Sha256::digest(&nar);
     let nar_name = format!("nar/{}.nar.zst", fh.to_nix32());
     std::fs::write(dir.join(&nar_name), &nar).unwrap();
     let text = format!(
         "StorePath: /nix/store/{hash}-bench-{i}\nURL: {nar_name}\nCompression: zstd\nFileHash: {fh}\nFileSize: {}\nNarHash: {}\nNarSize: {}\nReferences: \n",
         nar.len(),
-        Sha256::digest(&h),
-        nar.len() * 3
+        Sha256::digest(&plain),
+        plain.len()
     );
     let mut ni: NarInfo = text.parse().unwrap();
     ni.sigs.push(key.sign(&ni.fingerprint("/nix/store")));
