@@ -284,4 +284,32 @@ mod tests {
             Err(StoreError::Version(..))
         ));
     }
+
+    #[tokio::test]
+    async fn while_indexing_entries_are_found_on_disk_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        let (h, fh) = (StorePathHash([1; 20]), Sha256([2; 32]));
+        // Files the scan has not reached yet.
+        for p in [s.layout.narinfo_path(&h, &fh), s.nar_path(&fh, ".xz")] {
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"url\nnarinfo").unwrap();
+        }
+        s.index().start_scan();
+        assert!(s.readiness().unwrap().contains("indexing"));
+        assert!(matches!(
+            s.begin_nar(Sha256([3; 32]), ".xz", Some(1)),
+            Err(StoreError::Indexing)
+        ));
+        assert!(s.readiness().is_ok(), "indexing is not a failure");
+        assert_eq!(s.narinfo(&h, |_, _| true).await.unwrap().0, fh);
+        assert_eq!(s.nar_unchecked(&fh, ".xz"), Some(true));
+        assert!(s.nar(&fh, ".zst").is_none());
+        assert_eq!(s.nar_by_hash(&Sha256([4; 32])), None);
+        assert_eq!(s.index().narinfos_of(&fh), vec![h]);
+        s.index().finish_scan();
+        assert_eq!(s.readiness().unwrap(), "ready\n");
+        assert_eq!(s.bytes(), 22);
+        nar(&s, &Sha256([3; 32]), 10);
+    }
 }
