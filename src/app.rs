@@ -18,7 +18,10 @@ use crate::peers::PeerSet;
 use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 
-/// Opens the cache (rebuilding its index) and sets everything up. `own_port` is the HTTP
+/// How long start-up waits for the cache index before serving anyway.
+const INDEX_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Opens the cache (rebuilding its index in the background) and sets everything up. `own_port` is the HTTP
 /// port actually bound, so that this appliance never lists itself as a peer. `on_gone` is
 /// told every NAR that leaves the cache (the torrent engine stops seeding it).
 pub fn build(
@@ -27,12 +30,15 @@ pub fn build(
     on_gone: Option<UnboundedSender<Sha256>>,
 ) -> Result<Arc<App>, StoreError> {
     let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(Store::open(
+    let store = Store::open(
         &config.cache_dir,
         config.max_cache_size,
         metrics.clone(),
         on_gone,
-    )?);
+    )?;
+    // A small cache is indexed by now and behaves exactly as if indexed before serving; a
+    // large one is served while its index is rebuilt (see `store::rebuild`).
+    store.wait_indexed(INDEX_GRACE);
     let id =
         crate::peers::load_or_create_id(&config.cache_dir).map_err(|source| StoreError::Io {
             path: config.cache_dir.join("peer-id"),

@@ -67,17 +67,19 @@ pub fn health(app: &App) -> Handled {
 
 /// `/readyz`: 503 with the reason while the cache cannot store (dir not writable, a full
 /// disk, the cap taken by downloads under way, an unreadable shard). Misses are still served
-/// (uncached) meanwhile; this tells an operator or a load balancer why.
+/// (uncached) meanwhile; this tells an operator or a load balancer why. While the start-up
+/// index scan runs it is 200 with a body that says so: cached entries are served (looked up
+/// on disk), so a readiness probe should send traffic.
 pub async fn ready(app: &Arc<App>) -> Handled {
     let store = app.store.clone();
     let readiness = tokio::task::spawn_blocking(move || store.readiness())
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     match readiness {
-        Ok(()) => buffer(
+        Ok(text) => buffer(
             app,
             "text/plain; charset=utf-8",
-            Bytes::from_static(b"ready\n"),
+            Bytes::from(text),
             Outcome::Hit,
         ),
         Err(reason) => {

@@ -54,7 +54,10 @@ label_enum!(
 
 label_enum!(
     /// Why the cache could not store a download (it was streamed through instead).
-    StoreFailure { NoSpace => "no_space", CapReached => "cap_reached", Io => "io_error" }
+    StoreFailure {
+        NoSpace => "no_space", CapReached => "cap_reached", Io => "io_error",
+        Indexing => "indexing",
+    }
 );
 
 label_enum!(

@@ -25,6 +25,9 @@ pub enum Compression {
 /// The 13 bytes after the 8-byte length prefix that open every NAR.
 const NAR_MAGIC: &[u8] = b"\x0d\0\0\0\0\0\0\0nix-archive-1";
 
+/// Every NAR extension Nix may use (with dot, or `""`).
+pub const NAR_EXTENSIONS: [&str; 7] = ["", ".xz", ".bz2", ".zst", ".lzip", ".lz4", ".br"];
+
 impl Compression {
     /// Interprets a narinfo `Compression` value (`None` = field absent).
     pub fn from_field(v: Option<&str>) -> Self {
@@ -56,9 +59,7 @@ impl Compression {
 
     /// The static form of a NAR extension Nix may use (with dot, or `""`), if known.
     pub fn known_extension(ext: &str) -> Option<&'static str> {
-        ["", ".xz", ".bz2", ".zst", ".lzip", ".lz4", ".br"]
-            .into_iter()
-            .find(|e| *e == ext)
+        NAR_EXTENSIONS.into_iter().find(|e| *e == ext)
     }
 
     /// The compression a NAR extension implies, when it implies exactly one.

@@ -29,6 +29,7 @@ impl StoreError {
     pub fn reason(&self) -> StoreFailure {
         match self {
             StoreError::CapReached { .. } => StoreFailure::CapReached,
+            StoreError::Indexing => StoreFailure::Indexing,
             StoreError::Io { source, .. }
                 if matches!(
                     source.kind(),
@@ -49,6 +50,11 @@ impl Store {
     pub(super) fn store_failed(&self, e: &StoreError) {
         let reason = e.reason();
         self.metrics.store_failure(reason);
+        if reason == StoreFailure::Indexing {
+            // Expected while the scan runs, and the cache serves meanwhile: not a failure.
+            tracing::debug!(error = %e, "serving a download uncached");
+            return;
+        }
         tracing::warn!(reason = reason.as_str(), error = %e, "cache cannot store this download; serving it uncached");
         *lock(&self.health.last) = Some((reason, e.to_string(), Instant::now()));
     }
@@ -66,8 +72,9 @@ impl Store {
         lock(&self.health.bad_shards).push(shard);
     }
 
-    /// `Ok` when the cache can store; otherwise why not (for `/readyz`). Blocking I/O.
-    pub fn readiness(&self) -> Result<(), String> {
+    /// `Ok` with what `/readyz` says when the cache can store (or is indexing: it serves what
+    /// it holds, and downloads uncached meanwhile); otherwise why not. Blocking I/O.
+    pub fn readiness(&self) -> Result<String, String> {
         check_writable(&self.layout.tmp).map_err(|e| format!("cache dir {e}"))?;
         {
             let mut bad = lock(&self.health.bad_shards);
@@ -82,6 +89,15 @@ impl Store {
             Some((reason, e, _)) => return Err(format!("cannot store ({}): {e}", reason.as_str())),
             None => {}
         }
-        Ok(())
+        drop(last);
+        let ix = self.index();
+        Ok(if ix.scanning() {
+            format!(
+                "ready: indexing the cache ({} files so far); new downloads are served uncached until it completes\n",
+                ix.files()
+            )
+        } else {
+            "ready\n".to_owned()
+        })
     }
 }

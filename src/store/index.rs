@@ -5,39 +5,34 @@
 //! is never left pointing at an evicted NAR. A group may hold narinfos whose NAR was never
 //! fetched, or (after a crash between the two writes) a NAR without narinfos.
 //!
-//! Recency is a logical clock: each access moves the group to a new tick in a `BTreeMap`, so
-//! touch and evict are O(log n) and the index holds ~150 bytes per entry.
+//! Recency is an intrusive doubly linked list through the groups, so touch and evict are O(1).
+//! The storage is compact (see [`super::slots`]): binary keys in fixed-size nodes, about
+//! 100 bytes per narinfo+NAR pair and no per-entry heap allocation.
+//!
+//! While the start-up scan runs ([`Index::start_scan`]), the scan adds what it finds at the
+//! cold end without displacing anything already known (found on disk by a lookup, or used),
+//! nothing is evicted (the partial index cannot tell what is least recently used) and what is
+//! removed is remembered so that the scan does not bring it back. [`Index::finish_scan`]
+//! orders the groups the scan found by mtime, oldest coldest.
 
-use std::collections::{BTreeMap, HashMap};
+mod scan;
 
+use std::collections::HashSet;
+
+use super::slots::{Slots, CHECKED, HAS_NAR, PENDING};
+use crate::nix::compression::NAR_EXTENSIONS;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
 
 /// A NAR file in the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NarFile {
-    /// Extension with its dot, e.g. `.xz`, or `""`.
+    /// Extension with its dot, e.g. `.xz`, or `""` (one of `NAR_EXTENSIONS`).
     pub ext: &'static str,
     pub size: u64,
     /// False for a file found on disk at start-up until its size was checked against its
     /// narinfo (the disk may have changed since nixgate wrote it).
     pub checked: bool,
-}
-
-#[derive(Debug, Default)]
-struct Group {
-    narinfos: Vec<(StorePathHash, u64)>,
-    nar: Option<NarFile>,
-    tick: u64,
-}
-
-impl Group {
-    fn bytes(&self) -> u64 {
-        self.narinfos.iter().map(|(_, s)| s).sum::<u64>() + self.nar.map_or(0, |n| n.size)
-    }
-    fn files(&self) -> u64 {
-        self.narinfos.len() as u64 + u64::from(self.nar.is_some())
-    }
 }
 
 /// What an eviction removed; the caller deletes the files.
@@ -48,17 +43,29 @@ pub struct Evicted {
     pub nar: Option<NarFile>,
 }
 
+/// The start-up scan's state: the mtime of each group it found (by group index) and what was
+/// removed meanwhile.
+#[derive(Debug, Default)]
+struct Scan {
+    mtimes: Vec<u64>,
+    gone_narinfos: HashSet<[u8; 20]>,
+    gone_nars: HashSet<[u8; 32]>,
+}
+
 /// The LRU index.
 #[derive(Debug, Default)]
 pub struct Index {
-    narinfos: HashMap<StorePathHash, Sha256>,
-    groups: HashMap<Sha256, Group>,
-    lru: BTreeMap<u64, Sha256>,
-    clock: u64,
+    slots: Slots,
     bytes: u64,
     files: u64,
     /// Bytes promised to downloads under way (not yet committed): they count against the cap.
     reserved: u64,
+    scan: Option<Box<Scan>>,
+}
+
+fn ext_index(ext: &str) -> u8 {
+    let i = NAR_EXTENSIONS.iter().position(|e| *e == ext);
+    i.expect("a NAR extension from NAR_EXTENSIONS") as u8
 }
 
 impl Index {
@@ -67,81 +74,89 @@ impl Index {
         self.bytes
     }
 
-    /// The store path hashes of every narinfo, and the FileHashes of every NAR held.
-    pub fn keys(&self) -> (Vec<StorePathHash>, Vec<Sha256>) {
-        let narinfos = self.narinfos.keys().copied().collect();
-        let nars = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.nar.is_some())
-            .map(|(fh, _)| *fh)
-            .collect();
-        (narinfos, nars)
-    }
-
     /// Number of indexed files (narinfos + NARs).
     pub fn files(&self) -> u64 {
         self.files
     }
 
-    fn touch(&mut self, fh: Sha256) {
-        self.clock += 1;
-        let tick = self.clock;
-        if let Some(g) = self.groups.get_mut(&fh) {
-            self.lru.remove(&g.tick);
-            g.tick = tick;
-            self.lru.insert(tick, fh);
-        }
+    /// The store path hashes of every narinfo, and the FileHashes of every NAR held.
+    pub fn keys(&self) -> (Vec<StorePathHash>, Vec<Sha256>) {
+        let s = &self.slots;
+        let narinfos = s.live_infos().map(|i| StorePathHash(s.infos[i as usize].h));
+        let nars = s.live_groups().map(|g| &s.groups[g as usize]);
+        let nars = nars
+            .filter(|g| g.flags & HAS_NAR != 0)
+            .map(|g| Sha256(g.fh));
+        (narinfos.collect(), nars.collect())
     }
 
-    fn group_mut(&mut self, fh: Sha256) -> &mut Group {
-        if !self.groups.contains_key(&fh) {
-            self.clock += 1;
-            self.lru.insert(self.clock, fh);
-            self.groups.insert(
-                fh,
-                Group {
-                    tick: self.clock,
-                    ..Default::default()
-                },
-            );
+    fn nar_of(&self, g: u32) -> Option<NarFile> {
+        let g = &self.slots.groups[g as usize];
+        (g.flags & HAS_NAR != 0).then(|| NarFile {
+            ext: NAR_EXTENSIONS[g.ext as usize],
+            size: g.nar_size,
+            checked: g.flags & CHECKED != 0,
+        })
+    }
+
+    /// Marks group `g` used: it becomes the most recently used (and keeps its place when the
+    /// scan ends).
+    fn touch(&mut self, g: u32) {
+        self.slots.groups[g as usize].flags &= !PENDING;
+        self.slots.link_front(g);
+    }
+
+    /// The group of `fh`, created (most recently used) if needed.
+    fn group(&mut self, fh: Sha256) -> u32 {
+        match self.slots.find_group(&fh.0) {
+            Some(g) => g,
+            None => {
+                let g = self.slots.new_group(fh.0);
+                self.slots.link_front(g);
+                g
+            }
         }
-        self.groups.get_mut(&fh).expect("inserted above")
     }
 
     /// The FileHash of the NAR a cached narinfo points at; marks the group used.
     pub fn narinfo(&mut self, h: &StorePathHash) -> Option<Sha256> {
-        let fh = *self.narinfos.get(h)?;
-        self.touch(fh);
-        Some(fh)
+        let n = self.slots.find_info(&h.0)?;
+        let g = self.slots.infos[n as usize].group;
+        self.touch(g);
+        Some(Sha256(self.slots.groups[g as usize].fh))
     }
 
     /// The cached NAR with this FileHash, if present; marks the group used.
     pub fn nar(&mut self, fh: &Sha256) -> Option<NarFile> {
-        let nar = self.groups.get(fh)?.nar?;
-        self.touch(*fh);
+        let g = self.slots.find_group(&fh.0)?;
+        let nar = self.nar_of(g)?;
+        self.touch(g);
         Some(nar)
     }
 
     /// The narinfos that point at this NAR (without marking anything used).
     pub fn narinfos_of(&self, fh: &Sha256) -> Vec<StorePathHash> {
-        self.groups
-            .get(fh)
-            .map(|g| g.narinfos.iter().map(|(h, _)| *h).collect())
-            .unwrap_or_default()
+        let Some(g) = self.slots.find_group(&fh.0) else {
+            return Vec::new();
+        };
+        self.slots.infos_of(g).map(|i| StorePathHash(i.h)).collect()
     }
 
     /// Records a narinfo file of `size` bytes for `h`, pointing at `fh`. A previous narinfo
     /// for `h` is replaced; returns the FileHash it pointed at when that differs.
     pub fn insert_narinfo(&mut self, h: StorePathHash, fh: Sha256, size: u64) -> Option<Sha256> {
         let old = self.remove_narinfo(&h).filter(|o| *o != fh);
-        let g = self.group_mut(fh);
-        g.narinfos.push((h, size));
-        self.narinfos.insert(h, fh);
-        self.bytes += size;
-        self.files += 1;
-        self.touch(fh);
+        let g = self.group(fh);
+        self.add_narinfo(h, g, size);
+        self.touch(g);
         old
+    }
+
+    fn add_narinfo(&mut self, h: StorePathHash, g: u32, size: u64) {
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        self.slots.new_info(h.0, size, g);
+        self.bytes += u64::from(size);
+        self.files += 1;
     }
 
     /// Removes the narinfo of `h` (a damaged file); the FileHash it pointed at.
@@ -151,44 +166,64 @@ impl Index {
 
     /// Marks the NAR of `fh` as checked.
     pub fn mark_checked(&mut self, fh: &Sha256) {
-        if let Some(n) = self.groups.get_mut(fh).and_then(|g| g.nar.as_mut()) {
-            n.checked = true;
+        if let Some(g) = self.slots.find_group(&fh.0) {
+            let g = &mut self.slots.groups[g as usize];
+            if g.flags & HAS_NAR != 0 {
+                g.flags |= CHECKED;
+            }
         }
     }
 
     pub(super) fn remove_narinfo(&mut self, h: &StorePathHash) -> Option<Sha256> {
-        let fh = self.narinfos.remove(h)?;
-        let g = self.groups.get_mut(&fh)?;
-        if let Some(i) = g.narinfos.iter().position(|(x, _)| x == h) {
-            let (_, size) = g.narinfos.swap_remove(i);
-            self.bytes -= size;
-            self.files -= 1;
+        let n = self.slots.find_info(&h.0)?;
+        let info = self.slots.infos[n as usize].clone();
+        self.slots.free_info(n);
+        self.bytes -= u64::from(info.size);
+        self.files -= 1;
+        if let Some(scan) = &mut self.scan {
+            scan.gone_narinfos.insert(h.0);
         }
-        Some(fh)
+        Some(Sha256(self.slots.groups[info.group as usize].fh))
     }
 
     /// Records the NAR file for `fh` (replacing a previous record).
     pub fn insert_nar(&mut self, fh: Sha256, nar: NarFile) {
-        let g = self.group_mut(fh);
-        let old = g.nar.replace(nar);
+        let g = self.group(fh);
+        self.set_nar(g, nar);
+        self.touch(g);
+    }
+
+    fn set_nar(&mut self, g: u32, nar: NarFile) {
+        let old = self.nar_of(g);
         self.bytes = self.bytes + nar.size - old.map_or(0, |o| o.size);
         self.files += u64::from(old.is_none());
-        self.touch(fh);
+        let node = &mut self.slots.groups[g as usize];
+        node.nar_size = nar.size;
+        node.ext = ext_index(nar.ext);
+        node.flags = (node.flags & PENDING) | HAS_NAR | if nar.checked { CHECKED } else { 0 };
     }
 
     /// Removes a whole group (e.g. a file of it vanished from disk).
     pub fn remove_group(&mut self, fh: &Sha256) -> Option<Evicted> {
-        let g = self.groups.remove(fh)?;
-        self.lru.remove(&g.tick);
-        self.bytes -= g.bytes();
-        self.files -= g.files();
-        for (h, _) in &g.narinfos {
-            self.narinfos.remove(h);
+        let g = self.slots.find_group(&fh.0)?;
+        let nar = self.nar_of(g);
+        let narinfos: Vec<StorePathHash> =
+            self.slots.infos_of(g).map(|i| StorePathHash(i.h)).collect();
+        for h in &narinfos {
+            self.remove_narinfo(h);
         }
+        if let Some(n) = nar {
+            self.bytes -= n.size;
+            self.files -= 1;
+        }
+        if let Some(scan) = &mut self.scan {
+            scan.gone_nars.insert(fh.0);
+        }
+        self.slots.free_group(g);
         Some(Evicted {
             file_hash: *fh,
-            narinfos: g.narinfos.into_iter().map(|(h, _)| h).collect(),
-            nar: g.nar,
+            narinfos,
+            nar,
         })
     }
 
@@ -198,8 +233,12 @@ impl Index {
     }
 
     /// Promises `n` more bytes to a download if indexed files can be evicted to make room under
-    /// `cap` (reservations are never evicted); evicts them. `None`: it does not fit.
+    /// `cap` (reservations are never evicted); evicts them. `None`: it does not fit, or the
+    /// start-up scan is still running (what the disk holds is not known yet).
     pub fn reserve(&mut self, n: u64, cap: u64) -> Option<Vec<Evicted>> {
+        if self.scanning() {
+            return None;
+        }
         let reserved = self.reserved.checked_add(n).filter(|r| *r <= cap)?;
         self.reserved = reserved;
         Some(self.evict_to(cap - reserved, None))
@@ -211,19 +250,17 @@ impl Index {
     }
 
     /// Evicts least recently used groups until at most `limit` bytes remain, never evicting
-    /// `keep` (the group just written).
+    /// `keep` (the group just written). Nothing is evicted while the start-up scan runs.
     pub fn evict_to(&mut self, limit: u64, keep: Option<&Sha256>) -> Vec<Evicted> {
         let mut out = Vec::new();
-        let mut skipped = None;
-        while self.bytes > limit {
-            let Some((&tick, &fh)) = self.lru.range(skipped.map_or(0, |t| t + 1)..).next() else {
-                break;
-            };
-            if Some(&fh) == keep {
-                skipped = Some(tick);
-                continue;
+        let mut at = self.slots.tail();
+        while self.bytes > limit && !self.scanning() {
+            let Some(g) = at else { break };
+            at = self.slots.newer(g);
+            let fh = Sha256(self.slots.groups[g as usize].fh);
+            if Some(&fh) != keep {
+                out.extend(self.remove_group(&fh));
             }
-            out.extend(self.remove_group(&fh));
         }
         out
     }
@@ -310,5 +347,29 @@ mod tests {
         assert_eq!(ix.bytes(), 5050);
         assert_eq!(ix.evict_to(0, None).len(), 2);
         assert_eq!((ix.bytes(), ix.files()), (0, 0));
+    }
+
+    #[test]
+    fn an_entry_costs_about_100_bytes() {
+        use crate::store::slots::{Group, Info};
+        assert_eq!(std::mem::size_of::<Group>(), 56);
+        assert_eq!(std::mem::size_of::<Info>(), 32);
+        let mut ix = Index::default();
+        let n = 100_000u32;
+        for i in 0..n {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            let mut hk = [0u8; 20];
+            hk[..4].copy_from_slice(&i.to_le_bytes());
+            ix.insert_narinfo(StorePathHash(hk), Sha256(k), 500);
+            ix.insert_nar(Sha256(k), NAR);
+        }
+        let per_pair = ix.slots.heap_bytes() / n as usize;
+        // Slab nodes (88 bytes) plus table buckets, with the slack of the last doubling.
+        eprintln!("{per_pair} bytes per narinfo+NAR pair");
+        assert!(per_pair <= 2 * 100, "{per_pair} bytes per narinfo+NAR pair");
+        assert_eq!(ix.files(), 2 * u64::from(n));
+        assert_eq!(ix.evict_to(0, None).len(), n as usize);
+        assert_eq!(ix.bytes(), 0);
     }
 }

@@ -75,6 +75,30 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// The narinfo of `h` on disk (one listing of its shard): its FileHash and size. Of
+    /// several (a crash between a replacement and the old file's removal), the newest.
+    pub fn find_narinfo(&self, h: &StorePathHash) -> Option<(Sha256, u64)> {
+        let prefix = format!("{h}-");
+        let shard = self.shard("narinfo", &prefix);
+        let mut best: Option<(std::time::SystemTime, Sha256, u64)> = None;
+        for e in fs::read_dir(shard).ok()?.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str().filter(|n| n.starts_with(&prefix)) else {
+                continue;
+            };
+            let (Some(Name::NarInfo(_, fh)), Ok(md)) = (Name::narinfo(name), e.metadata()) else {
+                continue;
+            };
+            let mtime = md.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+            if best.as_ref().is_none_or(|(t, ..)| mtime > *t) {
+                best = Some((mtime, fh, md.len()));
+            }
+        }
+        best.map(|(_, fh, size)| (fh, size))
+    }
+}
+
 impl Name {
     /// A name under `narinfo/`.
     pub fn narinfo(name: &str) -> Option<Name> {

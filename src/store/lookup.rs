@@ -1,12 +1,16 @@
 //! Reads: narinfo lookups (through the hot in-memory cache of served narinfos) and NAR
-//! lookups by FileHash. Each lookup counts as a use for the LRU.
+//! lookups by FileHash. Each lookup counts as a use for the LRU. While the start-up scan runs,
+//! an entry not indexed yet is looked for on disk (one listing of its narinfo shard, one
+//! `stat` per NAR extension asked for) and indexed as used.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::index::NarFile;
 use super::Store;
+use crate::nix::compression::{Compression, NAR_EXTENSIONS};
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
 
@@ -30,7 +34,11 @@ impl Store {
         h: &StorePathHash,
         valid: impl Fn(&Bytes, &Sha256) -> bool,
     ) -> Option<(Sha256, Bytes)> {
-        let fh = self.index().narinfo(h)?;
+        let indexed = self.index().narinfo(h);
+        let fh = match indexed {
+            Some(fh) => fh,
+            None => self.narinfo_on_disk(*h).await?,
+        };
         if let Some(b) = self.hot.get(h) {
             return Some((fh, b));
         }
@@ -70,6 +78,58 @@ impl Store {
         out
     }
 
+    /// While the scan runs: the narinfo of `h` on disk, indexed as used; its FileHash.
+    async fn narinfo_on_disk(self: &Arc<Self>, h: StorePathHash) -> Option<Sha256> {
+        if !self.index().scanning() {
+            return None;
+        }
+        let store = self.clone();
+        let found = tokio::task::spawn_blocking(move || store.layout.find_narinfo(&h)).await;
+        let (fh, size) = found.ok()??;
+        let mut ix = self.index();
+        Some(match ix.narinfo(&h) {
+            Some(fh) => fh, // indexed meanwhile
+            None => {
+                ix.insert_narinfo(h, fh, size);
+                fh
+            }
+        })
+    }
+
+    /// The NAR of `fh` under `ext` (any known extension when `None`): from the index, or while
+    /// the scan runs from the disk (then indexed as used, unchecked). Marks the group used.
+    fn nar_file(&self, fh: &Sha256, ext: Option<&str>) -> Option<NarFile> {
+        let mut ix = self.index();
+        if let Some(nar) = ix.nar(fh) {
+            return ext.is_none_or(|e| e == nar.ext).then_some(nar);
+        }
+        if !ix.scanning() {
+            return None;
+        }
+        drop(ix);
+        let one;
+        let exts: &[&'static str] = match ext {
+            Some(e) => {
+                one = [Compression::known_extension(e)?];
+                &one
+            }
+            None => &NAR_EXTENSIONS,
+        };
+        let nar = exts.iter().find_map(|e| {
+            let md = std::fs::metadata(self.layout.nar_path(fh, e)).ok()?;
+            let (ext, size, checked) = (*e, md.len(), false);
+            md.is_file().then_some(NarFile { ext, size, checked })
+        })?;
+        let mut ix = self.index();
+        match ix.nar(fh) {
+            Some(known) => ext.is_none_or(|e| e == known.ext).then_some(known),
+            None => {
+                ix.insert_nar(*fh, nar);
+                Some(nar)
+            }
+        }
+    }
+
     /// Where the NAR with this FileHash and extension lives.
     pub fn nar_path(&self, fh: &Sha256, ext: &str) -> PathBuf {
         self.layout.nar_path(fh, ext)
@@ -87,14 +147,14 @@ impl Store {
 
     /// The cached NAR with this FileHash, if it is stored under extension `ext`.
     pub fn nar(&self, fh: &Sha256, ext: &str) -> Option<(PathBuf, u64)> {
-        let nar = self.index().nar(fh).filter(|n| n.ext == ext)?;
+        let nar = self.nar_file(fh, Some(ext))?;
         Some((self.nar_path(fh, nar.ext), nar.size))
     }
 
     /// Like [`Store::nar`], for a NAR found on disk at start-up and not yet checked against
     /// its narinfo: `Some(true)` when it still needs [`Store::nar_checked`].
     pub fn nar_unchecked(&self, fh: &Sha256, ext: &str) -> Option<bool> {
-        let nar = self.index().nar(fh).filter(|n| n.ext == ext)?;
+        let nar = self.nar_file(fh, Some(ext))?;
         Some(!nar.checked)
     }
 
@@ -105,7 +165,7 @@ impl Store {
 
     /// The cached NAR with this FileHash, whatever its extension: path, size, extension.
     pub fn nar_by_hash(&self, fh: &Sha256) -> Option<(PathBuf, u64, &'static str)> {
-        let nar = self.index().nar(fh)?;
+        let nar = self.nar_file(fh, None)?;
         Some((self.nar_path(fh, nar.ext), nar.size, nar.ext))
     }
 }

@@ -25,6 +25,7 @@ pub mod index;
 mod layout;
 mod lookup;
 mod rebuild;
+mod slots;
 mod writable;
 mod write;
 
@@ -52,6 +53,10 @@ pub enum StoreError {
     Version(PathBuf, String),
     #[error("cache dir {0} is not empty and holds no nixgate VERSION file; refusing to use it (nothing was changed): point --cache-dir at an empty or new directory")]
     NotEmpty(PathBuf),
+    /// The start-up scan is still running: the cache holds bytes it does not know of yet, so
+    /// new downloads are streamed uncached until it completes.
+    #[error("the cache index is being rebuilt at start-up: new downloads are served uncached until it completes")]
+    Indexing,
     /// Downloads under way already hold what the cap allows.
     #[error("cache cap reached: {want} more bytes do not fit beside the downloads under way")]
     CapReached { want: u64 },
@@ -75,21 +80,24 @@ pub struct Store {
     metrics: Arc<Metrics>,
     seq: AtomicU64,
     health: health::Health,
+    /// Set when the start-up scan completes.
+    indexed: rebuild::Indexed,
     /// Told the FileHash of every NAR that leaves the cache (the torrent engine stops seeding).
     on_gone: Option<mpsc::UnboundedSender<Sha256>>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the cache at `root`, removes leftover temp files, rebuilds
-    /// the index from disk and evicts down to `max_bytes`. `on_gone` is told the FileHash of
-    /// every NAR that leaves the cache from then on.
+    /// Opens (creating if needed) the cache at `root` and removes leftover temp files; returns
+    /// at once, while a background thread rebuilds the index from disk and then evicts down to
+    /// `max_bytes` (see [`rebuild`]; [`Store::wait_indexed`] waits for it). `on_gone` is told
+    /// the FileHash of every NAR that leaves the cache from then on.
     pub fn open(
         root: &Path,
         max_bytes: u64,
         metrics: Arc<Metrics>,
         on_gone: Option<mpsc::UnboundedSender<Sha256>>,
-    ) -> Result<Self, StoreError> {
-        let store = Store {
+    ) -> Result<Arc<Self>, StoreError> {
+        let store = Arc::new(Store {
             layout: Layout::prepare(root)?,
             max_bytes,
             index: Mutex::new(Index::default()),
@@ -97,9 +105,10 @@ impl Store {
             metrics,
             seq: AtomicU64::new(0),
             health: Default::default(),
+            indexed: Default::default(),
             on_gone,
-        };
-        store.rebuild()?;
+        });
+        store.start_scan()?;
         Ok(store)
     }
 
@@ -172,7 +181,9 @@ mod tests {
     use std::io::Write;
 
     fn open(dir: &Path, max: u64) -> Arc<Store> {
-        Arc::new(Store::open(dir, max, Arc::new(Metrics::default()), None).unwrap())
+        let s = Store::open(dir, max, Arc::new(Metrics::default()), None).unwrap();
+        assert!(s.wait_indexed(std::time::Duration::from_secs(10)));
+        s
     }
 
     fn nar(store: &Arc<Store>, fh: &Sha256, len: usize) {
@@ -272,5 +283,33 @@ mod tests {
             Store::open(dir.path(), 1 << 20, Arc::new(Metrics::default()), None),
             Err(StoreError::Version(..))
         ));
+    }
+
+    #[tokio::test]
+    async fn while_indexing_entries_are_found_on_disk_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        let (h, fh) = (StorePathHash([1; 20]), Sha256([2; 32]));
+        // Files the scan has not reached yet.
+        for p in [s.layout.narinfo_path(&h, &fh), s.nar_path(&fh, ".xz")] {
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"url\nnarinfo").unwrap();
+        }
+        s.index().start_scan();
+        assert!(s.readiness().unwrap().contains("indexing"));
+        assert!(matches!(
+            s.begin_nar(Sha256([3; 32]), ".xz", Some(1)),
+            Err(StoreError::Indexing)
+        ));
+        assert!(s.readiness().is_ok(), "indexing is not a failure");
+        assert_eq!(s.narinfo(&h, |_, _| true).await.unwrap().0, fh);
+        assert_eq!(s.nar_unchecked(&fh, ".xz"), Some(true));
+        assert!(s.nar(&fh, ".zst").is_none());
+        assert_eq!(s.nar_by_hash(&Sha256([4; 32])), None);
+        assert_eq!(s.index().narinfos_of(&fh), vec![h]);
+        s.index().finish_scan();
+        assert_eq!(s.readiness().unwrap(), "ready\n");
+        assert_eq!(s.bytes(), 22);
+        nar(&s, &Sha256([3; 32]), 10);
     }
 }

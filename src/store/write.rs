@@ -5,7 +5,8 @@
 //! A NAR write holds a reservation: its bytes count against the cap from the start (its
 //! FileSize when known) and grow with what is written ([`WriteHandle::grow`]), so cached
 //! files plus downloads under way never exceed the cap. A write that does not fit, or fails,
-//! is recorded (metric, log, `/readyz`) and the caller streams the download uncached.
+//! is recorded (metric, log, `/readyz`) and the caller streams the download uncached. So is
+//! every write while the start-up scan runs (`StoreError::Indexing`, see `rebuild.rs`).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -57,10 +58,14 @@ impl Store {
 
     /// Reserves `n` bytes of the cap, evicting cached files to make room on disk.
     fn reserve(&self, n: u64) -> Result<(), StoreError> {
-        let evicted = self
-            .index()
+        let mut ix = self.index();
+        if ix.scanning() {
+            return Err(StoreError::Indexing);
+        }
+        let evicted = ix
             .reserve(n, self.max_bytes)
             .ok_or(StoreError::CapReached { want: n })?;
+        drop(ix);
         self.delete_evicted(evicted);
         Ok(())
     }
@@ -71,6 +76,10 @@ impl Store {
         h: StorePathHash,
         fh: Sha256,
     ) -> Result<WriteHandle, StoreError> {
+        if self.index().scanning() {
+            self.store_failed(&StoreError::Indexing);
+            return Err(StoreError::Indexing);
+        }
         self.begin(Entry::NarInfo(h, fh))
             .inspect_err(|e| self.store_failed(e))
     }
