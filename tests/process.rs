@@ -75,7 +75,7 @@ async fn kill_9_mid_download_then_clean_restart() {
     );
     let nar = f.nar_url(&f.big);
     let url = format!("{base}/{nar}");
-    let download = tokio::spawn(async move { get(&url, &[]).await });
+    let download = tokio::spawn(async move { try_request("GET", &url, &[]).await });
     // Wait until part of the NAR is on disk, then kill -9.
     let deadline = Instant::now() + Duration::from_secs(10);
     while files(&cache, "tmp")
@@ -87,11 +87,14 @@ async fn kill_9_mid_download_then_clean_restart() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let got = download.await.unwrap();
-    assert!(
-        got.body_error.is_some(),
-        "a killed download looked complete"
-    );
+    // Killed before or after the response headers went out: either way, never complete.
+    match download.await.unwrap() {
+        Ok(got) => assert!(
+            got.body_error.is_some(),
+            "a killed download looked complete"
+        ),
+        Err(no_headers) => eprintln!("killed before the headers: {no_headers}"),
+    }
     assert!(
         !files(&cache, "tmp").is_empty(),
         "the partial file is where we expect it"

@@ -20,6 +20,13 @@ pub struct Got {
 
 /// Sends a request with a fresh connection and reads the whole body.
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
+    try_request(method, url, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// Like [`request`]; `Err` when no response headers came (e.g. the server died first).
+pub async fn try_request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Got, String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
     let mut req = hyper::Request::builder().method(method).uri(url);
@@ -29,19 +36,19 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
     let resp = client
         .request(req.body(http_body_util::Empty::new()).unwrap())
         .await
-        .unwrap();
+        .map_err(|e| format!("{e:?}"))?;
     let (parts, body) = resp.into_parts();
     let (bytes, body_error) = match body.collect().await {
         Ok(c) => (c.to_bytes(), None),
         Err(e) => (Bytes::new(), Some(format!("{e:?}"))),
     };
-    Got {
+    Ok(Got {
         status: parts.status.as_u16(),
         headers: parts.headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
         bytes,
         body_error,
-    }
+    })
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Got {
