@@ -111,6 +111,15 @@ impl Fetcher {
         if self.is_negative(&key) {
             return Err(FetchError::NotFound);
         }
+        // A download under way is joined before anything touches the disk: the common case
+        // for concurrent clients. Any download serves a client; a fleet request joins only
+        // one we do ourselves, never one that waits on an owner (which may be the asker).
+        if let Some(reader) = self
+            .join((fh, true))
+            .or_else(|| (!ask.fleet).then(|| self.join((fh, false))).flatten())
+        {
+            return self.first_bytes(reader).await;
+        }
         // Whether we fetch it ourselves depends on its owner, which the narinfo tells.
         let plan = self.plan(fh, ext, ask.fleet).await;
         // Planning waited on the disk: a download may have finished meanwhile (committed,
@@ -119,12 +128,8 @@ impl Fetcher {
         if let Some((path, size)) = self.store.nar(&fh, ext) {
             return Ok((NarSource::Cached { path, size }, true));
         }
-        let existing = self.nars.get(&(fh, plan.ourselves));
-        let reader = match existing.and_then(|d| Some((d.relay.subscribe()?, d))) {
-            Some((rest, download)) => {
-                self.metrics.coalesced();
-                Reader { download, rest }
-            }
+        let reader = match self.join((fh, plan.ourselves)) {
+            Some(reader) => reader,
             None => {
                 if plan.size.is_some_and(|s| s > self.store.max_bytes()) {
                     return Ok((self.passthrough(plan).await?, false));
@@ -136,6 +141,19 @@ impl Fetcher {
                 }
             }
         };
+        self.first_bytes(reader).await
+    }
+
+    /// A reader of the download under way for `key`, if one is and still takes readers.
+    fn join(&self, key: (Sha256, bool)) -> Option<Reader> {
+        let download = self.nars.get(&key)?;
+        let rest = download.relay.subscribe()?;
+        self.metrics.coalesced();
+        Some(Reader { download, rest })
+    }
+
+    /// Waits for the download's first bytes (or its failure), so the status is known.
+    async fn first_bytes(&self, reader: Reader) -> Result<(NarSource, bool), FetchError> {
         let mut rx = reader.download.progress.clone();
         let first = rx
             .wait_for(|p| !matches!(p, Progress::Running(0)))
