@@ -25,6 +25,7 @@ pub struct Metrics {
     evictions: AtomicU64,
     verification_failures: [AtomicU64; Source::COUNT],
     coalesced: AtomicU64,
+    resumed: [AtomicU64; Source::COUNT],
     torrents_seeding: AtomicU64,
     fleet_served: AtomicU64,
     store_failures: [AtomicU64; StoreFailure::COUNT],
@@ -47,6 +48,7 @@ impl Default for Metrics {
             evictions: AtomicU64::new(0),
             verification_failures: counters(),
             coalesced: AtomicU64::new(0),
+            resumed: counters(),
             torrents_seeding: AtomicU64::new(0),
             fleet_served: AtomicU64::new(0),
             store_failures: counters(),
@@ -88,6 +90,11 @@ impl Metrics {
     /// A request joined a fetch already under way instead of starting one.
     pub fn coalesced(&self) {
         self.coalesced.fetch_add(1, Relaxed);
+    }
+
+    /// A download whose source broke mid-way continued from `source`.
+    pub fn resumed(&self, source: Source) {
+        self.resumed[source as usize].fetch_add(1, Relaxed);
     }
 
     /// This appliance answered a fleet request (a member asked it as the owner of a key).

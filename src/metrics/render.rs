@@ -104,6 +104,13 @@ impl Metrics {
                 "Requests that joined a fetch already under way.",
             )
             .value(&self.coalesced),
+            Family::new(
+                "nixgate_downloads_resumed_total",
+                Counter,
+                "Downloads whose source broke mid-way, continued from another source at the \
+                 same byte, by the source that continued.",
+            )
+            .by("source", Source::ALL, |s| &self.resumed[s as usize]),
         ]
     }
 

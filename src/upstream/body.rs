@@ -16,11 +16,25 @@ pub struct UpstreamBody {
     /// `Content-Length`, when the upstream sent one.
     pub content_length: Option<u64>,
     pub headers: http::HeaderMap,
+    /// Where the body starts in the file, when the server answered a range request with 206.
+    pub range_start: Option<u64>,
+    /// The part of a chunk left over by [`UpstreamBody::skip`], returned first.
+    pub(super) pending: Option<Bytes>,
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` header.
+pub(super) fn content_range_start(headers: &http::HeaderMap) -> Option<u64> {
+    let v = headers.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+    let (start, _) = v.strip_prefix("bytes ")?.split_once('-')?;
+    start.trim().parse().ok()
 }
 
 impl UpstreamBody {
     /// The next data chunk; `None` at the end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
         loop {
             let frame = tokio::time::timeout(self.stall, self.body.frame())
                 .await
@@ -55,6 +69,24 @@ impl UpstreamBody {
             }
         }
         Ok(Some(buf.freeze()))
+    }
+
+    /// Reads and drops the first `n` bytes (a server that ignored a range request sent them
+    /// again); fails when the body ends before them.
+    pub async fn skip(&mut self, mut n: u64) -> Result<(), UpstreamError> {
+        while n > 0 {
+            let Some(mut c) = self.chunk().await? else {
+                return Err(UpstreamError::Body(format!(
+                    "ended {n} bytes before the resume offset"
+                )));
+            };
+            if (c.len() as u64) > n {
+                self.pending = Some(c.split_off(n as usize));
+                return Ok(());
+            }
+            n -= c.len() as u64;
+        }
+        Ok(())
     }
 
     /// Reads the whole body, refusing more than `limit` bytes.

@@ -220,7 +220,22 @@ impl UpstreamClient {
         url: &Url,
         metrics: &Metrics,
     ) -> Result<Answer, UpstreamError> {
-        let r = self.send(up, method, url, Asker::Upstream(metrics)).await;
+        self.request_from(up, method, url, 0, metrics).await
+    }
+
+    /// [`Self::request`] for the bytes from `offset` on (`Range: bytes=offset-` when it is not
+    /// 0): resumes a download that broke mid-way. The upstream may answer 206 (the body starts
+    /// at [`UpstreamBody::range_start`]) or ignore the range with a 200 (the whole file).
+    pub async fn request_from(
+        &self,
+        up: &Upstream,
+        method: Method,
+        url: &Url,
+        offset: u64,
+        metrics: &Metrics,
+    ) -> Result<Answer, UpstreamError> {
+        let asker = Asker::Upstream(metrics);
+        let r = self.send(up, method, url, asker, offset).await;
         if let Err(e) = &r {
             up.note_error(e);
         }
@@ -235,7 +250,7 @@ impl UpstreamClient {
         method: Method,
         url: &Url,
     ) -> Result<Answer, UpstreamError> {
-        let r = self.send(peer, method, url, Asker::Peer).await;
+        let r = self.send(peer, method, url, Asker::Peer, 0).await;
         if let Err(e) = &r {
             peer.note_error(e);
         }
@@ -251,7 +266,7 @@ impl UpstreamClient {
         method: Method,
         url: &Url,
     ) -> Result<Answer, UpstreamError> {
-        self.send(member, method, url, Asker::Fleet).await
+        self.send(member, method, url, Asker::Fleet, 0).await
     }
 
     async fn send(
@@ -260,6 +275,7 @@ impl UpstreamClient {
         method: Method,
         url: &Url,
         asker: Asker<'_>,
+        offset: u64,
     ) -> Result<Answer, UpstreamError> {
         let count = |s| {
             if let Asker::Upstream(m) = asker {
@@ -274,7 +290,12 @@ impl UpstreamClient {
             Asker::Upstream(_) => url.host_str().and_then(|h| self.netrc.lookup(h)),
             Asker::Peer | Asker::Fleet => None,
         };
-        let req = build_request(method, url, asker, creds)?;
+        let mut req = build_request(method, url, asker, creds)?;
+        if offset > 0 {
+            let range = format!("bytes={offset}-");
+            let range = http::HeaderValue::from_str(&range).expect("digits are a valid header");
+            req.headers_mut().insert(http::header::RANGE, range);
+        }
         let (first_byte, stall) = self.phase_timeouts(asker);
         let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => {
@@ -308,7 +329,7 @@ impl UpstreamClient {
             );
             return Err(UpstreamError::AuthFailed(status.as_u16()));
         }
-        answer(up, asker, resp, stall)
+        answer(up, asker, resp, stall, offset)
     }
 
     /// Time to headers and longest body silence for a request by `asker`.
@@ -336,6 +357,7 @@ fn answer(
     asker: Asker<'_>,
     resp: http::Response<Incoming>,
     stall: Duration,
+    offset: u64,
 ) -> Result<Answer, UpstreamError> {
     let status = resp.status();
     if matches!(asker, Asker::Peer) && status == StatusCode::GATEWAY_TIMEOUT {
@@ -347,8 +369,15 @@ fn answer(
         return Err(UpstreamError::Status(status.as_u16()));
     }
     up.breaker.success();
+    let mut range_start = None;
     match status.as_u16() {
         200 => {}
+        206 if offset > 0 => {
+            range_start =
+                Some(body::content_range_start(resp.headers()).ok_or_else(|| {
+                    UpstreamError::Body("206 without a usable Content-Range".into())
+                })?);
+        }
         403 | 404 | 410 => return Ok(Answer::NotFound),
         s => return Err(UpstreamError::Status(s)),
     }
@@ -362,6 +391,8 @@ fn answer(
         headers: parts.headers,
         stall,
         content_length,
+        range_start,
+        pending: None,
     }))
 }
 

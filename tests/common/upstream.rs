@@ -28,7 +28,24 @@ pub struct Upstream {
     pub fail_5xx: Arc<AtomicBool>,
     /// Milliseconds before the response headers of a `nar/` request (a slow first byte).
     pub nar_delay_ms: Arc<AtomicU64>,
+    /// When not 0: the next `nar/` body breaks off (connection closed) after this many bytes.
+    pub cut_next_nar_at: Arc<AtomicU64>,
+    /// Answer `Range: bytes=N-` with a 200 and the whole file (as some servers do).
+    pub ignore_ranges: Arc<AtomicBool>,
+    /// Requests that carried a `Range` header.
+    pub ranged: Arc<AtomicU64>,
     stop: CancellationToken,
+}
+
+/// How one response is shaped: the test's knobs read at request time.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    fail: bool,
+    rate: u64,
+    /// Start of the requested range (`Range: bytes=N-`), if honoured.
+    from: Option<usize>,
+    /// Break off after this many body bytes.
+    cut: Option<usize>,
 }
 
 impl Upstream {
@@ -42,6 +59,9 @@ impl Upstream {
             overrides: Default::default(),
             fail_5xx: Default::default(),
             nar_delay_ms: Default::default(),
+            cut_next_nar_at: Default::default(),
+            ignore_ranges: Default::default(),
+            ranged: Default::default(),
             stop: CancellationToken::new(),
         };
         let (root, reqs, total, rate, ov, fail, stop) = (
@@ -54,6 +74,11 @@ impl Upstream {
             up.stop.clone(),
         );
         let delay = up.nar_delay_ms.clone();
+        let knobs = (
+            up.cut_next_nar_at.clone(),
+            up.ignore_ranges.clone(),
+            up.ranged.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! { _ = stop.cancelled() => return, r = listener.accept() => r.unwrap().0 };
@@ -67,6 +92,7 @@ impl Upstream {
                     stop.clone(),
                 );
                 let delay = delay.clone();
+                let knobs = knobs.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
@@ -77,16 +103,12 @@ impl Upstream {
                                 ov.lock().unwrap().get(&path).cloned().or_else(|| {
                                     std::fs::read(root.join(&path)).ok().map(Bytes::from)
                                 });
-                            let (fail, rate) =
-                                (fail.load(Ordering::SeqCst), rate.load(Ordering::SeqCst));
-                            let wait = if path.starts_with("nar/") {
-                                delay.load(Ordering::SeqCst)
-                            } else {
-                                0
-                            };
+                            let nar = path.starts_with("nar/");
+                            let shape = shape(&req, nar, &fail, &rate, &knobs);
+                            let wait = if nar { delay.load(Ordering::SeqCst) } else { 0 };
                             async move {
                                 tokio::time::sleep(Duration::from_millis(wait)).await;
-                                Ok::<_, std::convert::Infallible>(respond(fail, rate, body))
+                                Ok::<_, std::convert::Infallible>(respond(shape, body))
                             }
                         },
                     );
@@ -120,8 +142,42 @@ impl Upstream {
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
-fn respond(fail: bool, rate: u64, body: Option<Bytes>) -> hyper::Response<TestBody> {
-    let b = hyper::Response::builder();
+type Knobs = (Arc<AtomicU64>, Arc<AtomicBool>, Arc<AtomicU64>);
+
+/// Reads the knobs for one request (taking a pending cut, for `nar/` bodies).
+fn shape(
+    req: &hyper::Request<hyper::body::Incoming>,
+    nar: bool,
+    fail: &AtomicBool,
+    rate: &AtomicU64,
+    (cut, ignore_ranges, ranged): &Knobs,
+) -> Shape {
+    let range = req.headers().get("range").and_then(|v| v.to_str().ok());
+    let from = range.and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok());
+    if range.is_some() {
+        ranged.fetch_add(1, Ordering::SeqCst);
+    }
+    let cut = if nar {
+        cut.swap(0, Ordering::SeqCst)
+    } else {
+        0
+    };
+    Shape {
+        fail: fail.load(Ordering::SeqCst),
+        rate: rate.load(Ordering::SeqCst),
+        from: from.filter(|_| !ignore_ranges.load(Ordering::SeqCst)),
+        cut: (cut > 0).then_some(cut as usize),
+    }
+}
+
+fn respond(shape: Shape, body: Option<Bytes>) -> hyper::Response<TestBody> {
+    let Shape {
+        fail,
+        rate,
+        from,
+        cut,
+    } = shape;
+    let mut b = hyper::Response::builder();
     if fail {
         return b
             .status(500)
@@ -131,10 +187,20 @@ fn respond(fail: bool, rate: u64, body: Option<Bytes>) -> hyper::Response<TestBo
     let Some(body) = body else {
         return b.status(404).body(Full::new(Bytes::new()).boxed()).unwrap();
     };
-    let b = b.header("content-length", body.len());
-    if rate == 0 {
-        return b.body(Full::new(body).boxed()).unwrap();
+    let mut body = body;
+    if let Some(from) = from.filter(|f| *f < body.len()) {
+        let range = format!("bytes {from}-{}/{}", body.len() - 1, body.len());
+        b = b.status(206).header("content-range", range);
+        body = body.slice(from..);
     }
+    let b = b.header("content-length", body.len());
+    // A cut promises the length and sends fewer bytes: hyper closes the connection mid-body.
+    let body = match cut {
+        Some(cut) => body.slice(..cut.min(body.len() - 1)),
+        None if rate == 0 => return b.body(Full::new(body).boxed()).unwrap(),
+        None => body,
+    };
+    let rate = if rate == 0 { u64::MAX / 2 } else { rate };
     let chunk = 16 * 1024;
     let delay = Duration::from_secs_f64(chunk as f64 / rate as f64);
     let s = futures_util::stream::unfold(0usize, move |pos| {
@@ -143,7 +209,9 @@ fn respond(fail: bool, rate: u64, body: Option<Bytes>) -> hyper::Response<TestBo
             if pos >= body.len() {
                 return None;
             }
-            tokio::time::sleep(delay).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let end = (pos + chunk).min(body.len());
             Some((Ok(Frame::data(body.slice(pos..end))), end))
         }

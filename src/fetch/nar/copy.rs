@@ -14,16 +14,36 @@ use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::relay::{Relay, Sink};
 use super::source::{Body, BytesFrom};
 use super::{storage, Download, Progress, Reader, ACCELERATE_AFTER, WRITE_BATCH};
+use crate::metrics::Metrics;
 use crate::store::WriteHandle;
+use crate::upstream::Upstream;
 
-/// The source a download is reading from, which may change once (upstream → swarm).
-struct Feed<'a> {
-    from: BytesFrom<'a>,
-    body: Body,
+/// The source a download is reading from: it changes when a slow upstream is switched to
+/// the swarm, or when a source breaks mid-way and another continues ([`super::resume`]).
+pub(super) struct Feed<'a> {
+    pub from: BytesFrom<'a>,
+    pub body: Body,
     /// When an accelerable upstream download started; `None` once the switch was decided.
-    accelerate: Option<Instant>,
+    pub accelerate: Option<Instant>,
     /// Bytes already counted for an earlier source (after a switch).
-    counted: u64,
+    pub counted: u64,
+    /// The peers and members that sent earlier parts of the file (blamed with the last
+    /// source should the whole not verify).
+    pub earlier: Vec<Arc<Upstream>>,
+    /// How many times the download continued from another source after one broke.
+    pub resumes: u32,
+}
+
+impl<'a> Feed<'a> {
+    /// Continues from `from` at byte `written`; the bytes so far are counted for the source
+    /// that sent them.
+    pub fn replace(&mut self, from: BytesFrom<'a>, body: Body, written: u64, m: &Metrics) {
+        m.fetched(self.from.source(), written - self.counted);
+        self.counted = written;
+        self.earlier.extend(self.from.liars());
+        self.from = from;
+        self.body = body;
+    }
 }
 
 impl Fetcher {
@@ -126,6 +146,8 @@ impl Fetcher {
             body,
             accelerate,
             counted: 0,
+            earlier: Vec::new(),
+            resumes: 0,
         };
         if let (None, Body::Http(b)) = (plan.size, &feed.body) {
             if let Some(len) = b.content_length {
@@ -138,7 +160,7 @@ impl Fetcher {
             .await
         {
             Ok(size) => size,
-            Err(e) => return Err(self.rejected(plan, &feed.from, e)),
+            Err(e) => return Err(self.rejected(plan, &feed, e)),
         };
         sink.finish().await?;
         self.metrics
@@ -147,10 +169,10 @@ impl Fetcher {
     }
 
     /// Copies the feed into `sink` to its end, publishing progress; the verified size.
-    async fn copy(
-        &self,
+    async fn copy<'a>(
+        &'a self,
         plan: &Plan,
-        feed: &mut Feed<'_>,
+        feed: &mut Feed<'a>,
         mut checks: Checks,
         sink: &mut Sink,
         relay: &Relay,
@@ -162,6 +184,13 @@ impl Fetcher {
                 Ok(None) => break,
                 Err(e) => {
                     feed.from.failed();
+                    let written = checks.written();
+                    if self
+                        .resume(plan, feed, written, checks.nar_checked(), &e)
+                        .await
+                    {
+                        continue;
+                    }
                     return Err(FetchError::Unavailable(e));
                 }
             };
@@ -194,24 +223,23 @@ impl Fetcher {
             return;
         }
         tracing::info!(file_hash = %plan.fh, upstream_bytes_per_s = rate as u64, offset = written, "upstream slow: switching to the swarm");
-        self.metrics
-            .fetched(feed.from.source(), written - feed.counted);
-        feed.counted = written;
-        feed.from = BytesFrom::Torrent(swarm.holders);
-        feed.body = Body::Torrent(swarm.body);
+        let from = BytesFrom::Torrent(swarm.holders);
+        feed.replace(from, Body::Torrent(swarm.body), written, &self.metrics);
     }
 
     /// A failed copy: bytes that did not verify are counted, and the peers that vouched for
     /// them are put on probation (with the narinfo forgotten, so a retry starts afresh).
-    fn rejected(&self, plan: &Plan, from: &BytesFrom<'_>, e: FetchError) -> FetchError {
+    fn rejected(&self, plan: &Plan, feed: &Feed<'_>, e: FetchError) -> FetchError {
         if !matches!(e, FetchError::Verification(_)) {
             return e;
         }
+        let from = &feed.from;
         self.metrics.verification_failure(from.source());
         if let (true, Some(h)) = (is_nar_mismatch(&e), plan.narinfo) {
             self.narinfo_refuted(h, &e.to_string());
         }
-        let liars = from.liars();
+        let mut liars = from.liars();
+        liars.extend(feed.earlier.iter().cloned());
         if !liars.is_empty() {
             // The peer may have invented the FileHash its narinfo named: forget the
             // narinfo too, so the retry starts afresh (without these peers).

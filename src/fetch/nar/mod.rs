@@ -10,6 +10,7 @@
 //! - [`source`]: the source policy (upstreams, swarm, peer) and the byte streams;
 //! - [`peer`], [`swarm`]: bytes from one peer over HTTP, or from the swarm of holders;
 //! - [`copy`]: the download task (copy loop, mid-stream switch to the swarm, commit);
+//! - [`resume`]: a source that broke mid-way, continued from another at the same offset;
 //! - [`relay`]: a download the cache cannot store, relayed uncached to its readers;
 //! - [`passthrough`]: NARs the cache cannot take (too large, no room), streamed through.
 
@@ -19,6 +20,7 @@ mod passthrough;
 mod peer;
 mod plan;
 mod relay;
+mod resume;
 mod source;
 mod swarm;
 

@@ -163,6 +163,7 @@ impl Fetcher {
         let mut out = Fanout { hub, clients: None };
         let mut verifier = Checks::new(&plan, plan.nar_check());
         let mut held: Option<Bytes> = None;
+        let mut resumes = 0;
         let end = loop {
             match body.batch(WRITE_BATCH).await {
                 Ok(Some(c)) => {
@@ -176,7 +177,13 @@ impl Fetcher {
                     }
                 }
                 Ok(None) => break self.count_rejected(verifier.finish()),
-                Err(e) => break Err(FetchError::Unavailable(e.to_string())),
+                Err(e) => {
+                    let (at, e) = (verifier.written(), e.to_string());
+                    match self.reopen(&plan, at, &mut resumes, &e).await {
+                        Some(rest) => body = rest,
+                        None => break Err(FetchError::Unavailable(e)),
+                    }
+                }
             }
         };
         let last = match end {

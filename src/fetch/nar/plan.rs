@@ -98,6 +98,12 @@ impl Checks {
         self.file.written
     }
 
+    /// Whether the decompressed NAR is checked against the signed NarHash (so that bytes
+    /// from peers or the swarm may continue the file).
+    pub fn nar_checked(&self) -> bool {
+        self.nar.is_some()
+    }
+
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
         self.file.update(chunk)?;
         match &mut self.nar {
