@@ -14,27 +14,7 @@ ms() { date +%s%3N; }
 run() {
   local N=$1 D PID FH T0 T1 T2 RSS
   D=$(mktemp -d /tmp/nixgate-rebuild.XXXX)
-  FH=$(python3 - "$D/cache" "$N" <<'PY'
-import os, random, sys
-root, n = sys.argv[1], int(sys.argv[2])
-A = "0123456789abcdfghijklmnpqrsvwxyz"
-rnd = random.Random(1)
-os.makedirs(root)
-open(f"{root}/VERSION", "w").write("nixgate-store 1\n")
-made = set()
-for _ in range(n):
-    h = "".join(rnd.choice(A) for _ in range(32))
-    fh = rnd.choice("01") + "".join(rnd.choice(A) for _ in range(51))
-    for d, name, size in (("narinfo", f"{h}-{fh}.narinfo", 600), ("nar", f"{fh}.nar.xz", 4000)):
-        p = f"{root}/{d}/{name[:2]}"
-        if p not in made:
-            os.makedirs(p, exist_ok=True)
-            made.add(p)
-        with open(f"{p}/{name}", "wb") as f:
-            f.truncate(size)
-print(fh)
-PY
-)
+  FH=$(python3 bench/gen_store.py "$D/cache" "$N" | tail -1)
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(page cache not dropped: not root)" >&2
   local PORT=$((20000 + RANDOM % 20000))
   T0=$(ms)
