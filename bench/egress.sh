@@ -15,6 +15,7 @@
 #  4. First byte of a narinfo (2-member fleet, curl time_starttransfer, median of 50):
 #     a local hit versus a miss at the non-owner whose owner already holds it (50 different
 #     paths, each asked once at the non-owner; the owner's fleet-request counter tells which).
+#     `HOP_ONLY=1 bench/egress.sh` measures only this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for t in nginx curl nix python3; do
@@ -131,7 +132,8 @@ scenario() {
 }
 
 echo "== scenarios (columns: K scenario mode runners NARx narinfox wall_s nar_bytes narinfo_reqs fleet_bytes NARs_fetched_twice)"
-for k in 1 2 3 5; do
+# HOP_ONLY=1 skips the scenarios (for measuring the owner hop alone).
+[ "${HOP_ONLY:-0}" = 1 ] || for k in 1 2 3 5; do
   for mode in fleet nofleet; do
     scenario $k $mode seq $k 0
     scenario $k $mode conc $k 1
@@ -166,12 +168,12 @@ python3 - "$D/results" "$D/hit" "$D/miss" "$D/upmiss" "$UNIQ_PATHS" "$UNIQ_BYTES
 import sys, statistics as st
 res, hit, miss, upmiss, paths, nbytes = sys.argv[1:]
 rows = {}
-for l in open(res):
+for l in open(res) if __import__("os").path.exists(res) else []:
     k, s, m, n, nar, ni, t, *_ = l.split()
     rows.setdefault((int(k), s, int(n)), {})[m] = (float(nar), float(ni), float(t))
-print(f"\nclosure: {paths} paths, {int(nbytes)/1e6:.1f} MB of NARs (upstream bytes and requests per unique)")
-print("| K | scenario | runners | fleet NAR × | fleet narinfo × | fleet wall s | no-fleet NAR × | no-fleet narinfo × | no-fleet wall s | egress saved |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+if rows: print(f"\nclosure: {paths} paths, {int(nbytes)/1e6:.1f} MB of NARs (upstream bytes and requests per unique)")
+if rows: print("| K | scenario | runners | fleet NAR × | fleet narinfo × | fleet wall s | no-fleet NAR × | no-fleet narinfo × | no-fleet wall s | egress saved |")
+if rows: print("|---|---|---|---|---|---|---|---|---|---|")
 order = {"seq": 0, "conc": 1, "conc15": 2}
 for (k, s, n), r in sorted(rows.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
     f, o = r["fleet"], r["nofleet"]

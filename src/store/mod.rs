@@ -15,9 +15,10 @@
 //! ```
 //!
 //! The narinfo→NAR link is in the file name, so the index is rebuilt from directory listings
-//! and `stat` alone (no file is read at start-up). Every file is written to `tmp/`, fsynced and
-//! renamed into place, so a crash (even `kill -9`) leaves either the old state or the new one,
-//! never a partial file where a reader would find it.
+//! and `stat` alone (no file is read at start-up). Every file is written to `tmp/` and renamed
+//! into place (NARs fsynced first; see `write.rs` for why narinfos are not), so a crash (even
+//! `kill -9`) leaves either the old state or the new one, never a partial file where a reader
+//! would find it.
 
 pub mod digest;
 mod health;
