@@ -217,6 +217,15 @@ impl PeerSet {
         owners
     }
 
+    /// The live members among the top `n` owners of `key`, this appliance ranked with them
+    /// (see [`fleet::top`]); empty without a fleet.
+    pub fn replicas(&self, key: &str, n: usize) -> Vec<Arc<Upstream>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let members = self.live_members(&entries);
+        let top = fleet::top(key, &self.own_id, &members, n);
+        top.into_iter().map(|p| (*p).clone()).collect()
+    }
+
     /// The live member that owned `key` before this appliance joined (see
     /// [`fleet::successor`]); `None` without a fleet.
     pub fn successor(&self, key: &str) -> Option<Arc<Upstream>> {

@@ -207,7 +207,7 @@ impl WriteHandle {
 }
 
 /// fsync, rename into place, fsync the directory; the file's size.
-fn publish(file: &File, tmp: &Path, dest: &Path) -> Result<u64, StoreError> {
+pub(super) fn publish(file: &File, tmp: &Path, dest: &Path) -> Result<u64, StoreError> {
     file.sync_all().map_err(io_err(tmp))?;
     let size = file.metadata().map_err(io_err(tmp))?.len();
     let dir = dest.parent().expect("store paths have a parent");
