@@ -33,6 +33,9 @@ use crate::nix::store_path::StorePathHash;
 pub enum HeldError {
     #[error("upload budget full: {want} more bytes do not fit in {free} free")]
     Full { want: u64, free: u64 },
+    /// Another upload of the path got in first; a held upload is never replaced.
+    #[error("{0} is held already")]
+    Exists(StorePathHash),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -227,18 +230,15 @@ impl Uploads {
     /// each fsynced and renamed into place. Blocking I/O.
     pub fn admit(&self, a: Admission<'_>) -> Result<(), HeldError> {
         let _one = self.admitting.lock().unwrap_or_else(|p| p.into_inner());
-        let (nar_held, old) = {
+        let (nar_held, bytes) = {
             let ix = self.index();
-            (
-                ix.nars.contains_key(&a.file_hash),
-                ix.narinfos.get(&a.hash).map(|e| e.size),
-            )
+            if ix.narinfos.contains_key(&a.hash) {
+                return Err(HeldError::Exists(a.hash));
+            }
+            (ix.nars.contains_key(&a.file_hash), ix.bytes)
         };
         let want = a.narinfo.len() as u64 + if nar_held { 0 } else { a.nar_size };
-        let (bytes, max) = (
-            self.bytes() - old.unwrap_or(0),
-            self.max_bytes.load(Relaxed),
-        );
+        let max = self.max_bytes.load(Relaxed);
         if bytes + want > max {
             return Err(HeldError::Full {
                 want,
@@ -268,9 +268,7 @@ impl Uploads {
             fh: a.file_hash,
             size: a.narinfo.len() as u64,
         };
-        if let Some(old) = ix.narinfos.insert(a.hash, held) {
-            ix.bytes -= old.size;
-        }
+        ix.narinfos.insert(a.hash, held);
         ix.bytes += held.size;
         drop(ix);
         self.publish_bytes();
@@ -312,4 +310,60 @@ fn sync_dir(file: &Path) -> Result<(), StoreError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::narinfo::tests::VECTOR;
+
+    fn staged(up: &Uploads, n: usize) -> PathBuf {
+        let p = up.staging_dir().join(format!("{n}.part"));
+        fs::write(&p, vec![1u8; 536]).unwrap();
+        p
+    }
+
+    fn admission<'a>(text: &'a [u8], staged: &'a Path) -> Admission<'a> {
+        let ni: NarInfo = VECTOR.parse().unwrap();
+        Admission {
+            hash: ni.base.hash,
+            file_hash: ni.file_hash.unwrap(),
+            ext: ".xz",
+            narinfo: text,
+            staged: Some(staged),
+            nar_size: 536,
+        }
+    }
+
+    #[test]
+    fn budget_first_wins_removal_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::default());
+        let up = Uploads::open(dir.path(), m.clone()).unwrap();
+        let p = staged(&up, 1);
+        up.set_budget(500);
+        assert!(matches!(
+            up.admit(admission(VECTOR.as_bytes(), &p)),
+            Err(HeldError::Full { .. })
+        ));
+        up.set_budget(10_000);
+        up.admit(admission(VECTOR.as_bytes(), &p)).unwrap();
+        let h = admission(b"", &p).hash;
+        assert!(matches!(
+            up.admit(admission(VECTOR.as_bytes(), &staged(&up, 2))),
+            Err(HeldError::Exists(_))
+        ));
+        assert_eq!(up.bytes(), 536 + VECTOR.len() as u64);
+        // A NAR no narinfo names (a crash between the renames) is dropped at start-up.
+        fs::write(up.nar_path(&Sha256([9; 32]), ".xz"), b"orphan").unwrap();
+        drop(up);
+        let up = Uploads::open(dir.path(), m).unwrap();
+        assert_eq!(up.bytes(), 536 + VECTOR.len() as u64);
+        assert!(up.nar(&admission(b"", &p).file_hash, ".xz").is_some());
+        assert!(!up.nar_path(&Sha256([9; 32]), ".xz").exists());
+        assert_eq!(fs::read_dir(up.staging_dir()).unwrap().count(), 0);
+        assert!(up.remove(&h));
+        assert_eq!((up.bytes(), up.holds(&h)), (0, None));
+        assert_eq!(fs::read_dir(dir.path().join("nar")).unwrap().count(), 0);
+    }
 }

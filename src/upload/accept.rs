@@ -209,6 +209,7 @@ fn admit(
     };
     store.uploads().admit(admission).map_err(|e| match e {
         HeldError::Full { .. } => UploadError::Full(e.to_string()),
+        HeldError::Exists(_) => UploadError::Conflict(e.to_string()),
         HeldError::Store(e) => storage(e),
     })
 }
