@@ -330,3 +330,31 @@ async fn a_full_budget_answers_507_and_the_lru_never_evicts_uploads() {
     assert_eq!(upload(&a.url(), BEARER, &y, &y.narinfo).await, (200, 200));
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nar_the_cache_holds_need_not_be_uploaded_again() {
+    use nixgate::nix::narinfo::NarInfo;
+    use nixgate::nix::signature::SecretKey;
+    let f = fixture().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let (ci_sk, ci) = key_pair(&tmp.path().join("keys"), "ci-1");
+    let a = uploading(&tmp.path().join("a"), &up, &[&f.public_key, &ci], |_| {}).await;
+    // The LRU cache holds top's NAR; Nix's HEAD for it answers 200, so Nix sends no NAR.
+    let nar_url = format!("{}/{}", a.url(), f.nar_url(&f.top));
+    assert_eq!(get(&nar_url, &[]).await.status, 200);
+    assert_eq!(request("HEAD", &nar_url, &[]).await.status, 200);
+    // Another path with the same NAR contents, signed by the CI key.
+    let mut ni: NarInfo = f.narinfo(&f.top).parse().unwrap();
+    ni.store_path = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-same-contents".into();
+    ni = ni.to_string().parse().unwrap();
+    ni.references.clear();
+    let sk: SecretKey = std::fs::read_to_string(&ci_sk).unwrap().parse().unwrap();
+    ni.sigs = vec![sk.sign(&ni.fingerprint("/nix/store"))];
+    let url = format!("{}/0123456789abcdfghijklmnpqrsvwxyz.narinfo", a.url());
+    let (s, _, body) = send("PUT", &url, Some(BEARER), ni.to_string().into_bytes()).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(held(&a), 2, "its narinfo and the NAR linked from the cache");
+    assert_eq!(get(&url, &[]).await.status, 200);
+    a.stop().await;
+}

@@ -99,6 +99,7 @@ impl Uploader {
         let bytes = body::to_memory(&mut body, limit, self.settings.body_stall).await?;
         let mut claim = parse(&h, &bytes)?;
         if let Some(done) = self.conflicts(&h, &claim, fleet).await? {
+            self.drop_staged(&claim).await;
             return Ok(done);
         }
         self.vouch(&mut claim.ni, fleet)?;
@@ -168,27 +169,44 @@ impl Uploader {
     }
 
     /// Checks the staged NAR and moves it, with the narinfo `text`, into the held uploads.
+    /// Nix does not upload a NAR the appliance already answers HEAD for: one the LRU cache
+    /// holds is hard-linked into staging (so an eviction meanwhile cannot take it) and checked
+    /// like an uploaded one.
     async fn hold(&self, h: StorePathHash, c: Claim, text: Bytes) -> Result<(), UploadError> {
         let ext = c.compression.extension();
-        let staged = self.staging.take(&c.fh, ext);
-        let store = self.store.clone();
+        let staged = self.staging.take(&c.fh, ext).map(|s| s.path);
+        let (store, link) = (self.store.clone(), self.staging.temp());
         tokio::task::spawn_blocking(move || {
-            let Some(staged) = staged else {
-                return match store.uploads().nar(&c.fh, ext) {
-                    Some(_) => admit(&store, h, &c, &text, None),
-                    None => Err(rejected(format!(
-                        "NAR {}.nar{ext} was not uploaded first (or waited past --upload-staging-age)",
-                        c.fh.to_nix32()
-                    ))),
-                };
-            };
-            let res = check_nar(&staged.path, &c)
-                .and_then(|()| admit(&store, h, &c, &text, Some(&staged.path)));
-            let _ = std::fs::remove_file(&staged.path); // gone when admitted
-            res
+            let staged = staged.or_else(|| {
+                let (cached, _) = store.nar(&c.fh, ext)?;
+                std::fs::hard_link(cached, link.path()).ok()?;
+                Some(link.keep())
+            });
+            match staged {
+                Some(path) => {
+                    let res = check_nar(&path, &c)
+                        .and_then(|()| admit(&store, h, &c, &text, Some(&path)));
+                    let _ = std::fs::remove_file(&path); // gone when admitted
+                    res
+                }
+                None if store.uploads().nar(&c.fh, ext).is_some() => {
+                    admit(&store, h, &c, &text, None)
+                }
+                None => Err(rejected(format!(
+                    "NAR {}.nar{ext} was not uploaded first (or waited past --upload-staging-age)",
+                    c.fh.to_nix32()
+                ))),
+            }
         })
         .await
         .map_err(storage)?
+    }
+
+    /// Drops a staged NAR that is not needed (its path is held already).
+    async fn drop_staged(&self, c: &Claim) {
+        if let Some(s) = self.staging.take(&c.fh, c.compression.extension()) {
+            let _ = tokio::fs::remove_file(s.path).await;
+        }
     }
 }
 

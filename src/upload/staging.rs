@@ -52,7 +52,8 @@ impl TempFile {
     pub fn path(&self) -> &Path {
         self.0.as_deref().expect("kept files are not used")
     }
-    fn keep(mut self) -> PathBuf {
+    /// Keeps the file: the caller owns it from now on.
+    pub fn keep(mut self) -> PathBuf {
         self.0.take().expect("kept once")
     }
 }
