@@ -88,6 +88,29 @@ pub fn valid_id(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn replicas_are_the_top_owners_that_readers_ask() {
+        let all = ids(5);
+        for k in 0..200 {
+            let key = format!("key{k}");
+            for me in &all {
+                let members: Vec<(String, String)> =
+                    all.iter().map(|id| (id.clone(), id.clone())).collect();
+                let top: Vec<&String> = top(&key, me, &members, 2);
+                let mut ranked = all.clone();
+                ranked.sort_by(|a, b| (weight(&key, b), b).cmp(&(weight(&key, a), a)));
+                let want: Vec<&String> = ranked[..2].iter().filter(|id| *id != me).collect();
+                assert_eq!(top, want);
+                // Every other member's owners (those it asks) include a replica or itself.
+                for reader in all.iter().filter(|r| *r != me) {
+                    let asks = owners(&key, reader, &members);
+                    let holds = |id: &String| id == me || top.contains(&id);
+                    assert!(holds(reader) || asks.iter().take(OWNERS_TRIED).any(|o| holds(o)));
+                }
+            }
+        }
+    }
+
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{i:032x}")).collect()
     }

@@ -25,6 +25,8 @@ use crate::upstream::Upstream;
 
 /// How many members should hold an upload: this one's copy does not count unless it ranks.
 pub const REPLICAS: usize = 2;
+/// Longest a connect to a member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a copy to one member may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -39,7 +41,7 @@ pub(super) struct Replicator {
 impl Replicator {
     pub fn new(token: Option<UploadToken>) -> Self {
         Replicator {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector()),
             token,
         }
     }
@@ -63,6 +65,15 @@ impl Replicator {
             Err(format!("answered {status}"))
         }
     }
+}
+
+/// Plain HTTP to members, giving up on a connect after a few seconds (a member that is gone
+/// must not hold the runner's upload for the OS's connect timeout).
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    c.set_nodelay(true);
+    c
 }
 
 /// The file at `path` as a request body, read in chunks.
