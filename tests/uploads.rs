@@ -358,3 +358,58 @@ async fn a_nar_the_cache_holds_need_not_be_uploaded_again() {
     assert_eq!(get(&url, &[]).await.status, 200);
     a.stop().await;
 }
+
+/// Sends a raw request head and `chunks`, then reads the
+/// answer's status line.
+async fn raw_put(addr: std::net::SocketAddr, head: &str, chunks: &[Vec<u8>]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    for c in chunks {
+        // The server may answer (and stop reading) before everything is sent.
+        if s.write_all(c).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_bodies_are_bounded_and_stalled_bodies_time_out() {
+    let f = fixture().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let a = uploading(&tmp.path().join("a"), &up, &[&f.public_key], |s| {
+        s.upload_staging_size = Some("16KiB".into());
+        s.stall_timeout = Some("1s".into());
+    })
+    .await;
+    let fh = "1".repeat(52);
+    let head = |framing: &str| {
+        format!("PUT /nar/{fh}.nar.xz HTTP/1.1\r\nHost: x\r\nAuthorization: {BEARER}\r\n{framing}\r\n\r\n")
+    };
+    // Chunked, no length announced: refused once past the staging size.
+    let chunk = [
+        format!("{:x}\r\n", 8192).into_bytes(),
+        vec![7u8; 8192],
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let status = raw_put(a.addr, &head("Transfer-Encoding: chunked"), &vec![chunk; 4]).await;
+    assert!(status.contains(" 413 "), "{status}");
+    // A body that stops sending.
+    let status = raw_put(a.addr, &head("Content-Length: 1000"), &[vec![0u8; 10]]).await;
+    assert!(status.contains(" 408 "), "{status}");
+    assert!(a.metric("nixgate_uploads_total{outcome=\"timeout\"}").await >= 1);
+    assert_eq!((staged(&a), held(&a)), (0, 0));
+    a.stop().await;
+}
