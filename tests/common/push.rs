@@ -8,7 +8,10 @@ use std::process::Command;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
+use super::appliance::Appliance;
+use super::client::files;
 use super::fixture::NIX_CONFIG;
+use super::upstream::Upstream;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -192,4 +195,36 @@ pub async fn upload(base: &str, auth: &str, p: &Pushed, narinfo: &str) -> (u16, 
     )
     .await;
     (nar.0, info.0)
+}
+
+/// The upload token of [`uploading`] appliances, and its `Authorization` header.
+pub const TOKEN: &str = "upl0ad-t0ken";
+pub const BEARER: &str = "Bearer upl0ad-t0ken";
+
+/// An appliance in front of the fixture's upstream taking uploads with [`TOKEN`].
+pub async fn uploading(
+    dir: &Path,
+    up: &Upstream,
+    keys: &[&str],
+    extra: impl FnOnce(&mut nixgate::config::ServeArgs),
+) -> Appliance {
+    std::fs::create_dir_all(dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let first = keys[0].clone();
+    Appliance::start(&dir.join("cache"), &[up.url()], &first, move |a| {
+        a.upload_token_file = Some(token);
+        a.trusted_public_keys = Some(keys);
+        extra(a)
+    })
+    .await
+}
+
+pub fn held(a: &Appliance) -> usize {
+    files(&a.cache_dir, "uploads/narinfo").len() + files(&a.cache_dir, "uploads/nar").len()
+}
+
+pub fn staged(a: &Appliance) -> usize {
+    files(&a.cache_dir, "uploads/staging").len()
 }
