@@ -122,6 +122,11 @@ fn print_config(c: &Config) {
         "  mdns                 {}",
         if c.mdns { "on" } else { "off" }
     );
+    print_uploads(c);
+}
+
+/// The upload settings of `check-config` (secrets never printed, only the public key).
+fn print_uploads(c: &Config) {
     let u = &c.uploads;
     println!(
         "  uploads              {} (budget {} bytes, staging {} bytes for {:?})",
