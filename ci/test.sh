@@ -48,6 +48,7 @@ trap 'rm -f "$log"' EXIT
 cargo test --locked 2>&1 | tee "$log"
 cargo build --locked --bin nixgate
 python3 tests/deploy/helm_chart.py 2>&1 | tee -a "$log"
+python3 tests/deploy/helm_secrets.py 2>&1 | tee -a "$log"
 tests/deploy/firewall.sh 2>&1 | tee -a "$log"
 tests/deploy/mdns.sh 2>&1 | tee -a "$log"
 # One total at the end (cargo prints a line per test binary, the last often doc-tests' 0).

@@ -54,9 +54,17 @@ pub fn build(
         metrics.clone(),
         peers.clone(),
     ));
+    let uploader = Arc::new(crate::upload::Uploader::new(
+        config.uploads.clone(),
+        store.clone(),
+        config.trusted_keys.clone(),
+        metrics.clone(),
+        peers.clone(),
+    ));
     Ok(Arc::new(App {
         store,
         fetcher,
+        uploader,
         metrics,
         cache_info: Bytes::from(crate::nix::cache_info(config.priority)),
         down_policy: DownPolicy {
@@ -94,6 +102,16 @@ pub async fn run(
         crate::status::run(status, metrics, shutdown.clone()),
     );
     start_peer_sources(&config, &app, local, &shutdown, &mut tasks)?;
+    let (uploader, token) = (app.uploader.clone(), shutdown.clone());
+    tasks.spawn("upload-staging", async move {
+        let every = std::time::Duration::from_secs(10);
+        while tokio::time::timeout(every, token.cancelled())
+            .await
+            .is_err()
+        {
+            uploader.sweep();
+        }
+    });
     log_start(&config, local);
     crate::http::server::serve(listener, app, config.connections, shutdown).await;
     // The mDNS goodbye packet goes out before the process exits.
@@ -188,6 +206,10 @@ fn log_start(config: &Config, local: Option<std::net::SocketAddr>) {
         peers = ?config.peers.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
         peers_dns = ?config.peers_dns.as_ref().map(|d| d.to_string()),
         mdns = config.mdns,
+        uploads = config.uploads.token.is_some(),
         "nixgate serving"
     );
+    if let Some(k) = &config.uploads.signing_key {
+        tracing::info!(public_key = %k.public(), "signing unsigned uploads; runners trust this public key");
+    }
 }

@@ -2,8 +2,8 @@
 //!
 //! Layout: `nix/` pure protocol types; `store/` the disk cache and its LRU index;
 //! `upstream/` the HTTP client with timeouts and circuit breakers; `fetch/` the source policy,
-//! verification and coalescing; `http/` routes, handlers and bodies; `status/` the operator's
-//! view (history rings, `/_status/v1`, `nixgate status`); `app` the wiring.
+//! verification and coalescing; `http/` routes, handlers and bodies; `upload/` uploads from runners (`PUT`, held apart from the LRU);
+//! `status/` the operator's view (history rings, `/_status/v1`, `nixgate status`); `app` the wiring.
 #![deny(unsafe_code)]
 
 pub mod app;
@@ -20,5 +20,6 @@ pub mod tasks;
 pub mod telemetry;
 pub mod torrent;
 pub mod units;
+pub mod upload;
 pub mod upstream;
 pub mod warm;

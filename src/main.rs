@@ -36,6 +36,18 @@ fn main() -> ExitCode {
         Command::Discover(args) => report(discover(args)),
         Command::Status(args) => report(status(args)),
         Command::Warm(args) => report(warm(args)),
+        Command::PublicKey { signing_key_file } => {
+            match nixgate::upload::SigningKey::read(&signing_key_file) {
+                Ok(k) => {
+                    println!("{}", k.public());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("nixgate: {}: {e}", signing_key_file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
@@ -110,6 +122,22 @@ fn print_config(c: &Config) {
         "  mdns                 {}",
         if c.mdns { "on" } else { "off" }
     );
+    print_uploads(c);
+}
+
+/// The upload settings of `check-config` (secrets never printed, only the public key).
+fn print_uploads(c: &Config) {
+    let u = &c.uploads;
+    println!(
+        "  uploads              {} (budget {} bytes, staging {} bytes for {:?})",
+        if u.token.is_some() { "on" } else { "off" },
+        u.max_bytes,
+        u.staging_bytes,
+        u.staging_age
+    );
+    if let Some(k) = &u.signing_key {
+        println!("  signing public key   {}", k.public());
+    }
 }
 
 /// Binds `addr`; an IPv6 wildcard on a host without IPv6 falls back to the IPv4 wildcard.

@@ -46,6 +46,20 @@ pub(super) fn default_hash_concurrency() -> usize {
 pub(super) fn default_max_cache_size() -> String {
     "10GiB".into()
 }
+/// Uploads are CI's own builds: 10 GiB holds many closures' worth of them; beyond it the
+/// operator decides what goes (uploads are never evicted silently).
+pub(super) fn default_upload_max_size() -> String {
+    "10GiB".into()
+}
+/// NARs wait here between their PUT and their narinfo's (seconds, for `nix copy`); 1 GiB
+/// covers several large NARs uploaded in parallel.
+pub(super) fn default_upload_staging_size() -> String {
+    "1GiB".into()
+}
+/// A NAR whose narinfo has not come within an hour was abandoned by its runner.
+pub(super) fn default_upload_staging_age() -> String {
+    "1h".into()
+}
 /// The public Nix cache; the default a runner would use without nixgate.
 pub(super) fn default_upstreams() -> Vec<String> {
     vec!["https://cache.nixos.org".into()]

@@ -50,6 +50,12 @@ pub enum ConfigError {
     ZeroLimit(&'static str),
     #[error("--netrc-file {path}: {reason}")]
     Netrc { path: PathBuf, reason: String },
+    #[error("--{flag} {path}: {reason}")]
+    SecretFile {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("--cache-dir {path}: {reason}")]
     CacheDir { path: PathBuf, reason: String },
 }

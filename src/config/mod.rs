@@ -69,6 +69,13 @@ pub enum Command {
     /// cached; otherwise lists the missing paths and exits 1. Progress on a terminal, one
     /// JSON object per line (per event) otherwise.
     Warm(WarmArgs),
+    /// Print the public key of a Nix secret key file (`--signing-key-file`), for runners'
+    /// `trusted-public-keys`.
+    PublicKey {
+        /// The secret key file (`NAME:BASE64`, as `nix key generate-secret` writes).
+        #[arg(long, env = "NIXGATE_SIGNING_KEY_FILE", value_name = "FILE")]
+        signing_key_file: std::path::PathBuf,
+    },
     /// Probe a running appliance's /healthz (for container HEALTHCHECKs; no curl needed).
     Health {
         /// The appliance's base URL.

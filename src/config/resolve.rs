@@ -18,6 +18,7 @@ use crate::peers::Membership;
 use crate::store::check_writable;
 use crate::telemetry::LogFormat;
 use crate::units::{parse_duration, parse_size};
+use crate::upload::{SigningKey, UploadSettings, UploadToken};
 use crate::upstream::netrc::Netrc;
 use crate::upstream::Timeouts;
 
@@ -64,6 +65,8 @@ pub struct Config {
     pub fleet: Membership,
     /// Interval of the status page's history samples.
     pub status_interval: Duration,
+    /// Uploads from runners (off without `--upload-token-file`).
+    pub uploads: UploadSettings,
 }
 
 impl Config {
@@ -90,7 +93,12 @@ impl ServeArgs {
         let max_cache_size = max_cache_size(&s)?;
         let upstreams = each(list(&s.upstreams, default_upstreams), parse_upstream)?;
         let (netrc_file, netrc) = netrc(&s)?;
-        let trusted_keys = trusted_keys(&s)?;
+        let uploads = uploads(&s)?;
+        let mut trusted_keys = trusted_keys(&s)?;
+        if let Some(k) = &uploads.signing_key {
+            // What this appliance signed, it verified: a fleet member sharing the key takes it.
+            trusted_keys.add(k.public());
+        }
         let upstream_down_status = upstream_down_status(&s)?;
         let cache_dir = cache_dir(&s)?;
         let peers = each(list(&s.peers, Vec::new), parse_peer)?;
@@ -125,6 +133,7 @@ impl ServeArgs {
                 mdns: s.fleet_mdns,
             },
             status_interval: status_interval(&s)?,
+            uploads,
         })
     }
 }
@@ -197,6 +206,43 @@ fn trusted_keys(s: &ServeArgs) -> Result<TrustedKeys, ConfigError> {
         return Err(ConfigError::NoKeys);
     }
     Ok(TrustedKeys::new(keys))
+}
+
+/// The upload settings: the token and signing key files read, the limits parsed.
+fn uploads(s: &ServeArgs) -> Result<UploadSettings, ConfigError> {
+    let secret = |flag: &'static str, path: &PathBuf, reason: String| ConfigError::SecretFile {
+        flag,
+        path: path.clone(),
+        reason,
+    };
+    let token = s
+        .upload_token_file
+        .as_ref()
+        .map(|p| UploadToken::read(p).map_err(|r| secret("upload-token-file", p, r)));
+    let signing_key = s
+        .signing_key_file
+        .as_ref()
+        .map(|p| SigningKey::read(p).map_err(|r| secret("signing-key-file", p, r)));
+    Ok(UploadSettings {
+        token: token.transpose()?,
+        signing_key: signing_key.transpose()?,
+        max_bytes: size(
+            "upload-max-size",
+            &s.upload_max_size,
+            default_upload_max_size,
+        )?,
+        staging_bytes: size(
+            "upload-staging-size",
+            &s.upload_staging_size,
+            default_upload_staging_size,
+        )?,
+        staging_age: duration(
+            "upload-staging-age",
+            &s.upload_staging_age,
+            default_upload_staging_age,
+        )?,
+        body_stall: duration("stall-timeout", &s.stall_timeout, default_stall_timeout)?,
+    })
 }
 
 fn upstream_down_status(s: &ServeArgs) -> Result<u16, ConfigError> {

@@ -219,6 +219,32 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_FLEET_MDNS", value_parser = BoolishValueParser::new())]
     #[serde(default)]
     pub fleet_mdns: bool,
+    /// File holding the upload token: runners may `PUT` NARs and narinfos (`nix copy --to`)
+    /// with it as the Basic password (any user, from Nix's netrc) or as `Authorization:
+    /// Bearer TOKEN` [default: none, uploads off (405)].
+    #[arg(long, env = "NIXGATE_UPLOAD_TOKEN_FILE", value_name = "FILE")]
+    pub upload_token_file: Option<PathBuf>,
+
+    /// Nix secret key file (`NAME:BASE64`, as `nix key generate-secret` writes): unsigned
+    /// uploads are signed with it, and its public key (logged at start, or `nixgate
+    /// public-key`) is trusted [default: none, an upload must carry a trusted signature].
+    #[arg(long, env = "NIXGATE_SIGNING_KEY_FILE", value_name = "FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// Budget of uploaded paths (NARs and narinfos), apart from --max-cache-size: the LRU
+    /// never evicts them; when it is full a new upload gets 507 [default: 10GiB].
+    #[arg(long, env = "NIXGATE_UPLOAD_MAX_SIZE", value_name = "SIZE")]
+    pub upload_max_size: Option<String>,
+
+    /// Uploaded NARs waiting for their narinfo, in total; beyond it a NAR upload gets 413
+    /// [default: 1GiB].
+    #[arg(long, env = "NIXGATE_UPLOAD_STAGING_SIZE", value_name = "SIZE")]
+    pub upload_staging_size: Option<String>,
+
+    /// An uploaded NAR that no narinfo has named for this long is dropped [default: 1h].
+    #[arg(long, env = "NIXGATE_UPLOAD_STAGING_AGE", value_name = "DURATION")]
+    pub upload_staging_age: Option<String>,
+
     /// How often the status page's history takes a sample (hidden: tests make it quick)
     /// [default: 10s].
     #[arg(
@@ -266,6 +292,8 @@ impl ServeArgs {
             stall_timeout, send_timeout, max_connections, max_connections_per_ip, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,
             no_mdns, no_fleet, fleet_mdns, status_interval, max_peers, hash_concurrency,
+            upload_token_file, signing_key_file, upload_max_size, upload_staging_size,
+            upload_staging_age,
         )
     }
 

@@ -246,3 +246,48 @@ fn netrc_file_from_the_config_file_is_read_and_a_bad_one_named() {
     let e = a.resolve().unwrap_err().to_string();
     assert!(e.starts_with("--netrc-file"), "{e}");
 }
+
+#[test]
+fn upload_settings_from_the_file_with_their_defaults_and_errors() {
+    use crate::nix::narinfo::tests::{VECTOR_PUBLIC_KEY, VECTOR_SECRET_KEY};
+    let dir = tempfile::tempdir().unwrap();
+    let c = args(dir.path()).resolve().unwrap();
+    assert!(c.uploads.token.is_none() && c.uploads.signing_key.is_none());
+    assert_eq!(
+        (
+            c.uploads.max_bytes,
+            c.uploads.staging_bytes,
+            c.uploads.staging_age
+        ),
+        (10 << 30, 1 << 30, std::time::Duration::from_secs(3600))
+    );
+    let (token, key) = (dir.path().join("token"), dir.path().join("sk"));
+    std::fs::write(&token, "t0ken\n").unwrap();
+    std::fs::write(&key, VECTOR_SECRET_KEY).unwrap();
+    let file = dir.path().join("nixgate.toml");
+    let toml = format!(
+        "upload-token-file = {token:?}\nsigning-key-file = {key:?}\nupload-max-size = \"2GiB\"\nupload-staging-size = \"100MiB\"\nupload-staging-age = \"10m\"\n"
+    );
+    std::fs::write(&file, toml).unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    let c = a.resolve().unwrap();
+    assert_eq!(c.uploads.token.unwrap().expose(), "t0ken");
+    assert_eq!(
+        (c.uploads.max_bytes, c.uploads.staging_bytes),
+        (2 << 30, 100 << 20)
+    );
+    // The signing key's public key is trusted beside the default key.
+    let keys: Vec<String> = c
+        .trusted_keys
+        .keys()
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(keys, [CACHE_NIXOS_ORG_KEY, VECTOR_PUBLIC_KEY]);
+    std::fs::write(&key, "not-a-key").unwrap();
+    let mut a = args(dir.path());
+    a.signing_key_file = Some(key);
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(e.starts_with("--signing-key-file"), "{e}");
+}

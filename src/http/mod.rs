@@ -9,6 +9,7 @@ pub mod send_timeout;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod upload;
 
 #[cfg(test)]
 mod proptests;

@@ -90,10 +90,11 @@ async fn dispatch(
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let target = parse(req.uri().path());
     let route = target.route();
-    let res = if matches!(*req.method(), Method::GET | Method::HEAD) {
-        dispatch(&app, target, &req).await
-    } else {
-        Err(ServeError::MethodNotAllowed)
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let res = match method {
+        Method::GET | Method::HEAD => dispatch(&app, target, &req).await,
+        Method::PUT | Method::DELETE => super::upload::handle(&app, target, req).await,
+        _ => Err(ServeError::MethodNotAllowed),
     };
     let (outcome, mut resp) = match res {
         Ok(r) => r,
@@ -108,8 +109,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         }
     };
     app.metrics.request(route, outcome);
-    app.status.request(route, outcome, req.uri().path());
-    if req.method() == Method::HEAD {
+    app.status.request(route, outcome, &path);
+    if method == Method::HEAD {
         // Headers (Content-Length included) stay; the body never goes out.
         *resp.body_mut() = body::empty();
     }

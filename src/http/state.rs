@@ -16,6 +16,8 @@ use crate::store::Store;
 pub struct App {
     pub store: Arc<Store>,
     pub fetcher: Arc<Fetcher>,
+    /// Uploads from runners (off without an upload token).
+    pub uploader: Arc<crate::upload::Uploader>,
     pub metrics: Arc<Metrics>,
     /// The `/nix-cache-info` body.
     pub cache_info: Bytes,

@@ -35,6 +35,7 @@ label_enum!(
     Outcome {
         Hit => "hit", Miss => "miss", NotFound => "not_found", NotCached => "not_cached",
         Unavailable => "unavailable", BadRequest => "bad_request", Error => "error",
+        Stored => "stored",
     }
 );
 
@@ -68,6 +69,16 @@ label_enum!(
 label_enum!(
     /// Why a client connection was closed on accept.
     Refusal { PerIp => "per_ip", Global => "global" }
+);
+
+label_enum!(
+    /// How an upload request (`PUT`) ended.
+    UploadOutcome {
+        Stored => "stored", Staged => "staged", Replicated => "replicated",
+        Deleted => "deleted", Ignored => "ignored", Unauthorized => "unauthorized", Rejected => "rejected",
+        Untrusted => "untrusted", Conflict => "conflict", TooLarge => "too_large",
+        Full => "full", Timeout => "timeout", Error => "error",
+    }
 );
 
 /// A label enum's value as it appears in the exposition.

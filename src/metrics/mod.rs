@@ -34,6 +34,9 @@ pub struct Metrics {
     connections: [AtomicU64; ConnSlot::COUNT],
     refused: [AtomicU64; Refusal::COUNT],
     send_timeouts: AtomicU64,
+    uploads: [AtomicU64; UploadOutcome::COUNT],
+    upload_bytes: AtomicU64,
+    upload_staging_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -57,6 +60,9 @@ impl Default for Metrics {
             connections: counters(),
             refused: counters(),
             send_timeouts: AtomicU64::new(0),
+            uploads: counters(),
+            upload_bytes: AtomicU64::new(0),
+            upload_staging_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -160,6 +166,22 @@ impl Metrics {
     /// A client connection was dropped for accepting no bytes within `--send-timeout`.
     pub fn send_timeout(&self) {
         self.send_timeouts.fetch_add(1, Relaxed);
+    }
+    /// An upload request ended so.
+    pub fn upload(&self, outcome: UploadOutcome) {
+        self.uploads[outcome as usize].fetch_add(1, Relaxed);
+    }
+    /// Upload requests that ended so, so far.
+    pub fn uploads(&self, outcome: UploadOutcome) -> u64 {
+        self.uploads[outcome as usize].load(Relaxed)
+    }
+    /// Bytes held by uploads (their own budget).
+    pub fn set_upload_held(&self, bytes: u64) {
+        self.upload_bytes.store(bytes, Relaxed);
+    }
+    /// Bytes staged (uploaded NARs awaiting a narinfo).
+    pub fn set_upload_staged(&self, bytes: u64) {
+        self.upload_staging_bytes.store(bytes, Relaxed);
     }
 }
 

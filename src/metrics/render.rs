@@ -22,6 +22,7 @@ impl Metrics {
         let mut all = self.traffic_families();
         all.extend(self.more_families());
         all.extend(self.peer_families());
+        all.extend(self.upload_families());
         all
     }
 
@@ -168,6 +169,33 @@ impl Metrics {
                 "Client connections dropped for accepting no bytes within --send-timeout.",
             )
             .value(&self.send_timeouts),
+        ]
+    }
+}
+
+impl Metrics {
+    /// The upload families (`PUT` from runners, see `upload/`).
+    fn upload_families(&self) -> Vec<Family> {
+        use Kind::{Counter, Gauge};
+        vec![
+            Family::new(
+                "nixgate_uploads_total",
+                Counter,
+                "Upload requests (PUT of a NAR or narinfo, and DELETE), by outcome.",
+            )
+            .by("outcome", UploadOutcome::ALL, |o| &self.uploads[o as usize]),
+            Family::new(
+                "nixgate_upload_bytes",
+                Gauge,
+                "Bytes held by uploaded paths (within --upload-max-size; never evicted by the LRU).",
+            )
+            .value(&self.upload_bytes),
+            Family::new(
+                "nixgate_upload_staging_bytes",
+                Gauge,
+                "Bytes of uploaded NARs waiting for their narinfo (within --upload-staging-size).",
+            )
+            .value(&self.upload_staging_bytes),
         ]
     }
 }

@@ -145,6 +145,13 @@ impl TrustedKeys {
         &self.0
     }
 
+    /// Adds `key` unless it is already trusted.
+    pub fn add(&mut self, key: PublicKey) {
+        if !self.0.contains(&key) {
+            self.0.push(key);
+        }
+    }
+
     /// True when at least one `Sig:` value verifies over `fingerprint` with a trusted key of
     /// the same name. Malformed signatures are ignored, as Nix does.
     pub fn verifies_any<'a>(

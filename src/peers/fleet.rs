@@ -45,6 +45,24 @@ pub fn owners<'a, T>(key: &str, self_id: &str, members: &'a [(String, T)]) -> Ve
     ranked.into_iter().map(|(_, _, t)| t).collect()
 }
 
+/// The members among the top `n` for `key` in rendezvous order (ranked with us), best first,
+/// without us: where an upload is replicated so that every member finds it by asking its
+/// owners ([`owners`]).
+pub fn top<'a, T>(key: &str, self_id: &str, members: &'a [(String, T)], n: usize) -> Vec<&'a T> {
+    let mut ranked: Vec<(u64, &str, Option<&T>)> = members
+        .iter()
+        .filter(|(id, _)| id != self_id)
+        .map(|(id, t)| (weight(key, id), id.as_str(), Some(t)))
+        .collect();
+    ranked.push((weight(key, self_id), self_id, None));
+    ranked.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    ranked
+        .into_iter()
+        .take(n)
+        .filter_map(|(_, _, t)| t)
+        .collect()
+}
+
 /// The member that would own `key` if we were not in the fleet: the best ranked below us.
 /// A new owner asks it (only-if-cached) before the upstream, so a member that joins takes
 /// over its share of keys without fetching again what the fleet already holds.
@@ -69,6 +87,29 @@ pub fn valid_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_the_top_owners_that_readers_ask() {
+        let all = ids(5);
+        for k in 0..200 {
+            let key = format!("key{k}");
+            for me in &all {
+                let members: Vec<(String, String)> =
+                    all.iter().map(|id| (id.clone(), id.clone())).collect();
+                let top: Vec<&String> = top(&key, me, &members, 2);
+                let mut ranked = all.clone();
+                ranked.sort_by(|a, b| (weight(&key, b), b).cmp(&(weight(&key, a), a)));
+                let want: Vec<&String> = ranked[..2].iter().filter(|id| *id != me).collect();
+                assert_eq!(top, want);
+                // Every other member's owners (those it asks) include a replica or itself.
+                for reader in all.iter().filter(|r| *r != me) {
+                    let asks = owners(&key, reader, &members);
+                    let holds = |id: &String| id == me || top.contains(&id);
+                    assert!(holds(reader) || asks.iter().take(OWNERS_TRIED).any(|o| holds(o)));
+                }
+            }
+        }
+    }
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("{i:032x}")).collect()

@@ -217,6 +217,24 @@ impl PeerSet {
         owners
     }
 
+    /// The live members among the top `n` owners of `key`, this appliance ranked with them
+    /// (see [`fleet::top`]), that were configured (`--peer`, `--peers-dns`): an appliance
+    /// found over mDNS is never sent uploads (nor the upload token). Empty without a fleet.
+    pub fn replicas(&self, key: &str, n: usize) -> Vec<Arc<Upstream>> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let members = self.live_members(&entries);
+        let configured = |p: &Arc<Upstream>| {
+            entries
+                .iter()
+                .any(|e| Arc::ptr_eq(&e.peer, p) && e.origin != Origin::Mdns)
+        };
+        let top = fleet::top(key, &self.own_id, &members, n);
+        top.into_iter()
+            .filter(|p| configured(p))
+            .map(|p| (*p).clone())
+            .collect()
+    }
+
     /// The live member that owned `key` before this appliance joined (see
     /// [`fleet::successor`]); `None` without a fleet.
     pub fn successor(&self, key: &str) -> Option<Arc<Upstream>> {

@@ -26,7 +26,7 @@ pub struct Event {
 /// Whether a request is worth an event: misses and failures of real routes. Hits, peers'
 /// only-if-cached probes (`not_cached`) and unknown paths (`/favicon.ico`) are not.
 pub fn worth_recording(route: Route, outcome: Outcome) -> bool {
-    let failed = !matches!(outcome, Outcome::Hit | Outcome::NotCached);
+    let failed = !matches!(outcome, Outcome::Hit | Outcome::NotCached | Outcome::Stored);
     failed && !(route == Route::Other && outcome == Outcome::NotFound)
 }
 

@@ -115,7 +115,10 @@ impl Holdings {
 impl Store {
     /// A digest of what the cache holds, for peers (`/_p2p/v1/digest`).
     pub fn holdings(&self) -> Holdings {
-        let (narinfos, nars) = self.index().keys();
+        let (mut narinfos, mut nars) = self.index().keys();
+        let (up_narinfos, up_nars) = self.uploads.keys();
+        narinfos.extend(up_narinfos);
+        nars.extend(up_nars);
         let mut h = Holdings::with_capacity(narinfos.len() + nars.len());
         for n in narinfos {
             h.insert(&narinfo_key(&n.to_string()));

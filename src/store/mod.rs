@@ -12,6 +12,7 @@
 //! narinfo/<h[..2]>/<h>-<filehash>.narinfo   line 1: upstream URL of the NAR; rest: the
 //!                                           narinfo exactly as served (URL rewritten)
 //! nar/<fh[..2]>/<filehash>.nar<ext>         the compressed NAR, verified against FileHash
+//! uploads/                                  uploaded paths, apart from the LRU (uploads.rs)
 //! ```
 //!
 //! The narinfo→NAR link is in the file name, so the index is rebuilt from directory listings
@@ -27,6 +28,7 @@ mod layout;
 mod lookup;
 mod rebuild;
 mod slots;
+pub mod uploads;
 mod writable;
 mod write;
 
@@ -85,6 +87,8 @@ pub struct Store {
     indexed: rebuild::Indexed,
     /// Told the FileHash of every NAR that leaves the cache (the torrent engine stops seeding).
     on_gone: Option<mpsc::UnboundedSender<Sha256>>,
+    /// Uploaded paths: their own subtree and budget, never evicted by the LRU.
+    uploads: uploads::Uploads,
 }
 
 impl Store {
@@ -98,8 +102,11 @@ impl Store {
         metrics: Arc<Metrics>,
         on_gone: Option<mpsc::UnboundedSender<Sha256>>,
     ) -> Result<Arc<Self>, StoreError> {
+        let layout = Layout::prepare(root)?;
+        let uploads = uploads::Uploads::open(&root.join("uploads"), metrics.clone())?;
         let store = Arc::new(Store {
-            layout: Layout::prepare(root)?,
+            layout,
+            uploads,
             max_bytes,
             index: Mutex::new(Index::default()),
             hot: lookup::hot_cache(),
@@ -111,6 +118,11 @@ impl Store {
         });
         store.start_scan()?;
         Ok(store)
+    }
+
+    /// The uploaded paths (apart from the LRU cache).
+    pub fn uploads(&self) -> &uploads::Uploads {
+        &self.uploads
     }
 
     /// The size cap.

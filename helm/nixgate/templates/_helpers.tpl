@@ -63,3 +63,19 @@ the Service name; the runner Service, so that no replica counts twice). */}}
 {{- define "nixgate.promSelector" -}}
 {{- printf "namespace=%q, job=%q" .Release.Namespace (include "nixgate.fullname" .) -}}
 {{- end -}}
+
+{{/*
+The files nixgate reads from existing Secrets, by volume name (mounted at
+/run/secrets/nixgate/<name>/<file>): the upstream netrc, the upload token, the signing key.
+*/}}
+{{- define "nixgate.secretFiles" -}}
+{{- with .Values.upstreamAuth.existingSecret }}
+netrc: {secret: {{ . | quote }}, key: {{ $.Values.upstreamAuth.key | quote }}, file: netrc}
+{{- end }}
+{{- with .Values.uploads.existingSecret }}
+upload: {secret: {{ . | quote }}, key: {{ $.Values.uploads.tokenKey | quote }}, file: token}
+{{- end }}
+{{- with .Values.uploads.signingKeySecret }}
+signing: {secret: {{ . | quote }}, key: {{ $.Values.uploads.signingKeyKey | quote }}, file: secret-key}
+{{- end }}
+{{- end }}

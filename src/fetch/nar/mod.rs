@@ -170,9 +170,12 @@ impl Fetcher {
         }
     }
 
-    /// The cached NAR, if any. A NAR found on disk at start-up is checked on first use: its
+    /// The uploaded or cached NAR, if any. A NAR found on disk at start-up is checked on first use: its
     /// size against its narinfo's FileSize (a truncated file is dropped, and refetched).
     async fn cached(&self, fh: Sha256, ext: &'static str) -> Option<(PathBuf, u64)> {
+        if let Some(held) = self.store.uploads().nar(&fh, ext) {
+            return Some(held);
+        }
         if self.store.nar_unchecked(&fh, ext)? {
             let (_, size) = self.store.nar(&fh, ext)?;
             let want = self

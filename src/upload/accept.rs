@@ -1,0 +1,233 @@
+//! `PUT /<hash>.narinfo`: the narinfo of an upload is taken only when it is for the path its
+//! URL names, carries FileHash/FileSize, names a staged NAR that matches them and decompresses
+//! to its NarHash/NarSize, and is signed by a trusted key (or signed here with the signing
+//! key). It never replaces a path the cache holds from an upstream, nor a different upload.
+
+use std::io::Read;
+use std::path::Path;
+
+use bytes::Bytes;
+use hyper::body::Body;
+
+use super::{body, storage, UploadError, Uploader};
+use crate::fetch::verify::NarCheck;
+use crate::metrics::UploadOutcome;
+use crate::nix::compression::Compression;
+use crate::nix::hash::Sha256;
+use crate::nix::narinfo::{NarInfo, MAX_NARINFO_BYTES};
+use crate::nix::store_path::StorePathHash;
+use crate::nix::STORE_DIR;
+use crate::store::uploads::{Admission, HeldError};
+
+fn rejected(why: impl std::fmt::Display) -> UploadError {
+    UploadError::Rejected(why.to_string())
+}
+
+/// A parsed upload narinfo with what it names.
+struct Claim {
+    ni: NarInfo,
+    fh: Sha256,
+    file_size: u64,
+    compression: Compression,
+}
+
+/// Parses the body and checks its shape: the right path, FileHash/FileSize, a compression
+/// nixgate can decompress (to check NarHash).
+fn parse(h: &StorePathHash, body: &[u8]) -> Result<Claim, UploadError> {
+    let text = std::str::from_utf8(body).map_err(|_| rejected("narinfo is not UTF-8"))?;
+    let ni = NarInfo::parse(text, STORE_DIR).map_err(rejected)?;
+    if ni.base.hash != *h {
+        return Err(rejected(format!(
+            "narinfo is for {}, not {h}",
+            ni.store_path
+        )));
+    }
+    let (Some(fh), Some(file_size)) = (ni.file_hash, ni.file_size) else {
+        return Err(rejected("narinfo lacks FileHash/FileSize"));
+    };
+    let compression = Compression::from_field(ni.compression.as_deref());
+    if NarCheck::new(compression, ni.nar_hash, ni.nar_size).is_none() {
+        return Err(rejected(
+            "nixgate cannot decompress this Compression to check NarHash",
+        ));
+    }
+    Ok(Claim {
+        ni,
+        fh,
+        file_size,
+        compression,
+    })
+}
+
+/// Checks the staged file against FileSize and NarHash/NarSize (FileHash was checked when it
+/// was staged). Blocking I/O.
+fn check_nar(path: &Path, c: &Claim) -> Result<(), UploadError> {
+    let mut file = std::fs::File::open(path).map_err(storage)?;
+    let size = file.metadata().map_err(storage)?.len();
+    if size != c.file_size {
+        return Err(rejected(format!(
+            "NAR has {size} bytes, FileSize says {}",
+            c.file_size
+        )));
+    }
+    let mut check = NarCheck::new(c.compression, c.ni.nar_hash, c.ni.nar_size)
+        .expect("parse checked the compression");
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(storage)?;
+        if n == 0 {
+            break;
+        }
+        check.update(&buf[..n]).map_err(rejected)?;
+    }
+    check.finish().map_err(rejected)
+}
+
+impl Uploader {
+    /// `PUT /<h>.narinfo`; `fleet`: a replica from another member (never signed here).
+    pub async fn put_narinfo<B>(
+        &self,
+        h: StorePathHash,
+        fleet: bool,
+        mut body: B,
+    ) -> Result<UploadOutcome, UploadError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let limit = MAX_NARINFO_BYTES as u64;
+        let bytes = body::to_memory(&mut body, limit, self.settings.body_stall).await?;
+        let mut claim = parse(&h, &bytes)?;
+        if let Some(done) = self.conflicts(&h, &claim, fleet).await? {
+            self.drop_staged(&claim).await;
+            return Ok(done);
+        }
+        self.vouch(&mut claim.ni, fleet)?;
+        let (fh, ext) = (claim.fh, claim.compression.extension());
+        claim.ni.url = format!("nar/{}.nar{ext}", fh.to_nix32());
+        let text = Bytes::from(claim.ni.to_string());
+        self.hold(h, claim, text.clone()).await?;
+        if !fleet {
+            let replicated = self.replicate(h, fh, ext, text).await;
+            for _ in 0..replicated {
+                self.metrics.upload(UploadOutcome::Replicated);
+            }
+        }
+        Ok(UploadOutcome::Stored)
+    }
+
+    /// A path the cache or the uploads already hold: the same upload again is done
+    /// (`Some`); anything else is a conflict. A fleet replica may pin what the cache
+    /// holds with the same NarHash (it may have been fetched from this very upload).
+    async fn conflicts(
+        &self,
+        h: &StorePathHash,
+        c: &Claim,
+        fleet: bool,
+    ) -> Result<Option<UploadOutcome>, UploadError> {
+        if let Some(held) = self.store.uploads().narinfo(h).await {
+            let same = std::str::from_utf8(&held)
+                .ok()
+                .and_then(|t| NarInfo::parse(t, STORE_DIR).ok())
+                .is_some_and(|ni| ni.nar_hash == c.ni.nar_hash && ni.file_hash == Some(c.fh));
+            return match same {
+                true => Ok(Some(UploadOutcome::Stored)),
+                false => Err(UploadError::Conflict(format!(
+                    "{h} was uploaded with other contents"
+                ))),
+            };
+        }
+        let cached = self.store.narinfo(h, |_, _| true).await;
+        if let Some((_, stored)) = cached {
+            let served = crate::fetch::narinfo::served_part(&stored);
+            let same_nar = std::str::from_utf8(&served)
+                .ok()
+                .and_then(|t| NarInfo::parse(t, STORE_DIR).ok())
+                .is_some_and(|ni| ni.nar_hash == c.ni.nar_hash);
+            if !(fleet && same_nar) {
+                return Err(UploadError::Conflict(format!(
+                    "the cache holds {h} signed by an upstream key; an upload never replaces it"
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Requires a trusted signature, or adds the appliance's (never for a fleet replica).
+    fn vouch(&self, ni: &mut NarInfo, fleet: bool) -> Result<(), UploadError> {
+        let fp = ni.fingerprint(STORE_DIR);
+        if self.keys.verifies_any(&fp, &ni.sigs) {
+            return Ok(());
+        }
+        match &self.settings.signing_key {
+            Some(k) if !fleet => {
+                ni.sigs.push(k.0.sign(&fp));
+                Ok(())
+            }
+            _ => Err(UploadError::Untrusted),
+        }
+    }
+
+    /// Checks the staged NAR and moves it, with the narinfo `text`, into the held uploads.
+    /// Nix does not upload a NAR the appliance already answers HEAD for: one the LRU cache
+    /// holds is hard-linked into staging (so an eviction meanwhile cannot take it) and checked
+    /// like an uploaded one.
+    async fn hold(&self, h: StorePathHash, c: Claim, text: Bytes) -> Result<(), UploadError> {
+        let ext = c.compression.extension();
+        let staged = self.staging.take(&c.fh, ext).map(|s| s.path);
+        let (store, link) = (self.store.clone(), self.staging.temp());
+        tokio::task::spawn_blocking(move || {
+            let staged = staged.or_else(|| {
+                let (cached, _) = store.nar(&c.fh, ext)?;
+                std::fs::hard_link(cached, link.path()).ok()?;
+                Some(link.keep())
+            });
+            match staged {
+                Some(path) => {
+                    let res = check_nar(&path, &c)
+                        .and_then(|()| admit(&store, h, &c, &text, Some(&path)));
+                    let _ = std::fs::remove_file(&path); // gone when admitted
+                    res
+                }
+                None if store.uploads().nar(&c.fh, ext).is_some() => {
+                    admit(&store, h, &c, &text, None)
+                }
+                None => Err(rejected(format!(
+                    "NAR {}.nar{ext} was not uploaded first (or waited past --upload-staging-age)",
+                    c.fh.to_nix32()
+                ))),
+            }
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    /// Drops a staged NAR that is not needed (its path is held already).
+    async fn drop_staged(&self, c: &Claim) {
+        if let Some(s) = self.staging.take(&c.fh, c.compression.extension()) {
+            let _ = tokio::fs::remove_file(s.path).await;
+        }
+    }
+}
+
+fn admit(
+    store: &crate::store::Store,
+    h: StorePathHash,
+    c: &Claim,
+    text: &[u8],
+    staged: Option<&Path>,
+) -> Result<(), UploadError> {
+    let admission = Admission {
+        hash: h,
+        file_hash: c.fh,
+        ext: c.compression.extension(),
+        narinfo: text,
+        staged,
+        nar_size: c.file_size,
+    };
+    store.uploads().admit(admission).map_err(|e| match e {
+        HeldError::Full { .. } => UploadError::Full(e.to_string()),
+        HeldError::Exists(_) => UploadError::Conflict(e.to_string()),
+        HeldError::Store(e) => storage(e),
+    })
+}

@@ -1,0 +1,151 @@
+//! Fleet replication of uploads: an upload a runner pushed to this member is copied (NAR,
+//! then narinfo, as Nix does) to the key's top rendezvous owners, so at least two members
+//! hold it (this one and the owner, or the two owners) and every member finds it by asking
+//! the owners (`fetch::narinfo`). The copies carry the fleet header (never copied on) and
+//! this member's upload token; the receiving member checks everything again and takes them
+//! only with a trusted signature (a fleet member is not trusted for content). A failed copy
+//! is logged: the upload itself stands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::io::AsyncReadExt;
+
+use super::{UploadToken, Uploader};
+use crate::nix::hash::Sha256;
+use crate::nix::store_path::StorePathHash;
+use crate::peers::fleet::FLEET_HEADER;
+use crate::upstream::Upstream;
+
+/// How many members should hold an upload: this one's copy does not count unless it ranks.
+pub const REPLICAS: usize = 2;
+/// Longest a connect to a member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a copy to one member may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(300);
+
+type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// The HTTP client copies go out with, and the token they carry.
+pub(super) struct Replicator {
+    client: Client<HttpConnector, ReqBody>,
+    token: Option<UploadToken>,
+}
+
+impl Replicator {
+    pub fn new(token: Option<UploadToken>) -> Self {
+        Replicator {
+            client: Client::builder(TokioExecutor::new()).build(connector()),
+            token,
+        }
+    }
+
+    async fn put(&self, url: url::Url, body: ReqBody) -> Result<(), String> {
+        let token = self.token.as_ref().ok_or("no upload token")?;
+        let req = hyper::Request::put(url.as_str())
+            .header(FLEET_HEADER, "1")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.expose()),
+            )
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
+        }
+    }
+}
+
+/// Plain HTTP to members, giving up on a connect after a few seconds (a member that is gone
+/// must not hold the runner's upload for the OS's connect timeout).
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    c.set_nodelay(true);
+    c
+}
+
+/// The file at `path` as a request body, read in chunks.
+async fn file_body(path: &std::path::Path) -> std::io::Result<ReqBody> {
+    let file = tokio::fs::File::open(path).await?;
+    let chunks = futures_util::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 16];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Frame::data(Bytes::from(buf))), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok(BodyExt::boxed_unsync(StreamBody::new(chunks.boxed())))
+}
+
+impl Uploader {
+    /// Copies the held upload of `h` (narinfo `text`, NAR `fh`/`ext`) to the members among
+    /// the key's top [`REPLICAS`] owners; how many took it.
+    pub(super) async fn replicate(
+        &self,
+        h: StorePathHash,
+        fh: Sha256,
+        ext: &str,
+        text: Bytes,
+    ) -> usize {
+        let targets = self.peers.replicas(&h.to_string(), REPLICAS);
+        let mut copied = 0;
+        for member in targets {
+            let copy = self.copy_to(&member, h, fh, ext, text.clone());
+            match tokio::time::timeout(COPY_TIMEOUT, copy).await {
+                Ok(Ok(())) => copied += 1,
+                Ok(Err(e)) => {
+                    tracing::warn!(member = %member.base, hash = %h, error = %e, "could not replicate an upload")
+                }
+                Err(_) => {
+                    tracing::warn!(member = %member.base, hash = %h, "replicating an upload timed out")
+                }
+            }
+        }
+        copied
+    }
+
+    async fn copy_to(
+        &self,
+        member: &Arc<Upstream>,
+        h: StorePathHash,
+        fh: Sha256,
+        ext: &str,
+        text: Bytes,
+    ) -> Result<(), String> {
+        let (path, _) = self
+            .store
+            .uploads()
+            .nar(&fh, ext)
+            .ok_or("the NAR is gone")?;
+        let nar = member
+            .base
+            .join(&format!("nar/{}.nar{ext}", fh.to_nix32()))
+            .map_err(|e| e.to_string())?;
+        let body = file_body(&path).await.map_err(|e| e.to_string())?;
+        self.replicas.put(nar, body).await?;
+        let narinfo = member
+            .base
+            .join(&format!("{h}.narinfo"))
+            .map_err(|e| e.to_string())?;
+        let body = Full::new(text)
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        self.replicas.put(narinfo, body).await
+    }
+}
