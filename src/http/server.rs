@@ -6,20 +6,20 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use http::{header, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::body::{self, Body};
 use super::error::ServeError;
+use super::front::{drive, report, Front};
 use super::handlers;
-use super::limits::{ConnLimits, Gate, Slot};
+use super::limits::{ConnLimits, Gate, Permit, Slot};
 use super::routes::{parse, Target};
 use super::send_timeout::SendTimeout;
 use super::state::App;
@@ -29,7 +29,7 @@ use crate::peers::fleet::FLEET_HEADER;
 /// How long shutdown waits for in-flight responses (Kubernetes' default grace is 30 s).
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 /// Slow-loris guard: the request head must arrive within this.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same on a reserve connection, whose slots are few and for probes that ask at once.
 const RESERVE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -141,19 +141,14 @@ async fn handle_reserve(
         .expect("static headers are valid"))
 }
 
-/// The two connection builders: regular (keep-alive) and reserve (one request, short head).
-fn builders() -> (http1::Builder, http1::Builder) {
-    let mut regular = http1::Builder::new();
-    regular
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+/// The reserve connection builder: one request, short head.
+fn reserve_builder() -> http1::Builder {
     let mut reserve = http1::Builder::new();
     reserve
         .timer(TokioTimer::new())
         .header_read_timeout(RESERVE_HEADER_READ_TIMEOUT)
         .keep_alive(false);
-    (regular, reserve)
+    reserve
 }
 
 /// Accept errors: EMFILE and friends back off (doubling up to a second) instead of spinning;
@@ -187,7 +182,7 @@ impl AcceptBackoff {
 }
 
 /// True when a connection ended because its client accepted no bytes (see [`SendTimeout`]).
-fn timed_out(e: &hyper::Error) -> bool {
+pub(super) fn timed_out(e: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
@@ -198,6 +193,25 @@ fn timed_out(e: &hyper::Error) -> bool {
     false
 }
 
+/// Serves one admitted connection: a regular one through the front loop (zero-copy NAR hits,
+/// hyper for the rest), a reserve one by hyper alone.
+async fn connection(front: Arc<Front>, reserve: http1::Builder, stream: TcpStream, permit: Permit) {
+    let _ = stream.set_nodelay(true);
+    if permit.slot() == Slot::Regular {
+        front.serve(stream).await;
+    } else {
+        let io = TokioIo::new(SendTimeout::new(stream, front.send_timeout));
+        let app = front.app.clone();
+        let svc = service_fn(move |req| handle_reserve(app.clone(), req));
+        let conn = reserve.serve_connection(io, svc);
+        report(
+            &front.app,
+            drive(conn, &front.shutdown, std::future::pending()).await,
+        );
+    }
+    drop(permit);
+}
+
 /// Serves connections from `listener` until `shutdown` is cancelled, then drains. Each
 /// connection is admitted by the [`Gate`] of `limits` and its writes carry the send timeout.
 pub async fn serve(
@@ -206,9 +220,10 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) {
-    let (regular, reserve) = builders();
+    let reserve = reserve_builder();
     let gate = Gate::new(limits, app.metrics.clone());
-    let graceful = GracefulShutdown::new();
+    let front = Arc::new(Front::new(app, limits.send_timeout, shutdown.clone()));
+    let tracker = TaskTracker::new();
     let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
@@ -226,31 +241,13 @@ pub async fn serve(
         let Ok(permit) = gate.admit(peer.ip()) else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(SendTimeout::new(stream, limits.send_timeout));
-        let metrics = app.metrics.clone();
-        let app = app.clone();
-        let conn = if permit.slot() == Slot::Reserve {
-            let svc = service_fn(move |req| handle_reserve(app.clone(), req));
-            graceful.watch(reserve.serve_connection(io, svc)).boxed()
-        } else {
-            let svc = service_fn(move |req| handle(app.clone(), req));
-            graceful.watch(regular.serve_connection(io, svc)).boxed()
-        };
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if timed_out(&e) {
-                    metrics.send_timeout();
-                }
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        tracker.spawn(connection(front.clone(), reserve.clone(), stream, permit));
     }
     drop(listener);
+    tracker.close();
     tracing::info!("shutting down: draining in-flight responses");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tracker.wait() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; closing"),
     }
 }

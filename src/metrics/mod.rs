@@ -33,6 +33,7 @@ pub struct Metrics {
     connections: [AtomicU64; ConnSlot::COUNT],
     refused: [AtomicU64; Refusal::COUNT],
     send_timeouts: AtomicU64,
+    zero_copy: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -55,6 +56,7 @@ impl Default for Metrics {
             connections: counters(),
             refused: counters(),
             send_timeouts: AtomicU64::new(0),
+            zero_copy: AtomicU64::new(0),
         }
     }
 }
@@ -153,6 +155,10 @@ impl Metrics {
     /// A client connection was dropped for accepting no bytes within `--send-timeout`.
     pub fn send_timeout(&self) {
         self.send_timeouts.fetch_add(1, Relaxed);
+    }
+    /// A cached NAR was answered on the zero-copy path (`sendfile`).
+    pub fn zero_copy(&self) {
+        self.zero_copy.fetch_add(1, Relaxed);
     }
 }
 

@@ -170,7 +170,7 @@ impl Fetcher {
 
     /// The cached NAR, if any. A NAR found on disk at start-up is checked on first use: its
     /// size against its narinfo's FileSize (a truncated file is dropped, and refetched).
-    async fn cached(&self, fh: Sha256, ext: &'static str) -> Option<(PathBuf, u64)> {
+    pub async fn cached(&self, fh: Sha256, ext: &'static str) -> Option<(PathBuf, u64)> {
         if self.store.nar_unchecked(&fh, ext)? {
             let (_, size) = self.store.nar(&fh, ext)?;
             let want = self
