@@ -31,10 +31,14 @@ use super::body::{parse_range, Body, Range};
 use super::head::{classify, NarAsk, Next};
 use super::replay::{OneRequest, Rewind};
 use super::send_timeout::SendTimeout;
-use super::server::{handle, HEADER_READ_TIMEOUT};
+use super::service::handle;
 use super::state::App;
 use super::zerocopy::{response_head, Part, Sender};
 use crate::metrics::{Outcome, Route};
+
+/// Slow-loris guard: the request head must arrive within this (idle keep-alive included, as
+/// hyper counts it).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every regular connection shares.
 pub struct Front {
@@ -84,10 +88,22 @@ where
 /// Logs how a hyper connection ended and counts a send timeout.
 pub fn report(app: &App, r: Result<(), hyper::Error>) -> bool {
     let Err(e) = r else { return true };
-    if super::server::timed_out(&e) {
+    if timed_out(&e) {
         app.metrics.send_timeout();
     }
     tracing::debug!(error = %e, "connection ended with an error");
+    false
+}
+
+/// True when a connection ended because its client accepted no bytes (see `send_timeout.rs`).
+fn timed_out(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
     false
 }
 

@@ -10,6 +10,7 @@ pub mod replay;
 pub mod routes;
 pub mod send_timeout;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod status;
 pub mod zerocopy;
