@@ -354,3 +354,44 @@ async fn nix_copy_of_a_cached_closure_takes_the_zero_copy_path() {
     assert!(a.metric(ZERO_COPY).await - before >= 7);
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_closes_idle_connections_and_finishes_a_zero_copy_response() {
+    let f = fixture().await;
+    let (cache, path) = large_cache(f).await;
+    let up = Upstream::start(&cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let a = Appliance::start(&work.path().join("c"), &[up.url()], &f.public_key, |_| {}).await;
+    let ni = std::fs::read_to_string(cache.join(format!("{}.narinfo", Fixture::hash(&path))));
+    let url = ni
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned();
+    let expected = std::fs::read(cache.join(&url)).unwrap();
+    assert!(get(&format!("{}/{url}", a.url()), &[]).await.bytes == expected[..]);
+
+    let mut idle = Raw::open(a.addr).await;
+    assert_eq!(idle.get("/nix-cache-info", "").await.status(), 200);
+    let mut busy = unread(a.addr, &format!("/{url}")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.shutdown.cancel();
+    // The idle keep-alive connection is closed at once.
+    let mut b = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(2), idle.s.read(&mut b)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection still open"
+    );
+    // The response under way is finished, then its connection closes.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), busy.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the response under way did not end");
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        got[end..] == expected[..],
+        "the response under way was cut short"
+    );
+    a.stop().await;
+}

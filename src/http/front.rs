@@ -10,8 +10,9 @@
 //!   connection with the bytes read so far replayed in front ([`Rewind`]), and never gives it
 //!   back. Hyper's own rules then apply, as they did to every connection before.
 //!
-//! Shutdown: an idle connection closes at once; a response under way finishes (the drain
-//! deadline bounds it) and its connection closes after it.
+//! Shutdown: a connection waiting for a head closes at once; a response under way finishes
+//! (the drain deadline bounds it; a head not yet written says `connection: close`) and its
+//! connection closes after it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,7 +165,8 @@ impl Front {
     }
 
     /// Reads until `buf` holds a complete head (or what to hand to hyper). `None`: the
-    /// connection ends (EOF, an error, the header read timeout, or shutdown while idle).
+    /// connection ends (EOF, an error, the header read timeout, or shutdown before a whole
+    /// head is here).
     async fn read_head(&self, stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Next> {
         let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
         loop {
@@ -177,7 +179,6 @@ impl Front {
                 return None;
             }
             buf.reserve(4096);
-            let idle = buf.is_empty();
             tokio::select! {
                 r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => match r {
                     Ok(Ok(n)) if n > 0 => {}
@@ -187,7 +188,8 @@ impl Front {
                         return None;
                     }
                 },
-                _ = self.shutdown.cancelled(), if idle => return None,
+                // Like hyper: a connection waiting for a head closes, partial head or not.
+                _ = self.shutdown.cancelled() => return None,
             }
         }
     }
