@@ -15,97 +15,6 @@ use tokio::net::{TcpSocket, TcpStream};
 
 const ZERO_COPY: &str = "nixgate_zero_copy_responses_total";
 
-/// One raw HTTP/1.1 connection: requests written as given, responses read by Content-Length.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// A response: the head as sent (status line and headers) and the body.
-struct Resp {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn status(&self) -> u16 {
-        self.head[9..12].parse().unwrap()
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(": ")?;
-            k.eq_ignore_ascii_case(name).then_some(v)
-        })
-    }
-    /// The head with the `date` value blanked (it may change between two answers).
-    fn dateless(&self) -> String {
-        self.head
-            .lines()
-            .map(|l| {
-                if l.starts_with("date: ") {
-                    "date: *"
-                } else {
-                    l
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        Raw {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, raw: &str) {
-        self.s.write_all(raw.as_bytes()).await.unwrap();
-    }
-
-    async fn fill(&mut self) {
-        let mut chunk = vec![0u8; 1 << 16];
-        let n = tokio::time::timeout(Duration::from_secs(10), self.s.read(&mut chunk))
-            .await
-            .expect("response within 10 s")
-            .unwrap();
-        assert!(n > 0, "connection closed early");
-        self.buf.extend_from_slice(&chunk[..n]);
-    }
-
-    /// Reads one response (`head_only`: to a HEAD, no body whatever Content-Length says).
-    async fn read(&mut self, head_only: bool) -> Resp {
-        let end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            self.fill().await;
-        };
-        let head = String::from_utf8(self.buf.drain(..end).collect()).unwrap();
-        let mut r = Resp {
-            head,
-            body: Vec::new(),
-        };
-        let len: usize = match r.header("content-length") {
-            Some(n) if !head_only => n.parse().unwrap(),
-            _ => 0,
-        };
-        while self.buf.len() < len {
-            self.fill().await;
-        }
-        r.body = self.buf.drain(..len).collect();
-        r
-    }
-
-    async fn get(&mut self, path: &str, extra: &str) -> Resp {
-        self.send(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n"))
-            .await;
-        self.read(false).await
-    }
-}
-
 /// An appliance holding the fixture's closure, NARs and narinfos (fetched by hyper's miss
 /// path), and the NAR URL and bytes of `blobs[0]`.
 async fn warm(
@@ -393,5 +302,40 @@ async fn shutdown_closes_idle_connections_and_finishes_a_zero_copy_response() {
         got[end..] == expected[..],
         "the response under way was cut short"
     );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_1_0_and_connection_close_keep_hypers_keep_alive_rules() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let (_up, a, nar, expected) = warm(f, work.path(), |_| {}).await;
+    let before = a.metric(ZERO_COPY).await;
+    // HTTP/1.0 asking for keep-alive: hyper answers (as 1.0, keep-alive) and the loop goes on.
+    let mut c = Raw::open(a.addr).await;
+    c.send(&format!(
+        "GET {nar} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    ))
+    .await;
+    let old = c.read(false).await;
+    assert!(old.head.starts_with("HTTP/1.0 200") && old.body == expected);
+    assert_eq!(old.header("connection"), Some("keep-alive"));
+    assert!(
+        c.get(&nar, "").await.body == expected,
+        "zero-copy after hyper"
+    );
+    // `Connection: close` (and plain HTTP/1.0): answered by hyper, then the connection ends.
+    for req in [
+        format!("GET {nar} HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        format!("GET {nar} HTTP/1.0\r\n\r\n"),
+    ] {
+        let mut c = Raw::open(a.addr).await;
+        c.send(&req).await;
+        assert!(c.read(false).await.body == expected);
+        let mut b = [0u8; 1];
+        let end = tokio::time::timeout(Duration::from_secs(2), c.s.read(&mut b)).await;
+        assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "{req}: still open");
+    }
+    assert_eq!(a.metric(ZERO_COPY).await - before, 1);
     a.stop().await;
 }

@@ -8,6 +8,7 @@ pub mod appliance;
 pub mod client;
 pub mod fixture;
 pub mod nginx;
+pub mod raw;
 pub mod swarm;
 pub mod upstream;
 
@@ -15,5 +16,6 @@ pub use appliance::*;
 pub use client::*;
 pub use fixture::*;
 pub use nginx::*;
+pub use raw::*;
 pub use swarm::*;
 pub use upstream::*;
