@@ -10,6 +10,14 @@
 //!   connection with the bytes read so far replayed in front ([`Rewind`]), and never gives it
 //!   back. Hyper's own rules then apply, as they did to every connection before.
 //!
+//! Why two parsers on one connection are safe: both are httparse on the same bytes, and only
+//! a request with no body by any reading (`head.rs`) is parsed here, so its end is its head's
+//! end for both; hyper gets exactly one head ([`OneRequest`]) or the whole rest of the
+//! connection ([`Rewind`]), never a guess. A half-read body cannot happen: a request with a
+//! body is hyper's, with the connection. Keep-alive is hyper's call on its requests (it reads
+//! past the head only to serve another) and plain HTTP/1.1 on ours (1.0 and any
+//! `Connection` token but `keep-alive` go to hyper).
+//!
 //! Shutdown: a connection waiting for a head closes at once; a response under way finishes
 //! (the drain deadline bounds it; a head not yet written says `connection: close`) and its
 //! connection closes after it.
