@@ -4,7 +4,8 @@
 #
 #  1. warm narinfo: wrk, 256 keep-alive connections, 2000 distinct narinfos
 #     (nixgate cache vs nginx serving the same files from disk)
-#  2. warm NAR: 64 MiB file, 8 connections (nixgate cache vs nginx sendfile)
+#  2. bench/zerocopy.sh: warm NARs of 100 KB, 8 MiB and 256 MiB, 8 connections (nixgate's
+#     zero-copy hits vs nginx sendfile with one worker): throughput and CPU-seconds per GB
 #  3. cold NAR: 32 MiB from an upstream limited to 8 MB/s, 50 clients at once;
 #     time to first byte (nixgate coalescing vs nginx proxy_cache_lock)
 #  4. peak RSS of nixgate (VmHWM) over the whole run
@@ -70,10 +71,8 @@ A=$(wrk_run -c256 -d$DURATION -s $D/paths.lua http://127.0.0.1:$P4); B=$(wrk_run
 NG_RPS=$(echo "$A" | rps); NX_RPS=$(echo "$B" | rps)
 echo "nixgate: $NG_RPS req/s p99 $(echo "$A" | p99) | nginx: $NX_RPS req/s p99 $(echo "$B" | p99) | ratio $(python3 -c "print(round($NG_RPS/$NX_RPS,2))")"
 
-echo "== warm NAR (64 MiB, 8 connections, $DURATION)"
-A=$(wrk_run -c8 -d$DURATION http://127.0.0.1:$P4$BIG_NAR); B=$(wrk_run -c8 -d$DURATION http://127.0.0.1:$P1$BIG_NAR)
-NG_X=$(echo "$A" | xfer); NX_X=$(echo "$B" | xfer)
-echo "nixgate: $NG_X MB/s | nginx sendfile: $NX_X MB/s | ratio $(python3 -c "print(round($NG_X/$NX_X,2))")"
+echo "== warm NAR (bench/zerocopy.sh)"
+SKIP_BUILD=1 bench/zerocopy.sh
 
 echo "== cold NAR (32 MiB, upstream 8 MB/s, 50 concurrent clients)"
 cold() { seq 50 | xargs -P50 -I{} curl -s -o /dev/null -w '%{time_starttransfer} %{time_total}\n' "$1" | sort -n; }

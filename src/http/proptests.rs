@@ -1,9 +1,12 @@
-//! Property tests of what a client sends: request paths and the `Range` header. None may
-//! panic; an accepted path names exactly what it parsed to, a range served lies in the file.
+//! Property tests of what a client sends: request paths, the `Range` header, and request
+//! heads as the front loop frames them. None may panic; an accepted path names exactly what it
+//! parsed to, a range served lies in the file, and a request kept off hyper ends exactly where
+//! its head ends and has no body by any reading.
 
 use proptest::prelude::*;
 
 use super::body::{parse_range, Range};
+use super::head::{classify, Next};
 use super::routes::{parse, Target};
 use crate::nix::hash::Sha256;
 use crate::nix::nix32;
@@ -128,4 +131,78 @@ fn check_range(h: &str, size: u64) -> Range {
         );
     }
     r
+}
+
+/// One request head from header lines near the framing rules (bodies, chunking, `Expect`,
+/// odd `Content-Length`s, connection tokens) and odd bytes.
+fn request() -> impl Strategy<Value = (String, bool)> {
+    let method = prop::sample::select(vec!["GET", "HEAD", "POST", "get", "PUT"]);
+    let target = prop::sample::select(vec![
+        "/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar.xz",
+        "/6dyjazmc27x71a77v1pcbi549rpk5wh6.narinfo",
+        "/nix-cache-info",
+        "http://x/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar",
+    ]);
+    let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2.0"]);
+    let header = prop::sample::select(vec![
+        "Host: x",
+        "Content-Length: 0",
+        "Content-Length: 3",
+        "content-length:  0",
+        "Content-Length: +0",
+        "Transfer-Encoding: chunked",
+        "transfer-encoding: identity",
+        "Expect: 100-continue",
+        "Upgrade: h2c",
+        "Connection: close",
+        "Connection: keep-alive",
+        "Range: bytes=1-2",
+        "Cache-Control: only-if-cached",
+        "X-Nixgate-Fleet: 1",
+        " Folded: x",
+        "Bad Header: x",
+        "X:\x01",
+    ]);
+    (method, target, version, prop::collection::vec(header, 0..5)).prop_map(|(m, t, v, hs)| {
+        // Bodiless by every reading: no TE, and at most one Content-Length, of 0.
+        let lower: Vec<String> = hs.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let lengths: Vec<&str> = lower
+            .iter()
+            .filter_map(|h| h.strip_prefix("content-length:"))
+            .map(str::trim)
+            .collect();
+        let plain = !lower.iter().any(|h| h.starts_with("transfer-encoding"))
+            && (lengths.is_empty() || lengths == ["0"]);
+        let mut r = format!("{m} {t} {v}\r\n");
+        for h in hs {
+            r.push_str(h);
+            r.push_str("\r\n");
+        }
+        r.push_str("\r\n");
+        (r, plain)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn a_head_kept_off_hyper_ends_where_it_ends_and_has_no_body(
+        (first, plain) in request(),
+        (second, _) in request(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let both = format!("{first}{second}");
+        match classify(both.as_bytes()) {
+            Next::Nar(n, _) | Next::One(n) => {
+                prop_assert_eq!(n, first.len());
+                prop_assert!(plain, "kept a request with a body off hyper: {}", first);
+            }
+            Next::Partial => prop_assert!(false, "a complete head read as partial"),
+            Next::Handoff => {}
+        }
+        // A proper prefix of a head is never taken for a whole request.
+        let short = &first.as_bytes()[..cut.index(first.len())];
+        prop_assert!(matches!(classify(short), Next::Partial | Next::Handoff));
+    }
 }

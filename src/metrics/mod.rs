@@ -37,6 +37,7 @@ pub struct Metrics {
     uploads: [AtomicU64; UploadOutcome::COUNT],
     upload_bytes: AtomicU64,
     upload_staging_bytes: AtomicU64,
+    zero_copy: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -63,6 +64,7 @@ impl Default for Metrics {
             uploads: counters(),
             upload_bytes: AtomicU64::new(0),
             upload_staging_bytes: AtomicU64::new(0),
+            zero_copy: AtomicU64::new(0),
         }
     }
 }
@@ -182,6 +184,10 @@ impl Metrics {
     /// Bytes staged (uploaded NARs awaiting a narinfo).
     pub fn set_upload_staged(&self, bytes: u64) {
         self.upload_staging_bytes.store(bytes, Relaxed);
+    }
+    /// A cached NAR was answered on the zero-copy path (`sendfile`).
+    pub fn zero_copy(&self) {
+        self.zero_copy.fetch_add(1, Relaxed);
     }
 }
 

@@ -169,6 +169,12 @@ impl Metrics {
                 "Client connections dropped for accepting no bytes within --send-timeout.",
             )
             .value(&self.send_timeouts),
+            Family::new(
+                "nixgate_zero_copy_responses_total",
+                Counter,
+                "Cached NAR responses (GET or HEAD) sent on the zero-copy path (sendfile).",
+            )
+            .value(&self.zero_copy),
         ]
     }
 }

@@ -216,7 +216,12 @@ impl WriteHandle {
 
 /// Renames into place, with an fsync of the file before and of the directory after when
 /// `durable`; the file's size.
-pub(super) fn publish(file: &File, tmp: &Path, dest: &Path, durable: bool) -> Result<u64, StoreError> {
+pub(super) fn publish(
+    file: &File,
+    tmp: &Path,
+    dest: &Path,
+    durable: bool,
+) -> Result<u64, StoreError> {
     if durable {
         file.sync_all().map_err(io_err(tmp))?;
     }

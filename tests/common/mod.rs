@@ -9,6 +9,7 @@ pub mod client;
 pub mod fixture;
 pub mod nginx;
 pub mod push;
+pub mod raw;
 pub mod swarm;
 pub mod upstream;
 
@@ -17,5 +18,6 @@ pub use client::*;
 pub use fixture::*;
 pub use nginx::*;
 pub use push::*;
+pub use raw::*;
 pub use swarm::*;
 pub use upstream::*;

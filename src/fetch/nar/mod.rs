@@ -172,7 +172,7 @@ impl Fetcher {
 
     /// The uploaded or cached NAR, if any. A NAR found on disk at start-up is checked on first use: its
     /// size against its narinfo's FileSize (a truncated file is dropped, and refetched).
-    async fn cached(&self, fh: Sha256, ext: &'static str) -> Option<(PathBuf, u64)> {
+    pub async fn cached(&self, fh: Sha256, ext: &'static str) -> Option<(PathBuf, u64)> {
         if let Some(held) = self.store.uploads().nar(&fh, ext) {
             return Some(held);
         }
