@@ -60,6 +60,7 @@ pub fn build(
         config.trusted_keys.clone(),
         metrics.clone(),
         peers.clone(),
+        fetcher.clone(),
     ));
     Ok(Arc::new(App {
         store,

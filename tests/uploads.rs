@@ -154,7 +154,8 @@ async fn forged_unsigned_and_conflicting_uploads_are_refused() {
     // The same upload again is fine; another narinfo for the same path is a conflict.
     assert_eq!(upload(&base, BEARER, &x, &x.narinfo).await, (200, 200));
 
-    // A path the cache holds from the upstream is never replaced.
+    // A path the cache holds from the upstream is never replaced: the same contents are
+    // done (nothing held), other contents are a conflict.
     let top = Fixture::hash(&f.top);
     assert_eq!(get(&format!("{base}/{top}.narinfo"), &[]).await.status, 200);
     let nar = std::fs::read(f.cache.join(f.nar_url(&f.top))).unwrap();
@@ -164,7 +165,55 @@ async fn forged_unsigned_and_conflicting_uploads_are_refused() {
         nar_url: f.nar_url(&f.top),
         nar,
     };
-    assert_eq!(upload(&base, BEARER, &top_up, &top_up.narinfo).await.1, 409);
+    let before = held(&a);
+    assert_eq!(upload(&base, BEARER, &top_up, &top_up.narinfo).await.1, 200);
+    assert_eq!(
+        held(&a),
+        before,
+        "an upstream path is not held as an upload"
+    );
+    let other = with_field(&top_up.narinfo, "NarSize", "12345");
+    assert_eq!(upload(&base, BEARER, &top_up, &other).await.1, 409);
+    a.stop().await;
+}
+
+/// A token holder pushes its own contents for a path the upstream signs but the appliance
+/// has not fetched yet, hoping the signing key vouches for it: refused (409), and the
+/// upstream's narinfo is served. With the upstream down, an unsigned upload is refused
+/// (503: it cannot be told apart), and taken once the upstream answers 404 for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_never_shadows_a_path_an_upstream_signs() {
+    let f = fixture().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let (sk, _) = key_pair(&tmp.path().join("keys"), "appliance-1");
+    let a = uploading(&tmp.path().join("a"), &up, &[&f.public_key], move |s| {
+        s.signing_key_file = Some(sk)
+    })
+    .await;
+    let u = as_cache(&build_unique("shadow", 2000), &tmp.path().join("u"), None);
+    let dep = Fixture::hash(&f.dep);
+    let dep_path = field(&f.narinfo(&f.dep), "StorePath").to_owned();
+    let forged = Pushed {
+        hash: dep.into(),
+        narinfo: with_field(&u.narinfo, "StorePath", &dep_path),
+        nar_url: u.nar_url.clone(),
+        nar: u.nar.clone(),
+    };
+    let (nar, narinfo) = upload(&a.url(), BEARER, &forged, &forged.narinfo).await;
+    assert_eq!((nar, narinfo), (200, 409));
+    assert_eq!(held(&a), 0);
+    let got = get(&format!("{}/{dep}.narinfo", a.url()), &[]).await;
+    assert_eq!(field(&got.body, "Sig"), field(&f.narinfo(&f.dep), "Sig"));
+
+    // Upstream down: an unsigned upload cannot be checked, so it is not signed here.
+    up.fail_5xx.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(upload(&a.url(), BEARER, &u, &u.narinfo).await.1, 503);
+    assert_eq!(held(&a), 0);
+    up.fail_5xx
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(upload(&a.url(), BEARER, &u, &u.narinfo).await.1, 200);
+    assert_eq!(held(&a), 2, "its narinfo and NAR");
     a.stop().await;
 }
 

@@ -23,6 +23,19 @@ fn rejected(why: impl std::fmt::Display) -> UploadError {
     UploadError::Rejected(why.to_string())
 }
 
+/// What is served for a path before an upload of it.
+enum Existing {
+    Absent,
+    /// Served (its narinfo, if it parses).
+    Present(Option<Box<NarInfo>>),
+    /// The upstreams could not be asked.
+    Unknown(String),
+}
+
+/// The largest NarSize an upload may claim per byte of its file: a bigger ratio is refused
+/// before anything is decompressed (a decompression bomb would otherwise hash for hours).
+const MAX_RATIO: u64 = 256;
+
 /// A parsed upload narinfo with what it names.
 struct Claim {
     ni: NarInfo,
@@ -45,6 +58,12 @@ fn parse(h: &StorePathHash, body: &[u8]) -> Result<Claim, UploadError> {
     let (Some(fh), Some(file_size)) = (ni.file_hash, ni.file_size) else {
         return Err(rejected("narinfo lacks FileHash/FileSize"));
     };
+    if ni.nar_size > file_size.saturating_mul(MAX_RATIO).max(1 << 20) {
+        return Err(rejected(format!(
+            "NarSize {} is over {MAX_RATIO} times FileSize {file_size}",
+            ni.nar_size
+        )));
+    }
     let compression = Compression::from_field(ni.compression.as_deref());
     if NarCheck::new(compression, ni.nar_hash, ni.nar_size).is_none() {
         return Err(rejected(
@@ -98,15 +117,25 @@ impl Uploader {
         let limit = MAX_NARINFO_BYTES as u64;
         let bytes = body::to_memory(&mut body, limit, self.settings.body_stall).await?;
         let mut claim = parse(&h, &bytes)?;
-        if let Some(done) = self.conflicts(&h, &claim, fleet).await? {
-            self.drop_staged(&claim).await;
-            return Ok(done);
-        }
-        self.vouch(&mut claim.ni, fleet)?;
+        let unknown = match self.conflicts(&h, &claim, fleet).await? {
+            Ok(Some(done)) => {
+                self.drop_staged(&claim).await;
+                return Ok(done);
+            }
+            Ok(None) => None,
+            Err(why) => Some(why),
+        };
+        self.vouch(&mut claim.ni, fleet, unknown)?;
         let (fh, ext) = (claim.fh, claim.compression.extension());
         claim.ni.url = format!("nar/{}.nar{ext}", fh.to_nix32());
         let text = Bytes::from(claim.ni.to_string());
-        self.hold(h, claim, text.clone()).await?;
+        if let Err(e) = self.hold(h, claim, text.clone()).await {
+            // Another runner pushed the same path meanwhile: done all the same.
+            if self.store.uploads().narinfo(&h).await.as_deref() == Some(&text[..]) {
+                return Ok(UploadOutcome::Stored);
+            }
+            return Err(e);
+        }
         if !fleet {
             let replicated = self.replicate(h, fh, ext, text).await;
             for _ in 0..replicated {
@@ -116,48 +145,81 @@ impl Uploader {
         Ok(UploadOutcome::Stored)
     }
 
-    /// A path the cache or the uploads already hold: the same upload again is done
-    /// (`Some`); anything else is a conflict. A fleet replica may pin what the cache
-    /// holds with the same NarHash (it may have been fetched from this very upload).
+    /// Whether `h` may be uploaded with these contents. The same upload again is done
+    /// (`Some`). Otherwise the path must not be served already (held uploads, the cache, the
+    /// fleet's owner, the upstreams: [`Uploader::existing`]) with other contents: an upload
+    /// never replaces a path an upstream signs. The same contents (same fingerprint: store
+    /// path, NarHash, NarSize, References) are done, except for a fleet replica, which is
+    /// pinned. `Ok(Err(why))`: the upstreams could not be asked (only a narinfo that carries
+    /// a trusted signature of its own may then be taken).
     async fn conflicts(
         &self,
         h: &StorePathHash,
         c: &Claim,
         fleet: bool,
-    ) -> Result<Option<UploadOutcome>, UploadError> {
+    ) -> Result<Result<Option<UploadOutcome>, String>, UploadError> {
+        let same = |ni: &NarInfo| ni.fingerprint(STORE_DIR) == c.ni.fingerprint(STORE_DIR);
         if let Some(held) = self.store.uploads().narinfo(h).await {
-            let same = std::str::from_utf8(&held)
+            let held = std::str::from_utf8(&held)
                 .ok()
-                .and_then(|t| NarInfo::parse(t, STORE_DIR).ok())
-                .is_some_and(|ni| ni.nar_hash == c.ni.nar_hash && ni.file_hash == Some(c.fh));
-            return match same {
-                true => Ok(Some(UploadOutcome::Stored)),
+                .and_then(|t| NarInfo::parse(t, STORE_DIR).ok());
+            return match held.is_some_and(|ni| same(&ni) && ni.file_hash == Some(c.fh)) {
+                true => Ok(Ok(Some(UploadOutcome::Stored))),
                 false => Err(UploadError::Conflict(format!(
                     "{h} was uploaded with other contents"
                 ))),
             };
         }
-        let cached = self.store.narinfo(h, |_, _| true).await;
-        if let Some((_, stored)) = cached {
-            let served = crate::fetch::narinfo::served_part(&stored);
-            let same_nar = std::str::from_utf8(&served)
-                .ok()
-                .and_then(|t| NarInfo::parse(t, STORE_DIR).ok())
-                .is_some_and(|ni| ni.nar_hash == c.ni.nar_hash);
-            if !(fleet && same_nar) {
-                return Err(UploadError::Conflict(format!(
-                    "the cache holds {h} signed by an upstream key; an upload never replaces it"
-                )));
-            }
+        match self.existing(h, fleet).await {
+            Existing::Absent => Ok(Ok(None)),
+            Existing::Unknown(why) => Ok(Err(why)),
+            Existing::Present(Some(ni)) if same(&ni) => match fleet {
+                true => Ok(Ok(None)),
+                false => Ok(Ok(Some(UploadOutcome::Stored))),
+            },
+            Existing::Present(_) => Err(UploadError::Conflict(format!(
+                "{h} is served already (by an upstream, the cache or the fleet) with other \
+                 contents; an upload never replaces it"
+            ))),
         }
-        Ok(None)
     }
 
-    /// Requires a trusted signature, or adds the appliance's (never for a fleet replica).
-    fn vouch(&self, ni: &mut NarInfo, fleet: bool) -> Result<(), UploadError> {
+    /// The narinfo of `h` that would be served without this upload, asked as a GET would
+    /// (a fleet replica asks no other member).
+    async fn existing(&self, h: &StorePathHash, fleet: bool) -> Existing {
+        let ask = crate::fetch::Ask {
+            only_if_cached: false,
+            fleet,
+        };
+        match self.fetcher.narinfo(*h, ask).await {
+            Ok((bytes, _)) => Existing::Present(
+                std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|t| NarInfo::parse(t, STORE_DIR).ok())
+                    .map(Box::new),
+            ),
+            Err(crate::fetch::FetchError::NotFound) => Existing::Absent,
+            Err(e) => Existing::Unknown(e.to_string()),
+        }
+    }
+
+    /// Requires a trusted signature, or adds the appliance's: never for a fleet replica, nor
+    /// when the upstreams could not be asked (`unknown`: they may sign this path).
+    fn vouch(
+        &self,
+        ni: &mut NarInfo,
+        fleet: bool,
+        unknown: Option<String>,
+    ) -> Result<(), UploadError> {
         let fp = ni.fingerprint(STORE_DIR);
         if self.keys.verifies_any(&fp, &ni.sigs) {
             return Ok(());
+        }
+        if let Some(why) = unknown {
+            return Err(UploadError::Unavailable(format!(
+                "cannot ask the upstreams whether they hold this path ({why}); an unsigned \
+                 upload is signed here only when no upstream does: retry later"
+            )));
         }
         match &self.settings.signing_key {
             Some(k) if !fleet => {
@@ -189,13 +251,17 @@ impl Uploader {
                     let _ = std::fs::remove_file(&path); // gone when admitted
                     res
                 }
-                None if store.uploads().nar(&c.fh, ext).is_some() => {
-                    admit(&store, h, &c, &text, None)
-                }
-                None => Err(rejected(format!(
-                    "NAR {}.nar{ext} was not uploaded first (or waited past --upload-staging-age)",
-                    c.fh.to_nix32()
-                ))),
+                None => match store.uploads().nar(&c.fh, ext) {
+                    // Another upload holds this NAR: checked against this narinfo too.
+                    Some((held, _)) => {
+                        check_nar(&held, &c).and_then(|()| admit(&store, h, &c, &text, None))
+                    }
+                    None => Err(rejected(format!(
+                        "NAR {}.nar{ext} was not uploaded first (or waited past \
+                         --upload-staging-age)",
+                        c.fh.to_nix32()
+                    ))),
+                },
             }
         })
         .await

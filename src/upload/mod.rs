@@ -55,6 +55,8 @@ pub enum UploadError {
     Body(String),
     #[error("storage: {0}")]
     Storage(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl UploadError {
@@ -70,6 +72,7 @@ impl UploadError {
             UploadError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             UploadError::Timeout => StatusCode::REQUEST_TIMEOUT,
             UploadError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            UploadError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -85,7 +88,7 @@ impl UploadError {
             UploadError::TooLarge(_) => UploadOutcome::TooLarge,
             UploadError::Full(_) => UploadOutcome::Full,
             UploadError::Timeout => UploadOutcome::Timeout,
-            UploadError::Storage(_) => UploadOutcome::Error,
+            UploadError::Storage(_) | UploadError::Unavailable(_) => UploadOutcome::Error,
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Uploader {
     metrics: Arc<Metrics>,
     peers: Arc<PeerSet>,
     replicas: replicate::Replicator,
+    /// Asks whether a path is served already (cache, fleet, upstreams) before an upload.
+    fetcher: Arc<crate::fetch::Fetcher>,
 }
 
 impl Uploader {
@@ -114,6 +119,7 @@ impl Uploader {
         keys: TrustedKeys,
         metrics: Arc<Metrics>,
         peers: Arc<PeerSet>,
+        fetcher: Arc<crate::fetch::Fetcher>,
     ) -> Self {
         store.uploads().set_budget(settings.max_bytes);
         let staging = staging::Staging::new(
@@ -130,6 +136,7 @@ impl Uploader {
             staging,
             metrics,
             peers,
+            fetcher,
         }
     }
 

@@ -27,8 +27,9 @@ use crate::upstream::Upstream;
 pub const REPLICAS: usize = 2;
 /// Longest a connect to a member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest a copy to one member may take.
-const COPY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a copy to one member may take (copies run at once, and the runner's PUT waits
+/// on them without a byte: Nix gives up on a transfer silent for 300 s).
+const COPY_TIMEOUT: Duration = Duration::from_secs(120);
 
 type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -104,20 +105,24 @@ impl Uploader {
         text: Bytes,
     ) -> usize {
         let targets = self.peers.replicas(&h.to_string(), REPLICAS);
-        let mut copied = 0;
-        for member in targets {
-            let copy = self.copy_to(&member, h, fh, ext, text.clone());
+        // All at once: the runner's PUT waits on the slowest copy, not on their sum.
+        let copies = targets.iter().map(|member| async {
+            let copy = self.copy_to(member, h, fh, ext, text.clone());
             match tokio::time::timeout(COPY_TIMEOUT, copy).await {
-                Ok(Ok(())) => copied += 1,
+                Ok(Ok(())) => true,
                 Ok(Err(e)) => {
-                    tracing::warn!(member = %member.base, hash = %h, error = %e, "could not replicate an upload")
+                    tracing::warn!(member = %member.base, hash = %h, error = %e, "could not replicate an upload");
+                    false
                 }
                 Err(_) => {
-                    tracing::warn!(member = %member.base, hash = %h, "replicating an upload timed out")
+                    tracing::warn!(member = %member.base, hash = %h, "replicating an upload timed out");
+                    member.breaker.failure();
+                    false
                 }
             }
-        }
-        copied
+        });
+        let done = futures_util::future::join_all(copies).await;
+        done.into_iter().filter(|ok| *ok).count()
     }
 
     async fn copy_to(
