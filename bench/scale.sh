@@ -4,7 +4,7 @@
 # Requests pick a random narinfo of the whole set each time (wrk, 64 keep-alive connections),
 # so the bigger set also exercises the index at scale (the files are read into the page cache
 # first: this compares the cost of a hit, not the disk). Also prints the time to
-# index the set and nixgate's RSS once indexed. Usage: bench/scale.sh [N]; DURATION=10s.
+# the first served hit (a cached NAR) and to index the set, and nixgate's RSS once indexed. Usage: bench/scale.sh [N]; DURATION=10s.
 # Set NIXGATE_BIN to skip the build. Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +23,9 @@ measure() { # URL LUA -> "req/s p99"
     awk '/Requests\/sec/ {r=$2} /^ +99%/ {p=$2} END {print r, p}'
 }
 run() {
-  local N=$1 D PID NGINX T0 T1 RSS P1 P2 GATE_R GATE_P NGINX_R NGINX_P
+  local N=$1 D PID NGINX T0 TF T1 RSS FH P1 P2 GATE_R GATE_P NGINX_R NGINX_P
   D=$(mktemp -d /tmp/nixgate-scale.XXXX)
-  python3 bench/gen_store.py "$D/cache" "$N" "$D/flat" >/dev/null
+  FH=$(python3 bench/gen_store.py "$D/cache" "$N" "$D/flat" | tail -1)
   P1=$((20000 + RANDOM % 10000)) P2=$((30000 + RANDOM % 10000))
   mkdir -p "$D/tmp"
   cat > "$D/nginx.conf" <<NG
@@ -40,6 +40,8 @@ NG
   T0=$(ms)
   RUST_LOG=info "$NIXGATE_BIN" serve --listen 127.0.0.1:$P1 --cache-dir "$D/cache" \
     --upstream http://127.0.0.1:9 --max-cache-size 100GiB --no-torrent > "$D/log" 2>&1 & PID=$!
+  until curl -sf -o /dev/null "http://127.0.0.1:$P1/nar/$FH.nar.xz"; do sleep 0.01; done
+  TF=$(ms)
   until grep -q "index rebuilt" "$D/log"; do sleep 0.05; done
   T1=$(ms)
   RSS=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
@@ -58,8 +60,8 @@ LUA
   curl -sf -o /dev/null "http://127.0.0.1:$P1$head" && curl -sf -o /dev/null "http://127.0.0.1:$P2$head"
   read -r GATE_R GATE_P < <(measure "http://127.0.0.1:$P1" "$D/paths.lua")
   read -r NGINX_R NGINX_P < <(measure "http://127.0.0.1:$P2" "$D/paths.lua")
-  printf "entries=%s indexed_ms=%s rss_mib=%s nixgate_rps=%s nixgate_p99=%s nginx_rps=%s nginx_p99=%s ratio=%s\n" \
-    "$N" $((T1 - T0)) $((RSS / 1024)) "$GATE_R" "$GATE_P" "$NGINX_R" "$NGINX_P" \
+  printf "entries=%s first_hit_ms=%s indexed_ms=%s rss_mib=%s nixgate_rps=%s nixgate_p99=%s nginx_rps=%s nginx_p99=%s ratio=%s\n" \
+    "$N" $((TF - T0)) $((T1 - T0)) $((RSS / 1024)) "$GATE_R" "$GATE_P" "$NGINX_R" "$NGINX_P" \
     "$(python3 -c "print(f'{float(\"$GATE_R\")/float(\"$NGINX_R\"):.2f}')")"
   kill $PID $NGINX; wait $PID $NGINX 2>/dev/null || true
   rm -rf "$D"
