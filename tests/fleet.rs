@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -134,30 +133,6 @@ async fn concurrent_runners_cost_one_upstream_fetch_per_file() {
     assert_eq!(total, 16);
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_nixgate");
-
-/// A member as a real process (so it can be killed with SIGKILL).
-fn spawn_member(cache: &std::path::Path, port: u16, up: &str, key: &str, peers: &[u16]) -> Child {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--upstream",
-            up,
-            "--trusted-public-key",
-            key,
-            "--no-torrent",
-        ])
-        .arg("--cache-dir")
-        .arg(cache);
-    for p in peers {
-        cmd.args(["--peer", &format!("http://127.0.0.1:{p}")]);
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_killed_mid_run_costs_at_most_its_share() {
     let f = fixture().await;
@@ -189,6 +164,7 @@ async fn a_member_killed_mid_run_costs_at_most_its_share() {
         &up.url(),
         &f.public_key,
         &ports[..2],
+        &[],
     );
     for m in &members {
         wait_for_owners(m, 2).await;

@@ -19,46 +19,6 @@ const SEND_TIMEOUT: &str = "2s";
 /// (`tcp_wmem`) of the NAR before the appliance's writes block.
 const ATTACKERS: usize = 64;
 
-/// A signed cache (the fixture's key, no compression) holding a 12 MB incompressible path,
-/// larger than what the kernel buffers for one connection, and the fixture's blobs. Returns
-/// the cache directory and the big path.
-async fn big_cache(f: &'static Fixture) -> (std::path::PathBuf, String) {
-    tokio::task::spawn_blocking(move || {
-        let run = |cmd: &mut std::process::Command| {
-            let out = cmd.env("NIX_CONFIG", NIX_CONFIG).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
-        let expr = f.dir.join("hostile.nix");
-        std::fs::write(
-            &expr,
-            r#"derivation { name = "nixgate-test-hostile"; system = builtins.currentSystem;
-               builder = "/bin/sh"; PATH = "/usr/bin:/bin";
-               args = [ "-c" "head -c 12000000 /dev/urandom > $out" ]; }"#,
-        )
-        .unwrap();
-        let path = run(std::process::Command::new("nix-build")
-            .arg(&expr)
-            .arg("--no-out-link"));
-        let cache = f.dir.join("hostile-cache");
-        let to = format!(
-            "file://{}?secret-key={}&compression=none",
-            cache.display(),
-            f.dir.join("sk").display()
-        );
-        let mut copy = std::process::Command::new("nix");
-        copy.args(["copy", "--to", &to, &path]).args(&f.blobs);
-        run(&mut copy);
-        (cache, path)
-    })
-    .await
-    .unwrap()
-}
-
 /// `n` connections from `src` that each ask twice (pipelined) for `path` and never read,
 /// with a small receive buffer so the appliance's writes block quickly.
 async fn stalled(to: SocketAddr, src: [u8; 4], path: &str, n: usize) -> Vec<TcpStream> {
@@ -135,7 +95,7 @@ fn cache_file(dir: &Path, nar_url: &str) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_readers_are_dropped_after_the_send_timeout_and_others_are_served() {
     let f = fixture().await;
-    let (cache, big) = big_cache(f).await;
+    let (cache, big) = big_path_cache(f, "hostile", true).await;
     let up = Upstream::start(&cache).await;
     let work = tempfile::tempdir().unwrap();
     let a = Appliance::start(

@@ -29,6 +29,15 @@ async fn appliance(
     .await
 }
 
+/// nginx asking for `ci`/`s3cret` (redirects go to the peer), a recording fallback peer,
+/// and an appliance in front of nginx reading `netrc`.
+async fn behind_auth(tmp: &Path, f: &Fixture, netrc: &str) -> (Recorder, Nginx, Appliance) {
+    let peer = Recorder::start().await;
+    let nginx = Nginx::start(&tmp.join("nginx"), &f.cache, "ci", "s3cret", &peer.url()).await;
+    let a = appliance(&tmp.join("a"), f, nginx.url(), netrc, peer.url()).await;
+    (peer, nginx, a)
+}
+
 fn assert_no_credentials(r: &Recorder) {
     for head in r.heads() {
         assert!(
@@ -42,19 +51,10 @@ fn assert_no_credentials(r: &Recorder) {
 async fn right_credentials_let_nix_copy_through() {
     let f = fixture().await;
     let tmp = tempfile::tempdir().unwrap();
-    let peer = Recorder::start().await;
-    let nginx = Nginx::start(
-        &tmp.path().join("nginx"),
-        &f.cache,
-        "ci",
-        "s3cret",
-        &peer.url(),
-    )
-    .await;
     // The peer is on the same host as the upstream: the netrc entry matches it by host, so
     // only the kind of request keeps credentials from it.
     let netrc = "machine 127.0.0.1 login ci password s3cret\n";
-    let a = appliance(&tmp.path().join("a"), f, nginx.url(), netrc, peer.url()).await;
+    let (peer, nginx, a) = behind_auth(tmp.path(), f, netrc).await;
     assert_ok(&nix_copy(&a.url(), &f.public_key, &f.top, &tmp.path().join("dest")).await);
     assert!(substituted(&tmp.path().join("dest"), &f.dep));
     assert_eq!(a.metric(AUTH_FAILED).await, 0);
@@ -81,17 +81,8 @@ fn nginx_down(n: Nginx) {
 async fn wrong_credentials_are_an_auth_failure_and_never_reach_the_peer() {
     let f = fixture().await;
     let tmp = tempfile::tempdir().unwrap();
-    let peer = Recorder::start().await;
-    let nginx = Nginx::start(
-        &tmp.path().join("nginx"),
-        &f.cache,
-        "ci",
-        "s3cret",
-        &peer.url(),
-    )
-    .await;
     let netrc = "default login ci password wrong\n";
-    let a = appliance(&tmp.path().join("a"), f, nginx.url(), netrc, peer.url()).await;
+    let (peer, _nginx, a) = behind_auth(tmp.path(), f, netrc).await;
     let got = get(
         &format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.top)),
         &[],
@@ -116,17 +107,8 @@ async fn wrong_credentials_are_an_auth_failure_and_never_reach_the_peer() {
 async fn missing_credentials_are_an_auth_failure() {
     let f = fixture().await;
     let tmp = tempfile::tempdir().unwrap();
-    let peer = Recorder::start().await;
-    let nginx = Nginx::start(
-        &tmp.path().join("nginx"),
-        &f.cache,
-        "ci",
-        "s3cret",
-        &peer.url(),
-    )
-    .await;
-    let netrc = "machine cache.example.com login ci password s3cret\n";
-    let a = appliance(&tmp.path().join("a"), f, nginx.url(), netrc, peer.url()).await;
+    let netrc = "machine 127.0.0.2 login ci password s3cret\n";
+    let (_peer, _nginx, a) = behind_auth(tmp.path(), f, netrc).await;
     let got = get(
         &format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.top)),
         &[],

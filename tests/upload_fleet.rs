@@ -5,41 +5,25 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_nixgate");
 const TOKEN: &str = "fleet-t0ken";
 
 /// A member as a real process taking uploads (so it can be killed with SIGKILL).
-fn spawn_member(dir: &Path, port: u16, up: &str, key: &str, sk: &Path, peers: &[u16]) -> Child {
+fn spawn_uploading(dir: &Path, port: u16, up: &str, key: &str, sk: &Path, peers: &[u16]) -> Child {
     std::fs::create_dir_all(dir).unwrap();
     let token = dir.join("token");
     std::fs::write(&token, TOKEN).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--upstream",
-            up,
-            "--trusted-public-key",
-            key,
-            "--no-torrent",
-        ])
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .arg("--upload-token-file")
-        .arg(&token)
-        .arg("--signing-key-file")
-        .arg(sk);
-    for p in peers {
-        cmd.args(["--peer", &format!("http://127.0.0.1:{p}")]);
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    let extra = [
+        "--upload-token-file".as_ref(),
+        token.as_os_str(),
+        "--signing-key-file".as_ref(),
+        sk.as_os_str(),
+    ];
+    spawn_member(&dir.join("cache"), port, up, key, peers, &extra)
 }
 
 /// Waits until the member on `port` serves and counts `n` live owners among its peers.
@@ -71,7 +55,7 @@ async fn a_pushed_path_survives_a_killed_holder_and_every_member_serves_it() {
     let mut members: Vec<Option<Child>> = (0..3)
         .map(|i| {
             let peers: Vec<u16> = ports.iter().copied().filter(|p| *p != ports[i]).collect();
-            Some(spawn_member(
+            Some(spawn_uploading(
                 &dirs[i],
                 ports[i],
                 &up.url(),

@@ -120,43 +120,6 @@ async fn zero_copy_heads_equal_hyper_heads_byte_for_byte() {
     a.stop().await;
 }
 
-/// A 12 MB incompressible path in its own uncompressed cache (more than the kernel buffers
-/// for one connection), signed with the fixture's key, plus the fixture's closure.
-async fn large_cache(f: &'static Fixture) -> (std::path::PathBuf, String) {
-    tokio::task::spawn_blocking(move || {
-        let run = |cmd: &mut std::process::Command| {
-            let out = cmd.env("NIX_CONFIG", NIX_CONFIG).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
-        let expr = f.dir.join("zero-copy.nix");
-        std::fs::write(
-            &expr,
-            r#"derivation { name = "nixgate-test-zero-copy"; system = builtins.currentSystem;
-               builder = "/bin/sh"; PATH = "/usr/bin:/bin";
-               args = [ "-c" "head -c 12000000 /dev/urandom > $out" ]; }"#,
-        )
-        .unwrap();
-        let path = run(std::process::Command::new("nix-build")
-            .arg(&expr)
-            .arg("--no-out-link"));
-        let cache = f.dir.join("zero-copy-cache");
-        let to = format!(
-            "file://{}?secret-key={}&compression=none",
-            cache.display(),
-            f.dir.join("sk").display()
-        );
-        run(std::process::Command::new("nix").args(["copy", "--to", &to, &path]));
-        (cache, path)
-    })
-    .await
-    .unwrap()
-}
-
 /// A connection with a 4 KiB receive buffer that asks for `path` and does not read yet.
 async fn unread(to: SocketAddr, path: &str) -> TcpStream {
     let s = TcpSocket::new_v4().unwrap();
@@ -171,7 +134,7 @@ async fn unread(to: SocketAddr, path: &str) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_gone_mid_file_and_a_stalled_reader_end_cleanly() {
     let f = fixture().await;
-    let (cache, path) = large_cache(f).await;
+    let (cache, path) = big_path_cache(f, "zero-copy", false).await;
     let up = Upstream::start(&cache).await;
     let work = tempfile::tempdir().unwrap();
     let a = Appliance::start(&work.path().join("c"), &[up.url()], &f.public_key, |s| {
@@ -267,7 +230,7 @@ async fn nix_copy_of_a_cached_closure_takes_the_zero_copy_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_closes_idle_connections_and_finishes_a_zero_copy_response() {
     let f = fixture().await;
-    let (cache, path) = large_cache(f).await;
+    let (cache, path) = big_path_cache(f, "zero-copy", false).await;
     let up = Upstream::start(&cache).await;
     let work = tempfile::tempdir().unwrap();
     let a = Appliance::start(&work.path().join("c"), &[up.url()], &f.public_key, |_| {}).await;

@@ -172,3 +172,34 @@ pub async fn with_peers(dir: &Path, up: &Upstream, key: &str, peers: Vec<String>
 pub async fn holding_peer(f: &Fixture, dir: &Path, paths: &[&String]) -> (Upstream, Appliance) {
     holding_appliance(f, dir, paths, |_| {}).await
 }
+
+/// A member as a real `nixgate serve` process (so it can be killed with SIGKILL): upstream
+/// `up`, trusting `key`, the members listening on `peers` as `--peer`, then `extra` arguments.
+pub fn spawn_member(
+    cache: &Path,
+    port: u16,
+    up: &str,
+    key: &str,
+    peers: &[u16],
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nixgate"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--upstream",
+            up,
+            "--trusted-public-key",
+            key,
+            "--no-torrent",
+        ])
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(extra);
+    for p in peers {
+        cmd.args(["--peer", &format!("http://127.0.0.1:{p}")]);
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}

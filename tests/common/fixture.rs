@@ -106,3 +106,50 @@ impl Fixture {
             .to_owned()
     }
 }
+
+/// A 12 MB incompressible store path (more than the kernel buffers for one connection) in
+/// its own uncompressed cache `<fixture>/<name>-cache`, signed with the fixture's key, with
+/// the fixture's blobs too when `with_blobs`. Returns the cache directory and the path.
+pub async fn big_path_cache(
+    f: &'static Fixture,
+    name: &'static str,
+    with_blobs: bool,
+) -> (PathBuf, String) {
+    tokio::task::spawn_blocking(move || {
+        let run = |cmd: &mut Command| {
+            let out = cmd.env("NIX_CONFIG", NIX_CONFIG).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let expr = f.dir.join(format!("{name}.nix"));
+        std::fs::write(
+            &expr,
+            format!(
+                r#"derivation {{ name = "nixgate-test-{name}"; system = builtins.currentSystem;
+               builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+               args = [ "-c" "head -c 12000000 /dev/urandom > $out" ]; }}"#
+            ),
+        )
+        .unwrap();
+        let path = run(Command::new("nix-build").arg(&expr).arg("--no-out-link"));
+        let cache = f.dir.join(format!("{name}-cache"));
+        let to = format!(
+            "file://{}?secret-key={}&compression=none",
+            cache.display(),
+            f.dir.join("sk").display()
+        );
+        let mut copy = Command::new("nix");
+        copy.args(["copy", "--to", &to, &path]);
+        if with_blobs {
+            copy.args(&f.blobs);
+        }
+        run(&mut copy);
+        (cache, path)
+    })
+    .await
+    .unwrap()
+}
