@@ -2,7 +2,9 @@
 //! peers when every upstream failed) with verification before anything is stored, and
 //! per-key coalescing of concurrent misses.
 
+mod decode;
 pub mod nar;
+mod nar_url;
 pub mod narinfo;
 mod provenance;
 mod settings;
@@ -31,7 +33,7 @@ pub enum FetchError {
     Unavailable(String),
     /// The data came but did not verify; nothing was stored.
     #[error("verification failed: {0}")]
-    Verification(String),
+    Verification(#[from] verify::VerifyError),
     /// The local disk failed (full, read-only, …).
     #[error("cache storage: {0}")]
     Storage(String),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use url::Url;
 
-use super::narinfo::{accept, parse_stored, Via};
+use super::narinfo::{parse_stored, Via};
 use super::verify::NarCheck;
 use super::Fetcher;
 use crate::metrics::Source;
@@ -99,8 +99,8 @@ impl Fetcher {
         let Some((path, _)) = self.store.nar(&fh, compression.extension()) else {
             return Ok(()); // checked against NarHash when it is fetched
         };
-        let Some(mut check) = NarCheck::new(compression, claim.0, claim.1) else {
-            return Ok(()); // cannot decode it; Nix checks NarHash itself
+        let Ok(mut check) = NarCheck::signed(compression, claim.0, claim.1) else {
+            return Ok(()); // cannot decode it: such NARs are never fetched (plan.rs)
         };
         tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -141,10 +141,10 @@ impl Fetcher {
             let Ok(Some(body)) = self.get_narinfo(up, h, Via::Upstream).await else {
                 continue;
             };
-            let Ok((fh, stored)) = accept(&h, &up.base, &body, &self.keys) else {
+            let Ok(a) = self.accept_upstream(&h, up, &body) else {
                 continue;
             };
-            let saved = self.save(h, fh, stored, Source::Upstream).await.ok()?;
+            let saved = self.save(h, a.fh, a.stored, Source::Upstream).await.ok()?;
             self.provenance.marks.remove(&h);
             tracing::info!(upstream = %up.base, hash = %h, "peer's narinfo replaced by the upstream's");
             return Some(saved);

@@ -1,22 +1,67 @@
 //! Incremental checks of NAR bytes as they arrive, before anything is committed.
 //!
 //! - [`FileCheck`]: the file as stored (compressed) against the narinfo's `FileSize` and
-//!   `FileHash`, and its first bytes against the named compression. Enough for bytes from an
-//!   upstream whose narinfo we fetched from it.
-//! - [`NarCheck`]: the decompressed NAR against the *signed* `NarHash` and `NarSize`. Required
-//!   for bytes from a peer: a peer can choose `FileHash`/`FileSize`/`URL` freely (the
-//!   signature does not cover them), but not the NAR inside.
+//!   `FileHash`, and its first bytes against the named compression. None of these is signed:
+//!   they name the file (its content address) and filter early, nothing more.
+//! - [`NarCheck`]: the decompressed NAR. It always begins with the NAR header
+//!   (`nix-archive-1`), so an unrelated body is never taken for a NAR; against the *signed*
+//!   `NarHash` and `NarSize` whenever a narinfo told them. A source can choose
+//!   `FileHash`/`FileSize`/`URL`/`Compression` freely (the signature does not cover them), but
+//!   not the NAR inside.
+//!
+//! Failures are a [`VerifyError`] that names the check, so callers decide with a `match`.
 
 use std::io::Write;
 
 use sha2::Digest;
+use thiserror::Error;
 
-use super::FetchError;
-use crate::nix::compression::Compression;
+use super::decode::Decoder;
+use crate::nix::compression::{Compression, NAR_MAGIC};
 use crate::nix::hash::Sha256;
 
-fn rejected(msg: String) -> FetchError {
-    FetchError::Verification(msg)
+/// Which check refused the bytes (each says what it saw and what was promised).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum VerifyError {
+    #[error("Content-Length {got}, FileSize says {want}")]
+    Length { got: u64, want: u64 },
+    #[error("longer than FileSize {0}")]
+    FileTooLong(u64),
+    #[error("{got} bytes, FileSize says {want}")]
+    FileSize { got: u64, want: u64 },
+    #[error("sha256 {got}, FileHash says {want}")]
+    FileHash { got: Sha256, want: Sha256 },
+    #[error("bytes are not {0:?}-compressed as the narinfo says")]
+    Magic(Compression),
+    #[error(
+        "{0:?}-compressed NARs cannot be decompressed here, so their NarHash cannot be checked"
+    )]
+    Uncheckable(Compression),
+    #[error("NAR does not decompress: {0}")]
+    Decode(String),
+    #[error("not a NAR: the decompressed bytes do not begin with nix-archive-1")]
+    NotANar,
+    #[error("decompresses to more than NarSize {0}")]
+    NarTooLong(u64),
+    #[error("decompresses to {got} bytes, NarSize says {want}")]
+    NarSize { got: u64, want: u64 },
+    #[error("NAR sha256 {got}, NarHash says {want}")]
+    NarHash { got: Sha256, want: Sha256 },
+}
+
+impl VerifyError {
+    /// Whether the decompressed NAR contradicts the narinfo (NarHash/NarSize, or it is no NAR
+    /// at all): the file may be right for its FileHash and the narinfo that named it wrong.
+    pub fn refutes_narinfo(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::Decode(_)
+                | VerifyError::NotANar
+                | VerifyError::NarTooLong(_)
+                | VerifyError::NarSize { .. }
+                | VerifyError::NarHash { .. }
+        )
+    }
 }
 
 /// What the narinfo promised about the stored file.
@@ -45,10 +90,10 @@ impl FileCheck {
         }
     }
 
-    pub fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), VerifyError> {
         self.written += chunk.len() as u64;
         if let Some(size) = self.expect.file_size.filter(|s| self.written > *s) {
-            return Err(rejected(format!("longer than FileSize {size}")));
+            return Err(VerifyError::FileTooLong(size));
         }
         let want = Compression::MAGIC_LEN.saturating_sub(self.head.len());
         self.head.extend_from_slice(&chunk[..want.min(chunk.len())]);
@@ -56,48 +101,63 @@ impl FileCheck {
         Ok(())
     }
 
-    pub fn finish(self) -> Result<u64, FetchError> {
-        if let Some(size) = self.expect.file_size.filter(|s| *s != self.written) {
-            return Err(rejected(format!(
-                "{} bytes, FileSize says {size}",
-                self.written
-            )));
+    pub fn finish(self) -> Result<u64, VerifyError> {
+        if let Some(want) = self.expect.file_size.filter(|s| *s != self.written) {
+            return Err(VerifyError::FileSize {
+                got: self.written,
+                want,
+            });
         }
         let got = Sha256(self.hasher.finalize().into());
         if got != self.expect.file_hash {
-            return Err(rejected(format!(
-                "sha256 {got}, FileHash says {}",
-                self.expect.file_hash
-            )));
+            return Err(VerifyError::FileHash {
+                got,
+                want: self.expect.file_hash,
+            });
         }
         if let Some(c) = self
             .expect
             .compression
             .filter(|c| !c.matches_magic(&self.head))
         {
-            return Err(rejected(format!(
-                "bytes are not {c:?}-compressed as the narinfo says"
-            )));
+            return Err(VerifyError::Magic(c));
         }
         Ok(self.written)
     }
 }
 
-/// Hashes and counts decompressed bytes, refusing more than the signed NarSize.
+/// Where decompressed bytes go: their first bytes are compared with the NAR header, and they
+/// are hashed and counted, refusing more than the signed NarSize.
 struct NarSink {
     hasher: sha2::Sha256,
     size: u64,
     limit: u64,
+    /// How many leading bytes matched [`NAR_MAGIC`] so far.
+    header: usize,
+    /// Why the sink refused a write (read back after the decoder returns an error).
+    refused: Option<VerifyError>,
+}
+
+impl NarSink {
+    fn header_seen(&self) -> bool {
+        self.header == NAR_MAGIC.len()
+    }
 }
 
 impl Write for NarSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.header_seen() {
+            let n = (NAR_MAGIC.len() - self.header).min(buf.len());
+            if buf[..n] != NAR_MAGIC[self.header..self.header + n] {
+                self.refused = Some(VerifyError::NotANar);
+                return Err(std::io::Error::other("not a NAR"));
+            }
+            self.header += n;
+        }
         self.size += buf.len() as u64;
         if self.size > self.limit {
-            return Err(std::io::Error::other(format!(
-                "decompresses to more than NarSize {}",
-                self.limit
-            )));
+            self.refused = Some(VerifyError::NarTooLong(self.limit));
+            return Err(std::io::Error::other("longer than NarSize"));
         }
         self.hasher.update(buf);
         Ok(buf.len())
@@ -107,72 +167,91 @@ impl Write for NarSink {
     }
 }
 
-enum Decoder {
-    None(NarSink),
-    Xz(xz2::write::XzDecoder<NarSink>),
-    Zstd(zstd::stream::write::Decoder<'static, NarSink>),
-    Bzip2(bzip2::write::BzDecoder<NarSink>),
-}
-
-/// Checks of the decompressed NAR against the signed `NarHash`/`NarSize`.
+/// Checks of the decompressed NAR: its header always, the signed `NarHash`/`NarSize` when
+/// known.
 pub struct NarCheck {
-    decoder: Decoder,
-    nar_hash: Sha256,
-    nar_size: u64,
+    decoder: Decoder<NarSink>,
+    /// The signed NarHash and NarSize, when a narinfo told them.
+    signed: Option<(Sha256, u64)>,
 }
 
 impl NarCheck {
-    /// `None` when nixgate cannot decompress `compression` (then peer bytes are not usable).
-    pub fn new(compression: Compression, nar_hash: Sha256, nar_size: u64) -> Option<Self> {
+    /// The checks of a NAR compressed with `compression`, against `signed` (NarHash, NarSize)
+    /// when known; [`VerifyError::Uncheckable`] when nixgate cannot decompress it.
+    pub fn new(
+        compression: Compression,
+        signed: Option<(Sha256, u64)>,
+    ) -> Result<Self, VerifyError> {
         let sink = NarSink {
             hasher: sha2::Sha256::new(),
             size: 0,
-            limit: nar_size,
+            limit: signed.map_or(u64::MAX, |(_, size)| size),
+            header: 0,
+            refused: None,
         };
-        let decoder = match compression {
-            Compression::None => Decoder::None(sink),
-            Compression::Xz => Decoder::Xz(xz2::write::XzDecoder::new_multi_decoder(sink)),
-            Compression::Zstd => Decoder::Zstd(zstd::stream::write::Decoder::new(sink).ok()?),
-            Compression::Bzip2 => Decoder::Bzip2(bzip2::write::BzDecoder::new(sink)),
-            _ => return None,
-        };
-        Some(NarCheck {
-            decoder,
-            nar_hash,
-            nar_size,
+        let decoder =
+            Decoder::new(compression, sink).ok_or(VerifyError::Uncheckable(compression))?;
+        Ok(NarCheck { decoder, signed })
+    }
+
+    /// The checks against a signed `nar_hash` and `nar_size`.
+    pub fn signed(c: Compression, nar_hash: Sha256, nar_size: u64) -> Result<Self, VerifyError> {
+        Self::new(c, Some((nar_hash, nar_size)))
+    }
+
+    /// Whether the signed NarHash is checked (so bytes from peers may make up the file).
+    pub fn checks_nar_hash(&self) -> bool {
+        self.signed.is_some()
+    }
+
+    /// Whether the decompressed bytes so far began with the whole NAR header.
+    pub fn header_seen(&self) -> bool {
+        self.decoder.sink().header_seen()
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), VerifyError> {
+        // Without a NarHash to check, decoding past the header buys nothing.
+        if self.signed.is_none() && self.header_seen() {
+            return Ok(());
+        }
+        self.decoder.write_all(chunk).map_err(|e| {
+            let refused = self.decoder.sink().refused.clone();
+            refused.unwrap_or_else(|| VerifyError::Decode(e.to_string()))
         })
     }
 
-    pub fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
-        let r = match &mut self.decoder {
-            Decoder::None(s) => s.write_all(chunk),
-            Decoder::Xz(d) => d.write_all(chunk),
-            Decoder::Zstd(d) => d.write_all(chunk),
-            Decoder::Bzip2(d) => d.write_all(chunk),
-        };
-        r.map_err(|e| rejected(format!("NAR does not decompress: {e}")))
-    }
-
-    pub fn finish(self) -> Result<(), FetchError> {
-        let sink = match self.decoder {
-            Decoder::None(s) => Ok(s),
-            Decoder::Xz(mut d) => d.finish(),
-            Decoder::Zstd(mut d) => d.flush().map(|()| d.into_inner()),
-            Decoder::Bzip2(mut d) => d.finish(),
+    pub fn finish(self) -> Result<(), VerifyError> {
+        let signed = self.signed;
+        if signed.is_none() {
+            // Only the header was checked (decoding stopped there).
+            return match self.header_seen() {
+                true => Ok(()),
+                false => Err(VerifyError::NotANar),
+            };
         }
-        .map_err(|e| rejected(format!("NAR does not decompress: {e}")))?;
-        if sink.size != self.nar_size {
-            return Err(rejected(format!(
-                "decompresses to {} bytes, NarSize says {}",
-                sink.size, self.nar_size
-            )));
+        let sink = self
+            .decoder
+            .finish()
+            .map_err(|e| VerifyError::Decode(e.to_string()))?;
+        if let Some(refused) = sink.refused {
+            return Err(refused);
+        }
+        if !sink.header_seen() {
+            return Err(VerifyError::NotANar);
+        }
+        let (want_hash, want_size) = signed.expect("checked above");
+        if sink.size != want_size {
+            return Err(VerifyError::NarSize {
+                got: sink.size,
+                want: want_size,
+            });
         }
         let got = Sha256(sink.hasher.finalize().into());
-        if got != self.nar_hash {
-            return Err(rejected(format!(
-                "NAR sha256 {got}, NarHash says {}",
-                self.nar_hash
-            )));
+        if got != want_hash {
+            return Err(VerifyError::NarHash {
+                got,
+                want: want_hash,
+            });
         }
         Ok(())
     }
@@ -183,8 +262,10 @@ mod tests {
     use super::*;
 
     fn nar_bytes() -> Vec<u8> {
-        // Any bytes will do for the hash check; make them long enough to span chunks.
-        (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect()
+        // A NAR header, then any bytes, long enough to span chunks.
+        let mut nar = NAR_MAGIC.to_vec();
+        nar.extend((0..200_000u32).flat_map(|i| i.to_le_bytes()));
+        nar
     }
 
     fn compress(c: Compression, data: &[u8]) -> Vec<u8> {
@@ -201,12 +282,33 @@ mod tests {
                 e.write_all(data).unwrap();
                 e.finish().unwrap()
             }
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
             _ => unreachable!(),
         }
     }
 
-    fn check(c: Compression, file: &[u8], hash: Sha256, size: u64) -> Result<(), FetchError> {
-        let mut n = NarCheck::new(c, hash, size).unwrap();
+    const DECODABLE: [Compression; 5] = [
+        Compression::None,
+        Compression::Xz,
+        Compression::Zstd,
+        Compression::Bzip2,
+        Compression::Gzip,
+    ];
+
+    fn check(c: Compression, file: &[u8], hash: Sha256, size: u64) -> Result<(), VerifyError> {
+        check_with(c, file, Some((hash, size)))
+    }
+
+    fn check_with(
+        c: Compression,
+        file: &[u8],
+        signed: Option<(Sha256, u64)>,
+    ) -> Result<(), VerifyError> {
+        let mut n = NarCheck::new(c, signed).unwrap();
         for chunk in file.chunks(7_777) {
             n.update(chunk)?;
         }
@@ -218,12 +320,7 @@ mod tests {
         let nar = nar_bytes();
         let hash = Sha256(sha2::Sha256::digest(&nar).into());
         let size = nar.len() as u64;
-        for c in [
-            Compression::None,
-            Compression::Xz,
-            Compression::Zstd,
-            Compression::Bzip2,
-        ] {
+        for c in DECODABLE {
             let file = compress(c, &nar);
             check(c, &file, hash, size).unwrap_or_else(|e| panic!("{c:?}: {e}"));
 
@@ -243,7 +340,43 @@ mod tests {
                 "{c:?} truncated"
             );
         }
-        assert!(NarCheck::new(Compression::Brotli, hash, size).is_none());
+        for c in [Compression::Lz4, Compression::Lzip, Compression::Other] {
+            assert_eq!(
+                NarCheck::signed(c, hash, size).err(),
+                Some(VerifyError::Uncheckable(c))
+            );
+        }
+    }
+
+    #[test]
+    fn every_nar_begins_with_its_header() {
+        let nar = nar_bytes();
+        let hash = Sha256(sha2::Sha256::digest(&nar).into());
+        let mut html = b"<html>internal page</html>".to_vec();
+        html.resize(nar.len(), b' ');
+        let html_hash = Sha256(sha2::Sha256::digest(&html).into());
+        for c in DECODABLE {
+            // Signed or not, a body that is no NAR is refused, as soon as its start decodes.
+            let file = compress(c, &html);
+            let signed = Some((html_hash, html.len() as u64));
+            assert_eq!(
+                check_with(c, &file, signed),
+                Err(VerifyError::NotANar),
+                "{c:?}"
+            );
+            let mut n = NarCheck::new(c, None).unwrap();
+            let first = n.update(&file);
+            assert!(first.is_err() || n.finish().is_err(), "{c:?} unsigned");
+            // A real NAR passes the header check without a narinfo, and with one.
+            let file = compress(c, &nar);
+            check_with(c, &file, None).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            check(c, &file, hash, nar.len() as u64).unwrap();
+        }
+        let mut n = NarCheck::new(Compression::None, None).unwrap();
+        n.update(&NAR_MAGIC[..20]).unwrap();
+        assert!(!n.header_seen());
+        n.update(&NAR_MAGIC[20..]).unwrap();
+        assert!(n.header_seen());
     }
 
     #[test]
@@ -264,12 +397,12 @@ mod tests {
             ..expect
         });
         f.update(&data).unwrap();
-        assert!(f.finish().is_err(), "wrong magic");
+        assert_eq!(f.finish(), Err(VerifyError::Magic(Compression::Zstd)));
 
         let mut f = FileCheck::new(FileExpect {
             file_size: Some(10),
             ..expect
         });
-        assert!(f.update(&data).is_err(), "longer than FileSize");
+        assert_eq!(f.update(&data), Err(VerifyError::FileTooLong(10)));
     }
 }

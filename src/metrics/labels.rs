@@ -72,6 +72,16 @@ label_enum!(
 );
 
 label_enum!(
+    /// Why data from a source was refused before any check of its content could pass: a
+    /// narinfo `URL` outside the configured origins, a compression nixgate cannot check, a
+    /// body that decompresses to no NAR, a source slower than the minimum progress.
+    Untrusted {
+        NarinfoUrl => "narinfo_url", Compression => "compression", NotANar => "not_a_nar",
+        TooSlow => "too_slow",
+    }
+);
+
+label_enum!(
     /// How an upload request (`PUT`) ended.
     UploadOutcome {
         Stored => "stored", Staged => "staged", Replicated => "replicated",

@@ -24,6 +24,7 @@ pub struct Metrics {
     cache_entries: AtomicU64,
     evictions: AtomicU64,
     verification_failures: [AtomicU64; Source::COUNT],
+    untrusted: [AtomicU64; Untrusted::COUNT],
     coalesced: AtomicU64,
     resumed: [AtomicU64; Source::COUNT],
     torrents_seeding: AtomicU64,
@@ -51,6 +52,7 @@ impl Default for Metrics {
             cache_entries: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             verification_failures: counters(),
+            untrusted: counters(),
             coalesced: AtomicU64::new(0),
             resumed: counters(),
             torrents_seeding: AtomicU64::new(0),
@@ -91,6 +93,10 @@ impl Metrics {
     }
     pub fn evicted(&self, n: u64) {
         self.evictions.fetch_add(n, Relaxed);
+    }
+    /// Data refused for `why` (see [`Untrusted`]).
+    pub fn untrusted(&self, why: Untrusted) {
+        self.untrusted[why as usize].fetch_add(1, Relaxed);
     }
     pub fn verification_failure(&self, source: Source) {
         self.verification_failures[source as usize].fetch_add(1, Relaxed);

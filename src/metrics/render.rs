@@ -100,6 +100,14 @@ impl Metrics {
                 &self.verification_failures[s as usize]
             }),
             Family::new(
+                "nixgate_untrusted_refused_total",
+                Counter,
+                "Data refused before its content could verify: a narinfo URL outside the \
+                 configured origins (the URL is ignored), a compression nixgate cannot check \
+                 against NarHash, a body that is no NAR, a source below the minimum progress.",
+            )
+            .by("reason", Untrusted::ALL, |r| &self.untrusted[r as usize]),
+            Family::new(
                 "nixgate_coalesced_requests_total",
                 Counter,
                 "Requests that joined a fetch already under way.",

@@ -22,8 +22,9 @@ pub enum Compression {
     Other,
 }
 
-/// The 13 bytes after the 8-byte length prefix that open every NAR.
-const NAR_MAGIC: &[u8] = b"\x0d\0\0\0\0\0\0\0nix-archive-1";
+/// The first 21 bytes of every NAR: the 8-byte length of the string `nix-archive-1`, then it
+/// (`src/libutil/archive.cc`, `narVersionMagic1`).
+pub const NAR_MAGIC: &[u8] = b"\x0d\0\0\0\0\0\0\0nix-archive-1";
 
 /// Every NAR extension Nix may use (with dot, or `""`).
 pub const NAR_EXTENSIONS: [&str; 7] = ["", ".xz", ".bz2", ".zst", ".lzip", ".lz4", ".br"];

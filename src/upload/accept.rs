@@ -65,7 +65,7 @@ fn parse(h: &StorePathHash, body: &[u8]) -> Result<Claim, UploadError> {
         )));
     }
     let compression = Compression::from_field(ni.compression.as_deref());
-    if NarCheck::new(compression, ni.nar_hash, ni.nar_size).is_none() {
+    if NarCheck::signed(compression, ni.nar_hash, ni.nar_size).is_err() {
         return Err(rejected(
             "nixgate cannot decompress this Compression to check NarHash",
         ));
@@ -89,7 +89,7 @@ fn check_nar(path: &Path, c: &Claim) -> Result<(), UploadError> {
             c.file_size
         )));
     }
-    let mut check = NarCheck::new(c.compression, c.ni.nar_hash, c.ni.nar_size)
+    let mut check = NarCheck::signed(c.compression, c.ni.nar_hash, c.ni.nar_size)
         .expect("parse checked the compression");
     let mut buf = vec![0u8; 1 << 16];
     loop {

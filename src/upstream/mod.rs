@@ -286,9 +286,14 @@ impl UpstreamClient {
             count(UpstreamStatus::CircuitOpen);
             return Err(UpstreamError::CircuitOpen);
         }
+        // Credentials go to the exact origin of the upstream they were configured for (a
+        // netrc `default` entry thus only ever reaches a configured upstream), never to a
+        // URL elsewhere, whatever led to it.
         let creds = match asker {
-            Asker::Upstream(_) => url.host_str().and_then(|h| self.netrc.lookup(h)),
-            Asker::Peer | Asker::Fleet => None,
+            Asker::Upstream(_) if url.origin() == up.base.origin() => {
+                url.host_str().and_then(|h| self.netrc.lookup(h))
+            }
+            Asker::Upstream(_) | Asker::Peer | Asker::Fleet => None,
         };
         let mut req = build_request(method, url, asker, creds)?;
         if offset > 0 {

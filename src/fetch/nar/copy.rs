@@ -9,12 +9,14 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::super::verify::VerifyError;
 use super::super::{FetchError, Fetcher};
 use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::relay::{Relay, Sink};
 use super::source::{Body, BytesFrom};
+use super::unproven::Unproven;
 use super::{storage, Download, Progress, Reader, ACCELERATE_AFTER, WRITE_BATCH};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Untrusted};
 use crate::store::WriteHandle;
 use crate::upstream::Upstream;
 
@@ -130,16 +132,16 @@ impl Fetcher {
         relay: &Relay,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
+        // The NAR header always, and the signed NarHash whenever a narinfo told it, whatever
+        // the source: a narinfo's FileHash is unsigned, so it may name another (genuine) file.
+        let checks = Checks::new(plan, plan.nar_check()?);
         let accelerable = self.accelerable(plan);
-        let (from, body, nar_check) = self.open_source(plan, accelerable).await?;
-        // NarHash is checked for every source whose compression can be decoded, before
-        // commit: a peer's narinfo may name another path's (genuine) NAR.
-        let nar_check = nar_check.or_else(|| plan.nar_check());
+        let (from, body) = self.open_source(plan, accelerable).await?;
         // http-first acceleration: a large NAR that a peer holds switches to the swarm if the
         // upstream turns out slow. The swarm's bytes need the NarHash check from byte 0.
         let mut accelerate = None;
         if matches!(from, BytesFrom::Upstream(_)) && accelerable {
-            accelerate = nar_check.is_some().then(Instant::now);
+            accelerate = checks.nar_checked().then(Instant::now);
         }
         let mut feed = Feed {
             from,
@@ -154,7 +156,6 @@ impl Fetcher {
                 sink.expect(len, relay, tx, &plan.fh);
             }
         }
-        let checks = Checks::new(plan, nar_check);
         let size = match self
             .copy(plan, &mut feed, checks, &mut sink, relay, tx)
             .await
@@ -178,6 +179,9 @@ impl Fetcher {
         relay: &Relay,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
+        // Chunks read before the decompressed bytes showed a whole NAR header: not released
+        // to anyone (not even to the temp file that readers tail) until they do.
+        let mut unproven = Unproven::default();
         loop {
             let chunk = match feed.body.batch(WRITE_BATCH).await {
                 Ok(Some(c)) => c,
@@ -194,12 +198,27 @@ impl Fetcher {
                     return Err(FetchError::Unavailable(e));
                 }
             };
-            checks.update(&chunk)?;
+            checks.update(&chunk).map_err(|e| self.not_a_nar(e))?;
             let written = checks.written();
-            sink.put(chunk, written, relay, tx, &plan.fh).await?;
+            let released = unproven.release(chunk, written, checks.header_seen());
+            for (chunk, written) in released.map_err(|e| self.not_a_nar(e))? {
+                sink.put(chunk, written, relay, tx, &plan.fh).await?;
+            }
             self.maybe_switch(plan, feed, written).await;
         }
-        checks.finish()
+        let size = checks.finish().map_err(|e| self.not_a_nar(e))?;
+        for (chunk, written) in unproven.release_all() {
+            sink.put(chunk, written, relay, tx, &plan.fh).await?;
+        }
+        Ok(size)
+    }
+
+    /// Counts a body that decompressed to no NAR (an unrelated page, an error body).
+    fn not_a_nar(&self, e: VerifyError) -> FetchError {
+        if e == VerifyError::NotANar {
+            self.metrics.untrusted(Untrusted::NotANar);
+        }
+        e.into()
     }
 
     /// Once [`ACCELERATE_AFTER`] has passed: if the upstream is slower than the threshold,

@@ -33,7 +33,7 @@ impl Fetcher {
                         }
                     }
                     tracing::debug!(owner = %owner.base, file_hash = %plan.fh, "NAR from the fleet owner");
-                    return Some((BytesFrom::Fleet(owner), Body::Http(body), plan.nar_check()));
+                    return Some((BytesFrom::Fleet(owner), Body::Http(body)));
                 }
                 // The owner found nothing upstream; ask the upstream ourselves (a NAR whose
                 // narinfo we hold should exist; this costs one request and trusts nobody).
@@ -54,7 +54,7 @@ impl Fetcher {
         match self.client.peer_request(&member, Method::GET, &url).await {
             Ok(Answer::Found(body)) if body.content_length == plan.size || plan.size.is_none() => {
                 tracing::debug!(member = %member.base, file_hash = %plan.fh, "NAR from the previous owner");
-                Some((BytesFrom::Fleet(member), Body::Http(body), plan.nar_check()))
+                Some((BytesFrom::Fleet(member), Body::Http(body)))
             }
             _ => None,
         }

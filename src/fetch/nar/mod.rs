@@ -23,6 +23,7 @@ mod relay;
 mod resume;
 mod source;
 mod swarm;
+mod unproven;
 
 pub(super) use passthrough::Hub as PassthroughHub;
 
@@ -124,6 +125,7 @@ impl Fetcher {
         }
         // Whether we fetch it ourselves depends on its owner, which the narinfo tells.
         let plan = self.plan(fh, ext, ask.fleet).await;
+        self.checkable(&plan)?;
         // Planning waited on the disk: a download may have finished meanwhile (committed,
         // then left the in-flight map). Looking again here, with no wait before joining or
         // starting, keeps one download per NAR.
@@ -209,6 +211,7 @@ impl Fetcher {
             return Err(FetchError::NotFound);
         }
         let plan = self.plan(fh, ext, ask.fleet).await;
+        self.checkable(&plan)?;
         if plan.size.is_some() {
             return Ok(plan.size);
         }

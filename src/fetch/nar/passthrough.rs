@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use super::super::verify::VerifyError;
 use super::super::{FetchError, Fetcher};
 use super::plan::{is_nar_mismatch, Checks, Plan};
+use super::unproven::Unproven;
 use super::{NarSource, WRITE_BATCH};
 use crate::metrics::Source;
 use crate::upstream::UpstreamBody;
@@ -78,11 +80,14 @@ impl Fanout {
 }
 
 impl Fetcher {
-    fn count_rejected<T>(&self, r: Result<T, FetchError>) -> Result<T, FetchError> {
-        if r.is_err() {
+    fn count_rejected<T>(&self, r: Result<T, VerifyError>) -> Result<T, FetchError> {
+        r.map_err(|e| {
             self.metrics.verification_failure(Source::Upstream);
-        }
-        r
+            if e == VerifyError::NotANar {
+                self.metrics.untrusted(crate::metrics::Untrusted::NotANar);
+            }
+            e.into()
+        })
     }
 
     /// Joins the passthrough of this NAR that has not sent anything yet, or starts one.
@@ -158,21 +163,34 @@ impl Fetcher {
     }
 
     /// Copies `body` to the hub's clients, one chunk behind, and sends the last one only once
-    /// verified.
+    /// verified; nothing before the bytes showed a NAR header.
     async fn relay(&self, plan: Plan, mut body: UpstreamBody, hub: Hub) {
         let mut out = Fanout { hub, clients: None };
-        let mut verifier = Checks::new(&plan, plan.nar_check());
+        let mut verifier = match plan.nar_check() {
+            Ok(nar) => Checks::new(&plan, nar),
+            Err(e) => {
+                out.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let mut unproven = Unproven::default();
         let mut held: Option<Bytes> = None;
         let mut resumes = 0;
         let end = loop {
             match body.batch(WRITE_BATCH).await {
                 Ok(Some(c)) => {
-                    if let Err(e) = self.count_rejected(verifier.update(&c)) {
-                        break Err(e);
-                    }
-                    if let Some(prev) = held.replace(c) {
-                        if !out.send(Ok(prev)).await {
-                            return; // every client went away; nobody else wants it
+                    let checked = verifier.update(&c).and_then(|()| {
+                        unproven.release(c, verifier.written(), verifier.header_seen())
+                    });
+                    let released = match self.count_rejected(checked) {
+                        Ok(r) => r,
+                        Err(e) => break Err(e),
+                    };
+                    for (chunk, _) in released {
+                        if let Some(prev) = held.replace(chunk) {
+                            if !out.send(Ok(prev)).await {
+                                return; // every client went away; nobody else wants it
+                            }
                         }
                     }
                 }
@@ -189,6 +207,13 @@ impl Fetcher {
         let last = match end {
             Ok(n) => {
                 self.metrics.fetched(Source::Upstream, n);
+                for (chunk, _) in unproven.release_all() {
+                    if let Some(prev) = held.replace(chunk) {
+                        if !out.send(Ok(prev)).await {
+                            return;
+                        }
+                    }
+                }
                 held.map(Ok)
             }
             Err(e) => {

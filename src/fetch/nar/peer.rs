@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::super::verify::NarCheck;
 use super::super::Fetcher;
 use super::plan::Plan;
 use crate::metrics::Source;
@@ -13,11 +12,10 @@ use crate::upstream::{Answer, Upstream, UpstreamBody};
 impl Fetcher {
     /// Every upstream failed: the first peer that holds the NAR (only-if-cached). Only when the
     /// signed NarHash is known and nixgate can decompress the file to check it.
-    pub(super) async fn open_peer(
-        &self,
-        plan: &Plan,
-    ) -> Option<(Arc<Upstream>, UpstreamBody, NarCheck)> {
-        let check = plan.nar_check()?;
+    pub(super) async fn open_peer(&self, plan: &Plan) -> Option<(Arc<Upstream>, UpstreamBody)> {
+        if !plan.nar_hash_checked() {
+            return None;
+        }
         let rel = plan.rel();
         for peer in self.peers.candidates(&plan.digest_key()) {
             let Ok(url) = peer.base.join(&rel) else {
@@ -34,7 +32,7 @@ impl Fetcher {
                         }
                     }
                     tracing::info!(peer = %peer.base, file_hash = %plan.fh, "NAR from peer");
-                    return Some((peer, body, check));
+                    return Some((peer, body));
                 }
                 Ok(Answer::NotFound) => {}
                 Err(e) => {

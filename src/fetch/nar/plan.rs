@@ -6,9 +6,10 @@ use std::sync::Arc;
 use url::Url;
 
 use super::super::narinfo::parse_stored;
-use super::super::verify::{FileCheck, FileExpect, NarCheck};
+use super::super::verify::{FileCheck, FileExpect, NarCheck, VerifyError};
 use super::super::{FetchError, Fetcher};
 use crate::fetch::PeerPolicy;
+use crate::metrics::Untrusted;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
@@ -41,28 +42,26 @@ pub(super) struct Plan {
     pub narinfo: Option<StorePathHash>,
 }
 
-/// Starts the message of a verification failure of the decompressed NAR (NarHash/NarSize):
-/// the bytes may be right for their FileHash and the narinfo wrong.
-const NAR_MISMATCH: &str = "against the narinfo's NarHash: ";
-
-/// Whether `e` is a failure of the NarHash/NarSize check (see [`NAR_MISMATCH`]).
+/// Whether `e` says the decompressed NAR contradicts the narinfo (NarHash/NarSize): the
+/// bytes may be right for their FileHash and the narinfo wrong.
 pub(super) fn is_nar_mismatch(e: &FetchError) -> bool {
-    matches!(e, FetchError::Verification(m) if m.starts_with(NAR_MISMATCH))
-}
-
-fn nar_mismatch(e: FetchError) -> FetchError {
-    match e {
-        FetchError::Verification(m) => FetchError::Verification(format!("{NAR_MISMATCH}{m}")),
-        e => e,
-    }
+    matches!(e, FetchError::Verification(v) if v.refutes_narinfo())
 }
 
 impl Plan {
-    /// The check of the decompressed NAR against the signed NarHash/NarSize, when the narinfo
-    /// gave them and nixgate can decompress this compression (needed for bytes from peers).
-    pub fn nar_check(&self) -> Option<NarCheck> {
-        let (nar_hash, nar_size) = self.nar?;
-        NarCheck::new(self.compression?, nar_hash, nar_size)
+    /// The check of the decompressed NAR: its header always, the signed NarHash/NarSize when
+    /// the narinfo gave them. An error when nixgate cannot decompress the NAR's compression
+    /// (then it is neither stored nor served). Without a narinfo or a compression-naming
+    /// extension (`.nar`), the file is taken as uncompressed.
+    pub fn nar_check(&self) -> Result<NarCheck, VerifyError> {
+        NarCheck::new(self.compression.unwrap_or(Compression::None), self.nar)
+    }
+
+    /// Whether the bytes will be checked against the signed NarHash: peers and the swarm may
+    /// send (or continue) the file only then.
+    pub fn nar_hash_checked(&self) -> bool {
+        self.nar.is_some()
+            && super::super::decode::supports(self.compression.unwrap_or(Compression::None))
     }
 
     /// The NAR's path relative to a cache's base URL.
@@ -76,14 +75,15 @@ impl Plan {
     }
 }
 
-/// The checks for one source: the file always; the decompressed NAR when it can be decoded.
+/// The checks for one source: the file (its FileHash, a content address) and the
+/// decompressed NAR (its header; the signed NarHash when known).
 pub(super) struct Checks {
     file: FileCheck,
-    nar: Option<NarCheck>,
+    nar: NarCheck,
 }
 
 impl Checks {
-    pub fn new(plan: &Plan, nar: Option<NarCheck>) -> Self {
+    pub fn new(plan: &Plan, nar: NarCheck) -> Self {
         Checks {
             file: FileCheck::new(FileExpect {
                 file_hash: plan.fh,
@@ -101,27 +101,41 @@ impl Checks {
     /// Whether the decompressed NAR is checked against the signed NarHash (so that bytes
     /// from peers or the swarm may continue the file).
     pub fn nar_checked(&self) -> bool {
-        self.nar.is_some()
+        self.nar.checks_nar_hash()
     }
 
-    pub fn update(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+    /// Whether the bytes so far decompress to a whole NAR header: nothing is released to a
+    /// client before, so a body that is no NAR never reaches one.
+    pub fn header_seen(&self) -> bool {
+        self.nar.header_seen()
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), VerifyError> {
         self.file.update(chunk)?;
-        match &mut self.nar {
-            Some(n) => n.update(chunk).map_err(nar_mismatch),
-            None => Ok(()),
-        }
+        self.nar.update(chunk)
     }
 
-    pub fn finish(self) -> Result<u64, FetchError> {
+    pub fn finish(self) -> Result<u64, VerifyError> {
         let n = self.file.finish()?;
-        if let Some(nar) = self.nar {
-            nar.finish().map_err(nar_mismatch)?;
-        }
+        self.nar.finish()?;
         Ok(n)
     }
 }
 
 impl Fetcher {
+    /// Refuses, before any byte is fetched, a NAR whose compression nixgate cannot decompress
+    /// to check (counted and logged: an operator sees which cache writes what).
+    pub(super) fn checkable(&self, plan: &Plan) -> Result<(), FetchError> {
+        match plan.nar_check() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.metrics.untrusted(Untrusted::Compression);
+                tracing::warn!(file_hash = %plan.fh, error = %e, "refusing a NAR nixgate cannot check against its NarHash");
+                Err(e.into())
+            }
+        }
+    }
+
     /// Candidate URLs: the one a cached narinfo recorded, then each upstream's standard
     /// `nar/<FileHash>.nar<ext>` (any of them will do: the bytes are checked against the hash).
     pub(super) async fn plan(&self, fh: Sha256, ext: &'static str, fleet: bool) -> Plan {
@@ -145,13 +159,16 @@ impl Fetcher {
             if c.extension() != ext {
                 continue;
             }
-            // Breaker accounting goes to the upstream with the same origin (else the first).
-            let i = self
+            // The recorded URL is asked as the upstream with its origin, and only then: a
+            // cache written before the URL rules (or by hand) may record any URL.
+            let origin = url.origin();
+            if let Some(i) = self
                 .upstreams
                 .iter()
-                .position(|u| u.base.origin() == url.origin())
-                .unwrap_or(0);
-            plan.candidates.push((i, url));
+                .position(|u| u.base.origin() == origin)
+            {
+                plan.candidates.push((i, url));
+            }
             plan.size = ni.file_size;
             plan.compression = Some(c);
             plan.nar = Some((ni.nar_hash, ni.nar_size));

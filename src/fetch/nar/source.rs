@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Method;
 
-use super::super::verify::NarCheck;
+use super::super::verify::VerifyError;
 use super::super::{FetchError, Fetcher};
 use super::plan::Plan;
 use super::swarm::Swarm;
@@ -71,16 +71,12 @@ impl Body {
     }
 }
 
-/// An opened source: who sends, the stream, and the NarHash check its bytes need.
-pub(super) type Opened<'a> = (BytesFrom<'a>, Body, Option<NarCheck>);
+/// An opened source: who sends, and the stream.
+pub(super) type Opened<'a> = (BytesFrom<'a>, Body);
 
 /// A swarm download as a download's source.
 fn from_swarm<'a>(swarm: Swarm) -> Opened<'a> {
-    (
-        BytesFrom::Torrent(swarm.holders),
-        Body::Torrent(swarm.body),
-        Some(swarm.check),
-    )
+    (BytesFrom::Torrent(swarm.holders), Body::Torrent(swarm.body))
 }
 
 impl Fetcher {
@@ -130,15 +126,13 @@ impl Fetcher {
         upstream: Result<(&'a Upstream, UpstreamBody), FetchError>,
     ) -> Result<Opened<'a>, FetchError> {
         match upstream {
-            Ok((up, body)) => Ok((BytesFrom::Upstream(up), Body::Http(body), None)),
+            Ok((up, body)) => Ok((BytesFrom::Upstream(up), Body::Http(body))),
             Err(e) => {
                 if let Some(swarm) = self.open_torrent(plan).await {
                     return Ok(from_swarm(swarm));
                 }
                 match self.open_peer(plan).await {
-                    Some((peer, body, check)) => {
-                        Ok((BytesFrom::Peer(peer), Body::Http(body), Some(check)))
-                    }
+                    Some((peer, body)) => Ok((BytesFrom::Peer(peer), Body::Http(body))),
                     None => Err(e),
                 }
             }
@@ -163,9 +157,7 @@ impl Fetcher {
                         if got != want {
                             self.metrics.verification_failure(Source::Upstream);
                             tracing::warn!(url = %url, got, want, "upstream NAR length differs from FileSize");
-                            failure = Some(FetchError::Verification(format!(
-                                "Content-Length {got}, FileSize {want}"
-                            )));
+                            failure = Some(VerifyError::Length { got, want }.into());
                             continue;
                         }
                     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use http::Method;
 use url::Url;
 
-use super::super::verify::NarCheck;
 use super::super::Fetcher;
 use super::plan::Plan;
 use crate::metrics::Source;
@@ -20,7 +19,6 @@ pub(super) struct Swarm {
     /// The peers whose `.torrent` it was (put on probation if the bytes do not verify).
     pub holders: Vec<Arc<Upstream>>,
     pub body: TorrentBody,
-    pub check: NarCheck,
 }
 
 /// The torrent the holders agreed on, who they are and where they listen.
@@ -49,7 +47,10 @@ impl Fetcher {
     /// does not is counted and put on probation.
     pub(super) async fn open_torrent(&self, plan: &Plan) -> Option<Swarm> {
         let engine = self.torrent()?.clone();
-        let check = plan.nar_check()?;
+        // The swarm is anybody's: its bytes are taken only against the signed NarHash.
+        if !plan.nar_hash_checked() {
+            return None;
+        }
         let expected = Expected::for_nar(&plan.fh, plan.ext, plan.size?);
         let agreed = self.torrents_of_holders(plan, &expected).await;
         let torrent = agreed.torrent?;
@@ -60,7 +61,6 @@ impl Fetcher {
                 Some(Swarm {
                     holders: agreed.holders,
                     body,
-                    check,
                 })
             }
             Err(e) => {

@@ -7,77 +7,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Method;
-use thiserror::Error;
 use url::Url;
 
 use super::{Ask, FetchError, Fetcher};
-use crate::metrics::Source;
-use crate::nix::compression::Compression;
-use crate::nix::narinfo::{NarInfo, NarInfoError, MAX_NARINFO_BYTES};
+use crate::metrics::{Source, Untrusted};
+use crate::nix::narinfo::MAX_NARINFO_BYTES;
 use crate::nix::store_path::StorePathHash;
-use crate::nix::STORE_DIR;
 use crate::upstream::{Answer, Upstream, UpstreamError};
 
-/// Why an upstream narinfo was refused (it is then treated as absent, and counted).
-#[derive(Debug, Error)]
-pub enum Rejected {
-    #[error("malformed: {0}")]
-    Malformed(#[from] NarInfoError),
-    #[error("is for store path {0}, not the requested hash")]
-    WrongPath(String),
-    #[error("no signature by a trusted key")]
-    Untrusted,
-    #[error("lacks FileHash/FileSize, so the NAR could not be verified")]
-    Unverifiable,
-    #[error("URL {0:?} cannot be resolved")]
-    Url(String),
-}
+mod accept;
 
-/// The served part of a stored narinfo file (after the upstream-URL line).
-pub fn served_part(stored: &Bytes) -> Bytes {
-    let start = stored.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-    stored.slice(start..)
-}
-
-/// The upstream NAR URL recorded in a stored narinfo file.
-pub fn upstream_url(stored: &[u8]) -> Option<Url> {
-    let line = stored.split(|&b| b == b'\n').next()?;
-    Url::parse(std::str::from_utf8(line).ok()?).ok()
-}
-
-/// Decodes a stored narinfo file into its upstream NAR URL and the narinfo as served.
-pub fn parse_stored(stored: &Bytes) -> Option<(Url, NarInfo)> {
-    let served = served_part(stored);
-    let ni = NarInfo::parse(std::str::from_utf8(&served).ok()?, STORE_DIR).ok()?;
-    Some((upstream_url(stored)?, ni))
-}
-
-/// Checks a narinfo (from an upstream or a peer) and builds the file to store; its NAR URL is
-/// resolved against `nar_base` (an upstream's base, where the NAR is refetched after eviction).
-pub(super) fn accept(
-    h: &StorePathHash,
-    nar_base: &Url,
-    body: &[u8],
-    keys: &crate::nix::signature::TrustedKeys,
-) -> Result<(crate::nix::hash::Sha256, String), Rejected> {
-    let text = std::str::from_utf8(body).map_err(|_| NarInfoError::Utf8)?;
-    let mut ni = NarInfo::parse(text, STORE_DIR)?;
-    if ni.base.hash != *h {
-        return Err(Rejected::WrongPath(ni.store_path));
-    }
-    if !keys.verifies_any(&ni.fingerprint(STORE_DIR), &ni.sigs) {
-        return Err(Rejected::Untrusted);
-    }
-    let (Some(fh), Some(_)) = (ni.file_hash, ni.file_size) else {
-        return Err(Rejected::Unverifiable);
-    };
-    let nar_url = nar_base
-        .join(&ni.url)
-        .map_err(|_| Rejected::Url(ni.url.clone()))?;
-    let ext = Compression::from_field(ni.compression.as_deref()).extension();
-    ni.url = format!("nar/{}.nar{ext}", fh.to_nix32());
-    Ok((fh, format!("{nar_url}\n{ni}")))
-}
+pub(super) use accept::{accept, Accepted, NarAt};
+pub use accept::{parse_stored, served_part, upstream_url, Rejected};
 
 /// How a narinfo is asked for.
 #[derive(Clone, Copy)]
@@ -90,6 +31,34 @@ pub(super) enum Via {
 }
 
 impl Fetcher {
+    /// [`accept`] for a narinfo from the upstream `up`: its `URL` is followed only within
+    /// the configured upstreams' origins; a refusal is counted and logged (the NAR then
+    /// comes from the standard location under `up`).
+    pub(super) fn accept_upstream(
+        &self,
+        h: &StorePathHash,
+        up: &Upstream,
+        body: &[u8],
+    ) -> Result<Accepted, Rejected> {
+        let origins: Vec<&Url> = self.upstreams.iter().map(|u| &u.base).collect();
+        let at = NarAt::Upstream {
+            base: &up.base,
+            origins: &origins,
+        };
+        let accepted = accept(h, at, body, &self.keys)?;
+        if let Some(why) = &accepted.url_refused {
+            self.metrics.untrusted(Untrusted::NarinfoUrl);
+            tracing::warn!(upstream = %up.base, hash = %h, reason = %why, "narinfo URL not followed; fetching the NAR from its standard location");
+        }
+        Ok(accepted)
+    }
+
+    /// Where a NAR whose narinfo came from `member` is refetched: the first upstream's
+    /// standard location (the member's own base only when no upstream is configured).
+    fn refetch_base<'a>(&'a self, member: &'a Upstream) -> &'a Url {
+        self.upstreams.first().map_or(&member.base, |u| &u.base)
+    }
+
     /// The narinfo for `h` as served, from cache or (unless `only_if_cached`) upstream.
     /// The boolean is true on a cache hit.
     pub async fn narinfo(
@@ -166,8 +135,8 @@ impl Fetcher {
                     continue;
                 }
             };
-            match accept(&h, &up.base, &body, &self.keys) {
-                Ok((fh, stored)) => return self.save(h, fh, stored, Source::Upstream).await,
+            match self.accept_upstream(&h, up, &body) {
+                Ok(a) => return self.save(h, a.fh, a.stored, Source::Upstream).await,
                 Err(why) => {
                     self.metrics.verification_failure(Source::Upstream);
                     tracing::warn!(upstream = %up.base, hash = %h, reason = %why, "rejected upstream narinfo");
@@ -215,8 +184,9 @@ impl Fetcher {
     /// Asks fleet `members` for `h` in order, as the upstream would be asked: a narinfo is
     /// taken only with a trusted signature for the right path; a member that sends anything
     /// else is counted and put on probation, and the next is asked. An owner's 404 (`via`
-    /// fleet) is taken as the upstream's (it asked them); a successor's (`via` peer,
-    /// only-if-cached) only means it does not hold it. `None`: nobody had an answer.
+    /// fleet) is taken as the upstream's (it asked them) but not remembered: negative entries
+    /// come only from our own upstreams; a successor's (`via` peer, only-if-cached) only means
+    /// it does not hold it. `None`: nobody had an answer.
     async fn narinfo_from_members(
         &self,
         h: StorePathHash,
@@ -227,20 +197,17 @@ impl Fetcher {
             let body = match self.get_narinfo(&owner, h, via).await {
                 Ok(Some(b)) => b,
                 Ok(None) if matches!(via, Via::Peer) => continue,
-                Ok(None) => {
-                    self.remember_not_found(format!("{h}.narinfo"));
-                    return Some(Err(FetchError::NotFound));
-                }
+                Ok(None) => return Some(Err(FetchError::NotFound)),
                 Err(e) => {
                     tracing::info!(owner = %owner.base, hash = %h, error = %e, "fleet owner failed; trying the next");
                     continue;
                 }
             };
-            let nar_base = self.upstreams.first().map_or(&owner.base, |u| &u.base);
-            match accept(&h, nar_base, &body, &self.keys) {
+            let at = NarAt::Standard(self.refetch_base(&owner));
+            match accept(&h, at, &body, &self.keys) {
                 // Its FileHash is not under the signature: vetted against what the cache
                 // holds, like a peer's (provenance.rs); its NAR is checked against NarHash.
-                Ok((fh, stored)) => match self.vet_peer_narinfo(fh, &stored).await {
+                Ok(Accepted { fh, stored, .. }) => match self.vet_peer_narinfo(fh, &stored).await {
                     Ok(()) => return Some(self.save(h, fh, stored, Source::Fleet).await),
                     Err(why) => {
                         self.metrics.verification_failure(Source::Fleet);
@@ -272,13 +239,15 @@ impl Fetcher {
                 }
             };
             // Refetches after eviction go to the first upstream's standard location.
-            let nar_base = self.upstreams.first().map_or(&peer.base, |u| &u.base);
-            match accept(&h, nar_base, &body, &self.keys) {
+            let at = NarAt::Standard(self.refetch_base(&peer));
+            match accept(&h, at, &body, &self.keys) {
                 // Vetted against the cache, stored and marked as the peer's (provenance.rs).
-                Ok((fh, stored)) => match self.keep_peer_narinfo(&peer, h, fh, stored).await {
-                    Some(saved) => return saved,
-                    None => continue,
-                },
+                Ok(Accepted { fh, stored, .. }) => {
+                    match self.keep_peer_narinfo(&peer, h, fh, stored).await {
+                        Some(saved) => return saved,
+                        None => continue,
+                    }
+                }
                 Err(why) => {
                     self.metrics.verification_failure(Source::Peer);
                     peer.breaker.probation(crate::peers::PROBATION);
@@ -312,65 +281,5 @@ impl Fetcher {
         }
         self.metrics.fetched(source, stored.len() as u64);
         Ok(stored)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::nix::narinfo::tests::{VECTOR, VECTOR_PUBLIC_KEY};
-    use crate::nix::signature::TrustedKeys;
-
-    fn up() -> Url {
-        Url::parse("http://127.0.0.1:9/cache/").unwrap()
-    }
-
-    #[test]
-    fn rewrites_url_and_keeps_signature() {
-        let keys = TrustedKeys::new(vec![VECTOR_PUBLIC_KEY.parse().unwrap()]);
-        let h = "6dyjazmc27x71a77v1pcbi549rpk5wh6".parse().unwrap();
-        let (fh, stored) = accept(&h, &up(), VECTOR.as_bytes(), &keys).unwrap();
-        assert_eq!(
-            fh.to_nix32(),
-            "1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j"
-        );
-        let stored = Bytes::from(stored);
-        assert_eq!(
-            upstream_url(&stored).unwrap().as_str(),
-            "http://127.0.0.1:9/cache/nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar.xz"
-        );
-        // The served text is the upstream one, byte for byte, but for the relative URL.
-        assert_eq!(served_part(&stored), VECTOR.as_bytes());
-    }
-
-    #[test]
-    fn refuses_untrusted_mismatched_and_unverifiable() {
-        let keys = TrustedKeys::new(vec![VECTOR_PUBLIC_KEY.parse().unwrap()]);
-        let other = TrustedKeys::new(vec![crate::nix::signature::CACHE_NIXOS_ORG_KEY
-            .parse()
-            .unwrap()]);
-        let h = "6dyjazmc27x71a77v1pcbi549rpk5wh6".parse().unwrap();
-        assert!(matches!(
-            accept(&h, &up(), VECTOR.as_bytes(), &other),
-            Err(Rejected::Untrusted)
-        ));
-        let wrong = "026h72wxqd39cbm2fdqc8zpwg9zm41c8".parse().unwrap();
-        assert!(matches!(
-            accept(&wrong, &up(), VECTOR.as_bytes(), &keys),
-            Err(Rejected::WrongPath(_))
-        ));
-        let no_fh = VECTOR.replace(
-            "FileHash: sha256:1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j\n",
-            "",
-        );
-        assert!(matches!(
-            accept(&h, &up(), no_fh.as_bytes(), &keys),
-            Err(Rejected::Unverifiable)
-        ));
-        let forged = VECTOR.replace("NarSize: 536", "NarSize: 999");
-        assert!(matches!(
-            accept(&h, &up(), forged.as_bytes(), &keys),
-            Err(Rejected::Untrusted)
-        ));
     }
 }
