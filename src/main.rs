@@ -85,8 +85,8 @@ fn print_config(c: &Config) {
         c.upstream_down_status, c.retry_after
     );
     println!(
-        "  timeouts             connect {:?}, first byte {:?}, stall {:?}",
-        c.timeouts.connect, c.timeouts.first_byte, c.timeouts.stall
+        "  timeouts             connect {:?}, first byte {:?}, stall {:?}, narinfo {:?}, min rate {} B/s",
+        c.timeouts.connect, c.timeouts.first_byte, c.timeouts.stall, c.timeouts.narinfo, c.timeouts.min_rate
     );
     println!(
         "  connections          max {}, per client {}, send timeout {:?}",

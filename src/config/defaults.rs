@@ -102,6 +102,16 @@ pub(super) fn default_first_byte_timeout() -> String {
 pub(super) fn default_stall_timeout() -> String {
     "30s".into()
 }
+/// A narinfo is under 64 KiB: 1-2 ms from a LAN nginx, well under a second from a CDN; 10 s
+/// allows a slow one and bounds a drip-fed one (every runner of that path waits on it).
+pub(super) fn default_narinfo_timeout() -> String {
+    "10s".into()
+}
+/// 4 KiB/s is a floor no working link falls under (Nix's own `lowSpeedLimit` idea); over a
+/// 30 s window a source must send 120 KiB, so a drip of a byte every few seconds is cut.
+pub(super) fn default_min_transfer_rate() -> String {
+    "4KiB".into()
+}
 /// A client that accepts no bytes for 30 s is stalled, not slow: Nix's own transfer timeout
 /// is far longer, and a busy runner still reads something every few seconds.
 pub(super) fn default_send_timeout() -> String {

@@ -331,6 +331,16 @@ fn timeouts(s: &ServeArgs) -> Result<Timeouts, ConfigError> {
             default_first_byte_timeout,
         )?,
         stall: duration("stall-timeout", &s.stall_timeout, default_stall_timeout)?,
+        narinfo: duration(
+            "narinfo-timeout",
+            &s.narinfo_timeout,
+            default_narinfo_timeout,
+        )?,
+        min_rate: size(
+            "min-transfer-rate",
+            &s.min_transfer_rate,
+            default_min_transfer_rate,
+        )?,
     })
 }
 

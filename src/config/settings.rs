@@ -95,6 +95,17 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_STALL_TIMEOUT", value_name = "DURATION")]
     pub stall_timeout: Option<String>,
 
+    /// Abandon a narinfo from an upstream that is not complete this long after it was asked
+    /// (headers and body); peers and fleet members get at most 3 s and 6 s [default: 10s].
+    #[arg(long, env = "NIXGATE_NARINFO_TIMEOUT", value_name = "DURATION")]
+    pub narinfo_timeout: Option<String>,
+
+    /// Abandon a NAR source (upstream, fleet member, peer) that sends less than this many
+    /// bytes per second, averaged over each --stall-timeout window; the download continues
+    /// from the next source [default: 4KiB].
+    #[arg(long, env = "NIXGATE_MIN_TRANSFER_RATE", value_name = "SIZE")]
+    pub min_transfer_rate: Option<String>,
+
     /// Drop a client connection that accepts no response bytes for this long (a slow or
     /// stalled reader holds a connection, a file descriptor and maybe an evicted file)
     /// [default: 30s].
@@ -289,7 +300,7 @@ impl ServeArgs {
         layered!(cli over file:
             config, listen, cache_dir, max_cache_size, upstreams, netrc_file, trusted_public_keys, priority,
             negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
-            stall_timeout, send_timeout, max_connections, max_connections_per_ip, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
+            stall_timeout, narinfo_timeout, min_transfer_rate, send_timeout, max_connections, max_connections_per_ip, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,
             no_mdns, no_fleet, fleet_mdns, status_interval, max_peers, hash_concurrency,
             upload_token_file, signing_key_file, upload_max_size, upload_staging_size,

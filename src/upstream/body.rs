@@ -1,6 +1,9 @@
-//! A response body from an upstream, peer or fleet member, read with the stall timeout.
+//! A response body from an upstream, peer or fleet member, read with a minimum-progress
+//! rule: within every stall window (`--stall-timeout`, shorter for peers) the source must
+//! send at least `--min-transfer-rate` times the window, so neither silence nor a drip of a
+//! byte now and then holds a download (and every runner coalesced on it).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -9,10 +12,11 @@ use hyper::body::Incoming;
 
 use super::UpstreamError;
 
-/// A response body read with the stall timeout.
+/// A response body read with the minimum-progress rule.
 pub struct UpstreamBody {
     pub(super) body: Incoming,
-    pub(super) stall: Duration,
+    /// The progress owed per stall window, and the current window.
+    pub(super) progress: Progress,
     /// `Content-Length`, when the upstream sent one.
     pub content_length: Option<u64>,
     pub headers: http::HeaderMap,
@@ -29,6 +33,53 @@ pub(super) fn content_range_start(headers: &http::HeaderMap) -> Option<u64> {
     start.trim().parse().ok()
 }
 
+/// The minimum-progress rule: `owed` bytes within every window of `window`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Progress {
+    window: Duration,
+    owed: u64,
+    started: Instant,
+    got: u64,
+}
+
+impl Progress {
+    /// `rate` bytes per second, judged over windows of `window`, from now.
+    pub(super) fn new(window: Duration, rate: u64) -> Self {
+        Progress {
+            window,
+            owed: (rate as f64 * window.as_secs_f64()) as u64,
+            started: Instant::now(),
+            got: 0,
+        }
+    }
+
+    /// How long the next chunk may take before the window is over.
+    fn left(&self) -> Duration {
+        self.window.saturating_sub(self.started.elapsed())
+    }
+
+    /// Counts `n` bytes; a window whose due arrived starts the next one.
+    fn got(&mut self, n: usize) {
+        self.got += n as u64;
+        if self.got >= self.owed.max(1) {
+            self.started = Instant::now();
+            self.got = 0;
+        }
+    }
+
+    /// Why the window ran out: nothing at all, or too little.
+    fn failure(&self) -> UpstreamError {
+        match self.got {
+            0 => UpstreamError::Stalled(self.window),
+            got => UpstreamError::TooSlow {
+                got,
+                owed: self.owed,
+                window: self.window,
+            },
+        }
+    }
+}
+
 impl UpstreamBody {
     /// The next data chunk; `None` at the end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
@@ -36,14 +87,15 @@ impl UpstreamBody {
             return Ok(Some(p));
         }
         loop {
-            let frame = tokio::time::timeout(self.stall, self.body.frame())
+            let frame = tokio::time::timeout(self.progress.left(), self.body.frame())
                 .await
-                .map_err(|_| UpstreamError::Stalled(self.stall))?;
+                .map_err(|_| self.progress.failure())?;
             match frame {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(UpstreamError::Body(e.to_string())),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
+                        self.progress.got(data.len());
                         return Ok(Some(data));
                     }
                 }

@@ -35,6 +35,10 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Longest silence between body chunks.
     pub stall: Duration,
+    /// Longest a whole narinfo (headers and body) may take from an upstream.
+    pub narinfo: Duration,
+    /// Bytes per second a body must average over each `stall` window.
+    pub min_rate: u64,
 }
 
 /// One configured upstream cache.
@@ -84,6 +88,14 @@ pub enum UpstreamError {
     FirstByteTimeout(Duration),
     #[error("body stalled for {0:?}")]
     Stalled(Duration),
+    #[error("body too slow: {got} bytes in {window:?}, at least {owed} due (--min-transfer-rate)")]
+    TooSlow {
+        got: u64,
+        owed: u64,
+        window: Duration,
+    },
+    #[error("not complete within {0:?} (--narinfo-timeout)")]
+    Deadline(Duration),
     #[error("status {0}")]
     Status(u16),
     #[error("authentication failed (status {0}): check the --netrc-file entry for this host")]
@@ -95,6 +107,9 @@ pub enum UpstreamError {
 }
 
 /// A successful answer, or a clean "not here".
+// Moved once per request and matched at once; boxing the body would add an allocation to
+// every request for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     Found(UpstreamBody),
     NotFound,
@@ -334,7 +349,13 @@ impl UpstreamClient {
             );
             return Err(UpstreamError::AuthFailed(status.as_u16()));
         }
-        answer(up, asker, resp, stall, offset)
+        let progress = body::Progress::new(stall, self.timeouts.min_rate);
+        answer(up, asker, resp, progress, offset)
+    }
+
+    /// The upstream timeouts (`--connect-timeout`, `--narinfo-timeout`, …).
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
     }
 
     /// Time to headers and longest body silence for a request by `asker`.
@@ -361,7 +382,7 @@ fn answer(
     up: &Upstream,
     asker: Asker<'_>,
     resp: http::Response<Incoming>,
-    stall: Duration,
+    progress: body::Progress,
     offset: u64,
 ) -> Result<Answer, UpstreamError> {
     let status = resp.status();
@@ -394,7 +415,7 @@ fn answer(
     Ok(Answer::Found(UpstreamBody {
         body,
         headers: parts.headers,
-        stall,
+        progress,
         content_length,
         range_start,
         pending: None,

@@ -188,6 +188,9 @@ impl Fetcher {
                 Ok(None) => break,
                 Err(e) => {
                     feed.from.failed();
+                    if e.too_slow() {
+                        self.metrics.untrusted(Untrusted::TooSlow);
+                    }
                     let written = checks.written();
                     if self
                         .resume(plan, feed, written, checks.nar_checked(), &e)
@@ -195,7 +198,7 @@ impl Fetcher {
                     {
                         continue;
                     }
-                    return Err(FetchError::Unavailable(e));
+                    return Err(FetchError::Unavailable(e.to_string()));
                 }
             };
             checks.update(&chunk).map_err(|e| self.not_a_nar(e))?;

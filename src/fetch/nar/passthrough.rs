@@ -196,10 +196,10 @@ impl Fetcher {
                 }
                 Ok(None) => break self.count_rejected(verifier.finish()),
                 Err(e) => {
-                    let (at, e) = (verifier.written(), e.to_string());
+                    let at = verifier.written();
                     match self.reopen(&plan, at, &mut resumes, &e).await {
                         Some(rest) => body = rest,
-                        None => break Err(FetchError::Unavailable(e)),
+                        None => break Err(FetchError::Unavailable(e.to_string())),
                     }
                 }
             }

@@ -11,8 +11,8 @@ use http::Method;
 use super::super::Fetcher;
 use super::copy::Feed;
 use super::plan::Plan;
-use super::source::{Body, BytesFrom};
-use crate::upstream::{Answer, Upstream, UpstreamBody};
+use super::source::{Body, BodyError, BytesFrom};
+use crate::upstream::{Answer, Upstream, UpstreamBody, UpstreamError};
 
 /// How many times one download may continue from another source.
 const MAX_RESUMES: u32 = 3;
@@ -26,7 +26,7 @@ impl Fetcher {
         feed: &mut Feed<'a>,
         written: u64,
         nar_checked: bool,
-        error: &str,
+        error: &BodyError,
     ) -> bool {
         if feed.resumes >= MAX_RESUMES {
             return false;
@@ -46,7 +46,7 @@ impl Fetcher {
             }
             None => return false,
         };
-        tracing::warn!(file_hash = %plan.fh, offset = written, broken, error, continued = from.source().as_str(), "NAR source broke mid-way; continuing from another");
+        tracing::warn!(file_hash = %plan.fh, offset = written, broken, error = %error, continued = from.source().as_str(), "NAR source broke mid-way; continuing from another");
         self.metrics.resumed(from.source());
         feed.replace(from, body, written, &self.metrics);
         true
@@ -59,14 +59,14 @@ impl Fetcher {
         plan: &Plan,
         offset: u64,
         resumes: &mut u32,
-        error: &str,
+        error: &UpstreamError,
     ) -> Option<UpstreamBody> {
         if *resumes >= MAX_RESUMES {
             return None;
         }
         *resumes += 1;
         let (_, body) = self.open_from(plan, offset).await?;
-        tracing::warn!(file_hash = %plan.fh, offset, error, "passthrough NAR broke mid-way; continuing from an upstream");
+        tracing::warn!(file_hash = %plan.fh, offset, error = %error, "passthrough NAR broke mid-way; continuing from an upstream");
         self.metrics.resumed(crate::metrics::Source::Upstream);
         Some(body)
     }

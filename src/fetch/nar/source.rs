@@ -15,7 +15,7 @@ use super::ACCELERATE_AFTER;
 use crate::fetch::PeerPolicy;
 use crate::metrics::Source;
 use crate::torrent::TorrentBody;
-use crate::upstream::{Answer, Upstream, UpstreamBody};
+use crate::upstream::{Answer, Upstream, UpstreamBody, UpstreamError};
 
 /// Where the bytes of a download come from.
 pub(super) enum BytesFrom<'a> {
@@ -62,11 +62,30 @@ pub(super) enum Body {
     Torrent(TorrentBody),
 }
 
+/// Why a download's byte stream broke.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum BodyError {
+    #[error(transparent)]
+    Http(#[from] UpstreamError),
+    #[error("swarm: {0}")]
+    Swarm(String),
+}
+
+impl BodyError {
+    /// The source sent too little for too long (drip-fed or stalled).
+    pub fn too_slow(&self) -> bool {
+        matches!(
+            self,
+            BodyError::Http(UpstreamError::TooSlow { .. } | UpstreamError::Stalled(_))
+        )
+    }
+}
+
 impl Body {
-    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, String> {
+    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, BodyError> {
         match self {
-            Body::Http(b) => b.batch(max).await.map_err(|e| e.to_string()),
-            Body::Torrent(t) => t.batch(max).await,
+            Body::Http(b) => Ok(b.batch(max).await?),
+            Body::Torrent(t) => t.batch(max).await.map_err(BodyError::Swarm),
         }
     }
 }

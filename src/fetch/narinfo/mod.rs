@@ -162,6 +162,36 @@ impl Fetcher {
         h: StorePathHash,
         via: Via,
     ) -> Result<Option<Bytes>, UpstreamError> {
+        let deadline = self.narinfo_deadline(via);
+        let got = tokio::time::timeout(deadline, self.read_narinfo(src, h, via)).await;
+        got.unwrap_or_else(|_| {
+            // Drip-fed or hung: the next source is asked, and coalesced waiters follow.
+            src.breaker.failure();
+            self.metrics.untrusted(Untrusted::TooSlow);
+            Err(UpstreamError::Deadline(deadline))
+        })
+    }
+
+    /// The whole time a narinfo may take from a source asked as `via`: `--narinfo-timeout`
+    /// for upstreams; a peer answers from its disk, a fleet owner after its upstream's
+    /// first bytes, so they get less.
+    fn narinfo_deadline(&self, via: Via) -> std::time::Duration {
+        use crate::upstream::{FLEET_FIRST_BYTE, PEER_FIRST_BYTE};
+        let limit = self.client.timeouts().narinfo;
+        let second = std::time::Duration::from_secs(1);
+        match via {
+            Via::Upstream => limit,
+            Via::Peer => limit.min(PEER_FIRST_BYTE + second),
+            Via::Fleet => limit.min(FLEET_FIRST_BYTE + second),
+        }
+    }
+
+    async fn read_narinfo(
+        &self,
+        src: &Upstream,
+        h: StorePathHash,
+        via: Via,
+    ) -> Result<Option<Bytes>, UpstreamError> {
         let url = src
             .base
             .join(&format!("{h}.narinfo"))
