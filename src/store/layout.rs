@@ -34,8 +34,12 @@ impl Layout {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(root).map_err(io_err(root))?;
                 // Without VERSION this is not a nixgate cache: adopting it would delete
-                // whatever its tmp/, nar/ and narinfo/ hold. Only an empty directory is taken.
-                if fs::read_dir(root).map_err(io_err(root))?.next().is_some() {
+                // whatever its tmp/, nar/ and narinfo/ hold. Only an empty directory is taken,
+                // or one holding just a `peer-id` an operator seeded (a fixed fleet id).
+                let foreign = fs::read_dir(root)
+                    .map_err(io_err(root))?
+                    .any(|e| e.map_or(true, |e| e.file_name() != "peer-id"));
+                if foreign {
                     return Err(StoreError::NotEmpty(root.to_owned()));
                 }
                 fs::write(&version, VERSION).map_err(io_err(&version))?;

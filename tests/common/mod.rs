@@ -7,6 +7,7 @@
 pub mod appliance;
 pub mod client;
 pub mod fixture;
+pub mod hostile;
 pub mod nginx;
 pub mod push;
 pub mod raw;
@@ -16,6 +17,7 @@ pub mod upstream;
 pub use appliance::*;
 pub use client::*;
 pub use fixture::*;
+pub use hostile::*;
 pub use nginx::*;
 pub use push::*;
 pub use raw::*;
