@@ -11,14 +11,33 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use url::Url;
 
-use super::narinfo::{parse_stored, Via};
-use super::verify::NarCheck;
+use super::narinfo::{parse_stored, Rejected, Via};
+use super::verify::{NarCheck, VerifyError};
 use super::Fetcher;
 use crate::metrics::Source;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
 use crate::upstream::Upstream;
+
+/// Why a narinfo contradicts what the cache holds for its FileHash.
+#[derive(Debug, thiserror::Error)]
+pub enum Contradiction {
+    #[error("its FileHash is the NAR of {0}")]
+    OtherPath(String),
+    #[error("the cached NAR its FileHash names does not match: {0}")]
+    Nar(#[from] VerifyError),
+    #[error("unparsable narinfo")]
+    Unparsable,
+    #[error("cannot read the cached NAR: {0}")]
+    Io(String),
+}
+
+impl Contradiction {
+    fn io(e: impl std::fmt::Display) -> Self {
+        Contradiction::Io(e.to_string())
+    }
+}
 
 /// How often a peer's narinfo is asked of the upstreams again, at most.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(2);
@@ -67,7 +86,7 @@ impl Fetcher {
         fh: Sha256,
         stored: String,
     ) -> Option<Option<Bytes>> {
-        if let Err(why) = self.vet_peer_narinfo(fh, &stored).await {
+        if let Err(why) = self.vet_narinfo(fh, &stored).await {
             self.metrics.verification_failure(Source::Peer);
             peer.breaker.probation(crate::peers::PROBATION);
             tracing::warn!(peer = %peer.base, hash = %h, reason = %why, "peer narinfo names another path's NAR; peer on probation");
@@ -81,16 +100,17 @@ impl Fetcher {
         Some(saved)
     }
 
-    /// Checks a peer narinfo's NarHash/NarSize against what the cache holds for its FileHash:
-    /// another narinfo naming the same file, else the NAR file itself (decompressed).
-    pub(super) async fn vet_peer_narinfo(&self, fh: Sha256, stored: &str) -> Result<(), String> {
-        let (_, ni) =
-            parse_stored(&Bytes::copy_from_slice(stored.as_bytes())).ok_or("unparsable narinfo")?;
+    /// Checks a narinfo's NarHash/NarSize against what the cache holds for its (unsigned)
+    /// FileHash: another narinfo naming the same file, else the NAR file itself
+    /// (decompressed). Whoever sent the narinfo chose the FileHash, upstreams included.
+    pub(super) async fn vet_narinfo(&self, fh: Sha256, stored: &str) -> Result<(), Rejected> {
+        let (_, ni) = parse_stored(&Bytes::copy_from_slice(stored.as_bytes()))
+            .ok_or(Contradiction::Unparsable)?;
         let claim = (ni.nar_hash, ni.nar_size);
         for other in self.store.narinfos_of(&fh).await {
             if let Some((_, o)) = parse_stored(&other) {
                 if (o.nar_hash, o.nar_size) != claim {
-                    return Err(format!("its FileHash is the NAR of {}", o.store_path));
+                    return Err(Contradiction::OtherPath(o.store_path).into());
                 }
                 return Ok(());
             }
@@ -102,20 +122,19 @@ impl Fetcher {
         let Ok(mut check) = NarCheck::signed(compression, claim.0, claim.1) else {
             return Ok(()); // cannot decode it: such NARs are never fetched (plan.rs)
         };
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             use std::io::Read;
-            let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let mut f = std::fs::File::open(path).map_err(Contradiction::io)?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                match f.read(&mut buf).map_err(|e| e.to_string())? {
+                match f.read(&mut buf).map_err(Contradiction::io)? {
                     0 => break,
-                    n => check.update(&buf[..n]).map_err(|e| e.to_string())?,
+                    n => check.update(&buf[..n])?,
                 }
             }
-            check.finish().map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+            Ok::<_, Contradiction>(check.finish()?)
+        });
+        Ok(read.await.map_err(Contradiction::io)??)
     }
 
     /// For a cached narinfo of `h` that a peer supplied: the upstreams are asked for theirs

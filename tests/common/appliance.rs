@@ -98,6 +98,8 @@ pub struct PeerRow {
     pub digest: bool,
     /// A live fleet member that owns a share of the keys.
     pub owner: bool,
+    /// Its fleet id, once a probe learned it.
+    pub id: Option<String>,
 }
 
 /// The peer set an appliance reports.
@@ -117,6 +119,7 @@ pub async fn peer_rows(a: &Appliance) -> Vec<PeerRow> {
                 state: s("state"),
                 digest: p["digest"] == true,
                 owner: p["owner"] == true,
+                id: p["id"].as_str().map(str::to_owned),
             }
         })
         .collect()

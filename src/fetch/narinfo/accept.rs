@@ -24,6 +24,8 @@ pub enum Rejected {
     Untrusted,
     #[error("lacks FileHash/FileSize, so the NAR could not be verified")]
     Unverifiable,
+    #[error(transparent)]
+    Contradicts(#[from] super::super::provenance::Contradiction),
 }
 
 /// Where a narinfo came from, which decides what its (unsigned) `URL` field may do.

@@ -135,7 +135,11 @@ impl Fetcher {
                     continue;
                 }
             };
-            match self.accept_upstream(&h, up, &body) {
+            let vetted = match self.accept_upstream(&h, up, &body) {
+                Ok(a) => self.vet_narinfo(a.fh, &a.stored).await.map(|()| a),
+                Err(why) => Err(why),
+            };
+            match vetted {
                 Ok(a) => return self.save(h, a.fh, a.stored, Source::Upstream).await,
                 Err(why) => {
                     self.metrics.verification_failure(Source::Upstream);
@@ -237,7 +241,7 @@ impl Fetcher {
             match accept(&h, at, &body, &self.keys) {
                 // Its FileHash is not under the signature: vetted against what the cache
                 // holds, like a peer's (provenance.rs); its NAR is checked against NarHash.
-                Ok(Accepted { fh, stored, .. }) => match self.vet_peer_narinfo(fh, &stored).await {
+                Ok(Accepted { fh, stored, .. }) => match self.vet_narinfo(fh, &stored).await {
                     Ok(()) => return Some(self.save(h, fh, stored, Source::Fleet).await),
                     Err(why) => {
                         self.metrics.verification_failure(Source::Fleet);
