@@ -1,11 +1,11 @@
 //! Streaming decoders for the compressions whose NARs nixgate can check against the signed
-//! `NarHash`: `none`, `xz`, `zstd`, `bzip2`, `gzip` and `br` (brotli). Each is push-based (a
-//! `Write` that decodes into an inner `Write`), so a download is checked chunk by chunk as it
-//! arrives, never buffered whole.
+//! `NarHash`: `none`, `xz`, `zstd`, `bzip2`, `gzip`, `br` (brotli) and `lz4`. Each is
+//! push-based (a `Write` that decodes into an inner `Write`), so a download is checked chunk
+//! by chunk as it arrives, never buffered whole.
 //!
-//! Nix writes `lz4`, `lzip` and others through libarchive too (`src/libutil/compression.cc`);
-//! nixgate has no push decoder for them, so their NARs are refused when a narinfo names them
-//! ([`Decoder::new`] says which): a NAR that cannot be checked is never stored or served.
+//! Nix writes `lzip` and others through libarchive too (`src/libutil/compression.cc`);
+//! nixgate has no decoder for them, so their NARs are refused when a narinfo names them
+//! ([`supports`] says which): a NAR that cannot be checked is never stored or served.
 
 use std::io::{self, Write};
 
@@ -16,7 +16,7 @@ const BROTLI_BUFFER: usize = 64 * 1024;
 
 /// Whether nixgate can decode `c` (and so check a NAR compressed with it).
 pub fn supports(c: Compression) -> bool {
-    !matches!(c, Compression::Lzip | Compression::Lz4 | Compression::Other)
+    !matches!(c, Compression::Lzip | Compression::Other)
 }
 
 /// A decoder writing the decompressed NAR into `W`.
@@ -27,6 +27,7 @@ pub enum Decoder<W: Write> {
     Bzip2(bzip2::write::BzDecoder<W>),
     Gzip(flate2::write::MultiGzDecoder<W>),
     Brotli(Box<brotli_decompressor::DecompressorWriter<W>>),
+    Lz4(Box<super::lz4::Lz4Decoder<W>>),
 }
 
 impl<W: Write> Decoder<W> {
@@ -43,12 +44,26 @@ impl<W: Write> Decoder<W> {
             Compression::Brotli => Decoder::Brotli(Box::new(
                 brotli_decompressor::DecompressorWriter::new(sink, BROTLI_BUFFER),
             )),
-            Compression::Lzip | Compression::Lz4 | Compression::Other => return None,
+            Compression::Lz4 => Decoder::Lz4(Box::new(super::lz4::Lz4Decoder::new(sink))),
+            Compression::Lzip | Compression::Other => return None,
         })
     }
 
-    /// Decodes `chunk` into the sink.
+    /// Decodes `chunk` into the sink, and everything it completes reaches the sink before
+    /// this returns (some decoders keep their output until the next write otherwise).
     pub fn write_all(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.write_chunk(chunk)?;
+        match self {
+            Decoder::None(_) | Decoder::Lz4(_) => Ok(()),
+            Decoder::Xz(d) => d.flush(),
+            Decoder::Zstd(d) => d.flush(),
+            Decoder::Bzip2(d) => d.flush(),
+            Decoder::Gzip(d) => d.flush(),
+            Decoder::Brotli(d) => d.flush(),
+        }
+    }
+
+    fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
         match self {
             Decoder::None(s) => s.write_all(chunk),
             Decoder::Xz(d) => d.write_all(chunk),
@@ -56,6 +71,7 @@ impl<W: Write> Decoder<W> {
             Decoder::Bzip2(d) => d.write_all(chunk),
             Decoder::Gzip(d) => d.write_all(chunk),
             Decoder::Brotli(d) => d.write_all(chunk),
+            Decoder::Lz4(d) => d.write_all(chunk),
         }
     }
 
@@ -68,6 +84,7 @@ impl<W: Write> Decoder<W> {
             Decoder::Bzip2(d) => d.get_ref(),
             Decoder::Gzip(d) => d.get_ref(),
             Decoder::Brotli(d) => d.get_ref(),
+            Decoder::Lz4(d) => d.get_ref(),
         }
     }
 
@@ -82,6 +99,7 @@ impl<W: Write> Decoder<W> {
             Decoder::Brotli(d) => d
                 .into_inner()
                 .map_err(|_| io::Error::other("truncated brotli stream")),
+            Decoder::Lz4(d) => d.finish(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! per-key coalescing of concurrent misses.
 
 mod decode;
+mod lz4;
 pub mod nar;
 mod nar_url;
 pub mod narinfo;
