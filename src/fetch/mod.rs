@@ -29,20 +29,66 @@ pub enum FetchError {
     /// Every upstream answered and none has it (a real 404).
     #[error("not found upstream")]
     NotFound,
-    /// At least one upstream failed and none had it: answer 503, never a false 404.
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
+    /// At least one source failed and none had it: answer 503, never a false 404.
+    #[error("{from} unavailable: {error}")]
+    Unavailable { from: Box<Origin>, error: Broke },
     /// The data came but did not verify; nothing was stored.
     #[error("verification failed: {0}")]
     Verification(#[from] verify::VerifyError),
-    /// The local disk failed (full, read-only, …).
+    /// The local disk failed (full, read-only, …). A message: the disk's failures decide
+    /// nothing here (`store` has classified them already).
     #[error("cache storage: {0}")]
     Storage(String),
 }
 
+/// Who could not deliver.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Upstream(url::Url),
+    /// Every upstream that was asked (a passthrough continues from any of them).
+    Upstreams,
+    Peer(url::Url),
+    Fleet(url::Url),
+    Swarm,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Upstream(u) => write!(f, "upstream {u}"),
+            Origin::Upstreams => f.write_str("the upstreams"),
+            Origin::Peer(u) => write!(f, "peer {u}"),
+            Origin::Fleet(u) => write!(f, "fleet member {u}"),
+            Origin::Swarm => f.write_str("the swarm"),
+        }
+    }
+}
+
+/// How a source failed to deliver.
+#[derive(Debug, Clone, Error)]
+pub enum Broke {
+    #[error(transparent)]
+    Http(#[from] UpstreamError),
+    #[error("{0}")]
+    Swarm(String),
+}
+
+impl Broke {
+    /// The source sent too little for too long (drip-fed or stalled).
+    pub fn too_slow(&self) -> bool {
+        matches!(
+            self,
+            Broke::Http(UpstreamError::TooSlow { .. } | UpstreamError::Stalled(_))
+        )
+    }
+}
+
 impl FetchError {
     fn unavailable(up: &Upstream, e: &UpstreamError) -> Self {
-        FetchError::Unavailable(format!("{}: {e}", up.base))
+        FetchError::Unavailable {
+            from: Box::new(Origin::Upstream(up.base.clone())),
+            error: Broke::Http(e.clone()),
+        }
     }
 }
 
@@ -138,10 +184,8 @@ impl Fetcher {
     pub async fn uncached(&self, rel: &str) -> Result<crate::upstream::UpstreamBody, FetchError> {
         let mut failure = None;
         for up in &self.upstreams {
-            let url = up
-                .base
-                .join(rel)
-                .map_err(|e| FetchError::Unavailable(e.to_string()))?;
+            // `rel` comes validated from the routes; one that forms no URL is not there.
+            let url = up.base.join(rel).map_err(|_| FetchError::NotFound)?;
             match self
                 .client
                 .request(up, http::Method::GET, &url, &self.metrics)

@@ -42,7 +42,7 @@ impl ServeError {
         match e {
             FetchError::NotFound if only_if_cached => ServeError::NotCached,
             FetchError::NotFound => ServeError::NotFound,
-            FetchError::Unavailable(_) => ServeError::UpstreamDown,
+            FetchError::Unavailable { .. } => ServeError::UpstreamDown,
             FetchError::Verification(_) => ServeError::BadUpstreamData,
             FetchError::Storage(_) => ServeError::Storage,
         }

@@ -198,7 +198,10 @@ impl Fetcher {
                     {
                         continue;
                     }
-                    return Err(FetchError::Unavailable(e.to_string()));
+                    return Err(FetchError::Unavailable {
+                        from: Box::new(feed.from.origin()),
+                        error: e,
+                    });
                 }
             };
             checks.update(&chunk).map_err(|e| self.not_a_nar(e))?;

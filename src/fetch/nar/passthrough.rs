@@ -199,7 +199,13 @@ impl Fetcher {
                     let at = verifier.written();
                     match self.reopen(&plan, at, &mut resumes, &e).await {
                         Some(rest) => body = rest,
-                        None => break Err(FetchError::Unavailable(e.to_string())),
+                        None => {
+                            let from = Box::new(super::super::Origin::Upstreams);
+                            break Err(FetchError::Unavailable {
+                                from,
+                                error: e.into(),
+                            });
+                        }
                     }
                 }
             }

@@ -8,10 +8,11 @@
 
 use http::Method;
 
+use super::super::Broke;
 use super::super::Fetcher;
 use super::copy::Feed;
 use super::plan::Plan;
-use super::source::{Body, BodyError, BytesFrom};
+use super::source::{Body, BytesFrom};
 use crate::upstream::{Answer, Upstream, UpstreamBody, UpstreamError};
 
 /// How many times one download may continue from another source.
@@ -26,7 +27,7 @@ impl Fetcher {
         feed: &mut Feed<'a>,
         written: u64,
         nar_checked: bool,
-        error: &BodyError,
+        error: &Broke,
     ) -> bool {
         if feed.resumes >= MAX_RESUMES {
             return false;

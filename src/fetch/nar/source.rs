@@ -8,14 +8,14 @@ use bytes::Bytes;
 use http::Method;
 
 use super::super::verify::VerifyError;
-use super::super::{FetchError, Fetcher};
+use super::super::{Broke, FetchError, Fetcher, Origin};
 use super::plan::Plan;
 use super::swarm::Swarm;
 use super::ACCELERATE_AFTER;
 use crate::fetch::PeerPolicy;
 use crate::metrics::Source;
 use crate::torrent::TorrentBody;
-use crate::upstream::{Answer, Upstream, UpstreamBody, UpstreamError};
+use crate::upstream::{Answer, Upstream, UpstreamBody};
 
 /// Where the bytes of a download come from.
 pub(super) enum BytesFrom<'a> {
@@ -28,6 +28,16 @@ pub(super) enum BytesFrom<'a> {
 }
 
 impl BytesFrom<'_> {
+    /// Who this is, for an error.
+    pub fn origin(&self) -> Origin {
+        match self {
+            BytesFrom::Upstream(u) => Origin::Upstream(u.base.clone()),
+            BytesFrom::Peer(p) => Origin::Peer(p.base.clone()),
+            BytesFrom::Fleet(p) => Origin::Fleet(p.base.clone()),
+            BytesFrom::Torrent(_) => Origin::Swarm,
+        }
+    }
+
     pub fn source(&self) -> Source {
         match self {
             BytesFrom::Upstream(_) => Source::Upstream,
@@ -62,30 +72,11 @@ pub(super) enum Body {
     Torrent(TorrentBody),
 }
 
-/// Why a download's byte stream broke.
-#[derive(Debug, Clone, thiserror::Error)]
-pub(super) enum BodyError {
-    #[error(transparent)]
-    Http(#[from] UpstreamError),
-    #[error("swarm: {0}")]
-    Swarm(String),
-}
-
-impl BodyError {
-    /// The source sent too little for too long (drip-fed or stalled).
-    pub fn too_slow(&self) -> bool {
-        matches!(
-            self,
-            BodyError::Http(UpstreamError::TooSlow { .. } | UpstreamError::Stalled(_))
-        )
-    }
-}
-
 impl Body {
-    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, BodyError> {
+    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, Broke> {
         match self {
             Body::Http(b) => Ok(b.batch(max).await?),
-            Body::Torrent(t) => t.batch(max).await.map_err(BodyError::Swarm),
+            Body::Torrent(t) => t.batch(max).await.map_err(Broke::Swarm),
         }
     }
 }
