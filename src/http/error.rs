@@ -1,6 +1,6 @@
 //! The one mapping from what went wrong to what the client sees. Every arm is explicit (no
 //! wildcard), the client gets a status and a short phrase (never a path or an OS error),
-//! and the choice of status follows how Nix reacts to it (`PROTOCOL.md` §3.6).
+//! and the choice of status follows how Nix reacts to it (`docs/PROTOCOL.md` §1.6).
 
 use std::time::Duration;
 

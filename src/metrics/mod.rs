@@ -1,5 +1,5 @@
 //! Prometheus metrics with a small fixed label set (names are part of the interface contract
-//! in DESIGN.md). Counters are plain atomics indexed by label enums, so recording costs one
+//! in docs/DESIGN.md §3). Counters are plain atomics indexed by label enums, so recording costs one
 //! relaxed add on the hot path and rendering needs no registry. Labels live in `labels`, the
 //! exposition (the one table of names, types and help texts) in `render`.
 

@@ -1,4 +1,5 @@
-//! The Nix binary-cache protocol as pure types: no I/O here (see `PROTOCOL.md` for sources).
+//! The Nix binary-cache protocol as pure types: no I/O here (see `docs/PROTOCOL.md` §1 for
+//! sources).
 
 pub mod compression;
 pub mod hash;

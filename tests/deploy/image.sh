@@ -20,8 +20,8 @@ need podman debootstrap nix cargo python3
 
 WORK=$ROOT/target/image-test
 mkdir -p "$WORK"
-# crun fails on this machine's cgroup setup and the default rlimits are refused: see
-# shared/ENVIRONMENT.md. Both settings are local to this test.
+# crun fails on this machine's cgroup setup (cgroups in hybrid mode) and podman's default
+# rlimits are refused, so runc and no default ulimits. Both settings are local to this test.
 cat > "$WORK/containers.conf" <<'CONF'
 [containers]
 default_ulimits = []
