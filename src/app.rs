@@ -15,6 +15,7 @@ use crate::http::state::App;
 use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
 use crate::peers::PeerSet;
+use crate::redact::redact;
 use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 
@@ -203,8 +204,8 @@ fn log_start(config: &Config, local: Option<std::net::SocketAddr>) {
         listen = %local.map(|a| a.to_string()).unwrap_or_default(),
         cache_dir = %config.cache_dir.display(),
         max_cache_size = config.max_cache_size,
-        upstreams = ?config.upstreams.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
-        peers = ?config.peers.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        upstreams = ?config.upstreams.iter().map(redact).collect::<Vec<_>>(),
+        peers = ?config.peers.iter().map(redact).collect::<Vec<_>>(),
         peers_dns = ?config.peers_dns.as_ref().map(|d| d.to_string()),
         mdns = config.mdns,
         uploads = config.uploads.token.is_some(),

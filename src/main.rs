@@ -167,9 +167,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal received");
         token.cancel();
     });
-    nixgate::app::run(config, listener, shutdown)
-        .await
-        .context("starting the cache")
+    let served = nixgate::app::run(config, listener, shutdown).await;
+    // The last lines (shutdown, drain) reach a reader that keeps up; a stuck one loses them.
+    nixgate::telemetry::flush(std::time::Duration::from_secs(1));
+    served.context("starting the cache")
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit: every connection, cache file being

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use url::Url;
 
+use crate::redact::Redacted;
 use crate::store::digest::Holdings;
 use crate::upstream::Upstream;
 
@@ -148,10 +149,10 @@ impl PeerSet {
                 continue; // already known (perhaps from another origin)
             }
             if origin != Origin::Static && entries.len() >= self.max_peers {
-                tracing::warn!(peer = %url, ?origin, max_peers = self.max_peers, "peer set full; peer ignored");
+                tracing::warn!(peer = %Redacted(&url), ?origin, max_peers = self.max_peers, "peer set full; peer ignored");
                 continue;
             }
-            tracing::info!(peer = %url, ?origin, "peer added");
+            tracing::info!(peer = %Redacted(&url), ?origin, "peer added");
             entries.push(Entry {
                 peer: Arc::new(Upstream::new(url)),
                 origin,
@@ -269,7 +270,7 @@ impl PeerSet {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = entries.iter_mut().find(|e| &e.peer.base == base) {
             if e.id != id {
-                tracing::info!(peer = %base, id = ?id, "fleet membership changed");
+                tracing::info!(peer = %e.peer, id = ?id, "fleet membership changed");
             }
             e.id = id;
         }
@@ -281,7 +282,7 @@ impl PeerSet {
         entries
             .iter()
             .map(|e| PeerStatus {
-                url: e.peer.base.to_string(),
+                url: e.peer.label().to_owned(),
                 origin: e.origin,
                 state: if e.peer.breaker.is_open() {
                     "skipped"
