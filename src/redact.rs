@@ -19,10 +19,7 @@ impl fmt::Display for Redacted<'_> {
         if !secret && u.query().is_none() && u.fragment().is_none() {
             return f.write_str(u.as_str());
         }
-        let mut shown = u.clone();
-        // Cannot fail for the http(s) URLs that carry userinfo (they have a host).
-        let _ = shown.set_password(None);
-        let _ = shown.set_username("");
+        let mut shown = without_userinfo(u);
         shown.set_query(None);
         shown.set_fragment(None);
         let text = shown.as_str();
@@ -35,6 +32,15 @@ impl fmt::Display for Redacted<'_> {
         }
         Ok(())
     }
+}
+
+/// `u` without its userinfo (the rest as is).
+pub fn without_userinfo(u: &Url) -> Url {
+    let mut bare = u.clone();
+    // Cannot fail for the http(s) URLs that carry userinfo (they have a host).
+    let _ = bare.set_password(None);
+    let _ = bare.set_username("");
+    bare
 }
 
 /// `u` as text, its secrets redacted (see [`Redacted`]).

@@ -141,11 +141,16 @@ impl PeerSet {
 
     /// Replaces the peers of one origin, keeping the state (breaker) of peers that stay.
     pub fn replace(&self, origin: Origin, urls: Vec<Url>) {
-        let urls: Vec<Url> = urls.into_iter().filter(|u| !self.is_self(u)).collect();
+        // Compared as the set keeps them: `Upstream::base`, without userinfo.
+        let urls: Vec<(Url, Url)> = urls
+            .into_iter()
+            .filter(|u| !self.is_self(u))
+            .map(|u| (crate::redact::without_userinfo(&u), u))
+            .collect();
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|e| e.origin != origin || urls.contains(&e.peer.base));
-        for url in urls {
-            if entries.iter().any(|e| e.peer.base == url) {
+        entries.retain(|e| e.origin != origin || urls.iter().any(|(b, _)| *b == e.peer.base));
+        for (bare, url) in urls {
+            if entries.iter().any(|e| e.peer.base == bare) {
                 continue; // already known (perhaps from another origin)
             }
             if origin != Origin::Static && entries.len() >= self.max_peers {

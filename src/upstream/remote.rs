@@ -1,6 +1,7 @@
 //! [`Upstream`]: one remote cache (an upstream, a peer or a fleet member): its base URL, its
-//! circuit breaker and its last failure. Its `Display` and `Debug` show the base URL with the
-//! userinfo redacted, so a remote is safe in any log field.
+//! circuit breaker and its last failure. The userinfo of a configured URL
+//! (`https://user:pass@host/`) is kept apart from `base`, so `base`, every URL joined onto it,
+//! and the `Display` and `Debug` of an `Upstream` are safe in any log field or page.
 
 use super::breaker::Breaker;
 use super::UpstreamError;
@@ -8,22 +9,25 @@ use url::Url;
 
 /// One configured upstream cache (or a peer or fleet member).
 pub struct Upstream {
-    /// Base URL, always ending in `/`. May carry userinfo: never display it; use
-    /// [`Upstream::label`] or the `Display` of the `Upstream` instead.
+    /// Base URL, always ending in `/`, without userinfo (see [`Upstream::configured`]).
     pub base: Url,
-    /// `base` with its userinfo redacted (`https://***@host/`): what logs and pages show.
+    /// The configured URL with its userinfo redacted (`https://***@host/`): what logs and
+    /// pages show, so an operator sees that credentials are configured, never which.
     label: String,
+    /// The URL as configured, userinfo included: only for sending credentials.
+    configured: Url,
     pub breaker: Breaker,
     /// The last failure and when (for the status page).
     last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
 }
 
 impl Upstream {
-    /// A remote at `base` (ending in `/`), its breaker closed.
-    pub fn new(base: Url) -> Self {
+    /// A remote at `configured` (ending in `/`), its breaker closed.
+    pub fn new(configured: Url) -> Self {
         Upstream {
-            label: crate::redact::redact(&base),
-            base,
+            label: crate::redact::redact(&configured),
+            base: crate::redact::without_userinfo(&configured),
+            configured,
             breaker: Breaker::default(),
             last_error: Default::default(),
         }
@@ -32,6 +36,12 @@ impl Upstream {
     /// The base URL as it may be shown (userinfo redacted), e.g. `upstream = %up.label()`.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The URL as configured, userinfo included. Never display it: it is for a request layer
+    /// that sends the userinfo as credentials to exactly this origin.
+    pub fn configured(&self) -> &Url {
+        &self.configured
     }
 
     /// Remembers `e` as the last failure (a skip while the circuit is open is not one).

@@ -10,7 +10,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_nixgate");
 
 /// `nixgate serve` on 127.0.0.1:0 with JSON logs at `rust_log`, BitTorrent and mDNS off,
 /// `extra` flags after, stderr to `stderr`.
-pub fn serve_command(cache: &std::path::Path, rust_log: &str, extra: &[&str]) -> Command {
+pub fn serve_command<S: AsRef<std::ffi::OsStr>>(
+    cache: &std::path::Path,
+    rust_log: &str,
+    extra: &[S],
+) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(["--no-torrent", "--no-mdns"])
