@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::fetch::Fetcher;
-use crate::http::error::DownPolicy;
 use crate::http::state::App;
 use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
 use crate::peers::PeerSet;
+use crate::redact::redact;
 use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 
@@ -46,10 +46,10 @@ pub fn build(
         })?;
     let peers = Arc::new(
         PeerSet::new(own_port, id, config.fleet, config.peers.clone())
-            .with_max_peers(config.tuning.max_peers),
+            .with_max_peers(config.fetch.tuning.max_peers),
     );
     let fetcher = Arc::new(Fetcher::new(
-        config.fetch_settings(),
+        config.fetch.clone(),
         store.clone(),
         metrics.clone(),
         peers.clone(),
@@ -57,7 +57,7 @@ pub fn build(
     let uploader = Arc::new(crate::upload::Uploader::new(
         config.uploads.clone(),
         store.clone(),
-        config.trusted_keys.clone(),
+        config.fetch.keys.clone(),
         metrics.clone(),
         peers.clone(),
         fetcher.clone(),
@@ -68,10 +68,7 @@ pub fn build(
         uploader,
         metrics,
         cache_info: Bytes::from(crate::nix::cache_info(config.priority)),
-        down_policy: DownPolicy {
-            status: config.upstream_down_status,
-            retry_after: config.retry_after,
-        },
+        down_policy: config.down_policy,
         peers,
         status: Arc::new(crate::status::Status::new(config.status_interval)),
         digest: Default::default(),
@@ -132,15 +129,7 @@ async fn start_torrent(
     shutdown: &CancellationToken,
 ) {
     let engine = crate::torrent::Engine::start(
-        crate::torrent::EngineConfig {
-            listen: config.torrent_listen,
-            trackers: config.trackers.clone(),
-            download_dir: config.cache_dir.join("tmp").join("bt"),
-            stall: config.timeouts.stall,
-            upload_limit: config.tuning.upload_limit,
-            hot_set: config.tuning.hot_set,
-            hash_concurrency: config.tuning.hash_concurrency,
-        },
+        config.engine.clone(),
         app.store.clone(),
         gone,
         app.metrics.clone(),
@@ -150,7 +139,7 @@ async fn start_torrent(
     match engine {
         Ok(e) => app.fetcher.set_torrent(e),
         Err(e) => {
-            tracing::error!(error = %e, listen = %config.torrent_listen, "BitTorrent is off: cannot start it")
+            tracing::error!(error = %e, listen = %config.engine.listen, "BitTorrent is off: cannot start it")
         }
     }
 }
@@ -203,8 +192,8 @@ fn log_start(config: &Config, local: Option<std::net::SocketAddr>) {
         listen = %local.map(|a| a.to_string()).unwrap_or_default(),
         cache_dir = %config.cache_dir.display(),
         max_cache_size = config.max_cache_size,
-        upstreams = ?config.upstreams.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
-        peers = ?config.peers.iter().map(|u| u.as_str()).collect::<Vec<_>>(),
+        upstreams = ?config.fetch.upstreams.iter().map(redact).collect::<Vec<_>>(),
+        peers = ?config.peers.iter().map(redact).collect::<Vec<_>>(),
         peers_dns = ?config.peers_dns.as_ref().map(|d| d.to_string()),
         mdns = config.mdns,
         uploads = config.uploads.token.is_some(),

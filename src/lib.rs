@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod nix;
 pub mod peers;
+pub mod redact;
 pub mod status;
 pub mod store;
 pub mod tasks;

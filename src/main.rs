@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig(args) => match args.resolve() {
             Ok(config) => {
-                print_config(&config);
+                print!("{}", config.render_effective());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -61,85 +61,6 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn print_config(c: &Config) {
-    println!("configuration OK");
-    println!("  listen               {}", c.listen);
-    println!(
-        "  cache-dir            {} (writable)",
-        c.cache_dir.display()
-    );
-    println!("  max-cache-size       {} bytes", c.max_cache_size);
-    for u in &c.upstreams {
-        println!("  upstream             {u}");
-    }
-    if let Some(p) = &c.netrc_file {
-        println!("  netrc-file           {} ({:?})", p.display(), c.netrc);
-    }
-    for k in c.trusted_keys.keys() {
-        println!("  trusted-public-key   {k}");
-    }
-    println!("  priority             {}", c.priority);
-    println!("  negative-ttl         {:?}", c.negative_ttl);
-    println!(
-        "  upstream-down-status {} (Retry-After {:?})",
-        c.upstream_down_status, c.retry_after
-    );
-    println!(
-        "  timeouts             connect {:?}, first byte {:?}, stall {:?}, narinfo {:?}, min rate {} B/s",
-        c.timeouts.connect, c.timeouts.first_byte, c.timeouts.stall, c.timeouts.narinfo, c.timeouts.min_rate
-    );
-    println!(
-        "  connections          max {}, per client {}, send timeout {:?}",
-        c.connections.max, c.connections.per_ip, c.connections.send_timeout
-    );
-    for p in &c.peers {
-        println!("  peer                 {p}");
-    }
-    if let Some(d) = &c.peers_dns {
-        println!("  peers-dns            {d}");
-    }
-    println!(
-        "  torrent              {}",
-        if c.torrent { "on" } else { "off" }
-    );
-    println!("  torrent-listen       {}", c.torrent_listen);
-    for t in &c.trackers {
-        println!("  tracker              {t}");
-    }
-    println!(
-        "  peer-policy          {} (accelerate NARs >= {} bytes below {} bytes/s)",
-        match c.tuning.policy {
-            nixgate::config::PeerPolicy::HttpFirst => "http-first",
-            nixgate::config::PeerPolicy::PeersFirst => "peers-first",
-        },
-        c.tuning.accelerate_size,
-        c.tuning.accelerate_below
-    );
-    if let Some(l) = c.tuning.upload_limit {
-        println!("  torrent-upload-limit {l} bytes/s");
-    }
-    println!(
-        "  mdns                 {}",
-        if c.mdns { "on" } else { "off" }
-    );
-    print_uploads(c);
-}
-
-/// The upload settings of `check-config` (secrets never printed, only the public key).
-fn print_uploads(c: &Config) {
-    let u = &c.uploads;
-    println!(
-        "  uploads              {} (budget {} bytes, staging {} bytes for {:?})",
-        if u.token.is_some() { "on" } else { "off" },
-        u.max_bytes,
-        u.staging_bytes,
-        u.staging_age
-    );
-    if let Some(k) = &u.signing_key {
-        println!("  signing public key   {}", k.public());
-    }
-}
-
 /// Binds `addr`; an IPv6 wildcard on a host without IPv6 falls back to the IPv4 wildcard.
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
@@ -167,9 +88,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("signal received");
         token.cancel();
     });
-    nixgate::app::run(config, listener, shutdown)
-        .await
-        .context("starting the cache")
+    let served = nixgate::app::run(config, listener, shutdown).await;
+    // The last lines (shutdown, drain) reach a reader that keeps up; a stuck one loses them.
+    nixgate::telemetry::flush(std::time::Duration::from_secs(1));
+    served.context("starting the cache")
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit: every connection, cache file being
@@ -179,7 +101,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 fn raise_nofile_limit(config: &Config) {
     // Connections (regular and reserve), plus room for cache files, torrents and sockets.
     let need =
-        config.connections.max + nixgate::http::limits::RESERVE + config.tuning.hot_set + 256;
+        config.connections.max + nixgate::http::limits::RESERVE + config.engine.hot_set + 256;
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) if n < need as u64 => tracing::warn!(
             limit = n,

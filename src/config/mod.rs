@@ -3,10 +3,12 @@
 //!
 //! This file holds the command line (subcommands and their flags). Every setting of `serve` is
 //! declared once, in [`ServeArgs`] (`settings.rs`); its named defaults, each saying why, are in
-//! `defaults.rs`; resolution into a validated [`Config`] in `resolve.rs`. The typed settings
-//! groups belong to the modules that use them and are re-exported here.
+//! `defaults.rs`; resolution into a validated [`Config`] in `resolve.rs`, whose groups are the
+//! types the subsystems take (they belong to the modules that use them and are re-exported
+//! here); what `check-config` prints, read from those groups, in `effective.rs`.
 
 mod defaults;
+mod effective;
 mod error;
 mod parse;
 mod resolve;

@@ -5,6 +5,7 @@ use url::Url;
 
 use super::ConfigError;
 use crate::peers::dns::DnsPeers;
+use crate::redact::redact_text;
 use crate::units::UnitError;
 
 /// Names the flag in a size or duration error.
@@ -31,8 +32,9 @@ pub(super) fn each<T>(
 
 /// An upstream cache's base URL: http(s), no query or fragment, trailing slash.
 pub(super) fn parse_upstream(s: &str) -> Result<Url, ConfigError> {
+    // The URL as typed may carry a password: errors show it redacted.
     let err = |reason: &str| ConfigError::Upstream {
-        url: s.to_owned(),
+        url: redact_text(s),
         reason: reason.to_owned(),
     };
     let mut url = Url::parse(s).map_err(|e| err(&e.to_string()))?;
@@ -83,7 +85,7 @@ pub(super) fn parse_peers_dns(s: &str) -> Result<DnsPeers, ConfigError> {
 /// A BitTorrent tracker announce URL: http, https or udp, with a host.
 pub(super) fn parse_tracker(s: &str) -> Result<Url, ConfigError> {
     let err = |reason: String| ConfigError::Tracker {
-        url: s.to_owned(),
+        url: redact_text(s),
         reason,
     };
     let url = Url::parse(s).map_err(|e| err(e.to_string()))?;

@@ -11,43 +11,42 @@ use super::defaults::*;
 use super::parse::{each, parse_peer, parse_peers_dns, parse_tracker, parse_upstream, unit};
 use super::{ConfigError, ServeArgs};
 use crate::fetch::{FetchSettings, PeerTuning};
+use crate::http::error::DownPolicy;
 use crate::http::limits::ConnLimits;
 use crate::nix::signature::{PublicKey, TrustedKeys};
 use crate::peers::dns::DnsPeers;
 use crate::peers::Membership;
 use crate::store::check_writable;
 use crate::telemetry::LogFormat;
+use crate::torrent::EngineConfig;
 use crate::units::{parse_duration, parse_size};
 use crate::upload::{SigningKey, UploadSettings, UploadToken};
 use crate::upstream::netrc::Netrc;
 use crate::upstream::Timeouts;
 
-/// The resolved, validated configuration.
+/// The resolved, validated configuration: each group in the type its subsystem takes, so
+/// `app` only hands them over and `check-config` prints what the subsystems get.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `--config`, if any.
+    pub config_file: Option<PathBuf>,
     /// Address for runners' HTTP requests.
     pub listen: SocketAddr,
     /// The disk cache, proven writable.
     pub cache_dir: PathBuf,
     /// Size cap of the disk cache, in bytes.
     pub max_cache_size: u64,
-    /// Upstream caches in the order they are tried, each ending in `/`.
-    pub upstreams: Vec<Url>,
-    /// `--netrc-file`, if any.
+    /// The fetcher's settings: upstreams (each ending in `/`, tried in order), trusted keys
+    /// (never empty; the signing key's public key included), netrc credentials, the negative
+    /// TTL, upstream timeouts and the peer tuning (`--peer-policy`, `--accelerate-*`,
+    /// `--torrent-hot-set`, `--max-peers`, `--hash-concurrency`, `--torrent-upload-limit`).
+    pub fetch: FetchSettings,
+    /// `--netrc-file`, if any (its credentials are in `fetch.netrc`).
     pub netrc_file: Option<PathBuf>,
-    /// Credentials per upstream host, read from `netrc_file` (empty without one).
-    pub netrc: Netrc,
-    /// Keys whose signatures make a narinfo trusted (never empty).
-    pub trusted_keys: TrustedKeys,
     /// `Priority` in /nix-cache-info.
     pub priority: u32,
-    /// How long an upstream 404 is remembered.
-    pub negative_ttl: Duration,
-    /// 503 or 404: the answer for a miss while every upstream fails.
-    pub upstream_down_status: u16,
-    /// `Retry-After` sent with that 503.
-    pub retry_after: Duration,
-    pub timeouts: Timeouts,
+    /// The answer for a miss while every upstream fails (503 or 404) and its `Retry-After`.
+    pub down_policy: DownPolicy,
     /// Client connection bounds and the send timeout.
     pub connections: ConnLimits,
     pub log_format: LogFormat,
@@ -56,9 +55,8 @@ pub struct Config {
     pub peers_dns: Option<DnsPeers>,
     /// BitTorrent on.
     pub torrent: bool,
-    pub torrent_listen: SocketAddr,
-    pub trackers: Vec<Url>,
-    pub tuning: PeerTuning,
+    /// The BitTorrent engine's settings (used when `torrent` is on).
+    pub engine: EngineConfig,
     /// Announce over and browse mDNS.
     pub mdns: bool,
     /// Who owns keys in the fleet.
@@ -67,20 +65,9 @@ pub struct Config {
     pub status_interval: Duration,
     /// Uploads from runners (off without `--upload-token-file`).
     pub uploads: UploadSettings,
-}
-
-impl Config {
-    /// What the fetcher is built from.
-    pub fn fetch_settings(&self) -> FetchSettings {
-        FetchSettings {
-            upstreams: self.upstreams.clone(),
-            keys: self.trusted_keys.clone(),
-            netrc: self.netrc.clone(),
-            negative_ttl: self.negative_ttl,
-            timeouts: self.timeouts,
-            tuning: self.tuning,
-        }
-    }
+    /// `--upload-token-file` and `--signing-key-file`, if any (what they hold is in `uploads`).
+    pub upload_token_file: Option<PathBuf>,
+    pub signing_key_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -105,28 +92,42 @@ impl ServeArgs {
         let peers_dns = peers_dns(&s)?;
         let (torrent_listen, trackers) = torrent(&s)?;
         let tuning = tuning(&s)?;
+        let timeouts = timeouts(&s)?;
+        let engine = EngineConfig {
+            listen: torrent_listen,
+            trackers,
+            download_dir: cache_dir.join("tmp").join("bt"),
+            stall: timeouts.stall,
+            upload_limit: tuning.upload_limit,
+            hot_set: tuning.hot_set,
+            hash_concurrency: tuning.hash_concurrency,
+        };
         Ok(Config {
+            config_file: s.config.clone(),
             listen,
             cache_dir,
             max_cache_size,
-            upstreams,
+            fetch: FetchSettings {
+                upstreams,
+                keys: trusted_keys,
+                netrc,
+                negative_ttl: duration("negative-ttl", &s.negative_ttl, default_negative_ttl)?,
+                timeouts,
+                tuning,
+            },
             netrc_file,
-            netrc,
-            trusted_keys,
             priority: s.priority.unwrap_or_else(default_priority),
-            negative_ttl: duration("negative-ttl", &s.negative_ttl, default_negative_ttl)?,
-            upstream_down_status,
-            retry_after: duration("retry-after", &s.retry_after, default_retry_after)?,
-            timeouts: timeouts(&s)?,
+            down_policy: DownPolicy {
+                status: upstream_down_status,
+                retry_after: duration("retry-after", &s.retry_after, default_retry_after)?,
+            },
             connections: connections(&s)?,
             log_format: s.log_format.unwrap_or(LogFormat::Human),
             peers,
             peers_dns,
             // Flags, env and the file can only switch these off.
             torrent: !s.no_torrent,
-            torrent_listen,
-            trackers,
-            tuning,
+            engine,
             mdns: s.no_mdns.map_or_else(default_mdns, |no| !no),
             fleet: Membership {
                 configured: !s.no_fleet,
@@ -134,6 +135,8 @@ impl ServeArgs {
             },
             status_interval: status_interval(&s)?,
             uploads,
+            upload_token_file: s.upload_token_file.clone(),
+            signing_key_file: s.signing_key_file.clone(),
         })
     }
 }

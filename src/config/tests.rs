@@ -21,8 +21,8 @@ fn defaults_follow_the_interface_contract() {
     let c = args(dir.path()).resolve().unwrap();
     assert_eq!(c.listen.to_string(), "[::]:8080");
     assert_eq!(c.max_cache_size, 10 << 30);
-    assert_eq!(c.upstreams[0].as_str(), "https://cache.nixos.org/");
-    assert_eq!(c.trusted_keys.keys()[0].to_string(), CACHE_NIXOS_ORG_KEY);
+    assert_eq!(c.fetch.upstreams[0].as_str(), "https://cache.nixos.org/");
+    assert_eq!(c.fetch.keys.keys()[0].to_string(), CACHE_NIXOS_ORG_KEY);
     assert!(c.torrent && c.mdns);
 }
 
@@ -41,7 +41,7 @@ fn flag_beats_file_and_file_beats_default() {
     let c = a.resolve().unwrap();
     assert_eq!(c.listen.to_string(), "0.0.0.0:9999");
     assert_eq!(c.max_cache_size, 500 << 20);
-    assert_eq!(c.upstreams[0].as_str(), "http://127.0.0.1:1/a/");
+    assert_eq!(c.fetch.upstreams[0].as_str(), "http://127.0.0.1:1/a/");
     assert!(!c.mdns);
 }
 
@@ -129,12 +129,12 @@ fn peers_and_torrent_settings() {
             port: 8080
         })
     );
-    assert_eq!(c.torrent_listen.port(), 7000);
-    assert_eq!(c.trackers.len(), 1);
+    assert_eq!(c.engine.listen.port(), 7000);
+    assert_eq!(c.engine.trackers.len(), 1);
 
     let d = args(dir.path()).resolve().unwrap();
-    assert!(d.peers.is_empty() && d.peers_dns.is_none() && d.trackers.is_empty());
-    assert_eq!(d.torrent_listen.to_string(), "[::]:6881");
+    assert!(d.peers.is_empty() && d.peers_dns.is_none() && d.engine.trackers.is_empty());
+    assert_eq!(d.engine.listen.to_string(), "[::]:6881");
 
     assert_eq!(parse_peers_dns("peers.local:9000").unwrap().port, 9000);
     for bad in ["", "a..b", "peers:0", "peers:x", "bad name", "http://x"] {
@@ -171,7 +171,7 @@ fn file_keys_and_aliases_parse() {
     a.upstreams = Some(vec![String::new()]);
     a.no_torrent = false;
     let c = a.resolve().unwrap();
-    assert!(c.upstreams.is_empty() && !c.torrent);
+    assert!(c.fetch.upstreams.is_empty() && !c.torrent);
 }
 
 #[test]
@@ -235,12 +235,12 @@ fn netrc_file_from_the_config_file_is_read_and_a_bad_one_named() {
     a.config = Some(file);
     let c = a.resolve().unwrap();
     assert_eq!(c.netrc_file.as_deref(), Some(netrc.as_path()));
-    assert!(c.netrc.lookup("cache.example.com").is_some());
+    assert!(c.fetch.netrc.lookup("cache.example.com").is_some());
     assert!(
         !format!("{c:?}").contains("s3cret"),
         "the Debug of Config hides it"
     );
-    assert!(args(dir.path()).resolve().unwrap().netrc.is_empty());
+    assert!(args(dir.path()).resolve().unwrap().fetch.netrc.is_empty());
     let mut a = args(dir.path());
     a.netrc_file = Some(dir.path().join("absent"));
     let e = a.resolve().unwrap_err().to_string();
@@ -278,16 +278,61 @@ fn upload_settings_from_the_file_with_their_defaults_and_errors() {
         (2 << 30, 100 << 20)
     );
     // The signing key's public key is trusted beside the default key.
-    let keys: Vec<String> = c
-        .trusted_keys
-        .keys()
-        .iter()
-        .map(|k| k.to_string())
-        .collect();
+    let keys: Vec<String> = c.fetch.keys.keys().iter().map(|k| k.to_string()).collect();
     assert_eq!(keys, [CACHE_NIXOS_ORG_KEY, VECTOR_PUBLIC_KEY]);
     std::fs::write(&key, "not-a-key").unwrap();
     let mut a = args(dir.path());
     a.signing_key_file = Some(key);
     let e = a.resolve().unwrap_err().to_string();
     assert!(e.starts_with("--signing-key-file"), "{e}");
+}
+
+/// The name `check-config` prints a flag's setting under: the long name, `no-X` as `X`.
+fn setting_name(long: &str) -> &str {
+    long.strip_prefix("no-").unwrap_or(long)
+}
+
+#[test]
+fn check_config_prints_every_serve_flag() {
+    use clap::CommandFactory;
+    let dir = tempfile::tempdir().unwrap();
+    let c = args(dir.path()).resolve().unwrap();
+    let printed: Vec<&str> = c.effective().iter().map(|(name, _)| *name).collect();
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("a serve subcommand");
+    let flags: Vec<&str> = serve
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| *l != "help")
+        .collect();
+    assert!(flags.len() > 30, "clap lists the flags of serve: {flags:?}");
+    for long in &flags {
+        assert!(
+            printed.contains(&setting_name(long)),
+            "--{long} has no line in check-config (as {:?})",
+            setting_name(long)
+        );
+    }
+    // And no line names something that is not a flag (a typo would hide a setting).
+    for name in &printed {
+        assert!(
+            flags.iter().any(|l| setting_name(l) == *name),
+            "check-config line {name:?} is not a flag"
+        );
+    }
+}
+
+#[test]
+fn check_config_redacts_url_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(dir.path());
+    a.upstreams = Some(vec!["https://ci:upw@cache.example/".into()]);
+    a.peers = Some(vec!["http://p:ppw@10.0.0.7:8080".into()]);
+    let text = a.resolve().unwrap().render_effective();
+    assert!(text.contains("https://***@cache.example/"), "{text}");
+    assert!(!text.contains("upw") && !text.contains("ppw"), "{text}");
+    let mut a = args(dir.path());
+    a.upstreams = Some(vec!["ftp://ci:upw@cache.example/".into()]);
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(e.contains("--upstream") && !e.contains("upw"), "{e}");
 }

@@ -23,6 +23,7 @@ impl Metrics {
         all.extend(self.more_families());
         all.extend(self.peer_families());
         all.extend(self.upload_families());
+        all.push(log_family());
         all
     }
 
@@ -212,6 +213,19 @@ impl Metrics {
             .value(&self.upload_staging_bytes),
         ]
     }
+}
+
+/// Lines the log writer dropped (process-wide, kept by `telemetry`, not by [`Metrics`]).
+fn log_family() -> Family {
+    Family::new(
+        "nixgate_log_lines_dropped_total",
+        Kind::Counter,
+        "Log lines dropped because stderr's reader was slow (queue full) or gone.",
+    )
+    .samples(std::iter::once((
+        String::new(),
+        crate::telemetry::dropped_lines(),
+    )))
 }
 
 /// A Prometheus metric type.

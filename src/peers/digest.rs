@@ -30,18 +30,18 @@ pub async fn refresh(set: &PeerSet, metrics: &Metrics) {
         .await
         .map_err(|e| (matches!(e, probe::ProbeError::TooLarge(_)), e.to_string()))
         .and_then(|b| Holdings::from_bytes(&b).map_err(|e| (true, e.to_string())));
-        (p.base.clone(), got)
+        (p, got)
     });
-    for (base, got) in futures_util::future::join_all(fetches).await {
+    for (p, got) in futures_util::future::join_all(fetches).await {
         match &got {
             Err((true, e)) => {
                 metrics.digest_refused();
-                tracing::warn!(peer = %base, error = %e, "peer digest refused; asking it as if it had none");
+                tracing::warn!(peer = %p, error = %e, "peer digest refused; asking it as if it had none");
             }
-            Err((false, e)) => tracing::debug!(peer = %base, error = %e, "no digest from peer"),
+            Err((false, e)) => tracing::debug!(peer = %p, error = %e, "no digest from peer"),
             Ok(_) => {}
         }
-        set.set_holdings(&base, got.ok());
+        set.set_holdings(&p.base, got.ok());
     }
 }
 

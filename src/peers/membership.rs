@@ -29,7 +29,7 @@ pub async fn refresh(set: &PeerSet) {
         match got {
             Ok(id) => set.set_id(&m.base, id),
             Err(e) => {
-                tracing::debug!(peer = %m.base, error = %e, "membership probe failed");
+                tracing::debug!(peer = %m, error = %e, "membership probe failed");
                 set.set_id(&m.base, None);
             }
         }

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use url::Url;
 
+use crate::redact::Redacted;
 use crate::store::digest::Holdings;
 use crate::upstream::Upstream;
 
@@ -140,18 +141,23 @@ impl PeerSet {
 
     /// Replaces the peers of one origin, keeping the state (breaker) of peers that stay.
     pub fn replace(&self, origin: Origin, urls: Vec<Url>) {
-        let urls: Vec<Url> = urls.into_iter().filter(|u| !self.is_self(u)).collect();
+        // Compared as the set keeps them: `Upstream::base`, without userinfo.
+        let urls: Vec<(Url, Url)> = urls
+            .into_iter()
+            .filter(|u| !self.is_self(u))
+            .map(|u| (crate::redact::without_userinfo(&u), u))
+            .collect();
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|e| e.origin != origin || urls.contains(&e.peer.base));
-        for url in urls {
-            if entries.iter().any(|e| e.peer.base == url) {
+        entries.retain(|e| e.origin != origin || urls.iter().any(|(b, _)| *b == e.peer.base));
+        for (bare, url) in urls {
+            if entries.iter().any(|e| e.peer.base == bare) {
                 continue; // already known (perhaps from another origin)
             }
             if origin != Origin::Static && entries.len() >= self.max_peers {
-                tracing::warn!(peer = %url, ?origin, max_peers = self.max_peers, "peer set full; peer ignored");
+                tracing::warn!(peer = %Redacted(&url), ?origin, max_peers = self.max_peers, "peer set full; peer ignored");
                 continue;
             }
-            tracing::info!(peer = %url, ?origin, "peer added");
+            tracing::info!(peer = %Redacted(&url), ?origin, "peer added");
             entries.push(Entry {
                 peer: Arc::new(Upstream::new(url)),
                 origin,
@@ -269,7 +275,7 @@ impl PeerSet {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = entries.iter_mut().find(|e| &e.peer.base == base) {
             if e.id != id {
-                tracing::info!(peer = %base, id = ?id, "fleet membership changed");
+                tracing::info!(peer = %e.peer, id = ?id, "fleet membership changed");
             }
             e.id = id;
         }
@@ -281,7 +287,7 @@ impl PeerSet {
         entries
             .iter()
             .map(|e| PeerStatus {
-                url: e.peer.base.to_string(),
+                url: e.peer.label().to_owned(),
                 origin: e.origin,
                 state: if e.peer.breaker.is_open() {
                     "skipped"

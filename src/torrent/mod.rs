@@ -68,7 +68,7 @@ pub struct EngineConfig {
     pub upload_limit: Option<u64>,
     /// Live seeding torrents, at most.
     pub hot_set: usize,
-    /// Cached NARs hashed into torrents at once, at most.
+    /// Cached NARs hashed into torrents at once, at most; at least 1 (`config` clamps it).
     pub hash_concurrency: usize,
 }
 
@@ -130,7 +130,7 @@ impl Engine {
             .listen_addr()
             .map(|a| a.port())
             .unwrap_or(config.listen.port());
-        tracing::info!(port, trackers = ?config.trackers.iter().map(Url::as_str).collect::<Vec<_>>(), "BitTorrent engine started (DHT, LSD, UPnP off)");
+        tracing::info!(port, trackers = ?config.trackers.iter().map(crate::redact::redact).collect::<Vec<_>>(), "BitTorrent engine started (DHT, LSD, UPnP off)");
         let engine = Arc::new(Engine {
             session,
             store,
@@ -142,7 +142,7 @@ impl Engine {
             metrics,
             metas: moka::sync::Cache::new(META_CACHE),
             hashing: Default::default(),
-            hash_slots: Arc::new(tokio::sync::Semaphore::new(config.hash_concurrency.max(1))),
+            hash_slots: Arc::new(tokio::sync::Semaphore::new(config.hash_concurrency)),
             hot: Mutex::new(VecDeque::new()),
         });
         // An evicted NAR stops being seeded (librqbit would keep the unlinked file open).

@@ -111,11 +111,11 @@ impl Uploader {
             match tokio::time::timeout(COPY_TIMEOUT, copy).await {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
-                    tracing::warn!(member = %member.base, hash = %h, error = %e, "could not replicate an upload");
+                    tracing::warn!(member = %member.label(), hash = %h, error = %e, "could not replicate an upload");
                     false
                 }
                 Err(_) => {
-                    tracing::warn!(member = %member.base, hash = %h, "replicating an upload timed out");
+                    tracing::warn!(member = %member.label(), hash = %h, "replicating an upload timed out");
                     member.breaker.failure();
                     false
                 }

@@ -7,6 +7,7 @@ pub mod body;
 pub mod breaker;
 pub mod netrc;
 pub mod probe;
+mod remote;
 
 use std::time::Duration;
 
@@ -22,8 +23,8 @@ use url::Url;
 
 use crate::metrics::{Metrics, UpstreamStatus};
 pub use body::UpstreamBody;
-use breaker::Breaker;
 use netrc::{Credentials, Netrc};
+pub use remote::Upstream;
 
 /// Upstream timeouts, one per phase of a request (`--connect-timeout`, `--first-byte-timeout`,
 /// `--stall-timeout`).
@@ -39,42 +40,6 @@ pub struct Timeouts {
     pub narinfo: Duration,
     /// Bytes per second a body must average over each `stall` window.
     pub min_rate: u64,
-}
-
-/// One configured upstream cache.
-#[derive(Debug)]
-pub struct Upstream {
-    /// Base URL, always ending in `/`.
-    pub base: Url,
-    pub breaker: Breaker,
-    /// The last failure and when (for the status page).
-    last_error: std::sync::Mutex<Option<(std::time::SystemTime, String)>>,
-}
-
-impl Upstream {
-    pub fn new(base: Url) -> Self {
-        Upstream {
-            base,
-            breaker: Breaker::default(),
-            last_error: Default::default(),
-        }
-    }
-
-    /// Remembers `e` as the last failure (a skip while the circuit is open is not one).
-    fn note_error(&self, e: &UpstreamError) {
-        if !matches!(e, UpstreamError::CircuitOpen) {
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((std::time::SystemTime::now(), e.to_string()));
-        }
-    }
-
-    /// The last failure and when it happened, if any.
-    pub fn last_error(&self) -> Option<(std::time::SystemTime, String)> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
 }
 
 /// Why an upstream request gave nothing usable.
@@ -342,7 +307,7 @@ impl UpstreamClient {
             // The upstream answered: it is up, but will not serve us. Never log the header.
             up.breaker.success();
             tracing::warn!(
-                upstream = %up.base,
+                upstream = %up,
                 status = status.as_u16(),
                 credentials = creds.is_some(),
                 "upstream refused authentication; check --netrc-file"

@@ -10,6 +10,8 @@ use hyper_util::rt::TokioExecutor;
 use thiserror::Error;
 use url::Url;
 
+use crate::redact::redact_text;
+
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error("{0} is not a valid request URL")]
@@ -77,11 +79,11 @@ async fn get(
 ) -> Result<(Duration, http::Response<hyper::body::Incoming>), ProbeError> {
     let url = base
         .join(path.trim_start_matches('/'))
-        .map_err(|_| ProbeError::Url(format!("{base}{path}")))?;
+        .map_err(|_| ProbeError::Url(redact_text(&format!("{base}{path}"))))?;
     let uri: http::Uri = url
         .as_str()
         .parse()
-        .map_err(|_| ProbeError::Url(url.to_string()))?;
+        .map_err(|_| ProbeError::Url(crate::redact::redact(&url)))?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build_http();

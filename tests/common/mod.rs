@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod appliance;
+pub mod binary;
 pub mod client;
 pub mod fixture;
 pub mod hostile;
@@ -15,6 +16,7 @@ pub mod swarm;
 pub mod upstream;
 
 pub use appliance::*;
+pub use binary::*;
 pub use client::*;
 pub use fixture::*;
 pub use hostile::*;

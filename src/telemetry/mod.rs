@@ -1,5 +1,10 @@
 //! Logging: human-readable by default, JSON lines with `--log-format json`; level from
-//! `RUST_LOG` (default `info`).
+//! `RUST_LOG` (default `info`). Lines go through a bounded queue to stderr (`writer.rs`), so
+//! a slow or vanished log reader costs log lines, counted, never the process.
+
+mod writer;
+
+pub use writer::{dropped_lines, flush, QUEUE_BYTES};
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
@@ -19,7 +24,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer::LossyStderr::get());
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
