@@ -98,6 +98,6 @@ impl<'a> MakeWriter<'a> for &'static LossyStderr {
     type Writer = Line;
 
     fn make_writer(&'a self) -> Line {
-        Line(*self)
+        Line(self)
     }
 }
