@@ -277,3 +277,43 @@ async fn drip_fed_narinfos_and_nars_give_way_to_the_upstream() {
         a.stop().await;
     }
 }
+
+/// A member id that owns `p` but not `q` against `own` (asked of the ring).
+fn owns_only(p: &str, q: &str, own: &str) -> String {
+    let owns = |key: &str, id: &String| {
+        let m = [(id.clone(), ())];
+        !nixgate::peers::fleet::owners(key, own, &m).is_empty()
+    };
+    (0u32..)
+        .map(|i| format!("{i:032x}"))
+        .find(|id| id != own && owns(p, id) && !owns(q, id))
+        .expect("some id owns p only")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planted_narinfo_never_blocks_an_upstreams_genuine_one() {
+    let f = fixture().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (victim, other) = (&f.blobs[0], &f.blobs[1]);
+    let cache = cache_with(f, tmp.path(), "gzip", &[victim, other]);
+    let (planted, _, _) = forge(&cache, victim, other);
+    let own = "e".repeat(32);
+    let (p, q) = (Fixture::hash(victim), Fixture::hash(other));
+    // The member owns p only: it plants p's signed narinfo naming q's file.
+    let member = Hostile::start(Some(&owns_only(p, q, &own))).await;
+    member.serve(&format!("{p}.narinfo"), planted, None);
+    let up = Upstream::start(&cache).await;
+    let a = with_member(&tmp.path().join("a"), &up, &f.public_key, &member, &own).await;
+    assert_eq!(
+        get(&format!("{}/{p}.narinfo", a.url()), &[]).await.status,
+        200
+    );
+    // q's genuine narinfo, from the upstream, still wins (the planted one is forgotten), and
+    // q substitutes; nothing is remembered as missing.
+    assert_eq!(
+        get(&format!("{}/{q}.narinfo", a.url()), &[]).await.status,
+        200
+    );
+    assert_ok(&nix_copy(&a.url(), &f.public_key, other, &tmp.path().join("d")).await);
+    assert_eq!(up.count(&format!("{q}.narinfo")), 1);
+}

@@ -6,8 +6,10 @@
 //! - a relative path under the base of the upstream the narinfo came from, with no scheme,
 //!   no `//host`, no `.`/`..` segment, no query or fragment, only the characters Nix's own
 //!   writer uses (`nar/<nix32>.nar.xz`);
-//! - an absolute `http(s)` URL on the same origin as a configured upstream (no userinfo,
-//!   query or fragment).
+//! - an absolute `http(s)` URL on the origin of the upstream it came from (no userinfo,
+//!   query or fragment): the caller passes that one origin, so a hostile upstream cannot
+//!   send the appliance, with another upstream's credentials, to a path that one never
+//!   published.
 //!
 //! Anything else is refused: the NAR is fetched from the standard location
 //! `nar/<FileHash>.nar<ext>` under that upstream instead, and the refusal counted. From a

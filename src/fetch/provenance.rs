@@ -86,7 +86,7 @@ impl Fetcher {
         fh: Sha256,
         stored: String,
     ) -> Option<Option<Bytes>> {
-        if let Err(why) = self.vet_narinfo(fh, &stored).await {
+        if let Err(why) = self.vet_narinfo(fh, &stored, false).await {
             self.metrics.verification_failure(Source::Peer);
             peer.breaker.probation(crate::peers::PROBATION);
             tracing::warn!(peer = %peer.base, hash = %h, reason = %why, "peer narinfo names another path's NAR; peer on probation");
@@ -103,16 +103,31 @@ impl Fetcher {
     /// Checks a narinfo's NarHash/NarSize against what the cache holds for its (unsigned)
     /// FileHash: another narinfo naming the same file, else the NAR file itself
     /// (decompressed). Whoever sent the narinfo chose the FileHash, upstreams included.
-    pub(super) async fn vet_narinfo(&self, fh: Sha256, stored: &str) -> Result<(), Rejected> {
+    ///
+    /// `upstream`: the narinfo came from a configured upstream. Another narinfo it contradicts
+    /// may have been planted by a peer or fleet member to block it, so that one is forgotten
+    /// instead, and the NAR decides (if it is cached now, else when it is fetched).
+    pub(super) async fn vet_narinfo(
+        &self,
+        fh: Sha256,
+        stored: &str,
+        upstream: bool,
+    ) -> Result<(), Rejected> {
         let (_, ni) = parse_stored(&Bytes::copy_from_slice(stored.as_bytes()))
             .ok_or(Contradiction::Unparsable)?;
         let claim = (ni.nar_hash, ni.nar_size);
         for other in self.store.narinfos_of(&fh).await {
             if let Some((_, o)) = parse_stored(&other) {
-                if (o.nar_hash, o.nar_size) != claim {
+                if (o.nar_hash, o.nar_size) == claim {
+                    return Ok(());
+                }
+                if !upstream {
                     return Err(Contradiction::OtherPath(o.store_path).into());
                 }
-                return Ok(());
+                tracing::warn!(file_hash = %fh, other = %o.store_path, "an upstream narinfo contradicts a cached one for the same file; forgetting the cached one");
+                self.store.forget_narinfo(&o.base.hash);
+                self.provenance.marks.remove(&o.base.hash);
+                break;
             }
         }
         let compression = Compression::from_field(ni.compression.as_deref());
@@ -163,6 +178,9 @@ impl Fetcher {
             let Ok(a) = self.accept_upstream(&h, up, &body) else {
                 continue;
             };
+            if self.vet_narinfo(a.fh, &a.stored, true).await.is_err() {
+                continue;
+            }
             let saved = self.save(h, a.fh, a.stored, Source::Upstream).await.ok()?;
             self.provenance.marks.remove(&h);
             tracing::info!(upstream = %up.base, hash = %h, "peer's narinfo replaced by the upstream's");

@@ -14,6 +14,11 @@ use crate::torrent::meta::{Expected, NarTorrent, MAX_TORRENT_FILE};
 use crate::torrent::{TorrentBody, PORT_HEADER};
 use crate::upstream::{Answer, Upstream};
 
+/// The longest one holder may take to send its `.torrent` (headers and body, at most 1 MiB).
+const TORRENT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The longest asking every holder for its `.torrent` may take.
+const TORRENTS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A swarm download under way.
 pub(super) struct Swarm {
     /// The peers whose `.torrent` it was (put on probation if the bytes do not verify).
@@ -79,21 +84,39 @@ impl Fetcher {
             holders: Vec::new(),
             addrs: Vec::new(),
         };
+        let asked = std::time::Instant::now();
         for peer in self.peers.candidates(&plan.digest_key()) {
+            // Drip-fed `.torrent`s must not hold the miss (and its coalesced runners).
+            if asked.elapsed() >= TORRENTS_DEADLINE {
+                tracing::info!(file_hash = %plan.fh, "no time left to ask more holders for the torrent");
+                break;
+            }
             let Ok(url) = peer.base.join(&rel) else {
                 continue;
             };
-            let Ok(Answer::Found(body)) = self.client.peer_request(&peer, Method::GET, &url).await
-            else {
-                continue;
+            let fetched = tokio::time::timeout(TORRENT_DEADLINE, async {
+                match self.client.peer_request(&peer, Method::GET, &url).await {
+                    Ok(Answer::Found(body)) => {
+                        let port = body
+                            .headers
+                            .get(PORT_HEADER)
+                            .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
+                        Some((port, body.read_all(MAX_TORRENT_FILE).await))
+                    }
+                    _ => None,
+                }
+            })
+            .await;
+            let (port, read) = match fetched {
+                Ok(Some(got)) => got,
+                Ok(None) => continue,
+                Err(_) => {
+                    self.metrics.untrusted(crate::metrics::Untrusted::TooSlow);
+                    peer.breaker.failure();
+                    continue;
+                }
             };
-            let port = body
-                .headers
-                .get(PORT_HEADER)
-                .and_then(|v| v.to_str().ok()?.parse::<u16>().ok());
-            let checked = body
-                .read_all(MAX_TORRENT_FILE)
-                .await
+            let checked = read
                 .map_err(|e| e.to_string())
                 .and_then(|b| expected.check(&b).map_err(|e| e.to_string()));
             let t = match checked {

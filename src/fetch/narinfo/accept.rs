@@ -24,6 +24,9 @@ pub enum Rejected {
     Untrusted,
     #[error("lacks FileHash/FileSize, so the NAR could not be verified")]
     Unverifiable,
+    /// Its NAR could never be checked against NarHash: absent, so Nix moves on cleanly.
+    #[error("names Compression {0:?}, which nixgate cannot decompress to check NarHash")]
+    Uncheckable(Compression),
     #[error(transparent)]
     Contradicts(#[from] super::super::provenance::Contradiction),
 }
@@ -89,7 +92,11 @@ pub(crate) fn accept(
     let (Some(fh), Some(_)) = (ni.file_hash, ni.file_size) else {
         return Err(Rejected::Unverifiable);
     };
-    let ext = Compression::from_field(ni.compression.as_deref()).extension();
+    let compression = Compression::from_field(ni.compression.as_deref());
+    if !super::super::decode::supports(compression) {
+        return Err(Rejected::Uncheckable(compression));
+    }
+    let ext = compression.extension();
     let (nar_url, url_refused) = match at {
         NarAt::Upstream { base, origins } => match nar_url::follow(&ni.url, base, origins) {
             Ok(url) => (url, None),

@@ -40,12 +40,18 @@ impl Fetcher {
         up: &Upstream,
         body: &[u8],
     ) -> Result<Accepted, Rejected> {
-        let origins: Vec<&Url> = self.upstreams.iter().map(|u| &u.base).collect();
+        // An absolute URL only on this upstream's own origin: on another configured upstream
+        // it would be fetched with that one's credentials, at a path it never published.
+        let origins = [&up.base];
         let at = NarAt::Upstream {
             base: &up.base,
             origins: &origins,
         };
-        let accepted = accept(h, at, body, &self.keys)?;
+        let accepted = accept(h, at, body, &self.keys).inspect_err(|e| {
+            if matches!(e, Rejected::Uncheckable(_)) {
+                self.metrics.untrusted(Untrusted::Compression);
+            }
+        })?;
         if let Some(why) = &accepted.url_refused {
             self.metrics.untrusted(Untrusted::NarinfoUrl);
             tracing::warn!(upstream = %up.base, hash = %h, reason = %why, "narinfo URL not followed; fetching the NAR from its standard location");
@@ -125,6 +131,9 @@ impl Fetcher {
             return answer;
         }
         let mut failure = None;
+        // A narinfo refused (untrusted, contradicting the cache) is absent, not "not found":
+        // only a plain 404 from every upstream is remembered.
+        let mut refused = false;
         for up in &self.upstreams {
             let body = match self.get_narinfo(up, h, Via::Upstream).await {
                 Ok(Some(b)) => b,
@@ -136,12 +145,13 @@ impl Fetcher {
                 }
             };
             let vetted = match self.accept_upstream(&h, up, &body) {
-                Ok(a) => self.vet_narinfo(a.fh, &a.stored).await.map(|()| a),
+                Ok(a) => self.vet_narinfo(a.fh, &a.stored, true).await.map(|()| a),
                 Err(why) => Err(why),
             };
             match vetted {
                 Ok(a) => return self.save(h, a.fh, a.stored, Source::Upstream).await,
                 Err(why) => {
+                    refused = true;
                     self.metrics.verification_failure(Source::Upstream);
                     tracing::warn!(upstream = %up.base, hash = %h, reason = %why, "rejected upstream narinfo");
                 }
@@ -153,7 +163,9 @@ impl Fetcher {
                 None => Err(e),
             },
             None => {
-                self.remember_not_found(format!("{h}.narinfo"));
+                if !refused {
+                    self.remember_not_found(format!("{h}.narinfo"));
+                }
                 Err(FetchError::NotFound)
             }
         }
@@ -241,7 +253,8 @@ impl Fetcher {
             match accept(&h, at, &body, &self.keys) {
                 // Its FileHash is not under the signature: vetted against what the cache
                 // holds, like a peer's (provenance.rs); its NAR is checked against NarHash.
-                Ok(Accepted { fh, stored, .. }) => match self.vet_narinfo(fh, &stored).await {
+                Ok(Accepted { fh, stored, .. }) => match self.vet_narinfo(fh, &stored, false).await
+                {
                     Ok(()) => return Some(self.save(h, fh, stored, Source::Fleet).await),
                     Err(why) => {
                         self.metrics.verification_failure(Source::Fleet);
