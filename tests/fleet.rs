@@ -183,8 +183,7 @@ async fn a_member_killed_mid_run_costs_at_most_its_share() {
                 .await,
         );
     }
-    std::fs::create_dir_all(work.path().join("m2")).unwrap();
-    std::fs::write(work.path().join("m2/peer-id"), member_id(2)).unwrap();
+    fix_peer_id(&work.path().join("m2"), &member_id(2));
     let mut victim = spawn_member(
         &work.path().join("m2"),
         ports[2],

@@ -65,8 +65,7 @@ impl Options {
     /// Starts nixgate in-process with these options.
     pub async fn start(self) -> Appliance {
         if let Some(id) = &self.peer_id {
-            std::fs::create_dir_all(&self.cache_dir).unwrap();
-            std::fs::write(self.cache_dir.join("peer-id"), format!("{id}\n")).unwrap();
+            fix_peer_id(&self.cache_dir, id);
         }
         let config = self.args.resolve().expect("test config is valid");
         let std_listener = match self.listener {
@@ -87,6 +86,18 @@ impl Options {
             task,
         }
     }
+}
+
+/// Fixes the peer id of the appliance that will use `cache_dir` (in-process or a child).
+/// A fresh directory gets the layout's `VERSION` too (`src/store/layout.rs`): nixgate refuses
+/// to adopt a non-empty directory without it, and `peer-id` alone makes it non-empty.
+pub fn fix_peer_id(cache_dir: &Path, id: &str) {
+    std::fs::create_dir_all(cache_dir).unwrap();
+    let version = cache_dir.join("VERSION");
+    if !version.exists() {
+        std::fs::write(version, "nixgate-store 1\n").unwrap();
+    }
+    std::fs::write(cache_dir.join("peer-id"), format!("{id}\n")).unwrap();
 }
 
 impl Appliance {
