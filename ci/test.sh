@@ -21,6 +21,8 @@ command -v aria2c >/dev/null || need+=(aria2)
 command -v opentracker >/dev/null || need+=(opentracker)
 # The status page test loads / in headless Chromium.
 command -v chromium >/dev/null || need+=(chromium)
+# tests/upload_outage.rs pushes with a current Nix from a trixie chroot (tests/common/trixie.rs).
+command -v debootstrap >/dev/null || need+=(debootstrap)
 # promtool parses the chart's alert rules and dashboard queries (the server is never started).
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

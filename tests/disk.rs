@@ -121,12 +121,30 @@ async fn in_flight_downloads_count_against_the_cap() {
         let url = format!("{}/{}", a.url(), f.nar_url(p));
         tokio::spawn(async move { get(&url, &[]).await })
     };
+    // In this order: each waits until the upstream was asked (its space is reserved by then).
+    let asked = |ps: Vec<&String>| {
+        let urls: Vec<String> = ps.iter().map(|p| f.nar_url(p)).collect();
+        let up = &up;
+        async move {
+            wait_until(
+                Duration::from_secs(5),
+                "the upstream to be asked",
+                || async { urls.iter().all(|u| up.count(u) >= 1) },
+            )
+            .await
+        }
+    };
     let big = fetch(&f.big);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    asked(vec![&f.big]).await;
     let (b0, b1) = (fetch(&f.blobs[0]), fetch(&f.blobs[1]));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    asked(vec![&f.blobs[0], &f.blobs[1]]).await;
     let b2 = fetch(&f.blobs[2]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        Duration::from_secs(5),
+        "readyz to report the cap",
+        || async { ready(&a).await.body.contains("cap_reached") },
+    )
+    .await;
     let r = ready(&a).await;
     assert_eq!(r.status, 503, "readyz with the cap held: {}", r.body);
     assert!(r.body.contains("cap_reached"), "{}", r.body);

@@ -33,22 +33,31 @@ fn upstream_counts(up: &Upstream) -> (u64, Vec<String>) {
     (total, repeated)
 }
 
-/// Starts `n` appliances on fixed loopback ports, each with the others as `--peer`, and waits
-/// until every member sees every other as an owner.
+/// The fixed peer id of member `i` (so the ring is the same every run, given the keys).
+fn member_id(i: usize) -> String {
+    format!("{:032x}", 0x000f_1ee7_0000 + i)
+}
+
+/// Starts `n` appliances, each with the others as `--peer` (listeners bound first, so each
+/// knows the others' ports) and a fixed id, and waits until every member sees every other as
+/// an owner.
 async fn fleet(dir: &std::path::Path, up: &Upstream, key: &str, n: usize) -> Vec<Appliance> {
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let listeners: Vec<_> = (0..n).map(|_| bound_listener()).collect();
+    let ports: Vec<u16> = listeners.iter().map(|(_, p)| *p).collect();
     let mut members = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
+    for (i, (listener, port)) in listeners.into_iter().enumerate() {
         let peers: Vec<String> = ports
             .iter()
-            .filter(|p| *p != port)
+            .filter(|p| **p != port)
             .map(|p| format!("http://127.0.0.1:{p}"))
             .collect();
-        let cache = dir.join(format!("m{i}"));
-        let a = Appliance::start_on(&cache, *port, &[up.url()], key, move |s| {
-            s.peers = Some(peers)
-        })
-        .await;
+        let a = Appliance::options(&dir.join(format!("m{i}")), key)
+            .upstream(up.url())
+            .listener(listener)
+            .peer_id(&member_id(i))
+            .with(move |s| s.peers = Some(peers))
+            .start()
+            .await;
         members.push(a);
     }
     for m in &members {
@@ -59,13 +68,22 @@ async fn fleet(dir: &std::path::Path, up: &Upstream, key: &str, n: usize) -> Vec
 
 /// Waits until `a` counts `n` live owners among its peers.
 async fn wait_for_owners(a: &Appliance, n: usize) {
-    for _ in 0..200 {
-        if peer_rows(a).await.iter().filter(|p| p.owner).count() == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never saw {n} owners: {:?}", a.url(), peer_rows(a).await);
+    let what = format!("{} to see {n} owners", a.url());
+    wait_until(Duration::from_secs(10), &what, || async {
+        peer_rows(a).await.iter().filter(|p| p.owner).count() == n
+    })
+    .await;
+}
+
+/// Whether member `i` of `n` (ids from [`member_id`]) asks another member for some narinfo
+/// of `paths` (and their references): the ring's answer, not chance.
+fn asks_the_fleet(f: &Fixture, i: usize, n: usize) -> bool {
+    let ids: Vec<(String, ())> = (0..n).map(|j| (member_id(j), ())).collect();
+    let mut hashes: Vec<&str> = all_paths(f).iter().map(|p| Fixture::hash(p)).collect();
+    hashes.push(Fixture::hash(&f.dep));
+    hashes
+        .iter()
+        .any(|h| !nixgate::peers::fleet::owners(h, &member_id(i), &ids).is_empty())
 }
 
 /// Bytes a member fetched from other members.
@@ -94,10 +112,11 @@ async fn runners_one_after_another_cost_one_upstream_fetch_per_file() {
     );
     // 8 paths: 8 narinfos and 8 NARs, once for the whole fleet.
     assert_eq!(total, 16, "{:?}", up.requests.lock().unwrap());
-    for m in &members[1..] {
-        assert!(
+    for (i, m) in members.iter().enumerate().skip(1) {
+        assert_eq!(
             from_fleet(m).await > 0,
-            "{} took bytes from owners",
+            asks_the_fleet(f, i, 3),
+            "{} took bytes from owners as the ring says",
             m.url()
         );
     }
@@ -138,7 +157,11 @@ async fn a_member_killed_mid_run_costs_at_most_its_share() {
     let f = fixture().await;
     let work = tempfile::tempdir().unwrap();
     let up = Upstream::start(&f.cache).await;
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let listeners: Vec<_> = (0..2).map(|_| bound_listener()).collect();
+    // The third is a child process (to be killed): its port is held until it listens.
+    let held = hold_port();
+    let mut ports: Vec<u16> = listeners.iter().map(|(_, p)| *p).collect();
+    ports.push(held.port);
     let peers_of = |i: usize| -> Vec<String> {
         ports
             .iter()
@@ -148,16 +171,19 @@ async fn a_member_killed_mid_run_costs_at_most_its_share() {
             .collect()
     };
     let mut members = Vec::new();
-    for (i, port) in ports.iter().take(2).enumerate() {
+    for (i, (listener, _)) in listeners.into_iter().enumerate() {
         let peers = peers_of(i);
-        let cache = work.path().join(format!("m{i}"));
         members.push(
-            Appliance::start_on(&cache, *port, &[up.url()], &f.public_key, move |s| {
-                s.peers = Some(peers)
-            })
-            .await,
+            Appliance::options(&work.path().join(format!("m{i}")), &f.public_key)
+                .upstream(up.url())
+                .listener(listener)
+                .peer_id(&member_id(i))
+                .with(move |s| s.peers = Some(peers))
+                .start()
+                .await,
         );
     }
+    fix_peer_id(&work.path().join("m2"), &member_id(2));
     let mut victim = spawn_member(
         &work.path().join("m2"),
         ports[2],
@@ -204,13 +230,12 @@ async fn a_joining_member_moves_only_its_share_and_refetches_nothing() {
     let (before, _) = upstream_counts(&up);
     // A fourth member joins, knowing the three (as a DNS name lists it after a scale-up).
     let peers: Vec<String> = members.iter().map(Appliance::url).collect();
-    let joined = Appliance::start(
-        &work.path().join("m3"),
-        &[up.url()],
-        &f.public_key,
-        move |s| s.peers = Some(peers),
-    )
-    .await;
+    let joined = Appliance::options(&work.path().join("m3"), &f.public_key)
+        .upstream(up.url())
+        .peer_id(&member_id(3))
+        .with(move |s| s.peers = Some(peers))
+        .start()
+        .await;
     wait_for_owners(&joined, 3).await;
     let dest = work.path().join("runner-new");
     assert_ok(&nix_copy_paths(&joined.url(), &f.public_key, &all_paths(f), &dest).await);

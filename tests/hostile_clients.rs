@@ -125,7 +125,12 @@ async fn stalled_readers_are_dropped_after_the_send_timeout_and_others_are_serve
     let file = cache_file(&a.cache_dir, &nar);
 
     let attack = stalled(a.addr, [127, 0, 0, 2], &format!("/{nar}"), ATTACKERS).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the stalled responses to open the NAR",
+        || async { fds_to(&file) >= ATTACKERS },
+    )
+    .await;
     let held = fds_to(&file);
     assert!(
         held >= ATTACKERS,
@@ -161,14 +166,12 @@ async fn stalled_readers_are_dropped_after_the_send_timeout_and_others_are_serve
 
     // After the send timeout every stalled connection is gone, and the file with them.
     let started = Instant::now();
-    while fds_to(&file) > 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(8),
-            "{} fds still hold the evicted NAR",
-            fds_to(&file)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        Duration::from_secs(8),
+        "the fds holding the evicted NAR to close",
+        || async { fds_to(&file) == 0 },
+    )
+    .await;
     eprintln!(
         "evicted NAR released {:?} after eviction",
         started.elapsed()
@@ -222,7 +225,12 @@ async fn connection_limits_close_the_excess_and_health_answers_from_the_reserve(
     );
     // A second address fills the global limit.
     let two = stalled(a.addr, [127, 0, 0, 3], &format!("/{nar}"), 8).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(Duration::from_secs(5), "16 regular connections", || async {
+        a.metric("nixgate_client_connections{slot=\"regular\"}")
+            .await
+            >= 16
+    })
+    .await;
     assert_eq!(
         a.metric("nixgate_client_connections{slot=\"regular\"}")
             .await,
@@ -242,7 +250,10 @@ async fn connection_limits_close_the_excess_and_health_answers_from_the_reserve(
     );
 
     // Once the send timeout drops the stalled readers, content is served again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(Duration::from_secs(10), "content served again", || async {
+        get(&narinfo_url, &[]).await.status == 200
+    })
+    .await;
     assert_eq!(within_1s(&narinfo_url).await.status, 200);
     assert_eq!(within_1s(&format!("{}/{nar}", a.url())).await.status, 200);
     drop((one, two));

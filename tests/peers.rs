@@ -257,14 +257,13 @@ async fn peers_dns_resolves_a_name_into_peers_and_never_itself() {
         move |s| s.peers_dns = Some(dns),
     )
     .await;
-    let mut states = Vec::new();
-    for _ in 0..50 {
-        states = peer_states(&b).await;
-        if !states.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "a peer from DNS",
+        || async { !peer_states(&b).await.is_empty() },
+    )
+    .await;
+    let states = peer_states(&b).await;
     assert!(
         states.contains(&(
             format!("http://127.0.0.1:{}/", a.addr.port()),
@@ -282,18 +281,13 @@ async fn peers_dns_resolves_a_name_into_peers_and_never_itself() {
     );
 
     // The same name on B's own port resolves to B itself, which is never its own peer.
-    let own_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let c = Appliance::start_on(
-        &work.path().join("c"),
-        own_port,
-        &[down.url()],
-        &f.public_key,
-        move |s| s.peers_dns = Some(format!("localhost:{own_port}")),
-    )
-    .await;
+    let (listener, own_port) = bound_listener();
+    let c = Appliance::options(&work.path().join("c"), &f.public_key)
+        .upstream(down.url())
+        .listener(listener)
+        .with(move |s| s.peers_dns = Some(format!("localhost:{own_port}")))
+        .start()
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
         peer_states(&c).await,

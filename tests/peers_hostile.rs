@@ -52,14 +52,11 @@ async fn huge_and_all_ones_digests_are_refused_and_counted() {
         s.peers = Some(urls)
     })
     .await;
-    let mut refused = 0;
-    for _ in 0..100 {
-        refused = a.metric("nixgate_peer_digests_refused_total").await;
-        if refused >= 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(5), "10 refused digests", || async {
+        a.metric("nixgate_peer_digests_refused_total").await >= 10
+    })
+    .await;
+    let refused = a.metric("nixgate_peer_digests_refused_total").await;
     assert_eq!(refused, 10, "every liar's digest refused and counted");
     let rows = peer_rows(&a).await;
     assert_eq!(rows.len(), 10);
@@ -114,7 +111,7 @@ async fn concurrent_torrent_requests_hash_each_nar_once() {
     let paths = [&f.blobs[0], &f.blobs[1], &f.big];
     let (_up, a) = holding_appliance(f, work.path(), &paths, |s| {
         s.no_torrent = false;
-        s.torrent_listen = Some(format!("127.0.0.1:{}", free_port()));
+        s.torrent_listen = Some(format!("127.0.0.1:{}", hold_port().keep()));
         s.hash_concurrency = Some(1);
     })
     .await;
@@ -319,14 +316,14 @@ async fn a_peer_narinfo_that_does_not_match_its_nar_is_forgotten_and_gives_way_t
     assert!(got.status == 200 && got.body.contains(&fhb));
     up.fail_5xx
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let mut fresh = String::new();
-    for _ in 0..150 {
-        fresh = get(&format!("{}/{ha}.narinfo", z.url()), &[]).await.body;
-        if fresh.contains(&fha) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = format!("{}/{ha}.narinfo", z.url());
+    wait_until(
+        Duration::from_secs(15),
+        "the upstream's narinfo",
+        || async { get(&url, &[]).await.body.contains(&fha) },
+    )
+    .await;
+    let fresh = get(&url, &[]).await.body;
     assert!(
         fresh.contains(&fha),
         "the upstream's narinfo replaced the peer's"

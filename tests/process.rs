@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -33,26 +33,23 @@ async fn wait_ready(port: u16) {
     // The port is bound before the cache is opened (and tmp/ emptied): wait for an HTTP
     // answer, which comes only once the appliance serves.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let mut answer = Vec::new();
-            let asked = async {
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .await?;
-                s.read_to_end(&mut answer).await
-            };
-            if tokio::time::timeout(Duration::from_secs(2), asked)
-                .await
-                .is_ok()
-                && answer.starts_with(b"HTTP/1.1 200 ")
-            {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("nixgate did not start serving on {port}");
+    let what = format!("nixgate to serve on {port}");
+    wait_until(Duration::from_secs(10), &what, || async {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return false;
+        };
+        let mut answer = Vec::new();
+        let asked = async {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await?;
+            s.read_to_end(&mut answer).await
+        };
+        tokio::time::timeout(Duration::from_secs(2), asked)
+            .await
+            .is_ok()
+            && answer.starts_with(b"HTTP/1.1 200 ")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -63,7 +60,9 @@ async fn kill_9_mid_download_then_clean_restart() {
         .store(1_000_000, std::sync::atomic::Ordering::SeqCst);
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    let port = free_port();
+    // Held for the whole test: the restart binds the same port again.
+    let held = hold_port();
+    let port = held.port;
     let mut child = spawn(&cache, port, &up.url(), &f.public_key);
     wait_ready(port).await;
     let base = format!("http://127.0.0.1:{port}");
@@ -77,14 +76,12 @@ async fn kill_9_mid_download_then_clean_restart() {
     let url = format!("{base}/{nar}");
     let download = tokio::spawn(async move { try_request("GET", &url, &[]).await });
     // Wait until part of the NAR is on disk, then kill -9.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while files(&cache, "tmp")
-        .iter()
-        .all(|p| p.metadata().map_or(0, |m| m.len()) == 0)
-    {
-        assert!(Instant::now() < deadline, "download never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(Duration::from_secs(10), "the download to start", || async {
+        files(&cache, "tmp")
+            .iter()
+            .any(|p| p.metadata().map_or(0, |m| m.len()) > 0)
+    })
+    .await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Killed before or after the response headers went out: either way, never complete.

@@ -89,7 +89,13 @@ async fn a_break_with_no_source_left_fails_the_download_and_stores_nothing() {
     assert_eq!(ni.status, 200);
     let nar = format!("{}/{}", a.url(), f.nar_url(&f.big));
     let client = tokio::spawn(async move { try_request("GET", &nar, &[]).await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let asked = f.nar_url(&f.big);
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the upstream to be asked for the NAR",
+        || async { up.count(&asked) >= 1 },
+    )
+    .await;
     up.fail_5xx.store(true, SeqCst);
     let g = client.await.unwrap();
     // Either the headers went out and the body was cut short, or the failure came first:

@@ -93,12 +93,10 @@ async fn upstream_down_closure_comes_from_the_swarm() {
     );
     // The download directory is cleaned up once the NAR is in the cache.
     let bt = b.cache_dir.join("tmp/bt");
-    for _ in 0..50 {
-        if std::fs::read_dir(&bt).map_or(0, |d| d.count()) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(5), "tmp/bt to be emptied", || async {
+        std::fs::read_dir(&bt).map_or(0, |d| d.count()) == 0
+    })
+    .await;
     assert_eq!(std::fs::read_dir(&bt).unwrap().count(), 0, "tmp/bt emptied");
 }
 
@@ -125,15 +123,12 @@ async fn an_evicted_nar_stops_being_seeded() {
     for b in &f.blobs {
         assert_ok(&nix_copy(&a.url(), &f.public_key, b, &work.path().join("c2")).await);
     }
-    let mut seeding = 1;
-    for _ in 0..50 {
-        seeding = a.metric("nixgate_torrents_seeding").await;
-        if seeding == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seeding, 0, "the evicted NAR's torrent was dropped");
+    wait_until(
+        Duration::from_secs(5),
+        "the evicted NAR's torrent to be dropped",
+        || async { a.metric("nixgate_torrents_seeding").await == 0 },
+    )
+    .await;
     let gone = get(&format!("{}/_p2p/v1/torrent/{fh}", a.url()), &[]).await;
     assert_eq!(gone.status, 404);
 }

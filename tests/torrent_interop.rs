@@ -20,7 +20,8 @@ fn need(tool: &str) {
 }
 
 /// A child process killed when dropped.
-struct Proc(Child);
+/// A child process and the port held for it (see `HeldPort`), kept while it runs.
+struct Proc(Child, #[allow(dead_code)] HeldPort);
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -29,11 +30,12 @@ impl Drop for Proc {
 }
 
 /// opentracker on loopback, in its (Debian) whitelist mode: only `info_hashes` may announce.
-fn opentracker(dir: &Path, info_hashes: &[String]) -> (Proc, String) {
+async fn opentracker(dir: &Path, info_hashes: &[String]) -> (Proc, String) {
     need("opentracker");
     let list = dir.join("whitelist");
     std::fs::write(&list, info_hashes.join("\n") + "\n").unwrap();
-    let port = free_port();
+    let held = hold_port();
+    let port = held.port;
     let child = Command::new("opentracker")
         .args([
             "-i",
@@ -49,17 +51,19 @@ fn opentracker(dir: &Path, info_hashes: &[String]) -> (Proc, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("opentracker starts");
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (Proc(child), format!("http://127.0.0.1:{port}/announce"))
+    let tracker = Proc(child, held);
+    wait_until(Duration::from_secs(5), "opentracker to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    (tracker, format!("http://127.0.0.1:{port}/announce"))
 }
 
 fn aria2c(args: &[&str], dir: &Path, log: &Path) -> Proc {
     need("aria2c");
+    let held = hold_port();
     let child = Command::new("aria2c")
         .args([
             "--enable-dht=false",
@@ -71,7 +75,7 @@ fn aria2c(args: &[&str], dir: &Path, log: &Path) -> Proc {
             "--summary-interval=0",
             "--console-log-level=warn",
         ])
-        .arg(format!("--listen-port={}", free_port()))
+        .arg(format!("--listen-port={}", held.port))
         .arg(format!("--dir={}", dir.display()))
         .arg(format!("--log={}", log.display()))
         .args(args)
@@ -79,7 +83,7 @@ fn aria2c(args: &[&str], dir: &Path, log: &Path) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("aria2c starts");
-    Proc(child)
+    Proc(child, held)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -88,7 +92,7 @@ async fn aria2c_downloads_a_nar_from_an_appliance() {
     let work = tempfile::tempdir().unwrap();
     let (fh, file) = nar_of(f, &f.big);
     let expected = torrent_of_file(&file);
-    let (_tracker, announce) = opentracker(work.path(), &[expected.info_hash_hex()]);
+    let (_tracker, announce) = opentracker(work.path(), &[expected.info_hash_hex()]).await;
     let (_up, a) = holding_seeder(f, work.path(), &[&f.big], std::slice::from_ref(&announce)).await;
 
     let got = get(&format!("{}/_p2p/v1/torrent/{fh}", a.url()), &[]).await;
@@ -102,17 +106,14 @@ async fn aria2c_downloads_a_nar_from_an_appliance() {
         &out,
         &log,
     );
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..600 {
-            if let Some(s) = aria.0.try_wait().unwrap() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
+    let mut status = None;
+    let what = format!("aria2c to finish (log {})", log.display());
+    wait_until(Duration::from_secs(60), &what, || {
+        let s = aria.0.try_wait().unwrap();
+        status = status.or(s);
+        async move { s.is_some() }
     })
-    .await
-    .unwrap();
+    .await;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.is_some_and(|s| s.success()),
@@ -132,7 +133,7 @@ async fn an_appliance_fetches_a_nar_from_aria2c_via_opentracker() {
     let work = tempfile::tempdir().unwrap();
     let (fh, file) = nar_of(f, &f.big);
     let torrent = torrent_of_file(&file);
-    let (_tracker, announce) = opentracker(work.path(), &[torrent.info_hash_hex()]);
+    let (_tracker, announce) = opentracker(work.path(), &[torrent.info_hash_hex()]).await;
 
     // aria2c seeds the NAR (checked against the torrent first), announced on the tracker.
     let seed_dir = work.path().join("seed");

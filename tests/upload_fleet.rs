@@ -29,19 +29,18 @@ fn spawn_uploading(dir: &Path, port: u16, up: &str, key: &str, sk: &Path, peers:
 /// Waits until the member on `port` serves and counts `n` live owners among its peers.
 async fn wait_for_owners(port: u16, n: usize) {
     let url = format!("http://127.0.0.1:{port}/_p2p/v1/peers");
-    for _ in 0..400 {
-        if let Ok(got) = try_request("GET", &url, &[]).await {
-            let v: serde_json::Value = serde_json::from_str(&got.body).unwrap_or_default();
-            let owners = v["peers"]
-                .as_array()
-                .map_or(0, |p| p.iter().filter(|p| p["owner"] == true).count());
-            if owners == n {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("member {port} never saw {n} owners");
+    let what = format!("member {port} to see {n} owners");
+    wait_until(Duration::from_secs(20), &what, || async {
+        let Ok(got) = try_request("GET", &url, &[]).await else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_str(&got.body).unwrap_or_default();
+        let owners = v["peers"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["owner"] == true).count());
+        owners == n
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,7 +49,9 @@ async fn a_pushed_path_survives_a_killed_holder_and_every_member_serves_it() {
     let tmp = tempfile::tempdir().unwrap();
     let up = Upstream::start(&f.cache).await;
     let (sk, public) = key_pair(&tmp.path().join("keys"), "fleet-uploads-1");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // Held until the end: each member binds its own (SO_REUSEADDR) and nothing else can.
+    let held: Vec<HeldPort> = (0..3).map(|_| hold_port()).collect();
+    let ports: Vec<u16> = held.iter().map(|h| h.port).collect();
     let dirs: Vec<_> = (0..3).map(|i| tmp.path().join(format!("m{i}"))).collect();
     let mut members: Vec<Option<Child>> = (0..3)
         .map(|i| {

@@ -176,8 +176,10 @@ async fn a_client_gone_mid_file_and_a_stalled_reader_end_cleanly() {
             "others are served meanwhile"
         );
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(a.metric("nixgate_send_timeouts_total").await >= 1);
+    wait_until(Duration::from_secs(10), "a send timeout", || async {
+        a.metric("nixgate_send_timeouts_total").await >= 1
+    })
+    .await;
     let mut sink = vec![0u8; 1 << 20];
     let mut got = 0usize;
     let drained = tokio::time::timeout(Duration::from_secs(5), async {

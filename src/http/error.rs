@@ -22,6 +22,9 @@ pub enum ServeError {
     MethodNotAllowed,
     /// Every upstream is failing: 503 + Retry-After (Nix retries), or 404 if configured.
     UpstreamDown,
+    /// Every upstream is failing, nothing is held, and the request carries the upload token:
+    /// 404, so a pushing Nix uploads instead of aborting on a 5xx. Never remembered.
+    NotHeldForUploader,
     /// The upstream's data did not verify before any byte was sent (502).
     BadUpstreamData,
     /// Local disk trouble (500, which Nix treats as transient).
@@ -54,7 +57,7 @@ impl ServeError {
             ServeError::BadRequest(_)
             | ServeError::MethodNotAllowed
             | ServeError::RangeNotSatisfiable(_) => Outcome::BadRequest,
-            ServeError::NotFound => Outcome::NotFound,
+            ServeError::NotFound | ServeError::NotHeldForUploader => Outcome::NotFound,
             ServeError::NotCached => Outcome::NotCached,
             ServeError::UpstreamDown => Outcome::Unavailable,
             ServeError::BadUpstreamData | ServeError::Storage => Outcome::Error,
@@ -68,6 +71,10 @@ impl ServeError {
             ServeError::NotFound => (StatusCode::NOT_FOUND, "not found"),
             ServeError::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not cached here"),
             ServeError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD"),
+            ServeError::NotHeldForUploader => (
+                StatusCode::NOT_FOUND,
+                "not held here (upstreams unavailable)",
+            ),
             ServeError::UpstreamDown if down.status == 404 => {
                 (StatusCode::NOT_FOUND, "not found (upstream unavailable)")
             }

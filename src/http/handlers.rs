@@ -10,7 +10,7 @@ use super::body::{self, parse_range, Body, Range};
 use super::error::ServeError;
 use super::state::App;
 use crate::fetch::nar::NarSource;
-use crate::fetch::Ask;
+use crate::fetch::{Ask, FetchError};
 use crate::metrics::Outcome;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
@@ -166,25 +166,49 @@ pub async fn torrent(app: &Arc<App>, fh: Sha256) -> Handled {
     }
 }
 
-/// `/<hash>.narinfo`.
-pub async fn narinfo(app: &Arc<App>, h: StorePathHash, ask: Ask) -> Handled {
+/// The error for a failed fetch, as told to the client. `uploader`: the request carries the
+/// upload token, as a pushing runner's existence checks do (HEAD/GET of the narinfo, and of
+/// the NAR URL before uploading it). Nix aborts `nix copy --to` on a 5xx to these, so while
+/// no upstream can be asked a pusher is told "not here" (404) and uploads. The fetcher keeps
+/// no negative entry for an outage, so pulling runners still get 503 and the path once an
+/// upstream answers; and `upload/accept.rs` still refuses an upload that needs an
+/// upstream's word (503).
+fn refusal(e: FetchError, ask: Ask, uploader: bool) -> ServeError {
+    match e {
+        FetchError::Unavailable(why) if uploader && !ask.fleet && !ask.only_if_cached => {
+            tracing::info!(reason = %why, "upstreams unavailable: an uploader's existence check is answered 404");
+            ServeError::NotHeldForUploader
+        }
+        e => ServeError::from_fetch(e, ask.only_if_cached),
+    }
+}
+
+/// `/<hash>.narinfo`; `uploader` as for [`refusal`].
+pub async fn narinfo(app: &Arc<App>, h: StorePathHash, ask: Ask, uploader: bool) -> Handled {
     let (b, hit) = app
         .fetcher
         .narinfo(h, ask)
         .await
-        .map_err(|e| ServeError::from_fetch(e, ask.only_if_cached))?;
+        .map_err(|e| refusal(e, ask, uploader))?;
     buffer(app, "text/x-nix-narinfo", b, hit_or_miss(hit))
 }
 
 const NAR_TYPE: &str = "application/x-nix-nar";
 
-/// HEAD `/nar/...`: no body, and no download just to answer it.
-pub async fn nar_head(app: &Arc<App>, fh: Sha256, ext: &'static str, ask: Ask) -> Handled {
+/// HEAD `/nar/...`: no body, and no download just to answer it; `uploader` as for
+/// [`refusal`].
+pub async fn nar_head(
+    app: &Arc<App>,
+    fh: Sha256,
+    ext: &'static str,
+    ask: Ask,
+    uploader: bool,
+) -> Handled {
     let size = app
         .fetcher
         .nar_head(fh, ext, ask)
         .await
-        .map_err(|e| ServeError::from_fetch(e, ask.only_if_cached))?;
+        .map_err(|e| refusal(e, ask, uploader))?;
     let mut b = ok(NAR_TYPE).header(header::ACCEPT_RANGES, "bytes");
     if let Some(size) = size {
         b = b.header(header::CONTENT_LENGTH, size);
@@ -192,19 +216,20 @@ pub async fn nar_head(app: &Arc<App>, fh: Sha256, ext: &'static str, ask: Ask) -
     Ok((Outcome::Hit, b.body(body::empty()).expect("valid headers")))
 }
 
-/// GET `/nar/<FileHash>.nar<ext>`.
+/// GET `/nar/<FileHash>.nar<ext>`; `uploader` as for [`refusal`].
 pub async fn nar(
     app: &Arc<App>,
     fh: Sha256,
     ext: &'static str,
     headers: &HeaderMap,
     ask: Ask,
+    uploader: bool,
 ) -> Handled {
     let (source, hit) = app
         .fetcher
         .nar(fh, ext, ask)
         .await
-        .map_err(|e| ServeError::from_fetch(e, ask.only_if_cached))?;
+        .map_err(|e| refusal(e, ask, uploader))?;
     let m = app.metrics.clone();
     let resp = match source {
         NarSource::Cached { path, size } => return cached_file(app, &path, size, headers),

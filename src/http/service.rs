@@ -38,6 +38,8 @@ async fn dispatch(
         app.metrics.fleet_served();
     }
     let head = req.method() == Method::HEAD;
+    // A pushing runner's existence checks carry the upload token (handlers::refusal).
+    let uploader = || app.uploader.authorize(req.headers()).is_ok();
     match target {
         Target::CacheInfo => handlers::cache_info(app),
         Target::Health => handlers::health(app),
@@ -48,12 +50,12 @@ async fn dispatch(
         Target::Digest => handlers::digest(app).await,
         Target::StatusPage => super::status::page(app),
         Target::StatusJson => super::status::json(app),
-        Target::NarInfo(h) => handlers::narinfo(app, h, ask).await,
+        Target::NarInfo(h) => handlers::narinfo(app, h, ask, uploader()).await,
         Target::Nar { file_hash, ext } if head => {
-            handlers::nar_head(app, file_hash, ext, ask).await
+            handlers::nar_head(app, file_hash, ext, ask, uploader()).await
         }
         Target::Nar { file_hash, ext } => {
-            handlers::nar(app, file_hash, ext, req.headers(), ask).await
+            handlers::nar(app, file_hash, ext, req.headers(), ask, uploader()).await
         }
         Target::Listing(h) => {
             handlers::relayed(app, &format!("{h}.ls"), "application/json", oic).await

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{assert_ok, get, nix_copy};
 use super::fixture::Fixture;
 use super::upstream::Upstream;
+use super::wait::wait_until;
 
 /// A running appliance.
 pub struct Appliance {
@@ -20,28 +21,92 @@ pub struct Appliance {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Appliance {
-    /// Starts nixgate in-process on 127.0.0.1:0.
-    pub async fn start(
-        cache_dir: &Path,
-        upstreams: &[String],
-        key: &str,
-        extra: impl FnOnce(&mut nixgate::config::ServeArgs),
-    ) -> Appliance {
-        Self::start_on(cache_dir, 0, upstreams, key, extra).await
+/// Named options for [`Appliance::options`]: what differs between tests' appliances. The
+/// settings are applied as they are given (so a `with` closure may borrow).
+pub struct Options {
+    args: nixgate::config::ServeArgs,
+    cache_dir: PathBuf,
+    listener: Option<std::net::TcpListener>,
+    peer_id: Option<String>,
+}
+
+impl Options {
+    /// Adds an upstream (asked in the order added).
+    pub fn upstream(self, url: impl Into<String>) -> Self {
+        self.upstreams(&[url.into()])
     }
 
-    /// Starts nixgate in-process on 127.0.0.1:`port`.
-    pub async fn start_on(
-        cache_dir: &Path,
-        port: u16,
-        upstreams: &[String],
-        key: &str,
-        extra: impl FnOnce(&mut nixgate::config::ServeArgs),
-    ) -> Appliance {
-        let mut args = nixgate::config::ServeArgs {
+    /// Adds upstreams (asked in order).
+    pub fn upstreams(mut self, urls: &[String]) -> Self {
+        let list = self.args.upstreams.get_or_insert_with(Vec::new);
+        list.extend_from_slice(urls);
+        self
+    }
+
+    /// Serves on this bound listener (default: a fresh one on 127.0.0.1:0). Bind every
+    /// member's listener first when members must name each other as `--peer`.
+    pub fn listener(mut self, l: std::net::TcpListener) -> Self {
+        self.listener = Some(l);
+        self
+    }
+
+    /// Fixes the peer id (`<cache-dir>/peer-id`), so fleet ownership is the same every run.
+    pub fn peer_id(mut self, id: &str) -> Self {
+        self.peer_id = Some(id.to_owned());
+        self
+    }
+
+    /// Changes settings (after the test defaults and what was given before).
+    pub fn with(mut self, f: impl FnOnce(&mut nixgate::config::ServeArgs)) -> Self {
+        f(&mut self.args);
+        self
+    }
+
+    /// Starts nixgate in-process with these options.
+    pub async fn start(self) -> Appliance {
+        if let Some(id) = &self.peer_id {
+            fix_peer_id(&self.cache_dir, id);
+        }
+        let config = self.args.resolve().expect("test config is valid");
+        let std_listener = match self.listener {
+            Some(l) => l,
+            None => std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        };
+        std_listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(std_listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task =
+            tokio::spawn(async move { nixgate::app::run(config, listener, token).await.unwrap() });
+        Appliance {
+            addr,
+            cache_dir: self.cache_dir,
+            shutdown,
+            task,
+        }
+    }
+}
+
+/// Fixes the peer id of the appliance that will use `cache_dir` (in-process or a child).
+/// A fresh directory gets the layout's `VERSION` too (`src/store/layout.rs`): nixgate refuses
+/// to adopt a non-empty directory without it, and `peer-id` alone makes it non-empty.
+pub fn fix_peer_id(cache_dir: &Path, id: &str) {
+    std::fs::create_dir_all(cache_dir).unwrap();
+    let version = cache_dir.join("VERSION");
+    if !version.exists() {
+        std::fs::write(version, "nixgate-store 1\n").unwrap();
+    }
+    std::fs::write(cache_dir.join("peer-id"), format!("{id}\n")).unwrap();
+}
+
+impl Appliance {
+    /// Options for an appliance caching in `cache_dir` and trusting `key`; then
+    /// `.upstream(url)`, `.with(|s| ...)`, ... and `.start().await`.
+    pub fn options(cache_dir: &Path, key: &str) -> Options {
+        let args = nixgate::config::ServeArgs {
             cache_dir: Some(cache_dir.to_owned()),
-            upstreams: Some(upstreams.to_vec()),
+            upstreams: Some(Vec::new()),
             trusted_public_keys: Some(vec![key.to_owned()]),
             connect_timeout: Some("1s".into()),
             first_byte_timeout: Some("3s".into()),
@@ -50,25 +115,31 @@ impl Appliance {
             no_torrent: true,
             ..Default::default()
         };
-        extra(&mut args);
-        let config = args.resolve().expect("test config is valid");
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task =
-            tokio::spawn(async move { nixgate::app::run(config, listener, token).await.unwrap() });
-        Appliance {
-            addr,
+        Options {
+            args,
             cache_dir: cache_dir.to_owned(),
-            shutdown,
-            task,
+            listener: None,
+            peer_id: None,
         }
+    }
+
+    /// Starts nixgate in-process on 127.0.0.1:0 (shorthand for [`Appliance::options`]).
+    pub async fn start(
+        cache_dir: &Path,
+        upstreams: &[String],
+        key: &str,
+        extra: impl FnOnce(&mut nixgate::config::ServeArgs),
+    ) -> Appliance {
+        Self::options(cache_dir, key)
+            .upstreams(upstreams)
+            .with(extra)
+            .start()
+            .await
     }
 
     /// Starts nixgate with default settings in front of `up`, caching in `dir`.
     pub async fn start_default(dir: &Path, up: &Upstream, key: &str) -> Appliance {
-        Self::start(dir, &[up.url()], key, |_| {}).await
+        Self::options(dir, key).upstream(up.url()).start().await
     }
 
     pub fn url(&self) -> String {
@@ -127,13 +198,10 @@ pub async fn peer_rows(a: &Appliance) -> Vec<PeerRow> {
 
 /// Waits until `a` has fetched every peer's digest (they decide which peers are asked).
 pub async fn wait_for_digests(a: &Appliance) {
-    for _ in 0..100 {
-        if peer_rows(a).await.iter().all(|p| p.digest) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("digests not fetched");
+    wait_until(Duration::from_secs(5), "every peer's digest", || async {
+        peer_rows(a).await.iter().all(|p| p.digest)
+    })
+    .await;
 }
 
 /// A working upstream and an appliance in front of it (settings changed by `extra`) that
@@ -152,13 +220,43 @@ pub async fn holding_appliance(
     (up, a)
 }
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port held for a child process: bound with `SO_REUSEADDR` and not listening,
+/// so nothing else is given the port (no other bind, no outgoing connection's local port)
+/// while a program that binds with `SO_REUSEADDR` too (`nixgate serve` through tokio,
+/// aria2c, opentracker) can listen on it. Keep it until the child is done.
+pub struct HeldPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl HeldPort {
+    /// The port, held for the rest of the test process (for a setting of an in-process
+    /// appliance, which binds it later on its own).
+    pub fn keep(self) -> u16 {
+        let port = self.port;
+        std::mem::forget(self);
+        port
+    }
+}
+
+/// Holds a fresh loopback port (see [`HeldPort`]).
+pub fn hold_port() -> HeldPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    HeldPort {
+        port,
+        _socket: socket,
+    }
+}
+
+/// A bound loopback listener for an in-process appliance ([`Options::listener`]): its port
+/// is known before it starts, and it is never released in between.
+pub fn bound_listener() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
 }
 
 /// An appliance with `peers` as fallback peers (`--no-fleet`: asked only when every upstream

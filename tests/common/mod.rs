@@ -1,6 +1,6 @@
 //! Test harness shared by every integration test binary: the fixture (a signed binary cache
 //! written by real `nix copy`), in-process upstreams, the appliance on 127.0.0.1:0, clients
-//! (HTTP and the real Nix client) and BitTorrent helpers. Each test binary compiles this module
+//! (HTTP, the real Nix client and a current Nix in a chroot) and BitTorrent helpers. Each test binary compiles this module
 //! on its own and uses only part of it, hence the `dead_code` and `unused_imports` allowances.
 #![allow(dead_code, unused_imports)]
 
@@ -13,7 +13,9 @@ pub mod nginx;
 pub mod push;
 pub mod raw;
 pub mod swarm;
+pub mod trixie;
 pub mod upstream;
+pub mod wait;
 
 pub use appliance::*;
 pub use binary::*;
@@ -24,4 +26,6 @@ pub use nginx::*;
 pub use push::*;
 pub use raw::*;
 pub use swarm::*;
+pub use trixie::*;
 pub use upstream::*;
+pub use wait::*;

@@ -1,4 +1,4 @@
-//! A real nginx upstream for tests: serves a directory (the fixture's binary cache) on a free
+//! A real nginx upstream for tests: serves a directory (the fixture's binary cache) on a held
 //! loopback port behind `auth_basic`, from a config generated in a temp dir; `/redir/…`
 //! answers a 302 to another host. Also a tiny HTTP listener that records request heads (to
 //! prove what a peer or a redirect target never receives).
@@ -11,12 +11,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::appliance::free_port;
+use super::appliance::{hold_port, HeldPort};
+use super::wait::wait_until;
 
 /// A running nginx; killed when dropped.
 pub struct Nginx {
     pub port: u16,
     child: Child,
+    /// The port, held (nginx binds it with `SO_REUSEADDR` too) so nothing else takes it.
+    _held: HeldPort,
 }
 
 impl Nginx {
@@ -36,7 +39,8 @@ impl Nginx {
             .expect("openssl is installed");
         let hash = String::from_utf8(hash.stdout).unwrap();
         std::fs::write(dir.join("htpasswd"), format!("{user}:{}\n", hash.trim())).unwrap();
-        let port = free_port();
+        let held = hold_port();
+        let port = held.port;
         let d = dir.display();
         let conf = format!(
             "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;
@@ -64,21 +68,26 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx is installed");
-        // Held from here on, so that the panic below kills and reaps it (Drop).
-        let nginx = Nginx { port, child };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return nginx;
+        // Held from here on, so that a panic below kills and reaps it (Drop).
+        let mut nginx = Nginx {
+            port,
+            child,
+            _held: held,
+        };
+        let log = dir.join("error.log");
+        wait_until(Duration::from_secs(5), "nginx to listen", || {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("nginx exited ({status}): {text}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
+            async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        nginx
     }
 
     pub fn url(&self) -> String {

@@ -28,6 +28,11 @@ fn run(cmd: &mut Command) -> String {
 
 /// Builds a path no cache holds: `bytes` of random data named `nixgate-upload-<tag>`.
 pub fn build_unique(tag: &str, bytes: usize) -> String {
+    run(Command::new("nix-build").args(["--no-out-link", "-E", &unique_expr(tag, bytes)]))
+}
+
+/// The Nix expression of [`build_unique`]: a derivation no store has built before.
+pub fn unique_expr(tag: &str, bytes: usize) -> String {
     let nonce = format!(
         "{}-{}",
         std::process::id(),
@@ -36,10 +41,17 @@ pub fn build_unique(tag: &str, bytes: usize) -> String {
             .unwrap()
             .as_nanos()
     );
-    let expr = format!(
+    format!(
         r#"derivation {{ name = "nixgate-upload-{tag}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" "echo {nonce} > /dev/null; head -c {bytes} /dev/urandom > $out" ]; }}"#
-    );
-    run(Command::new("nix-build").args(["--no-out-link", "-E", &expr]))
+    )
+}
+
+/// Signs `path` in the local store with `secret_key` (as CI does before it pushes).
+pub fn sign(path: &str, secret_key: &Path) {
+    run(Command::new("nix")
+        .args(["store", "sign", "--key-file"])
+        .arg(secret_key)
+        .arg(path));
 }
 
 /// A Nix key pair: the secret key file and the public key.

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 
 use nixgate::torrent::meta::{NarTorrent, PieceHasher};
 
-use super::appliance::{free_port, holding_appliance, Appliance};
+use super::appliance::{hold_port, holding_appliance, Appliance};
 use super::fixture::Fixture;
 use super::upstream::Upstream;
 
-/// BitTorrent on, on a fixed free port (with port 0 librqbit would announce 4240).
+/// BitTorrent on, on a held port (with port 0 librqbit would announce 4240).
 pub fn with_torrent(a: &mut nixgate::config::ServeArgs, trackers: &[String]) {
     a.no_torrent = false;
-    a.torrent_listen = Some(format!("127.0.0.1:{}", free_port()));
+    a.torrent_listen = Some(format!("127.0.0.1:{}", hold_port().keep()));
     a.trackers = Some(trackers.to_vec());
 }
 

@@ -1,5 +1,5 @@
 //! Test upstreams: an in-process binary cache over a directory that counts requests and can be
-//! stopped, throttled, delayed, made to fail with 500, or made to serve replaced bodies.
+//! stopped, taken down and back, throttled, delayed, made to fail with 500, or made to serve replaced bodies.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +34,9 @@ pub struct Upstream {
     pub ignore_ranges: Arc<AtomicBool>,
     /// Requests that carried a `Range` header.
     pub ranged: Arc<AtomicU64>,
+    /// Down: each connection is closed unanswered (the socket stays bound, so the upstream
+    /// comes back on the same address with no port race).
+    pub down: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -62,6 +65,7 @@ impl Upstream {
             cut_next_nar_at: Default::default(),
             ignore_ranges: Default::default(),
             ranged: Default::default(),
+            down: Default::default(),
             stop: CancellationToken::new(),
         };
         let (root, reqs, total, rate, ov, fail, stop) = (
@@ -79,9 +83,13 @@ impl Upstream {
             up.ignore_ranges.clone(),
             up.ranged.clone(),
         );
+        let down = up.down.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! { _ = stop.cancelled() => return, r = listener.accept() => r.unwrap().0 };
+                if down.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let (root, reqs, total, rate, ov, fail, stop) = (
                     root.clone(),
                     reqs.clone(),
