@@ -175,8 +175,10 @@ pub async fn torrent(app: &Arc<App>, fh: Sha256) -> Handled {
 /// upstream's word (503).
 fn refusal(e: FetchError, ask: Ask, uploader: bool) -> ServeError {
     match e {
-        FetchError::Unavailable(why) if uploader && !ask.fleet && !ask.only_if_cached => {
-            tracing::info!(reason = %why, "upstreams unavailable: an uploader's existence check is answered 404");
+        FetchError::Unavailable { from, error }
+            if uploader && !ask.fleet && !ask.only_if_cached =>
+        {
+            tracing::info!(%from, %error, "upstreams unavailable: an uploader's existence check is answered 404");
             ServeError::NotHeldForUploader
         }
         e => ServeError::from_fetch(e, ask.only_if_cached),
