@@ -18,6 +18,8 @@ command -v avahi-daemon >/dev/null || need+=(avahi-daemon)
 command -v avahi-browse >/dev/null || need+=(avahi-utils)
 command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
 command -v aria2c >/dev/null || need+=(aria2)
+# Test upstreams behind basic auth and redirects (tests/common/nginx.rs).
+command -v nginx >/dev/null || need+=(nginx)
 command -v opentracker >/dev/null || need+=(opentracker)
 # The status page test loads / in headless Chromium.
 command -v chromium >/dev/null || need+=(chromium)
