@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -45,6 +46,16 @@ fn attacks(internal: &Hostile) -> Vec<String> {
     ]
 }
 
+/// Makes `server` serve each path's signed narinfo with its `URL` replaced by one attack
+/// (xz kept, so the standard location still has the NAR).
+fn plant(server: &Upstream, f: &Fixture, paths: &[&String], urls: Vec<String>) {
+    for (p, url) in paths.iter().zip(urls) {
+        let ni = with_url(&f.narinfo(p), &url, "xz");
+        let key = format!("{}.narinfo", Fixture::hash(p));
+        server.overrides.lock().unwrap().insert(key, ni.into());
+    }
+}
+
 fn write_netrc(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let file = dir.join("netrc");
@@ -75,11 +86,7 @@ async fn an_upstream_narinfo_url_never_leaves_the_configured_origins() {
     .await;
     // xz: the NAR comes from its standard location instead, so the runner still succeeds.
     let paths: Vec<&String> = f.blobs.iter().take(4).collect();
-    for (p, url) in paths.iter().zip(attacks(&inner)) {
-        let ni = with_url(&f.narinfo(p), &url, "xz");
-        let key = format!("{}.narinfo", Fixture::hash(p));
-        up.overrides.lock().unwrap().insert(key, ni.into());
-    }
+    plant(&up, f, &paths, attacks(&inner));
     for p in &paths {
         assert_ok(&nix_copy(&a.url(), &f.public_key, p, &tmp.path().join("d")).await);
     }
@@ -122,11 +129,7 @@ async fn a_peer_narinfo_url_is_ignored_and_its_nar_fetched_by_hash() {
     // The peer holds the real files but rewrites every narinfo's URL to the internal host.
     let peer = Upstream::start(&f.cache).await;
     let paths: Vec<&String> = f.blobs.iter().take(4).collect();
-    for (p, url) in paths.iter().zip(attacks(&inner)) {
-        let ni = with_url(&f.narinfo(p), &url, "xz");
-        let key = format!("{}.narinfo", Fixture::hash(p));
-        peer.overrides.lock().unwrap().insert(key, ni.into());
-    }
+    plant(&peer, f, &paths, attacks(&inner));
     let down = failing_upstream(f).await;
     let netrc = write_netrc(&tmp.path().join("conf"));
     let a = Appliance::start(&tmp.path().join("a"), &[down.url()], &f.public_key, |s| {
@@ -151,7 +154,7 @@ async fn a_fleet_member_narinfo_url_is_ignored() {
     let p = &f.blobs[0];
     let key = Fixture::hash(p);
     let own = "f".repeat(32);
-    let member = Hostile::start(Some(&owning_id(key, &own))).await;
+    let member = Hostile::start(Some(&member_id(&own, &[key], &[]))).await;
     let ni = with_url(
         &f.narinfo(p),
         &format!("http://{}/secret", inner.addr),
@@ -160,13 +163,7 @@ async fn a_fleet_member_narinfo_url_is_ignored() {
     member.serve(&format!("{key}.narinfo"), ni, None);
     let up = Upstream::start(&f.cache).await;
     let dir = tmp.path().join("a");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("peer-id"), &own).unwrap();
-    let a = Appliance::start(&dir, &[up.url()], &f.public_key, |s| {
-        s.peers = Some(vec![member.url()]);
-    })
-    .await;
-    wait_for_owner(&a).await;
+    let a = with_member(&dir, &up.url(), &f.public_key, &member, &own, |_| {}).await;
     let got = get(&format!("{}/{key}.narinfo", a.url()), &[]).await;
     assert_eq!(got.status, 200, "the member's signed narinfo is taken");
     assert_eq!(member.count(&format!("{key}.narinfo")), 1);
@@ -190,17 +187,13 @@ async fn a_fleet_members_404_is_never_remembered() {
     let key = Fixture::hash(p);
     let own = "f".repeat(32);
     // The owner says "not found" for a path the upstream has.
-    let member = Hostile::start(Some(&owning_id(key, &own))).await;
+    let member = Hostile::start(Some(&member_id(&own, &[key], &[]))).await;
     let up = Upstream::start(&f.cache).await;
     let dir = tmp.path().join("a");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("peer-id"), &own).unwrap();
-    let a = Appliance::start(&dir, &[up.url()], &f.public_key, |s| {
-        s.peers = Some(vec![member.url()]);
+    let a = with_member(&dir, &up.url(), &f.public_key, &member, &own, |s| {
         s.negative_ttl = Some("1h".into());
     })
     .await;
-    wait_for_owner(&a).await;
     let url = format!("{}/{key}.narinfo", a.url());
     assert_eq!(get(&url, &[]).await.status, 404);
     assert_eq!(get(&url, &[]).await.status, 404);
@@ -211,27 +204,11 @@ async fn a_fleet_members_404_is_never_remembered() {
     );
     // The member leaves; the upstream's answer is served at once, an hour's TTL or not.
     drop(member);
-    wait_until_no_owner(&a).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the stopped member to own nothing",
+        || async { !peer_rows(&a).await.iter().any(|p| p.owner) },
+    )
+    .await;
     assert_eq!(get(&url, &[]).await.status, 200);
-}
-
-/// Waits until `a` takes its one peer for a fleet member that owns keys.
-async fn wait_for_owner(a: &Appliance) {
-    for _ in 0..200 {
-        if peer_rows(a).await.iter().any(|p| p.owner) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the hostile member never became an owner");
-}
-
-async fn wait_until_no_owner(a: &Appliance) {
-    for _ in 0..400 {
-        if !peer_rows(a).await.iter().any(|p| p.owner) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the stopped member still owns keys");
 }

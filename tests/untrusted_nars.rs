@@ -168,27 +168,6 @@ async fn a_forged_nar_from_a_peer_is_never_stored_or_completed() {
     }
 }
 
-/// An appliance with the fixed id `own`, in front of `up`, with `member` configured.
-async fn with_member(
-    dir: &Path,
-    up: &Upstream,
-    key: &str,
-    member: &Hostile,
-    own: &str,
-) -> Appliance {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("peer-id"), own).unwrap();
-    let url = member.url();
-    let a = Appliance::start(dir, &[up.url()], key, |s| s.peers = Some(vec![url])).await;
-    for _ in 0..200 {
-        if peer_rows(&a).await.iter().any(|p| p.id.is_some()) {
-            return a;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the member was never probed");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_nar_from_a_fleet_owner_is_never_stored_and_the_upstream_serves() {
     let f = fixture().await;
@@ -198,11 +177,19 @@ async fn a_forged_nar_from_a_fleet_owner_is_never_stored_and_the_upstream_serves
     let (narinfo, url, bytes) = forge(&cache, victim, &f.blobs[1]);
     let own = "e".repeat(32);
     let h = Fixture::hash(victim);
-    let member = Hostile::start(Some(&owning_id(h, &own))).await;
+    let member = Hostile::start(Some(&member_id(&own, &[h], &[]))).await;
     member.serve(&format!("{h}.narinfo"), narinfo, None);
     member.serve(&url, bytes.clone(), None);
     let up = Upstream::start(&f.cache).await;
-    let a = with_member(&tmp.path().join("a"), &up, &f.public_key, &member, &own).await;
+    let a = with_member(
+        &tmp.path().join("a"),
+        &up.url(),
+        &f.public_key,
+        &member,
+        &own,
+        |_| {},
+    )
+    .await;
     assert_eq!(
         get(&format!("{}/{h}.narinfo", a.url()), &[]).await.status,
         200
@@ -226,9 +213,9 @@ async fn drip_fed_narinfos_and_nars_give_way_to_the_upstream() {
         let h = Fixture::hash(p);
         let own = "d".repeat(32);
         let id = if i == 1 {
-            successor_id(h, &own)
+            member_id(&own, &[], &[h])
         } else {
-            owning_id(h, &own)
+            member_id(&own, &[h], &[])
         };
         let member = Hostile::start(Some(&id)).await;
         let narinfo = f.narinfo(p);
@@ -241,14 +228,8 @@ async fn drip_fed_narinfos_and_nars_give_way_to_the_upstream() {
         let file = std::fs::read(f.cache.join(&nar)).unwrap();
         member.serve(&nar, file, drip);
         let up = Upstream::start(&f.cache).await;
-        let a = with_member(
-            &tmp.path().join(format!("a{i}")),
-            &up,
-            &f.public_key,
-            &member,
-            &own,
-        )
-        .await;
+        let dir = tmp.path().join(format!("a{i}"));
+        let a = with_member(&dir, &up.url(), &f.public_key, &member, &own, |_| {}).await;
         let started = Instant::now();
         assert_ok(
             &nix_copy(
@@ -278,18 +259,6 @@ async fn drip_fed_narinfos_and_nars_give_way_to_the_upstream() {
     }
 }
 
-/// A member id that owns `p` but not `q` against `own` (asked of the ring).
-fn owns_only(p: &str, q: &str, own: &str) -> String {
-    let owns = |key: &str, id: &String| {
-        let m = [(id.clone(), ())];
-        !nixgate::peers::fleet::owners(key, own, &m).is_empty()
-    };
-    (0u32..)
-        .map(|i| format!("{i:032x}"))
-        .find(|id| id != own && owns(p, id) && !owns(q, id))
-        .expect("some id owns p only")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_planted_narinfo_never_blocks_an_upstreams_genuine_one() {
     let f = fixture().await;
@@ -300,10 +269,18 @@ async fn a_planted_narinfo_never_blocks_an_upstreams_genuine_one() {
     let own = "e".repeat(32);
     let (p, q) = (Fixture::hash(victim), Fixture::hash(other));
     // The member owns p only: it plants p's signed narinfo naming q's file.
-    let member = Hostile::start(Some(&owns_only(p, q, &own))).await;
+    let member = Hostile::start(Some(&member_id(&own, &[p], &[q]))).await;
     member.serve(&format!("{p}.narinfo"), planted, None);
     let up = Upstream::start(&cache).await;
-    let a = with_member(&tmp.path().join("a"), &up, &f.public_key, &member, &own).await;
+    let a = with_member(
+        &tmp.path().join("a"),
+        &up.url(),
+        &f.public_key,
+        &member,
+        &own,
+        |_| {},
+    )
+    .await;
     assert_eq!(
         get(&format!("{}/{p}.narinfo", a.url()), &[]).await.status,
         200

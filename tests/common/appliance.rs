@@ -88,15 +88,10 @@ impl Options {
     }
 }
 
-/// Fixes the peer id of the appliance that will use `cache_dir` (in-process or a child).
-/// A fresh directory gets the layout's `VERSION` too (`src/store/layout.rs`): nixgate refuses
-/// to adopt a non-empty directory without it, and `peer-id` alone makes it non-empty.
+/// Fixes the peer id of the appliance that will use `cache_dir` (in-process or a child), as
+/// an operator may: a new cache directory holding only `peer-id` is taken.
 pub fn fix_peer_id(cache_dir: &Path, id: &str) {
     std::fs::create_dir_all(cache_dir).unwrap();
-    let version = cache_dir.join("VERSION");
-    if !version.exists() {
-        std::fs::write(version, "nixgate-store 1\n").unwrap();
-    }
     std::fs::write(cache_dir.join("peer-id"), format!("{id}\n")).unwrap();
 }
 

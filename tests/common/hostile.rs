@@ -153,26 +153,43 @@ fn answer(
     b.body(BodyExt::boxed(StreamBody::new(s))).unwrap()
 }
 
-/// A fleet member id (32 hex digits) that makes `member` the first owner of `key` in a
-/// fleet of it and `self_id`, asked of the ring itself (deterministic, no chance).
-pub fn owning_id(key: &str, self_id: &str) -> String {
+/// A fleet member id (32 hex digits) that, in a fleet of it and `own`, owns every key in
+/// `owns` and none in `not`: asked of the ring itself (deterministic, no chance). A member
+/// that does not own a key is `own`'s successor for it.
+pub fn member_id(own: &str, owns: &[&str], not: &[&str]) -> String {
+    let owner = |key: &str, id: &String| {
+        let members = [(id.clone(), ())];
+        !nixgate::peers::fleet::owners(key, own, &members).is_empty()
+    };
     (0u32..)
         .map(|i| format!("{i:032x}"))
         .find(|id| {
-            let members = [(id.clone(), ())];
-            id != self_id && !nixgate::peers::fleet::owners(key, self_id, &members).is_empty()
+            id != own && owns.iter().all(|k| owner(k, id)) && !not.iter().any(|k| owner(k, id))
         })
-        .expect("some id owns the key")
+        .expect("some id has that share of the keys")
 }
 
-/// A fleet member id that does NOT own `key` against `self_id` (so `self_id` owns it and
-/// the member is its successor).
-pub fn successor_id(key: &str, self_id: &str) -> String {
-    (0u32..)
-        .map(|i| format!("{i:032x}"))
-        .find(|id| {
-            let members = [(id.clone(), ())];
-            id != self_id && nixgate::peers::fleet::owners(key, self_id, &members).is_empty()
-        })
-        .expect("some id does not own the key")
+/// An appliance with the fixed id `own` in front of `upstream`, with `member` as its one
+/// configured peer (a fleet member), returned once a probe learned the member's id.
+pub async fn with_member(
+    dir: &std::path::Path,
+    upstream: &str,
+    key: &str,
+    member: &Hostile,
+    own: &str,
+    extra: impl FnOnce(&mut nixgate::config::ServeArgs),
+) -> super::Appliance {
+    let url = member.url();
+    let a = super::Appliance::options(dir, key)
+        .upstream(upstream)
+        .peer_id(own)
+        .with(|s| s.peers = Some(vec![url]))
+        .with(extra)
+        .start()
+        .await;
+    super::wait_until(Duration::from_secs(5), "the member's id", || async {
+        super::peer_rows(&a).await.iter().any(|p| p.id.is_some())
+    })
+    .await;
+    a
 }

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::super::verify::VerifyError;
 use super::super::{FetchError, Fetcher};
 use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::relay::{Relay, Sink};
@@ -204,27 +203,19 @@ impl Fetcher {
                     });
                 }
             };
-            checks.update(&chunk).map_err(|e| self.not_a_nar(e))?;
+            checks.update(&chunk).map_err(|e| self.refused(e))?;
             let written = checks.written();
             let released = unproven.release(chunk, written, checks.header_seen());
-            for (chunk, written) in released.map_err(|e| self.not_a_nar(e))? {
+            for (chunk, written) in released.map_err(|e| self.refused(e))? {
                 sink.put(chunk, written, relay, tx, &plan.fh).await?;
             }
             self.maybe_switch(plan, feed, written).await;
         }
-        let size = checks.finish().map_err(|e| self.not_a_nar(e))?;
+        let size = checks.finish().map_err(|e| self.refused(e))?;
         for (chunk, written) in unproven.release_all() {
             sink.put(chunk, written, relay, tx, &plan.fh).await?;
         }
         Ok(size)
-    }
-
-    /// Counts a body that decompressed to no NAR (an unrelated page, an error body).
-    fn not_a_nar(&self, e: VerifyError) -> FetchError {
-        if e == VerifyError::NotANar {
-            self.metrics.untrusted(Untrusted::NotANar);
-        }
-        e.into()
     }
 
     /// Once [`ACCELERATE_AFTER`] has passed: if the upstream is slower than the threshold,

@@ -83,10 +83,7 @@ impl Fetcher {
     fn count_rejected<T>(&self, r: Result<T, VerifyError>) -> Result<T, FetchError> {
         r.map_err(|e| {
             self.metrics.verification_failure(Source::Upstream);
-            if e == VerifyError::NotANar {
-                self.metrics.untrusted(crate::metrics::Untrusted::NotANar);
-            }
-            e.into()
+            self.refused(e)
         })
     }
 

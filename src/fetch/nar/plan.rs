@@ -136,6 +136,15 @@ impl Fetcher {
         }
     }
 
+    /// A check that refused a source's bytes, as the fetch's error; a body that is no NAR at
+    /// all is counted as untrusted too (an unrelated page, an error body).
+    pub(super) fn refused(&self, e: VerifyError) -> FetchError {
+        if e == VerifyError::NotANar {
+            self.metrics.untrusted(Untrusted::NotANar);
+        }
+        e.into()
+    }
+
     /// Candidate URLs: the one a cached narinfo recorded, then each upstream's standard
     /// `nar/<FileHash>.nar<ext>` (any of them will do: the bytes are checked against the hash).
     pub(super) async fn plan(&self, fh: Sha256, ext: &'static str, fleet: bool) -> Plan {
