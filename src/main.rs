@@ -124,11 +124,10 @@ async fn wait_for_signal() {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn health(url: &str) -> anyhow::Result<()> {
-    let base = url::Url::parse(url).with_context(|| format!("health URL {url}"))?;
-    nixgate::upstream::probe::get_ok(&base, "/healthz", std::time::Duration::from_secs(5))
+async fn health(base: &url::Url) -> anyhow::Result<()> {
+    nixgate::upstream::probe::get_ok(base, "healthz", std::time::Duration::from_secs(5))
         .await
-        .with_context(|| format!("{base} /healthz"))?;
+        .with_context(|| format!("{}healthz", nixgate::redact::redact(base)))?;
     Ok(())
 }
 
@@ -152,6 +151,9 @@ async fn discover(args: DiscoverArgs) -> anyhow::Result<()> {
     use nixgate::peers::mdns;
     let (found, announced) = nixgate::peers::discover::discover(args.timeout).await?;
     if found.is_empty() {
+        if args.format == DiscoverFormat::Json {
+            println!("[]");
+        }
         if announced == 0 {
             anyhow::bail!(
                 "no nixgate appliance found: nothing announced {} within {:?} \

@@ -66,6 +66,21 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     whole.checked_add(part as u64).ok_or_else(err)
 }
 
+/// Bytes with a binary unit, e.g. `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut i) = (n as f64, 0);
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
 /// Parses a duration with a unit (`ms`, `s`, `m`, `h`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let err = || UnitError::Duration(s.to_owned());

@@ -154,7 +154,7 @@ fn check_config_reports_bad_settings() {
     assert!(ok, "{out}");
     assert!(out.contains("configuration OK"));
     for (args, needle) in [
-        (&["--max-cache-size", "10 GB"][..], "10 GB"),
+        (&["--max-cache-size", "10 gigs"][..], "10 gigs"),
         (
             &["--trusted-public-key", "cache.nixos.org-1:nope!"][..],
             "trusted-public-key",

@@ -144,7 +144,7 @@ fn path(p: Option<&Path>) -> String {
 }
 
 fn bytes(n: u64) -> String {
-    format!("{n} bytes")
+    format!("{} ({n} bytes)", crate::units::human_bytes(n))
 }
 
 fn secs(d: Duration) -> String {

@@ -19,6 +19,7 @@ mod tests;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
 
 pub use crate::fetch::{PeerPolicy, PeerTuning};
 pub use crate::http::limits::ConnLimits;
@@ -80,26 +81,30 @@ pub enum Command {
     },
     /// Probe a running appliance's /healthz (for container HEALTHCHECKs; no curl needed).
     Health {
-        /// The appliance's base URL.
+        /// The appliance: a base URL or host:port (http, port 8080 when none is given).
         #[arg(
             long,
             default_value = "http://127.0.0.1:8080",
-            env = "NIXGATE_HEALTH_URL"
+            env = "NIXGATE_HEALTH_URL",
+            value_parser = parse_appliance_url
         )]
-        url: String,
+        url: Url,
     },
 }
 
 /// Flags of `warm`.
 #[derive(Debug, Args)]
 pub struct WarmArgs {
-    /// The appliance's base URL.
+    /// The appliance: a base URL or host:port (http, port 8080 when none is given).
+    /// `--appliance` is the old name of this flag.
     #[arg(
         long,
+        visible_alias = "appliance",
         default_value = "http://127.0.0.1:8080",
-        env = "NIXGATE_WARM_APPLIANCE"
+        env = "NIXGATE_WARM_APPLIANCE",
+        value_parser = parse_appliance_url
     )]
-    pub appliance: String,
+    pub url: Url,
     /// A file of store paths, one a line (blank lines and `#` comments skipped), e.g. the
     /// output of `nix path-info -r`; added to those given as arguments.
     #[arg(long, value_name = "FILE")]
@@ -115,15 +120,16 @@ pub struct WarmArgs {
 /// Flags of `status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The appliance's base URL.
+    /// The appliance: a base URL or host:port (http, port 8080 when none is given).
     #[arg(
         long,
         default_value = "http://127.0.0.1:8080",
-        env = "NIXGATE_STATUS_URL"
+        env = "NIXGATE_STATUS_URL",
+        value_parser = parse_appliance_url
     )]
-    pub url: String,
+    pub url: Url,
     /// Output: a summary for people, or the /_status/v1 JSON as is.
-    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    #[arg(short = 'o', long, visible_alias = "output", value_enum, default_value_t = StatusFormat::Text)]
     pub format: StatusFormat,
 }
 
@@ -142,13 +148,56 @@ pub struct DiscoverArgs {
     /// How long to listen for announcements, e.g. 3s, 500ms.
     #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
     pub timeout: Duration,
-    /// Output: a nix.conf line, one URL per line, or JSON with addresses, TXT and latency.
-    #[arg(long, value_enum, default_value_t = DiscoverFormat::NixConf)]
+    /// Output: a nix.conf line, one URL per line, or JSON with addresses, TXT and latency
+    /// (`[]` when none answered; the exit status is 1 then, whatever the format).
+    #[arg(short = 'o', long, visible_alias = "output", value_enum, default_value_t = DiscoverFormat::NixConf)]
     pub format: DiscoverFormat,
 }
 
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
+fn parse_duration_arg(s: &str) -> Result<Duration, crate::units::UnitError> {
+    parse_duration(s)
+}
+
+/// An appliance address that cannot be used by the client subcommands.
+#[derive(Debug, thiserror::Error)]
+#[error("appliance {given:?}: {why} (expected e.g. http://10.0.0.5:8080 or 10.0.0.5:8080)")]
+pub struct BadApplianceUrl {
+    given: String,
+    why: String,
+}
+
+/// The appliance as the client subcommands (`status`, `health`, `warm`) take it: a base URL
+/// (`http://host:port/prefix`, `https://…`) or a bare `host:port` / `host` (plain HTTP, port
+/// 8080 when none is given, as runners reach it). The result's path ends in `/`.
+pub fn parse_appliance_url(given: &str) -> Result<Url, BadApplianceUrl> {
+    let bad = |why: &str| BadApplianceUrl {
+        given: given.to_owned(),
+        why: why.to_owned(),
+    };
+    let bare = !given.contains("://");
+    let text = if bare {
+        format!("http://{given}")
+    } else {
+        given.to_owned()
+    };
+    let mut url = Url::parse(&text).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("only http:// and https:// are supported"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a base URL has no query or fragment"));
+    }
+    if bare && url.port().is_none() {
+        let _ = url.set_port(Some(8080));
+    }
+    if !url.path().ends_with('/') {
+        let p = format!("{}/", url.path());
+        url.set_path(&p);
+    }
+    Ok(url)
 }
 
 /// Output format of `discover`.

@@ -77,9 +77,12 @@ fn clear_errors() {
     assert!(matches!(a.resolve(), Err(ConfigError::TrackerNeedsPort)));
 
     let mut a = args(dir.path());
-    a.max_cache_size = Some("10 GB".into());
+    a.max_cache_size = Some("10 gigs".into());
     let e = a.resolve().unwrap_err().to_string();
-    assert!(e.contains("--max-cache-size") && e.contains("10 GB"), "{e}");
+    assert!(
+        e.contains("--max-cache-size") && e.contains("10 gigs"),
+        "{e}"
+    );
 
     let mut a = args(dir.path());
     a.trusted_public_keys = Some(vec!["cache.nixos.org-1:notbase64!".into()]);
@@ -335,4 +338,27 @@ fn check_config_redacts_url_secrets() {
     a.upstreams = Some(vec!["ftp://ci:upw@cache.example/".into()]);
     let e = a.resolve().unwrap_err().to_string();
     assert!(e.contains("--upstream") && !e.contains("upw"), "{e}");
+}
+
+#[test]
+fn appliance_urls() {
+    use super::parse_appliance_url as p;
+    let ok = |given: &str, want: &str| assert_eq!(p(given).unwrap().as_str(), want, "{given}");
+    ok("127.0.0.1:8080", "http://127.0.0.1:8080/");
+    ok("10.0.0.5", "http://10.0.0.5:8080/");
+    ok("nixgate.ci.svc:9000", "http://nixgate.ci.svc:9000/");
+    ok("[::1]:8080", "http://[::1]:8080/");
+    ok("http://127.0.0.1:8080", "http://127.0.0.1:8080/");
+    ok("http://10.0.0.5", "http://10.0.0.5/");
+    ok("https://127.0.0.1:8443/nix", "https://127.0.0.1:8443/nix/");
+    for bad in [
+        "",
+        "ftp://h/",
+        "http://",
+        "h:8080?x=1",
+        "http://h/#f",
+        "h:port",
+    ] {
+        assert!(p(bad).is_err(), "{bad}");
+    }
 }

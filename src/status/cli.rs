@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use url::Url;
 
+use crate::units::human_bytes;
 use crate::upstream::probe;
 
 /// The largest status document read (the rings are ~60 KB of numbers, ~200 KB as JSON).
@@ -14,32 +15,13 @@ const MAX_BODY: usize = 8 << 20;
 /// How long the appliance has to answer.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Fetches the status document of the appliance at `url`.
-pub async fn fetch(url: &str) -> anyhow::Result<Value> {
-    let mut base = Url::parse(url).map_err(|e| anyhow::anyhow!("status URL {url}: {e}"))?;
-    if !base.path().ends_with('/') {
-        let p = format!("{}/", base.path());
-        base.set_path(&p);
-    }
-    let body = probe::get_bytes(&base, "_status/v1", DEADLINE, MAX_BODY)
+/// Fetches the status document of the appliance at `base` (a base URL whose path ends in `/`,
+/// as `config::parse_appliance_url` makes it).
+pub async fn fetch(base: &Url) -> anyhow::Result<Value> {
+    let body = probe::get_bytes(base, "_status/v1", DEADLINE, MAX_BODY)
         .await
         .map_err(|e| anyhow::anyhow!("{base}_status/v1: {e}"))?;
     Ok(serde_json::from_slice(&body)?)
-}
-
-/// Bytes with a binary unit, e.g. `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut i) = (n as f64, 0);
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
 }
 
 fn num(v: &Value, path: &str) -> u64 {

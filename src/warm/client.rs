@@ -30,13 +30,9 @@ pub struct ApplianceClient {
 }
 
 impl ApplianceClient {
-    /// A client for the appliance at `base` (http or https).
-    pub fn new(base: &str) -> Result<Self, String> {
-        let mut base = Url::parse(base).map_err(|e| format!("appliance URL {base}: {e}"))?;
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
+    /// A client for the appliance at `base` (http or https; a path ending in `/`, as
+    /// `config::parse_appliance_url` makes it).
+    pub fn new(base: Url) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -44,7 +40,7 @@ impl ApplianceClient {
             .enable_http1()
             .build();
         let client = Client::builder(TokioExecutor::new()).build(https);
-        Ok(ApplianceClient { client, base })
+        ApplianceClient { client, base }
     }
 
     /// The appliance's base URL.

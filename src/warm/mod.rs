@@ -44,7 +44,7 @@ pub async fn run(args: &WarmArgs) -> anyhow::Result<()> {
     if roots.is_empty() {
         anyhow::bail!("no store paths given (as arguments or with --from-file)");
     }
-    let client = Arc::new(ApplianceClient::new(&args.appliance).map_err(anyhow::Error::msg)?);
+    let client = Arc::new(ApplianceClient::new(args.url.clone()));
     let store_dir = client
         .store_dir()
         .await

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::status::cli::human_bytes;
+use crate::units::human_bytes;
 
 /// The running tally and where it is printed.
 pub struct Report {

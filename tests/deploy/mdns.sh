@@ -146,6 +146,8 @@ refute "discover on a host with no appliance around exits non-zero" \
   ip netns exec "$LONE" "$NIXGATE" discover --timeout 1s
 ip netns exec "$LONE" "$NIXGATE" discover --timeout 1s 2> "$WORK/lone.err" || true
 check "... and says why" grep -q "no nixgate appliance found: nothing announced" "$WORK/lone.err"
+ip netns exec "$LONE" "$NIXGATE" discover --timeout 1s -o json > "$WORK/lone.json" 2>/dev/null || true
+check "discover -o json prints [] when none answered" python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1])) != [])' "$WORK/lone.json"
 
 echo "== a killed appliance leaves its peers' sets; a stopped one withdraws its record"
 kill -9 "$PID_b"

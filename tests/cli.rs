@@ -1,0 +1,116 @@
+//! The client subcommands as an operator types them: one `--url` that also takes `host:port`,
+//! `-o json`, grouped `serve --help`, sizes in human units in `check-config`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nixgate");
+const MISSING: &str = "/nix/store/00000000000000000000000000000000-absent";
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("NIXGATE_UPSTREAM")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_subcommand_takes_host_port_as_url() {
+    let work = tempfile::tempdir().unwrap();
+    let key = "test-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let a = Appliance::options(&work.path().join("cache"), key)
+        .start()
+        .await;
+    let hostport = a.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        (
+            run(&["health", "--url", &hostport]),
+            run(&["status", "--url", &hostport, "-o", "json"]),
+            run(&["warm", "--url", &hostport, MISSING]),
+        )
+    })
+    .await
+    .unwrap();
+    let (health, status, warm) = out;
+    assert!(health.status.success(), "health: {}", text(&health));
+    assert!(status.status.success(), "status: {}", text(&status));
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(doc.get("totals").is_some(), "{doc}");
+    // The appliance (no upstream) answered that it cannot have the path.
+    let said = text(&warm);
+    assert!(!warm.status.success(), "{said}");
+    assert!(
+        said.contains(&MISSING[11..43]) && !said.contains("connect"),
+        "warm: {said}"
+    );
+    a.stop().await;
+
+    for args in [
+        &["health", "--url", "ftp://127.0.0.1/"][..],
+        &["status", "--url", "127.0.0.1:port"][..],
+        &["warm", "--url", "127.0.0.1:8080?x=1", "/nix/store/x"][..],
+    ] {
+        let o = run(args);
+        assert!(!o.status.success(), "{args:?} accepted");
+        assert!(
+            text(&o).contains("expected e.g. http://"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn serve_help_groups_its_flags() {
+    let o = run(&["serve", "--help"]);
+    assert!(o.status.success());
+    let help = text(&o);
+    let headings = [
+        "Listening and logging:",
+        "Cache:",
+        "Upstreams:",
+        "Limits (runners):",
+        "Peers and fleet:",
+        "BitTorrent:",
+        "Uploads (nix copy --to):",
+    ];
+    let mut at = Vec::new();
+    for h in headings {
+        let pos = help.lines().position(|l| l == h);
+        assert!(pos.is_some(), "no heading {h:?} in:\n{help}");
+        at.extend(pos);
+    }
+    // Each flag sits under its group.
+    let line_of = |flag: &str| help.lines().position(|l| l.contains(flag)).unwrap();
+    assert!(line_of("--max-cache-size") > at[1] && line_of("--max-cache-size") < at[2]);
+    assert!(line_of("--upload-token-file") > at[6]);
+}
+
+#[test]
+fn check_config_prints_sizes_in_human_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["check-config", "--max-cache-size", "1.5 GiB", "--cache-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim() == "max-cache-size       1.5 GiB (1610612736 bytes)"),
+        "{out}"
+    );
+}
