@@ -202,4 +202,7 @@ fn log_start(config: &Config, local: Option<std::net::SocketAddr>) {
     if let Some(k) = &config.uploads.signing_key {
         tracing::info!(public_key = %k.public(), "signing unsigned uploads; runners trust this public key");
     }
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
 }

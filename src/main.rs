@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig(args) => match args.resolve() {
             Ok(config) => {
+                for w in config.warnings() {
+                    eprintln!("nixgate: warning: {w}");
+                }
                 print!("{}", config.render_effective());
                 ExitCode::SUCCESS
             }

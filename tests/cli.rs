@@ -114,3 +114,34 @@ fn check_config_prints_sizes_in_human_units() {
         "{out}"
     );
 }
+
+#[test]
+fn check_config_warns_of_settings_that_cannot_work_as_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-upload-token\n").unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "check-config",
+            "--max-cache-size",
+            "1000000TiB",
+            "--cache-dir",
+        ])
+        .arg(dir.path().join("cache"))
+        .arg("--upload-token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "warnings are not errors: {out}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: uploads are on without --signing-key-file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: --max-cache-size 1000000.0 TiB is larger than the file system"),
+        "{err}"
+    );
+    assert!(!out.contains("s3cr3t"), "{out}");
+}

@@ -15,6 +15,7 @@ mod resolve;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod warnings;
 
 use std::time::Duration;
 
