@@ -68,15 +68,33 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(l) => Ok(l),
-        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+        // Only a host without IPv6 falls back; a busy port is a busy port.
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && no_ipv6(&e) => {
             let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
             tracing::warn!(error = %e, fallback = %v4, "cannot bind the IPv6 wildcard; using IPv4");
-            TcpListener::bind(v4)
-                .await
-                .with_context(|| format!("binding {v4}"))
+            TcpListener::bind(v4).await.map_err(|e| bind_error(v4, e))
         }
-        Err(e) => Err(e).with_context(|| format!("binding {addr}")),
+        Err(e) => Err(bind_error(addr, e)),
     }
+}
+
+fn bind_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the port is in use (another nixgate? choose a port with --listen)"
+        }
+        _ => "",
+    };
+    anyhow::Error::new(e).context(format!("binding {addr} {why}").trim_end().to_owned())
+}
+
+/// Whether a bind error means this host has no IPv6 (disabled, or the address family absent).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw_os_error),
+        Some(Errno::AFNOSUPPORT | Errno::ADDRNOTAVAIL | Errno::INVAL)
+    )
 }
 
 #[tokio::main]

@@ -65,6 +65,29 @@ pub fn redact_text(s: &str) -> String {
     }
 }
 
+/// Hides the userinfo of every `scheme://user:pass@host` in free text (a parser's message
+/// that quotes a value, say): each becomes `scheme://***@host`.
+pub fn redact_all(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| "/?#\"' ".contains(c) || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +117,14 @@ mod tests {
         assert_eq!(redact_text("http://u:p@[bad/x@y"), "http://***@[bad/x@y");
         assert_eq!(redact_text("not a url"), "not a url");
         assert_eq!(redact_text("http://h:notaport/"), "http://h:notaport/");
+    }
+
+    #[test]
+    fn every_url_in_a_text_is_redacted() {
+        assert_eq!(
+            redact_all(r#"invalid type: string "https://ci:s3cret@h/x", and ftp://a@b c://d"#),
+            r#"invalid type: string "https://***@h/x", and ftp://***@b c://d"#
+        );
+        assert_eq!(redact_all("no url"), "no url");
     }
 }

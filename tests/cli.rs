@@ -3,7 +3,9 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
 
@@ -144,4 +146,53 @@ fn check_config_warns_of_settings_that_cannot_work_as_meant() {
         "{err}"
     );
     assert!(!out.contains("s3cr3t"), "{out}");
+}
+
+/// Starts `serve` with stderr in a file; returns the child and the file.
+fn serve_logging_to_file(listen: &str, dir: &std::path::Path) -> (std::process::Child, PathBuf) {
+    let log = dir.join("stderr");
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            listen,
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
+}
+
+#[tokio::test]
+async fn a_busy_port_is_reported_as_busy_and_logs_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    // The IPv6 wildcard (the default) on a port an IPv4 socket holds: no IPv6 fallback story.
+    let (mut busy, log) = serve_logging_to_file(&format!("[::]:{port}"), dir.path());
+    let status = tokio::task::spawn_blocking(move || busy.wait().unwrap())
+        .await
+        .unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("the port is in use"), "{said}");
+    assert!(!said.contains("IPv6"), "{said}");
+
+    let (mut ok, log) = serve_logging_to_file("127.0.0.1:0", dir.path());
+    wait_until(Duration::from_secs(10), "the start line", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("nixgate serving")
+    })
+    .await;
+    ok.kill().unwrap();
+    ok.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains('\u{1b}'), "ANSI codes in a file: {said:?}");
 }

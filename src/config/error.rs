@@ -15,8 +15,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    ParseFile { path: PathBuf, message: String },
+    #[error("config file {path}{at}: {message}")]
+    ParseFile {
+        path: PathBuf,
+        /// ` line N (key K)`, or empty when the parser gave no position.
+        at: String,
+        message: String,
+    },
     #[error("--listen {0:?} is not an address like [::]:8080 or 0.0.0.0:8080")]
     Listen(String),
     #[error("--{flag}: {source}")]

@@ -501,7 +501,25 @@ impl ServeArgs {
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
             path: path.clone(),
-            message: e.message().to_owned(),
+            at: e.span().map(|s| place(&text, s.start)).unwrap_or_default(),
+            message: crate::redact::redact_all(e.message()),
         })
+    }
+}
+
+/// ` line N (key K)` for a byte offset into a TOML file: the line, and the key that line sets
+/// when it sets one. The value is never shown (it may be a URL with a password).
+fn place(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.\"".contains(c))
+    });
+    match key {
+        Some(k) => format!(" line {line_no} (key {k})"),
+        None => format!(" line {line_no}"),
     }
 }

@@ -98,9 +98,28 @@ fn clear_errors() {
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "max-cach-size = \"1GiB\"\n").unwrap();
     let mut a = args(dir.path());
-    a.config = Some(file);
+    a.config = Some(file.clone());
     let e = a.resolve().unwrap_err().to_string();
     assert!(e.contains("max-cach-size"), "{e}");
+
+    // A wrong type names the line and the key, never the value (it may hold a password).
+    std::fs::write(
+        &file,
+        "upstream = [\"https://ci:s3cret@127.0.0.1/\"]\n\nmax-cache-size = 10\n",
+    )
+    .unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file.clone());
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(e.contains("line 3 (key max-cache-size)"), "{e}");
+    std::fs::write(&file, "priority = \"https://ci:s3cret@127.0.0.1/\"\n").unwrap();
+    let mut a = args(dir.path());
+    a.config = Some(file);
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(
+        e.contains("line 1 (key priority)") && !e.contains("s3cret"),
+        "{e}"
+    );
 }
 
 #[test]
