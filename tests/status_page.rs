@@ -127,6 +127,56 @@ fn assert_rendered(dom: &str) {
         updated.starts_with("updated "),
         "the refresh failed: {updated}"
     );
+    assert_readable(dom);
+}
+
+/// The texts of the elements of `class` in dumped HTML, in order.
+fn texts_of_class<'a>(dom: &'a str, class: &str) -> Vec<&'a str> {
+    dom.match_indices(&format!("class=\"{class}\""))
+        .map(|(i, _)| {
+            let open = i + dom[i..].find('>').unwrap() + 1;
+            &dom[open..open + dom[open..].find('<').unwrap()]
+        })
+        .collect()
+}
+
+/// What a person needs to read the plots: which range is shown, axes with distinct round
+/// labels and units, the sample interval, and a value under the pointer.
+fn assert_readable(dom: &str) {
+    assert!(
+        dom.contains("id=\"range-hour\" aria-pressed=\"true\"")
+            && dom.contains("id=\"range-day\" aria-pressed=\"false\""),
+        "the shown range is marked pressed"
+    );
+    let ticks = texts_of_class(dom, "tick");
+    // Per plot: five left labels, then (requests and cache plots) five right ones.
+    assert_eq!(ticks.len(), 5 * 3 + 5 * 2, "{ticks:?}");
+    for axis in ticks.chunks(5) {
+        let distinct: std::collections::HashSet<_> = axis.iter().collect();
+        assert_eq!(distinct.len(), 5, "axis labels repeat: {axis:?}");
+    }
+    assert!(
+        ticks.iter().any(|t| t.ends_with(" %")),
+        "hit ratio axis: {ticks:?}"
+    );
+    assert!(
+        ticks.iter().any(|t| t.ends_with("iB") || t.ends_with(" B")),
+        "byte axes: {ticks:?}"
+    );
+    let per = texts_of_class(dom, "per");
+    assert!(
+        !per.is_empty()
+            && per
+                .iter()
+                .all(|p| p.starts_with("per ") && p.ends_with(" s")),
+        "{per:?}"
+    );
+    let hovers = dom.matches("class=\"hover\"").count();
+    assert!(hovers >= 6, "hover targets: {hovers}");
+    assert!(
+        dom.contains("<title>") && dom.contains(" · hits "),
+        "tooltips name values"
+    );
 }
 
 fn nixgate_status(url: &str, format: &str) -> String {
