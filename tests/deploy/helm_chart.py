@@ -415,9 +415,9 @@ def check_hooks(manifests, notes, values, label):
           "fallback = true" in notes and "narinfo-cache-negative-ttl = 60" in notes, notes)
     up = values.get("uploads", {})
     if up.get("existingSecret"):
-        check(f"{label}: NOTES give the pushing runner's netrc line and nix copy --to with negative TTL 0",
+        check(f"{label}: NOTES give the pushing runner's netrc line, nix copy --to and the negative-TTL gotcha",
               "machine ci-nixgate.build.svc login ci password <token>" in notes
-              and "nix copy --option narinfo-cache-negative-ttl 0 --to http://ci-nixgate.build.svc:" in notes, notes)
+              and "nix copy --to http://ci-nixgate.build.svc:" in notes and "narinfo-cache-negative-ttl 0" in notes, notes)
     else:
         check(f"{label}: NOTES say uploads are off and how to turn them on",
               "Uploads are off" in notes and "uploads.existingSecret" in notes, notes)

@@ -102,12 +102,16 @@ def run_binary(toml):
 
 def check_notes(notes, values):
     """NOTES tell the operator what the Secrets turned on: the pushing runner's netrc line and
-    push command (negative TTL 0, the gotcha of the README), the signing key's public key, and
-    where refused upstream credentials show."""
+    push command, the narinfo-cache gotchas of the README (negative TTL, and with the signing
+    key the unsigned narinfo the pusher keeps), the signing key's public key, and where refused
+    upstream credentials show."""
     hc.check("secrets: NOTES give the pushing runner's netrc line (host = the runners' Service)",
              "machine ci-nixgate.build.svc login ci password <token>" in notes, notes)
-    hc.check("secrets: NOTES give `nix copy --to` with narinfo-cache-negative-ttl 0",
-             "nix copy --option narinfo-cache-negative-ttl 0 --to http://ci-nixgate.build.svc:8080" in notes, notes)
+    hc.check("secrets: NOTES give `nix copy --to` and the negative-TTL gotcha",
+             "nix copy --to http://ci-nixgate.build.svc:8080 " in notes
+             and "--option narinfo-cache-negative-ttl 0" in notes, notes)
+    hc.check("secrets: with the signing key, NOTES give the positive-TTL gotcha of the pushing machine",
+             "--option narinfo-cache-positive-ttl 0" in notes and "?secret-key=FILE" in notes, notes)
     hc.check("secrets: NOTES name the upload Secret and budget, never a secret value",
              f"Secret {values['uploads']['existingSecret']}, key token; budget {values['uploads']['maxSize']}" in notes
              and SECRET_KEY not in notes, notes)
@@ -117,7 +121,8 @@ def check_notes(notes, values):
              f"netrc of Secret {values['upstreamAuth']['existingSecret']}" in notes and 'status="auth_failed"' in notes, notes)
     m, notes = hc.render({"uploads": {"existingSecret": "nixgate-upload"}})
     hc.check("secrets: without a signing key, NOTES say uploads must carry a trusted signature",
-             "must carry a signature" in notes and "signing unsigned uploads" not in notes, notes)
+             "must carry a signature" in notes and "signing unsigned uploads" not in notes
+             and "narinfo-cache-positive-ttl" not in notes, notes)
 
 
 def check_schema():
