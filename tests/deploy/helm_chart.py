@@ -4,12 +4,16 @@ validates every manifest against the Kubernetes schemas, checks that the schema 
 values, and runs the real binary with exactly the rendered args and ConfigMap to prove the
 flags parse, the probe paths answer 200 and the `helm test` pod's script passes. The Grafana
 dashboard's and the PrometheusRule's PromQL must use only metric names the running binary
-exposes on /metrics and must parse with `promtool check rules`.
+exposes on /metrics and must parse with `promtool check rules`. The chart README must be what
+ci/gen_readme.py writes from values.yaml, with every value described; each optional hook
+(ServiceAccount, extra volumes/mounts/containers, startup probe, trafficDistribution,
+global.imageRegistry, DNS egress peers) renders when set and is absent by default.
 
 Needs PyPI's helm-python-sdk (Helm v4 engine, offline), kubernetes-validate and Debian's
 prometheus package (promtool); ci/test.sh installs them. Prints cargo-style totals for ci/test.sh.
 """
 import glob
+import importlib.util
 import json
 import os
 import re
@@ -238,9 +242,15 @@ def assert_consistent(manifests, notes, values, label):
         check(f"{label}: NetworkPolicy peer ports match the container ports",
               set(ing[1:]) == want and want == {(p["containerPort"], p["protocol"]) for p in c["ports"]})
         eg = np["spec"]["egress"]
+        dns = values.get("networkPolicy", {}).get("dns", {})
+        dns_ports = dns.get("ports", [53])
         check(f"{label}: egress only to upstream port, DNS and peers",
               len(eg) == 3 and eg[0]["ports"] == [{"port": values.get("networkPolicy", {}).get("upstreamPort", 443), "protocol": "TCP"}]
-              and {p["port"] for p in eg[1]["ports"]} == {53})
+              and {(p["port"], p["protocol"]) for p in eg[1]["ports"]} == {(p, proto) for p in dns_ports for proto in ("UDP", "TCP")})
+        default_dns = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+        check(f"{label}: DNS egress goes to networkPolicy.dns.to (kube-dns by default)",
+              eg[1]["to"] == dns.get("to", default_dns), eg[1]["to"])
         peer_cidrs = values.get("networkPolicy", {}).get("peerCIDRs", [])
         check(f"{label}: egress to other replicas and to peerCIDRs on the peer ports",
               [t["ipBlock"]["cidr"] for t in eg[2]["to"] if "ipBlock" in t] == peer_cidrs
@@ -310,6 +320,9 @@ def check_rules(manifests, values, label, exposed):
     check(f"{label}: alerts use only metrics and label values /metrics exposes", not bad, bad)
     check(f"{label}: alerts select this release's scrape job",
           all('namespace="build", job="ci-nixgate"' in r["expr"] for r in rules))
+    failing = next(r["expr"] for r in rules if r["alert"] == "NixgateUpstreamFailing")
+    check(f"{label}: NixgateUpstreamFailing counts every failure class /metrics has (auth_failed too)",
+          all(f"{s}" in failing for s in ("5xx", "connect_error", "timeout", "circuit_open", "auth_failed")), failing)
     disk = next(r["expr"] for r in rules if r["alert"] == "NixgateCacheDiskNearlyFull")
     size = values.get("cache", {}).get("storage", {}).get("size", "50Gi")
     check(f"{label}: disk alert threshold is the PVC size in bytes", f"* {nixgate_bytes(size, k8s=True)}" in disk, disk)
@@ -349,6 +362,104 @@ def check_scheduling(manifests, values, label):
           (("Pod", "ci-nixgate-test") in manifests) == values.get("helmTest", {}).get("enabled", True))
 
 
+def check_hooks(manifests, notes, values, label):
+    """The optional hooks: each renders exactly as set, and nothing of it by default."""
+    sts = one(manifests, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    image = values.get("image", {})
+    registry = values.get("global", {}).get("imageRegistry") or image.get("registry", "")
+    ref = f"{image.get('repository', 'nixgate')}:{image.get('tag') or '0.1.0'}"
+    want = f"{registry}/{ref}" if registry else ref
+    images = [c["image"]] + [p["spec"]["containers"][0]["image"] for (k, _), p in manifests.items() if k == "Pod"]
+    check(f"{label}: image is {want} (global.imageRegistry over image.registry) in the pod and the test pod",
+          c["name"] == "nixgate" and all(i == want for i in images), images)
+
+    sa = values.get("serviceAccount", {})
+    sa_objs = [d for (k, _), d in manifests.items() if k == "ServiceAccount"]
+    if sa.get("create"):
+        name = sa.get("name") or "ci-nixgate"
+        check(f"{label}: ServiceAccount {name} created, used by the pods, no API token",
+              len(sa_objs) == 1 and sa_objs[0]["metadata"]["name"] == name and pod.get("serviceAccountName") == name
+              and sa_objs[0].get("automountServiceAccountToken") is False and pod["automountServiceAccountToken"] is False
+              and sa_objs[0]["metadata"].get("annotations", {}) == sa.get("annotations", {}), sa_objs)
+    else:
+        check(f"{label}: no ServiceAccount, the namespace's default (or serviceAccount.name), no API token",
+              not sa_objs and pod.get("serviceAccountName", "") == sa.get("name", "") and pod["automountServiceAccountToken"] is False)
+
+    fixed = {"config", "netrc", "upload", "signing"}
+    extra_vols = [v for v in pod["volumes"] if v["name"] not in fixed]
+    extra_mounts = [m for m in c["volumeMounts"] if m["name"] not in fixed | {"cache"}]
+    check(f"{label}: extraVolumes and extraVolumeMounts follow values (none by default)",
+          extra_vols == values.get("extraVolumes", []) and extra_mounts == values.get("extraVolumeMounts", []),
+          (extra_vols, extra_mounts))
+    check(f"{label}: extraContainers follow the nixgate container (none by default)",
+          pod["containers"][1:] == values.get("extraContainers", []), pod["containers"][1:])
+
+    sp = values.get("startupProbe", {})
+    if sp.get("enabled"):
+        got = c.get("startupProbe", {})
+        check(f"{label}: startupProbe on /healthz with the values' timings",
+              got.get("httpGet") == {"path": "/healthz", "port": "http"}
+              and got.get("periodSeconds") == sp.get("periodSeconds", 5) and got.get("timeoutSeconds") == sp.get("timeoutSeconds", 3)
+              and got.get("failureThreshold") == sp.get("failureThreshold", 30), got)
+    else:
+        check(f"{label}: no startupProbe by default", "startupProbe" not in c)
+
+    td = values.get("service", {}).get("trafficDistribution", "")
+    svc, headless = manifests[("Service", "ci-nixgate")], manifests[("Service", "ci-nixgate-peers")]
+    check(f"{label}: trafficDistribution {td or '(unset)'} on the runners' Service only",
+          svc["spec"].get("trafficDistribution", "") == td and "trafficDistribution" not in headless["spec"])
+
+    check(f"{label}: NOTES give runners fallback = true and the negative TTL",
+          "fallback = true" in notes and "narinfo-cache-negative-ttl = 60" in notes, notes)
+    up = values.get("uploads", {})
+    if up.get("existingSecret"):
+        check(f"{label}: NOTES give the pushing runner's netrc line, nix copy --to and the negative-TTL gotcha",
+              "machine ci-nixgate.build.svc login ci password <token>" in notes
+              and "nix copy --to http://ci-nixgate.build.svc:" in notes and "narinfo-cache-negative-ttl 0" in notes, notes)
+    else:
+        check(f"{label}: NOTES say uploads are off and how to turn them on",
+              "Uploads are off" in notes and "uploads.existingSecret" in notes, notes)
+    check(f"{label}: NOTES mention upstream credentials only with upstreamAuth.existingSecret",
+          ('status="auth_failed"' in notes) == bool(values.get("upstreamAuth", {}).get("existingSecret")))
+    torrent = values.get("torrent", {})
+    check(f"{label}: NOTES describe the torrent fallback as configured",
+          ("BitTorrent is off" in notes) if not torrent.get("enabled", True)
+          else (f"torrent.peerPolicy {torrent.get('peerPolicy', 'http-first')}" in notes and "swarm" in notes), notes)
+
+
+def check_readme():
+    """helm/nixgate/README.md is ci/gen_readme.py's output, and every value has a description."""
+    spec = importlib.util.spec_from_file_location("gen_readme", os.path.join(CHART, "ci", "gen_readme.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    rows = gen.parse()
+    check("chart README: every value in values.yaml has a `# --` description", rows and not gen.undocumented(rows),
+          gen.undocumented(rows))
+    with open(os.path.join(CHART, "README.md")) as f:
+        committed = f.read()
+    check("chart README: up to date with values.yaml (helm/nixgate/ci/gen_readme.py)", committed == gen.render())
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        defaults = yaml.safe_load(f)
+    leaves = set()
+
+    def walk(v, path):
+        if isinstance(v, dict) and v and path not in {r[0] for r in rows}:
+            for k, sub in v.items():
+                walk(sub, f"{path}.{k}" if path else k)
+        else:
+            leaves.add(path)
+    walk(defaults, "")
+    check("chart README: the table lists every leaf value", leaves == {r[0] for r in rows}, leaves ^ {r[0] for r in rows})
+    check("chart README: every table key is in the README",
+          all(f"| `{r[0]}` |" in committed for r in rows))
+    with open(os.path.join(CHART, "values.schema.json")) as f:
+        schema = json.load(f)
+    check("values.schema.json and values.yaml have the same top-level keys",
+          set(schema["properties"]) == set(defaults), set(schema["properties"]) ^ set(defaults))
+
+
 def main():
     if not os.path.exists(NIXGATE):
         sys.exit(f"{NIXGATE} missing: run cargo build first")
@@ -370,6 +481,8 @@ def main():
         check_scheduling(manifests, values, label)
         check_dashboard(manifests, values, label, exposed)
         check_rules(manifests, values, label, exposed)
+        check_hooks(manifests, notes, values, label)
+    check_readme()
 
     for bad, why in [
         ({"replicas": 0}, "replicas 0"),
@@ -384,6 +497,15 @@ def main():
         ({"extraEnv": [{"value": "x"}]}, "extraEnv entry without a name"),
         ({"prometheusRule": {"enabled": True, "diskFullRatio": 2}}, "disk ratio over 1"),
         ({"grafanaDashboard": {"enabled": True, "dashboard": "x"}}, "unknown dashboard key"),
+        ({"service": {"port": 8080, "trafficDistribution": "Nearby"}}, "unknown trafficDistribution"),
+        ({"serviceAccount": {"create": True, "role": "admin"}}, "unknown serviceAccount key"),
+        ({"serviceAccount": {"name": "Not_A_Name"}}, "malformed serviceAccount name"),
+        ({"extraContainers": [{"name": "nixgate", "image": "x"}]}, "an extra container named nixgate"),
+        ({"extraVolumeMounts": [{"name": "x"}]}, "an extra volume mount without a mountPath"),
+        ({"startupProbe": {"enabled": True, "failureThreshold": 0}}, "startupProbe failureThreshold 0"),
+        ({"networkPolicy": {"dns": {"to": [], "ports": [53]}}}, "empty DNS peers (would allow every destination)"),
+        ({"networkPolicy": {"dns": {"namespaceSelector": {}}}}, "the old single-peer networkPolicy.dns form"),
+        ({"networkPolicy": {"dns": {"to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}], "ports": [0]}}}, "DNS port 0"),
     ]:
         try:
             render(bad)

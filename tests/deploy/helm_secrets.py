@@ -100,6 +100,31 @@ def run_binary(toml):
             proc.wait(timeout=30)
 
 
+def check_notes(notes, values):
+    """NOTES tell the operator what the Secrets turned on: the pushing runner's netrc line and
+    push command, the narinfo-cache gotchas of the README (negative TTL, and with the signing
+    key the unsigned narinfo the pusher keeps), the signing key's public key, and where refused
+    upstream credentials show."""
+    hc.check("secrets: NOTES give the pushing runner's netrc line (host = the runners' Service)",
+             "machine ci-nixgate.build.svc login ci password <token>" in notes, notes)
+    hc.check("secrets: NOTES give `nix copy --to` and the negative-TTL gotcha",
+             "nix copy --to http://ci-nixgate.build.svc:8080 " in notes
+             and "--option narinfo-cache-negative-ttl 0" in notes, notes)
+    hc.check("secrets: with the signing key, NOTES give the positive-TTL gotcha of the pushing machine",
+             "--option narinfo-cache-positive-ttl 0" in notes and "?secret-key=FILE" in notes, notes)
+    hc.check("secrets: NOTES name the upload Secret and budget, never a secret value",
+             f"Secret {values['uploads']['existingSecret']}, key token; budget {values['uploads']['maxSize']}" in notes
+             and SECRET_KEY not in notes, notes)
+    hc.check("secrets: NOTES say how to find the signing key's public key",
+             f"Secret {values['uploads']['signingKeySecret']}" in notes and "signing unsigned uploads" in notes, notes)
+    hc.check("secrets: NOTES point at auth_failed for the upstream netrc",
+             f"netrc of Secret {values['upstreamAuth']['existingSecret']}" in notes and 'status="auth_failed"' in notes, notes)
+    m, notes = hc.render({"uploads": {"existingSecret": "nixgate-upload"}})
+    hc.check("secrets: without a signing key, NOTES say uploads must carry a trusted signature",
+             "must carry a signature" in notes and "signing unsigned uploads" not in notes
+             and "narinfo-cache-positive-ttl" not in notes, notes)
+
+
 def check_schema():
     for bad, why in [
         ({"uploads": {"token": "plain"}}, "a plain upload token"),
@@ -121,8 +146,9 @@ def main():
     if not os.path.exists(hc.NIXGATE):
         sys.exit(f"{hc.NIXGATE} missing: run cargo build first")
     check_defaults()
-    manifests, _ = hc.render(SECRETS)
+    manifests, notes = hc.render(SECRETS)
     run_binary(check_rendered(manifests))
+    check_notes(notes, SECRETS)
     check_schema()
     print(f"test result: {'ok' if hc.failed == 0 else 'FAILED'}. {hc.passed} passed; {hc.failed} failed")
     sys.exit(0 if hc.failed == 0 and hc.passed > 0 else 1)

@@ -38,8 +38,26 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* registry/repository:tag; global.imageRegistry wins over image.registry (Bitnami's
+convention); no registry = the repository alone. */}}
 {{- define "nixgate.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $registry := default .Values.image.registry (.Values.global).imageRegistry -}}
+{{- $ref := printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- if $registry -}}
+{{- printf "%s/%s" (trimSuffix "/" $registry) $ref -}}
+{{- else -}}
+{{- $ref -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The pods' ServiceAccount: the created one, a named existing one, or "" (the namespace's
+default). */}}
+{{- define "nixgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "nixgate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- .Values.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Bytes of a size as nixgate parses it (cache.maxSize: K/Ki/KiB = 1024, KB = 1000) or of a
