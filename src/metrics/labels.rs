@@ -30,6 +30,25 @@ label_enum!(
     }
 );
 
+impl Route {
+    /// Whether a request to this route can end in `outcome` (series of the others are not
+    /// exported unless one happened anyway).
+    pub fn can_end(self, outcome: Outcome) -> bool {
+        use Outcome::*;
+        match self {
+            // Content routes: looked up, fetched, refused, and (narinfo, nar) uploaded.
+            Route::NarInfo | Route::Nar => true,
+            Route::Listing | Route::Log | Route::Realisation => outcome != Stored,
+            Route::CacheInfo | Route::Health | Route::Metrics | Route::Status => outcome == Hit,
+            Route::Ready => matches!(outcome, Hit | Unavailable),
+            Route::Peers | Route::Torrent | Route::Digest => {
+                matches!(outcome, Hit | NotFound | BadRequest | Unavailable)
+            }
+            Route::Other => matches!(outcome, NotFound | BadRequest),
+        }
+    }
+}
+
 label_enum!(
     /// How a request ended.
     Outcome {

@@ -4,6 +4,7 @@
 //! exposition (the one table of names, types and help texts) in `render`.
 
 mod labels;
+pub mod process;
 mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -24,19 +24,24 @@ impl Metrics {
         all.extend(self.peer_families());
         all.extend(self.upload_families());
         all.push(log_family());
+        all.push(build_info());
+        all.extend(process_families(&super::process::ProcessStats::read()));
         all
     }
 
     /// Requests, bytes and upstream answers.
     fn traffic_families(&self) -> Vec<Family> {
         use Kind::Counter;
+        // Only the combinations a route can end in, and any other that did happen.
         let requests = Route::ALL.iter().flat_map(|r| {
-            Outcome::ALL.iter().map(move |x| {
+            Outcome::ALL.iter().filter_map(move |x| {
                 let v = self.requests[*r as usize][*x as usize].load(Relaxed);
-                (
-                    format!("route=\"{}\",result=\"{}\"", r.as_str(), x.as_str()),
-                    v,
-                )
+                (v > 0 || r.can_end(*x)).then(|| {
+                    (
+                        format!("route=\"{}\",result=\"{}\"", r.as_str(), x.as_str()),
+                        v as f64,
+                    )
+                })
             })
         });
         vec![
@@ -224,8 +229,70 @@ fn log_family() -> Family {
     )
     .samples(std::iter::once((
         String::new(),
-        crate::telemetry::dropped_lines(),
+        crate::telemetry::dropped_lines() as f64,
     )))
+}
+
+/// `nixgate_build_info{version="…"} 1`, to join on in queries and dashboards.
+fn build_info() -> Family {
+    Family::new(
+        "nixgate_build_info",
+        Kind::Gauge,
+        "Always 1; the labels say which build is running.",
+    )
+    .samples(std::iter::once((
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        1.0,
+    )))
+}
+
+/// The standard process families (names and meanings as the Prometheus client libraries').
+fn process_families(p: &super::process::ProcessStats) -> Vec<Family> {
+    use Kind::{Counter, Gauge};
+    let one = |name, kind, help, v: f64| {
+        Family::new(name, kind, help).samples(std::iter::once((String::new(), v)))
+    };
+    let mut v = vec![
+        one(
+            "process_cpu_seconds_total",
+            Counter,
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        one(
+            "process_resident_memory_bytes",
+            Gauge,
+            "Resident memory size in bytes.",
+            p.resident_bytes as f64,
+        ),
+        one(
+            "process_virtual_memory_bytes",
+            Gauge,
+            "Virtual memory size in bytes.",
+            p.virtual_bytes as f64,
+        ),
+        one(
+            "process_open_fds",
+            Gauge,
+            "Number of open file descriptors.",
+            p.open_fds as f64,
+        ),
+        one(
+            "process_start_time_seconds",
+            Gauge,
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+    ];
+    if let Some(max) = p.max_fds {
+        v.push(one(
+            "process_max_fds",
+            Gauge,
+            "Maximum number of open file descriptors.",
+            max as f64,
+        ));
+    }
+    v
 }
 
 /// A Prometheus metric type.
@@ -240,7 +307,7 @@ struct Family {
     name: &'static str,
     kind: Kind,
     help: &'static str,
-    samples: Vec<(String, u64)>,
+    samples: Vec<(String, f64)>,
 }
 
 impl Family {
@@ -255,7 +322,7 @@ impl Family {
 
     /// An unlabelled sample.
     fn value(mut self, v: &AtomicU64) -> Self {
-        self.samples.push((String::new(), v.load(Relaxed)));
+        self.samples.push((String::new(), v.load(Relaxed) as f64));
         self
     }
 
@@ -267,13 +334,13 @@ impl Family {
         get: impl Fn(L) -> &'m AtomicU64,
     ) -> Self {
         for l in all {
-            let v = get(*l).load(Relaxed);
+            let v = get(*l).load(Relaxed) as f64;
             self.samples.push((format!("{label}=\"{}\"", l.label()), v));
         }
         self
     }
 
-    fn samples(mut self, s: impl Iterator<Item = (String, u64)>) -> Self {
+    fn samples(mut self, s: impl Iterator<Item = (String, f64)>) -> Self {
         self.samples.extend(s);
         self
     }
