@@ -147,8 +147,8 @@ pub struct DiscoverArgs {
     pub format: DiscoverFormat,
 }
 
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
+fn parse_duration_arg(s: &str) -> Result<Duration, crate::units::UnitError> {
+    parse_duration(s)
 }
 
 /// Output format of `discover`.
