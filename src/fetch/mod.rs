@@ -1,6 +1,11 @@
-//! Getting what the cache does not hold: the source policy (cache → upstreams in order →
-//! peers when every upstream failed) with verification before anything is stored, and
-//! per-key coalescing of concurrent misses.
+//! Getting what the cache does not hold: the source policy (cache → the key's fleet owners →
+//! upstreams in order → the swarm and peers when the upstreams failed) with verification
+//! before anything is stored, and per-key coalescing of concurrent misses.
+//!
+//! Sources are data: [`Remote`] (`remote.rs`) names who is asked and in which role, and
+//! decides the request flavour, metrics label and blame; `nar/policy.rs` and
+//! `narinfo/source.rs` list the sources in order. Failures are typed by class and origin
+//! ([`FetchError`], `error.rs`; [`verify::VerifyError`] names the check).
 
 mod decode;
 mod error;

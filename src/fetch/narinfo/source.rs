@@ -40,7 +40,7 @@ pub(in crate::fetch) trait NarinfoSource: Sync {
 }
 
 /// The narinfo sources, best first.
-pub(in crate::fetch) const ORDER: [&dyn NarinfoSource; 3] = [&Fleet, &Upstreams, &Peers];
+pub(in crate::fetch) const ORDER: &[&dyn NarinfoSource] = &[&Fleet, &Upstreams, &Peers];
 
 /// The key's owners, then the member that owned it before us.
 struct Fleet;
