@@ -194,3 +194,72 @@ impl Verdict {
         self.failure.unwrap_or(FetchError::NotFound)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(url: &str) -> Arc<Upstream> {
+        Arc::new(Upstream::new(Url::parse(url).unwrap()))
+    }
+
+    fn roles() -> [Remote; 5] {
+        let m = at("http://10.0.0.2:8080/");
+        [
+            Remote::Upstream(at("https://cache.example/")),
+            Remote::Owner(m.clone()),
+            Remote::Successor(m.clone()),
+            Remote::Peer(m.clone()),
+            Remote::Swarm(vec![m]),
+        ]
+    }
+
+    #[test]
+    fn each_role_has_its_label_flavour_and_blame() {
+        let m = Metrics::default();
+        let [up, owner, successor, peer, swarm] = roles();
+        let labels = roles().map(|r| r.source().as_str());
+        assert_eq!(labels, ["upstream", "fleet", "fleet", "peer", "torrent"]);
+        assert!(matches!(up.asker(&m), Asker::Upstream(_)));
+        assert!(matches!(owner.asker(&m), Asker::Fleet));
+        for r in [&successor, &peer, &swarm] {
+            assert!(matches!(r.asker(&m), Asker::Peer), "{r}");
+        }
+        // Upstreams are never put on probation; everyone else who vouched is.
+        assert!(up.liars().is_empty());
+        assert!(roles()[1..].iter().all(|r| r.liars().len() == 1));
+        assert!(owner.absent_is_final() && !successor.absent_is_final());
+        assert!(!up.absent_is_final() && !peer.absent_is_final());
+        assert!(swarm.http().is_none() && peer.http().is_some());
+    }
+
+    #[test]
+    fn narinfo_deadlines_follow_the_role() {
+        let limit = Duration::from_secs(10);
+        let [up, owner, successor, peer, _] = roles();
+        assert_eq!(up.narinfo_deadline(limit), limit);
+        assert_eq!(owner.narinfo_deadline(limit), Duration::from_secs(6));
+        assert_eq!(successor.narinfo_deadline(limit), Duration::from_secs(3));
+        assert_eq!(peer.narinfo_deadline(limit), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn only_the_upstreams_decide_between_not_found_and_unavailable() {
+        let [up, owner, successor, peer, swarm] = roles();
+        let mut v = Verdict::default();
+        for r in [&owner, &successor, &peer, &swarm] {
+            v.unavailable(r, UpstreamError::Status(502));
+            v.refused(r);
+        }
+        assert!(!v.refused);
+        assert!(matches!(v.into_error(), FetchError::NotFound));
+        let mut v = Verdict::default();
+        v.unavailable(&up, UpstreamError::Status(502));
+        v.refused(&up);
+        assert!(v.refused);
+        let e = v.into_error();
+        assert!(
+            matches!(&e, FetchError::Unavailable { from, .. } if matches!(**from, Origin::Upstream(_)))
+        );
+    }
+}
