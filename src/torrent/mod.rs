@@ -53,6 +53,9 @@ pub enum TorrentEngineError {
     Torrent(String, anyhow::Error),
     #[error("reading the cached NAR: {0}")]
     Io(#[from] std::io::Error),
+    /// Hashing a cached NAR failed (shared by every asker, hence the `Arc`).
+    #[error("hashing the cached NAR: {0}")]
+    Hashing(Arc<std::io::Error>),
 }
 
 /// Settings of the engine.
@@ -84,7 +87,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     metas: moka::sync::Cache<Sha256, Arc<NarTorrent>>,
     /// Hashing under way: concurrent requests for one NAR share one hash.
-    hashing: crate::coalesce::Coalescer<Sha256, Result<Arc<NarTorrent>, String>>,
+    hashing: crate::coalesce::Coalescer<Sha256, Result<Arc<NarTorrent>, Arc<std::io::Error>>>,
     /// Bounds concurrent hashing, so the blocking pool keeps threads to serve cached files.
     hash_slots: Arc<tokio::sync::Semaphore>,
     /// Seeding torrents, most recently asked last.
