@@ -20,7 +20,7 @@ use crate::store::check_writable;
 use crate::telemetry::LogFormat;
 use crate::torrent::EngineConfig;
 use crate::units::{parse_duration, parse_size};
-use crate::upload::{SigningKey, UploadSettings, UploadToken};
+use crate::upload::{SecretFileError, SigningKey, UploadSettings, UploadToken};
 use crate::upstream::netrc::Netrc;
 use crate::upstream::Timeouts;
 
@@ -196,7 +196,7 @@ fn netrc(s: &ServeArgs) -> Result<(Option<PathBuf>, Netrc), ConfigError> {
     };
     let netrc = Netrc::read(&path).map_err(|reason| ConfigError::Netrc {
         path: path.clone(),
-        reason,
+        reason: reason.to_string(),
     })?;
     Ok((Some(path), netrc))
 }
@@ -213,11 +213,12 @@ fn trusted_keys(s: &ServeArgs) -> Result<TrustedKeys, ConfigError> {
 
 /// The upload settings: the token and signing key files read, the limits parsed.
 fn uploads(s: &ServeArgs) -> Result<UploadSettings, ConfigError> {
-    let secret = |flag: &'static str, path: &PathBuf, reason: String| ConfigError::SecretFile {
-        flag,
-        path: path.clone(),
-        reason,
-    };
+    let secret =
+        |flag: &'static str, path: &PathBuf, reason: SecretFileError| ConfigError::SecretFile {
+            flag,
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
     let token = s
         .upload_token_file
         .as_ref()

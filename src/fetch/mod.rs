@@ -1,96 +1,34 @@
-//! Getting what the cache does not hold: the source policy (cache → upstreams in order →
-//! peers when every upstream failed) with verification before anything is stored, and
-//! per-key coalescing of concurrent misses.
+//! Getting what the cache does not hold: the source policy (cache → the key's fleet owners →
+//! upstreams in order → the swarm and peers when the upstreams failed) with verification
+//! before anything is stored, and per-key coalescing of concurrent misses.
+//!
+//! Sources are data: [`Remote`] (`remote.rs`) names who is asked and in which role, and
+//! decides the request flavour, metrics label and blame; `nar/policy.rs` and
+//! `narinfo/source.rs` list the sources in order. Failures are typed by class and origin
+//! ([`FetchError`], `error.rs`; [`verify::VerifyError`] names the check).
 
 mod decode;
+mod error;
 mod lz4;
 pub mod nar;
 mod nar_url;
 pub mod narinfo;
 mod provenance;
+mod remote;
 mod settings;
 pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use thiserror::Error;
-
 use crate::metrics::Metrics;
 use crate::nix::signature::TrustedKeys;
 use crate::peers::PeerSet;
 use crate::store::Store;
-use crate::upstream::{Upstream, UpstreamClient, UpstreamError};
+use crate::upstream::{Answer, Upstream, UpstreamBody, UpstreamClient};
+pub use error::{Broke, FetchError, Origin};
+pub use remote::{Remote, Verdict};
 pub use settings::{FetchSettings, PeerPolicy, PeerTuning};
-
-/// Why a fetch produced nothing. Cloneable: every coalesced waiter gets the same answer.
-#[derive(Debug, Clone, Error)]
-pub enum FetchError {
-    /// Every upstream answered and none has it (a real 404).
-    #[error("not found upstream")]
-    NotFound,
-    /// At least one source failed and none had it: answer 503, never a false 404.
-    #[error("{from} unavailable: {error}")]
-    Unavailable { from: Box<Origin>, error: Broke },
-    /// The data came but did not verify; nothing was stored.
-    #[error("verification failed: {0}")]
-    Verification(#[from] verify::VerifyError),
-    /// The local disk failed (full, read-only, …). A message: the disk's failures decide
-    /// nothing here (`store` has classified them already).
-    #[error("cache storage: {0}")]
-    Storage(String),
-}
-
-/// Who could not deliver.
-#[derive(Debug, Clone)]
-pub enum Origin {
-    Upstream(url::Url),
-    /// Every upstream that was asked (a passthrough continues from any of them).
-    Upstreams,
-    Peer(url::Url),
-    Fleet(url::Url),
-    Swarm,
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::Upstream(u) => write!(f, "upstream {u}"),
-            Origin::Upstreams => f.write_str("the upstreams"),
-            Origin::Peer(u) => write!(f, "peer {u}"),
-            Origin::Fleet(u) => write!(f, "fleet member {u}"),
-            Origin::Swarm => f.write_str("the swarm"),
-        }
-    }
-}
-
-/// How a source failed to deliver.
-#[derive(Debug, Clone, Error)]
-pub enum Broke {
-    #[error(transparent)]
-    Http(#[from] UpstreamError),
-    #[error("{0}")]
-    Swarm(String),
-}
-
-impl Broke {
-    /// The source sent too little for too long (drip-fed or stalled).
-    pub fn too_slow(&self) -> bool {
-        matches!(
-            self,
-            Broke::Http(UpstreamError::TooSlow { .. } | UpstreamError::Stalled(_))
-        )
-    }
-}
-
-impl FetchError {
-    fn unavailable(up: &Upstream, e: &UpstreamError) -> Self {
-        FetchError::Unavailable {
-            from: Box::new(Origin::Upstream(up.base.clone())),
-            error: Broke::Http(e.clone()),
-        }
-    }
-}
 
 /// How a request asks for a file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,7 +45,7 @@ pub struct Ask {
 /// Everything a fetch needs.
 pub struct Fetcher {
     pub store: Arc<Store>,
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<Arc<Upstream>>,
     pub client: UpstreamClient,
     pub keys: TrustedKeys,
     pub metrics: Arc<Metrics>,
@@ -142,7 +80,11 @@ impl Fetcher {
     ) -> Self {
         Fetcher {
             store,
-            upstreams: settings.upstreams.into_iter().map(Upstream::new).collect(),
+            upstreams: settings
+                .upstreams
+                .into_iter()
+                .map(|u| Arc::new(Upstream::new(u)))
+                .collect(),
             client: UpstreamClient::new(settings.timeouts, settings.netrc),
             keys: settings.keys,
             metrics,
@@ -181,21 +123,19 @@ impl Fetcher {
 impl Fetcher {
     /// Relays a file nixgate cannot verify and therefore never stores (`.ls` listings, build
     /// logs, realisations): the first upstream that has it answers.
-    pub async fn uncached(&self, rel: &str) -> Result<crate::upstream::UpstreamBody, FetchError> {
-        let mut failure = None;
+    pub async fn uncached(&self, rel: &str) -> Result<UpstreamBody, FetchError> {
+        let mut verdict = Verdict::default();
         for up in &self.upstreams {
             // `rel` comes validated from the routes; one that forms no URL is not there.
             let url = up.base.join(rel).map_err(|_| FetchError::NotFound)?;
-            match self
-                .client
-                .request(up, http::Method::GET, &url, &self.metrics)
-                .await
-            {
-                Ok(crate::upstream::Answer::Found(b)) => return Ok(b),
-                Ok(crate::upstream::Answer::NotFound) => {}
-                Err(e) => failure = Some(FetchError::unavailable(up, &e)),
+            let remote = Remote::Upstream(up.clone());
+            let asked = remote.ask(&self.client, &self.metrics, http::Method::GET, &url, 0);
+            match asked.await {
+                Ok(Answer::Found(b)) => return Ok(b),
+                Ok(Answer::NotFound) => {}
+                Err(e) => verdict.unavailable(&remote, e),
             }
         }
-        Err(failure.unwrap_or(FetchError::NotFound))
+        Err(verdict.into_error())
     }
 }

@@ -11,14 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use url::Url;
 
-use super::narinfo::{parse_stored, Rejected, Via};
+use super::narinfo::{parse_stored, Asked, Miss, NarinfoSource, Rejected, Upstreams};
 use super::verify::{NarCheck, VerifyError};
-use super::Fetcher;
-use crate::metrics::Source;
+use super::{Fetcher, Verdict};
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
-use crate::upstream::Upstream;
 
 /// Why a narinfo contradicts what the cache holds for its FileHash.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +65,7 @@ impl Default for Provenance {
 }
 
 impl Provenance {
-    fn mark(&self, h: StorePathHash, peer: &Url) {
+    pub(super) fn mark(&self, h: StorePathHash, peer: &Url) {
         let mark = Mark {
             peer: peer.clone(),
             checked: Instant::now(),
@@ -77,29 +75,6 @@ impl Provenance {
 }
 
 impl Fetcher {
-    /// A trusted narinfo from `peer` (FileHash `fh`): vetted, stored and marked as the peer's.
-    /// `None` when it is refused (counted, the peer on probation): the caller asks the next.
-    pub(super) async fn keep_peer_narinfo(
-        &self,
-        peer: &Upstream,
-        h: StorePathHash,
-        fh: Sha256,
-        stored: String,
-    ) -> Option<Option<Bytes>> {
-        if let Err(why) = self.vet_narinfo(fh, &stored, false).await {
-            self.metrics.verification_failure(Source::Peer);
-            peer.breaker.probation(crate::peers::PROBATION);
-            tracing::warn!(peer = %peer.base, hash = %h, reason = %why, "peer narinfo names another path's NAR; peer on probation");
-            return None;
-        }
-        tracing::info!(peer = %peer.base, hash = %h, "narinfo from peer");
-        let saved = self.save(h, fh, stored, Source::Peer).await.ok();
-        if saved.is_some() {
-            self.provenance.mark(h, &peer.base);
-        }
-        Some(saved)
-    }
-
     /// Checks a narinfo's NarHash/NarSize against what the cache holds for its (unsigned)
     /// FileHash: another narinfo naming the same file, else the NAR file itself
     /// (decompressed). Whoever sent the narinfo chose the FileHash, upstreams included.
@@ -171,19 +146,17 @@ impl Fetcher {
     }
 
     async fn narinfo_from_upstreams(&self, h: StorePathHash) -> Option<Bytes> {
-        for up in &self.upstreams {
-            let Ok(Some(body)) = self.get_narinfo(up, h, Via::Upstream).await else {
+        let miss = Miss {
+            h,
+            owners: Vec::new(),
+        };
+        let mut verdict = Verdict::default();
+        for remote in Upstreams.remotes(self, &miss, &verdict) {
+            let Asked::Taken(saved) = self.narinfo_from(&remote, h, &mut verdict).await else {
                 continue;
             };
-            let Ok(a) = self.accept_upstream(&h, up, &body) else {
-                continue;
-            };
-            if self.vet_narinfo(a.fh, &a.stored, true).await.is_err() {
-                continue;
-            }
-            let saved = self.save(h, a.fh, a.stored, Source::Upstream).await.ok()?;
             self.provenance.marks.remove(&h);
-            tracing::info!(upstream = %up.base, hash = %h, "peer's narinfo replaced by the upstream's");
+            tracing::info!(%remote, hash = %h, "peer's narinfo replaced by the upstream's");
             return Some(saved);
         }
         None

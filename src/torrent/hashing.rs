@@ -30,19 +30,20 @@ impl Engine {
                 if let Some(t) = metas.get(&fh) {
                     return Ok(t); // finished just before this call joined
                 }
-                let _slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+                let shared = |e| Arc::new(std::io::Error::other(e));
+                let _slot = slots.acquire_owned().await.map_err(shared)?;
                 let name = format!("{}.nar{ext}", fh.to_nix32());
                 let t = tokio::task::spawn_blocking(move || hash_file(&path, name, size))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Arc::new(std::io::Error::other(e)))?
+                    .map_err(Arc::new)?;
                 metrics.torrent_hashed();
                 let t = Arc::new(t);
                 metas.insert(fh, t.clone());
                 Ok(t)
             })
             .await;
-        res.map_err(|e| TorrentEngineError::Io(std::io::Error::other(e)))
+        res.map_err(TorrentEngineError::Hashing)
     }
 }
 

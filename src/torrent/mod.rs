@@ -53,6 +53,9 @@ pub enum TorrentEngineError {
     Torrent(String, anyhow::Error),
     #[error("reading the cached NAR: {0}")]
     Io(#[from] std::io::Error),
+    /// Hashing a cached NAR failed (shared by every asker, hence the `Arc`).
+    #[error("hashing the cached NAR: {0}")]
+    Hashing(Arc<std::io::Error>),
 }
 
 /// Settings of the engine.
@@ -84,7 +87,7 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     metas: moka::sync::Cache<Sha256, Arc<NarTorrent>>,
     /// Hashing under way: concurrent requests for one NAR share one hash.
-    hashing: crate::coalesce::Coalescer<Sha256, Result<Arc<NarTorrent>, String>>,
+    hashing: crate::coalesce::Coalescer<Sha256, Result<Arc<NarTorrent>, Arc<std::io::Error>>>,
     /// Bounds concurrent hashing, so the blocking pool keeps threads to serve cached files.
     hash_slots: Arc<tokio::sync::Semaphore>,
     /// Seeding torrents, most recently asked last.
@@ -295,6 +298,21 @@ impl Engine {
 trait ReadSeek: AsyncRead + AsyncSeek + Send + Unpin {}
 impl<T: AsyncRead + AsyncSeek + Send + Unpin> ReadSeek for T {}
 
+/// How a torrent download's stream failed.
+#[derive(Debug, Clone, Error)]
+pub enum SwarmError {
+    #[error("the torrent stream is closed")]
+    Closed,
+    #[error("seeking the torrent stream: {0}")]
+    Seek(String),
+    #[error("no piece from the swarm for {0:?}")]
+    Stalled(Duration),
+    #[error("torrent stream: {0}")]
+    Read(String),
+    #[error("torrent stream ended {0} bytes early")]
+    Short(u64),
+}
+
 /// The bytes of a torrent download, in order.
 pub struct TorrentBody {
     stream: Option<Box<dyn ReadSeek>>,
@@ -309,18 +327,18 @@ pub struct TorrentBody {
 impl TorrentBody {
     /// Continues from byte `offset` (the bytes before it came from elsewhere); pieces from
     /// there on are fetched first.
-    pub async fn skip_to(&mut self, offset: u64) -> Result<(), String> {
-        let stream = self.stream.as_mut().ok_or("stream closed")?;
+    pub async fn skip_to(&mut self, offset: u64) -> Result<(), SwarmError> {
+        let stream = self.stream.as_mut().ok_or(SwarmError::Closed)?;
         stream
             .seek(std::io::SeekFrom::Start(offset))
             .await
-            .map_err(|e| format!("seeking the torrent stream: {e}"))?;
+            .map_err(|e| SwarmError::Seek(e.to_string()))?;
         self.left = self.length.saturating_sub(offset);
         Ok(())
     }
 
     /// Up to `max` bytes; `None` at the end.
-    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, String> {
+    pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, SwarmError> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -330,10 +348,10 @@ impl TorrentBody {
         let mut buf = BytesMut::zeroed(max.min(self.left as usize));
         let n = tokio::time::timeout(self.stall, stream.read(&mut buf))
             .await
-            .map_err(|_| format!("no piece from the swarm for {:?}", self.stall))?
-            .map_err(|e| format!("torrent stream: {e}"))?;
+            .map_err(|_| SwarmError::Stalled(self.stall))?
+            .map_err(|e| SwarmError::Read(e.to_string()))?;
         if n == 0 {
-            return Err(format!("torrent stream ended {} bytes early", self.left));
+            return Err(SwarmError::Short(self.left));
         }
         buf.truncate(n);
         self.left -= n as u64;

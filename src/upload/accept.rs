@@ -11,6 +11,7 @@ use hyper::body::Body;
 
 use super::{body, storage, UploadError, Uploader};
 use crate::fetch::verify::NarCheck;
+use crate::fetch::FetchError;
 use crate::metrics::UploadOutcome;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
@@ -29,7 +30,18 @@ enum Existing {
     /// Served (its narinfo, if it parses).
     Present(Option<Box<NarInfo>>),
     /// The upstreams could not be asked.
-    Unknown(String),
+    Unknown(FetchError),
+}
+
+/// Whether an upload may go ahead ([`Uploader::conflicts`]).
+enum Go {
+    /// The same upload is held or served already: done.
+    Done(UploadOutcome),
+    /// Nothing stands in its way.
+    Ahead,
+    /// The upstreams could not be asked: only a narinfo that carries a trusted signature of
+    /// its own may be taken.
+    Unasked(FetchError),
 }
 
 /// The largest NarSize an upload may claim per byte of its file: a bigger ratio is refused
@@ -118,12 +130,12 @@ impl Uploader {
         let bytes = body::to_memory(&mut body, limit, self.settings.body_stall).await?;
         let mut claim = parse(&h, &bytes)?;
         let unknown = match self.conflicts(&h, &claim, fleet).await? {
-            Ok(Some(done)) => {
+            Go::Done(done) => {
                 self.drop_staged(&claim).await;
                 return Ok(done);
             }
-            Ok(None) => None,
-            Err(why) => Some(why),
+            Go::Ahead => None,
+            Go::Unasked(why) => Some(why),
         };
         self.vouch(&mut claim.ni, fleet, unknown)?;
         let (fh, ext) = (claim.fh, claim.compression.extension());
@@ -150,32 +162,31 @@ impl Uploader {
     /// fleet's owner, the upstreams: [`Uploader::existing`]) with other contents: an upload
     /// never replaces a path an upstream signs. The same contents (same fingerprint: store
     /// path, NarHash, NarSize, References) are done, except for a fleet replica, which is
-    /// pinned. `Ok(Err(why))`: the upstreams could not be asked (only a narinfo that carries
-    /// a trusted signature of its own may then be taken).
+    /// pinned.
     async fn conflicts(
         &self,
         h: &StorePathHash,
         c: &Claim,
         fleet: bool,
-    ) -> Result<Result<Option<UploadOutcome>, String>, UploadError> {
+    ) -> Result<Go, UploadError> {
         let same = |ni: &NarInfo| ni.fingerprint(STORE_DIR) == c.ni.fingerprint(STORE_DIR);
         if let Some(held) = self.store.uploads().narinfo(h).await {
             let held = std::str::from_utf8(&held)
                 .ok()
                 .and_then(|t| NarInfo::parse(t, STORE_DIR).ok());
             return match held.is_some_and(|ni| same(&ni) && ni.file_hash == Some(c.fh)) {
-                true => Ok(Ok(Some(UploadOutcome::Stored))),
+                true => Ok(Go::Done(UploadOutcome::Stored)),
                 false => Err(UploadError::Conflict(format!(
                     "{h} was uploaded with other contents"
                 ))),
             };
         }
         match self.existing(h, fleet).await {
-            Existing::Absent => Ok(Ok(None)),
-            Existing::Unknown(why) => Ok(Err(why)),
+            Existing::Absent => Ok(Go::Ahead),
+            Existing::Unknown(why) => Ok(Go::Unasked(why)),
             Existing::Present(Some(ni)) if same(&ni) => match fleet {
-                true => Ok(Ok(None)),
-                false => Ok(Ok(Some(UploadOutcome::Stored))),
+                true => Ok(Go::Ahead),
+                false => Ok(Go::Done(UploadOutcome::Stored)),
             },
             Existing::Present(_) => Err(UploadError::Conflict(format!(
                 "{h} is served already (by an upstream, the cache or the fleet) with other \
@@ -198,8 +209,8 @@ impl Uploader {
                     .and_then(|t| NarInfo::parse(t, STORE_DIR).ok())
                     .map(Box::new),
             ),
-            Err(crate::fetch::FetchError::NotFound) => Existing::Absent,
-            Err(e) => Existing::Unknown(e.to_string()),
+            Err(FetchError::NotFound) => Existing::Absent,
+            Err(e) => Existing::Unknown(e),
         }
     }
 
@@ -209,17 +220,14 @@ impl Uploader {
         &self,
         ni: &mut NarInfo,
         fleet: bool,
-        unknown: Option<String>,
+        unknown: Option<FetchError>,
     ) -> Result<(), UploadError> {
         let fp = ni.fingerprint(STORE_DIR);
         if self.keys.verifies_any(&fp, &ni.sigs) {
             return Ok(());
         }
         if let Some(why) = unknown {
-            return Err(UploadError::Unavailable(format!(
-                "cannot ask the upstreams whether they hold this path ({why}); an unsigned \
-                 upload is signed here only when no upstream does: retry later"
-            )));
+            return Err(UploadError::Unavailable(why));
         }
         match &self.settings.signing_key {
             Some(k) if !fleet => {

@@ -30,7 +30,7 @@ use crate::nix::hash::Sha256;
 use crate::nix::signature::TrustedKeys;
 use crate::peers::PeerSet;
 use crate::store::Store;
-pub use settings::{SigningKey, UploadSettings, UploadToken};
+pub use settings::{SecretFileError, SigningKey, UploadSettings, UploadToken};
 
 /// Why an upload was refused; each maps to one status.
 #[derive(Debug, Error)]
@@ -55,8 +55,12 @@ pub enum UploadError {
     Body(String),
     #[error("storage: {0}")]
     Storage(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// An unsigned upload while the upstreams cannot be asked whether they sign the path.
+    #[error(
+        "cannot ask the upstreams whether they hold this path ({0}); an unsigned upload is \
+         signed here only when no upstream does: retry later"
+    )]
+    Unavailable(crate::fetch::FetchError),
 }
 
 impl UploadError {

@@ -33,6 +33,25 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(120);
 
 type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// Why a copy to a member failed (logged: the upload itself stands).
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error("no upload token")]
+    NoToken,
+    #[error("the NAR is gone")]
+    Gone,
+    #[error("{0}")]
+    Url(#[from] url::ParseError),
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    #[error("{0}")]
+    Send(#[from] hyper_util::client::legacy::Error),
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+}
+
 /// The HTTP client copies go out with, and the token they carry.
 pub(super) struct Replicator {
     client: Client<HttpConnector, ReqBody>,
@@ -47,23 +66,22 @@ impl Replicator {
         }
     }
 
-    async fn put(&self, url: url::Url, body: ReqBody) -> Result<(), String> {
-        let token = self.token.as_ref().ok_or("no upload token")?;
+    async fn put(&self, url: url::Url, body: ReqBody) -> Result<(), CopyError> {
+        let token = self.token.as_ref().ok_or(CopyError::NoToken)?;
         let req = hyper::Request::put(url.as_str())
             .header(FLEET_HEADER, "1")
             .header(
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", token.expose()),
             )
-            .body(body)
-            .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            .body(body)?;
+        let resp = self.client.request(req).await?;
         let status = resp.status();
         let _ = resp.into_body().collect().await;
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("answered {status}"))
+            Err(CopyError::Status(status))
         }
     }
 }
@@ -132,22 +150,14 @@ impl Uploader {
         fh: Sha256,
         ext: &str,
         text: Bytes,
-    ) -> Result<(), String> {
-        let (path, _) = self
-            .store
-            .uploads()
-            .nar(&fh, ext)
-            .ok_or("the NAR is gone")?;
+    ) -> Result<(), CopyError> {
+        let (path, _) = self.store.uploads().nar(&fh, ext).ok_or(CopyError::Gone)?;
         let nar = member
             .base
-            .join(&format!("nar/{}.nar{ext}", fh.to_nix32()))
-            .map_err(|e| e.to_string())?;
-        let body = file_body(&path).await.map_err(|e| e.to_string())?;
+            .join(&format!("nar/{}.nar{ext}", fh.to_nix32()))?;
+        let body = file_body(&path).await?;
         self.replicas.put(nar, body).await?;
-        let narinfo = member
-            .base
-            .join(&format!("{h}.narinfo"))
-            .map_err(|e| e.to_string())?;
+        let narinfo = member.base.join(&format!("{h}.narinfo"))?;
         let body = Full::new(text)
             .map_err(|never| match never {})
             .boxed_unsync();

@@ -6,7 +6,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::nix::signature::{PublicKey, SecretKey};
+use crate::nix::signature::{KeyError, PublicKey, SecretKey};
+
+/// Why a secret file (`--upload-token-file`, `--signing-key-file`) cannot be used. Never
+/// shows the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("the file holds no token")]
+    Empty,
+    #[error("the token must be one word (no spaces or control characters)")]
+    NotOneWord,
+    #[error("{0}")]
+    Key(#[from] KeyError),
+}
 
 /// The upload token (`--upload-token-file`); its `Debug` never shows it.
 #[derive(Clone)]
@@ -20,14 +34,14 @@ impl fmt::Debug for UploadToken {
 
 impl UploadToken {
     /// Reads the token: the file's content without surrounding whitespace, never empty.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    pub fn read(path: &Path) -> Result<Self, SecretFileError> {
+        let text = std::fs::read_to_string(path)?;
         let token = text.trim();
         if token.is_empty() {
-            return Err("the file holds no token".into());
+            return Err(SecretFileError::Empty);
         }
         if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("the token must be one word (no spaces or control characters)".into());
+            return Err(SecretFileError::NotOneWord);
         }
         Ok(UploadToken(token.into()))
     }
@@ -50,9 +64,9 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// Reads a Nix secret key file (`NAME:BASE64` of 64 bytes).
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let key: SecretKey = text.trim().parse().map_err(|e| format!("{e}"))?;
+    pub fn read(path: &Path) -> Result<Self, SecretFileError> {
+        let text = std::fs::read_to_string(path)?;
+        let key: SecretKey = text.trim().parse()?;
         Ok(SigningKey(Arc::new(key)))
     }
 

@@ -85,11 +85,13 @@ pub const PEER_FIRST_BYTE: Duration = Duration::from_secs(2);
 /// The longest a peer's body may go without a byte.
 pub const PEER_STALL: Duration = Duration::from_secs(5);
 
-/// Who a request is for: an upstream (counted in its metrics), a peer appliance (asked
-/// only-if-cached, not counted as upstream traffic) or a fleet member asked as the owner of a
-/// key (marked as a fleet request, so it fetches but never forwards; not upstream traffic).
+/// How a request asks (the request flavour; `fetch::Remote::asker` picks it from the
+/// remote's role): as an upstream (credentials for its exact origin, counted in its metrics),
+/// as a peer appliance (only-if-cached, [`PEER_FIRST_BYTE`], not upstream traffic) or as a
+/// fleet member asked as the owner of a key (marked as a fleet request, so it fetches but
+/// never forwards; [`FLEET_FIRST_BYTE`]; not upstream traffic).
 #[derive(Clone, Copy)]
-enum Asker<'a> {
+pub enum Asker<'a> {
     Upstream(&'a Metrics),
     Peer,
     Fleet,
@@ -190,63 +192,28 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `method url` to `up`, honouring its breaker and recording the answer class.
+    /// Sends `method url` to `to` as `asker` says (see [`Asker`]), honouring its breaker,
+    /// for the bytes from `offset` on (`Range: bytes=offset-` when it is not 0: resumes a
+    /// download that broke mid-way; the server may answer 206, the body then starts at
+    /// [`UpstreamBody::range_start`], or ignore the range with a 200, the whole file).
+    ///
     /// 404, 410 and 403 are "not found", as Nix treats them for cache files, except that a
-    /// 401, or a 403 to a request that carried credentials, is an auth failure (an error).
+    /// 401, or a 403 to a request that carried credentials, is an auth failure (an error). A
+    /// peer's 504 (only-if-cached) is "not found" too.
     pub async fn request(
         &self,
-        up: &Upstream,
-        method: Method,
-        url: &Url,
-        metrics: &Metrics,
-    ) -> Result<Answer, UpstreamError> {
-        self.request_from(up, method, url, 0, metrics).await
-    }
-
-    /// [`Self::request`] for the bytes from `offset` on (`Range: bytes=offset-` when it is not
-    /// 0): resumes a download that broke mid-way. The upstream may answer 206 (the body starts
-    /// at [`UpstreamBody::range_start`]) or ignore the range with a 200 (the whole file).
-    pub async fn request_from(
-        &self,
-        up: &Upstream,
+        to: &Upstream,
+        asker: Asker<'_>,
         method: Method,
         url: &Url,
         offset: u64,
-        metrics: &Metrics,
     ) -> Result<Answer, UpstreamError> {
-        let asker = Asker::Upstream(metrics);
-        let r = self.send(up, method, url, asker, offset).await;
-        if let Err(e) = &r {
-            up.note_error(e);
+        let r = self.send(to, method, url, asker, offset).await;
+        // A fleet owner's failure is not shown as its last error: it may be its upstream's.
+        if let (Err(e), Asker::Upstream(_) | Asker::Peer) = (&r, asker) {
+            to.note_error(e);
         }
         r
-    }
-
-    /// Asks a peer appliance with `Cache-Control: only-if-cached`, so that it answers from
-    /// its cache or not at all (504, taken as "not found"); never counted as upstream traffic.
-    pub async fn peer_request(
-        &self,
-        peer: &Upstream,
-        method: Method,
-        url: &Url,
-    ) -> Result<Answer, UpstreamError> {
-        let r = self.send(peer, method, url, Asker::Peer, 0).await;
-        if let Err(e) = &r {
-            peer.note_error(e);
-        }
-        r
-    }
-
-    /// Asks a fleet member as the owner of a key (see `peers::fleet`): it answers from its
-    /// cache or fetches from its upstream once for the whole fleet. Not counted as upstream
-    /// traffic; its answer has [`FLEET_FIRST_BYTE`] to come.
-    pub async fn fleet_request(
-        &self,
-        member: &Upstream,
-        method: Method,
-        url: &Url,
-    ) -> Result<Answer, UpstreamError> {
-        self.send(member, method, url, Asker::Fleet, 0).await
     }
 
     async fn send(

@@ -64,26 +64,39 @@ impl fmt::Debug for Netrc {
     }
 }
 
+/// Why a netrc file cannot be used (its secrets are never in the message).
+#[derive(Debug, thiserror::Error)]
+pub enum NetrcError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("`machine` without a host name")]
+    NoHost,
+    #[error("`{0}` without a value")]
+    NoValue(String),
+}
+
 impl Netrc {
     /// Reads and parses `path`.
-    pub fn read(path: &Path) -> Result<Netrc, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    pub fn read(path: &Path) -> Result<Netrc, NetrcError> {
+        let text = std::fs::read_to_string(path)?;
         Netrc::parse(&text)
     }
 
     /// Parses netrc text (see the module doc for the rules).
-    pub fn parse(text: &str) -> Result<Netrc, String> {
+    pub fn parse(text: &str) -> Result<Netrc, NetrcError> {
         let mut entries: Vec<Entry> = Vec::new();
         let mut tokens = Tokens::new(text);
         while let Some(tok) = tokens.next() {
             match tok.as_str() {
                 "machine" => {
-                    let host = tokens.next().ok_or("`machine` without a host name")?;
+                    let host = tokens.next().ok_or(NetrcError::NoHost)?;
                     entries.push(Entry::new(Some(host.to_ascii_lowercase())));
                 }
                 "default" => entries.push(Entry::new(None)),
                 "login" | "password" | "account" => {
-                    let value = tokens.next().ok_or(format!("`{tok}` without a value"))?;
+                    let value = tokens
+                        .next()
+                        .ok_or_else(|| NetrcError::NoValue(tok.clone()))?;
                     // Like curl: a value outside any entry is ignored.
                     let Some(entry) = entries.last_mut() else {
                         continue;

@@ -23,6 +23,40 @@ const STALL: Duration = Duration::from_secs(120);
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
+/// Why a request to the appliance gave nothing usable (reported per path; `warm` fails).
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("{rel}: {error}")]
+    Path { rel: String, error: url::ParseError },
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The connection failed (the error and its causes).
+    #[error("{0}")]
+    Connect(String),
+    #[error("{rel}: status {status}")]
+    Status { rel: String, status: StatusCode },
+    #[error("status {0}")]
+    NarStatus(StatusCode),
+    #[error("no /nix-cache-info")]
+    NoCacheInfo,
+    #[error("{rel}: {error}")]
+    Read {
+        rel: String,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}: not UTF-8")]
+    NotUtf8(String),
+    #[error("body stalled for {0:?}")]
+    Stalled(Duration),
+    /// The body broke (the error and its causes).
+    #[error("body: {0}")]
+    Body(String),
+    #[error("malformed narinfo: {0}")]
+    Narinfo(#[from] crate::nix::narinfo::NarInfoError),
+}
+
 /// A client of one appliance.
 pub struct ApplianceClient {
     client: HttpsClient,
@@ -53,29 +87,32 @@ impl ApplianceClient {
         method: Method,
         rel: &str,
         only_if_cached: bool,
-    ) -> Result<http::Response<Incoming>, String> {
+    ) -> Result<http::Response<Incoming>, WarmError> {
         let url = self
             .base
             .join(rel.trim_start_matches('/'))
-            .map_err(|e| format!("{rel}: {e}"))?;
+            .map_err(|error| WarmError::Path {
+                rel: rel.to_owned(),
+                error,
+            })?;
         let mut req = Request::builder().method(method).uri(url.as_str());
         if only_if_cached {
             req = req.header(http::header::CACHE_CONTROL, "only-if-cached");
         }
-        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
+        let req = req.body(Empty::new())?;
         match tokio::time::timeout(HEADERS, self.client.request(req)).await {
-            Err(_) => Err(format!("no answer within {HEADERS:?}")),
-            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(_) => Err(WarmError::NoAnswer(HEADERS)),
+            Ok(Err(e)) => Err(WarmError::Connect(error_chain(&e))),
             Ok(Ok(r)) => Ok(r),
         }
     }
 
     /// The appliance's `StoreDir` (from /nix-cache-info).
-    pub async fn store_dir(&self) -> Result<String, String> {
+    pub async fn store_dir(&self) -> Result<String, WarmError> {
         let text = self
             .text("nix-cache-info", 64 << 10)
             .await?
-            .ok_or("no /nix-cache-info")?;
+            .ok_or(WarmError::NoCacheInfo)?;
         Ok(text
             .lines()
             .find_map(|l| l.strip_prefix("StoreDir:"))
@@ -84,43 +121,49 @@ impl ApplianceClient {
     }
 
     /// A narinfo's text (`None`: the appliance answered 404, nothing upstream has it).
-    pub async fn narinfo(&self, hash: &str) -> Result<Option<String>, String> {
+    pub async fn narinfo(&self, hash: &str) -> Result<Option<String>, WarmError> {
         self.text(&format!("{hash}.narinfo"), MAX_NARINFO_BYTES)
             .await
     }
 
-    async fn text(&self, rel: &str, max: usize) -> Result<Option<String>, String> {
+    async fn text(&self, rel: &str, max: usize) -> Result<Option<String>, WarmError> {
         let resp = self.send(Method::GET, rel, false).await?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
-            s => return Err(format!("{rel}: status {s}")),
+            status => {
+                let rel = rel.to_owned();
+                return Err(WarmError::Status { rel, status });
+            }
         }
         let body = http_body_util::Limited::new(resp.into_body(), max)
             .collect()
             .await
-            .map_err(|e| format!("{rel}: {e}"))?;
+            .map_err(|error| WarmError::Read {
+                rel: rel.to_owned(),
+                error,
+            })?;
         String::from_utf8(body.to_bytes().to_vec())
             .map(Some)
-            .map_err(|_| format!("{rel}: not UTF-8"))
+            .map_err(|_| WarmError::NotUtf8(rel.to_owned()))
     }
 
     /// GETs the NAR at `rel`, reading it in full and dropping the bytes; each chunk's size is
     /// added to `progress`. Returns the bytes read.
-    pub async fn nar(&self, rel: &str, progress: &AtomicU64) -> Result<u64, String> {
+    pub async fn nar(&self, rel: &str, progress: &AtomicU64) -> Result<u64, WarmError> {
         let resp = self.send(Method::GET, rel, false).await?;
         if resp.status() != StatusCode::OK {
-            return Err(format!("status {}", resp.status()));
+            return Err(WarmError::NarStatus(resp.status()));
         }
         let mut body = resp.into_body();
         let mut total = 0;
         loop {
             let frame = tokio::time::timeout(STALL, body.frame())
                 .await
-                .map_err(|_| format!("body stalled for {STALL:?}"))?;
+                .map_err(|_| WarmError::Stalled(STALL))?;
             match frame {
                 None => return Ok(total),
-                Some(Err(e)) => return Err(format!("body: {}", error_chain(&e))),
+                Some(Err(e)) => return Err(WarmError::Body(error_chain(&e))),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         total += data.len() as u64;
@@ -134,7 +177,7 @@ impl ApplianceClient {
     /// Whether the appliance holds `rel` now, asked with `Cache-Control: only-if-cached`
     /// (it answers 504 when it does not, and never fetches): a GET for a narinfo, a HEAD for
     /// a NAR (no body is sent).
-    pub async fn cached(&self, method: Method, rel: &str) -> Result<bool, String> {
+    pub async fn cached(&self, method: Method, rel: &str) -> Result<bool, WarmError> {
         let resp = self.send(method, rel, true).await?;
         let status = resp.status();
         // Drain the (small) body so the connection is reused.

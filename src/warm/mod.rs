@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::config::WarmArgs;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StorePathBase;
-pub use client::ApplianceClient;
+pub use client::{ApplianceClient, WarmError};
 use report::Report;
 
 /// What is known about one path of the closure.
@@ -34,8 +34,8 @@ enum State {
 
 /// A message from a path's task to the walk.
 enum Msg {
-    Narinfo(StorePathBase, Result<Option<Box<NarInfo>>, String>),
-    Nar(StorePathBase, Result<u64, String>, Duration),
+    Narinfo(StorePathBase, Result<Option<Box<NarInfo>>, WarmError>),
+    Nar(StorePathBase, Result<u64, WarmError>, Duration),
 }
 
 /// Runs `nixgate warm`: `Ok` only when the whole closure is cached by the appliance.
@@ -161,7 +161,7 @@ async fn walk(
             Msg::Narinfo(p, other) => {
                 running -= 1;
                 report.done += 1;
-                let error = other.err().unwrap_or_else(|| "not found (404)".into());
+                let error = other.map_or_else(|e| e.to_string(), |_| "not found (404)".into());
                 report.event(
                     "error",
                     json!({"path": full(&p), "stage": "narinfo", "error": error}),
@@ -178,7 +178,7 @@ async fn walk(
 }
 
 /// Reports a finished NAR read (its bytes, or why it failed).
-fn nar_done(report: &mut Report, path: String, r: Result<u64, String>, took: Duration) {
+fn nar_done(report: &mut Report, path: String, r: Result<u64, WarmError>, took: Duration) {
     report.done += 1;
     match r {
         Ok(bytes) => report.event(
@@ -187,7 +187,7 @@ fn nar_done(report: &mut Report, path: String, r: Result<u64, String>, took: Dur
         ),
         Err(error) => report.event(
             "error",
-            json!({"path": path, "stage": "nar", "error": error}),
+            json!({"path": path, "stage": "nar", "error": error.to_string()}),
         ),
     }
 }
@@ -207,7 +207,7 @@ impl Job {
         let info = match self.client.narinfo(&p.hash.to_string()).await {
             Ok(Some(text)) => NarInfo::parse(&text, &self.store_dir)
                 .map(|i| Some(Box::new(i)))
-                .map_err(|e| format!("malformed narinfo: {e}")),
+                .map_err(WarmError::from),
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         };
@@ -240,8 +240,8 @@ async fn verify(
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            held = client.cached(Method::GET, &narinfo).await == Ok(true)
-                && client.cached(Method::HEAD, url).await == Ok(true);
+            held = matches!(client.cached(Method::GET, &narinfo).await, Ok(true))
+                && matches!(client.cached(Method::HEAD, url).await, Ok(true));
             if held {
                 break;
             }

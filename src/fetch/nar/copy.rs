@@ -9,20 +9,20 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::super::{FetchError, Fetcher};
+use super::super::{FetchError, Fetcher, Remote};
 use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::relay::{Relay, Sink};
-use super::source::{Body, BytesFrom};
+use super::source::{Body, Opened};
 use super::unproven::Unproven;
-use super::{storage, Download, Progress, Reader, ACCELERATE_AFTER, WRITE_BATCH};
+use super::{Download, Progress, Reader, ACCELERATE_AFTER, WRITE_BATCH};
 use crate::metrics::{Metrics, Untrusted};
 use crate::store::WriteHandle;
 use crate::upstream::Upstream;
 
 /// The source a download is reading from: it changes when a slow upstream is switched to
 /// the swarm, or when a source breaks mid-way and another continues ([`super::resume`]).
-pub(super) struct Feed<'a> {
-    pub from: BytesFrom<'a>,
+pub(super) struct Feed {
+    pub from: Remote,
     pub body: Body,
     /// When an accelerable upstream download started; `None` once the switch was decided.
     pub accelerate: Option<Instant>,
@@ -35,15 +35,15 @@ pub(super) struct Feed<'a> {
     pub resumes: u32,
 }
 
-impl<'a> Feed<'a> {
-    /// Continues from `from` at byte `written`; the bytes so far are counted for the source
+impl Feed {
+    /// Continues from `next` at byte `written`; the bytes so far are counted for the source
     /// that sent them.
-    pub fn replace(&mut self, from: BytesFrom<'a>, body: Body, written: u64, m: &Metrics) {
+    pub fn replace(&mut self, next: Opened, written: u64, m: &Metrics) {
         m.fetched(self.from.source(), written - self.counted);
         self.counted = written;
         self.earlier.extend(self.from.liars());
-        self.from = from;
-        self.body = body;
+        self.from = next.from;
+        self.body = next.body;
     }
 }
 
@@ -82,7 +82,7 @@ impl Fetcher {
                         this.download(&plan, Sink::File { tmp, out }, &relay, &tx)
                             .await
                     }
-                    Err(e) => Err(storage(e)),
+                    Err(e) => Err(FetchError::storage(e)),
                 };
                 tx.send_replace(this.final_state(&plan, res));
             };
@@ -135,11 +135,11 @@ impl Fetcher {
         // the source: a narinfo's FileHash is unsigned, so it may name another (genuine) file.
         let checks = Checks::new(plan, plan.nar_check()?);
         let accelerable = self.accelerable(plan);
-        let (from, body) = self.open_source(plan, accelerable).await?;
+        let Opened { from, body } = self.open_source(plan, accelerable).await?;
         // http-first acceleration: a large NAR that a peer holds switches to the swarm if the
         // upstream turns out slow. The swarm's bytes need the NarHash check from byte 0.
         let mut accelerate = None;
-        if matches!(from, BytesFrom::Upstream(_)) && accelerable {
+        if from.is_upstream() && accelerable {
             accelerate = checks.nar_checked().then(Instant::now);
         }
         let mut feed = Feed {
@@ -169,10 +169,10 @@ impl Fetcher {
     }
 
     /// Copies the feed into `sink` to its end, publishing progress; the verified size.
-    async fn copy<'a>(
-        &'a self,
+    async fn copy(
+        &self,
         plan: &Plan,
-        feed: &mut Feed<'a>,
+        feed: &mut Feed,
         mut checks: Checks,
         sink: &mut Sink,
         relay: &Relay,
@@ -186,7 +186,7 @@ impl Fetcher {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => {
-                    feed.from.failed();
+                    feed.from.broke();
                     if e.too_slow() {
                         self.metrics.untrusted(Untrusted::TooSlow);
                     }
@@ -197,10 +197,7 @@ impl Fetcher {
                     {
                         continue;
                     }
-                    return Err(FetchError::Unavailable {
-                        from: Box::new(feed.from.origin()),
-                        error: e,
-                    });
+                    return Err(FetchError::unavailable(feed.from.origin(), e));
                 }
             };
             checks.update(&chunk).map_err(|e| self.refused(e))?;
@@ -220,7 +217,7 @@ impl Fetcher {
 
     /// Once [`ACCELERATE_AFTER`] has passed: if the upstream is slower than the threshold,
     /// continue from the swarm at offset `written` (decided once per download).
-    async fn maybe_switch(&self, plan: &Plan, feed: &mut Feed<'_>, written: u64) {
+    async fn maybe_switch(&self, plan: &Plan, feed: &mut Feed, written: u64) {
         let Some(start) = feed.accelerate else { return };
         let elapsed = start.elapsed();
         if elapsed < ACCELERATE_AFTER {
@@ -231,21 +228,16 @@ impl Fetcher {
         if rate >= self.tuning.accelerate_below as f64 {
             return;
         }
-        let Some(mut swarm) = self.open_torrent(plan).await else {
+        let Some(swarm) = self.open_swarm(plan, written).await else {
             return;
         };
-        if let Err(e) = swarm.body.skip_to(written).await {
-            tracing::warn!(file_hash = %plan.fh, error = %e, "cannot switch to the swarm");
-            return;
-        }
         tracing::info!(file_hash = %plan.fh, upstream_bytes_per_s = rate as u64, offset = written, "upstream slow: switching to the swarm");
-        let from = BytesFrom::Torrent(swarm.holders);
-        feed.replace(from, Body::Torrent(swarm.body), written, &self.metrics);
+        feed.replace(swarm, written, &self.metrics);
     }
 
     /// A failed copy: bytes that did not verify are counted, and the peers that vouched for
     /// them are put on probation (with the narinfo forgotten, so a retry starts afresh).
-    fn rejected(&self, plan: &Plan, feed: &Feed<'_>, e: FetchError) -> FetchError {
+    fn rejected(&self, plan: &Plan, feed: &Feed, e: FetchError) -> FetchError {
         if !matches!(e, FetchError::Verification(_)) {
             return e;
         }

@@ -1,62 +1,28 @@
-//! The fleet source of a NAR: the member that owns it (see `peers::fleet`) fetches it from
-//! the upstream once for the whole fleet; we stream its answer into our own download. The
-//! owner is trusted for routing only: its bytes pass the same FileHash/FileSize checks as an
-//! upstream's, plus the signed NarHash, and a member whose bytes do not verify is put on
-//! probation (and so leaves the owner rotation) like any lying peer.
+//! The fleet as a NAR source: the members that own the NAR's key (see `peers::fleet`), in
+//! rendezvous order, asked with `X-Nixgate-Fleet` (an owner fetches it from its upstream once
+//! for the whole fleet; a down or slow one costs at most the fleet first-byte bound before
+//! the next is asked; its 404 ends the fleet's turn and the upstream is asked), then the
+//! member that owned it before us, only-if-cached (it may have just joined the fleet, or come
+//! back), so it never fetches for us. Members are trusted for routing only: their bytes pass
+//! the same checks as an upstream's plus the signed NarHash (`Plan::nar_check`), and a member
+//! whose bytes do not verify is put on probation, leaving the owner rotation.
 
-use http::Method;
+use url::Url;
 
-use super::super::Fetcher;
+use super::super::{Fetcher, Remote};
 use super::plan::Plan;
-use super::source::{Body, BytesFrom, Opened};
-use crate::metrics::Source;
-use crate::upstream::Answer;
+use super::source::NarSource;
 
-impl Fetcher {
-    /// The owner's answer, trying the owners in rendezvous order; `None` when we own the NAR,
-    /// this is a fleet request, or no owner could send it (then the upstream is asked). A down
-    /// or slow owner costs at most the fleet first-byte bound before the next is tried.
-    pub(super) async fn open_owner(&self, plan: &Plan) -> Option<Opened<'_>> {
-        for owner in plan.owners.clone() {
-            let Ok(url) = owner.base.join(&plan.rel()) else {
-                continue;
-            };
-            let answer = self.client.fleet_request(&owner, Method::GET, &url).await;
-            match answer {
-                Ok(Answer::Found(body)) => {
-                    if let (Some(got), Some(want)) = (body.content_length, plan.size) {
-                        if got != want {
-                            self.metrics.verification_failure(Source::Fleet);
-                            owner.breaker.probation(crate::peers::PROBATION);
-                            tracing::warn!(owner = %owner.base, got, want, "fleet NAR length differs from FileSize; member on probation");
-                            continue;
-                        }
-                    }
-                    tracing::debug!(owner = %owner.base, file_hash = %plan.fh, "NAR from the fleet owner");
-                    return Some((BytesFrom::Fleet(owner), Body::Http(body)));
-                }
-                // The owner found nothing upstream; ask the upstream ourselves (a NAR whose
-                // narinfo we hold should exist; this costs one request and trusts nobody).
-                Ok(Answer::NotFound) => return None,
-                Err(e) => {
-                    tracing::info!(owner = %owner.base, file_hash = %plan.fh, error = %e, "fleet owner failed; trying the next")
-                }
-            }
-        }
-        self.open_successor(plan).await
-    }
+/// The key's owners, then its previous owner.
+pub(super) struct Fleet;
 
-    /// We own the NAR: the member that owned it before us (it may have just joined the
-    /// fleet, or come back) may hold it; asked only-if-cached, so it never fetches for us.
-    async fn open_successor(&self, plan: &Plan) -> Option<Opened<'_>> {
-        let member = self.peers.successor(&plan.owner_key)?;
-        let url = member.base.join(&plan.rel()).ok()?;
-        match self.client.peer_request(&member, Method::GET, &url).await {
-            Ok(Answer::Found(body)) if body.content_length == plan.size || plan.size.is_none() => {
-                tracing::debug!(member = %member.base, file_hash = %plan.fh, "NAR from the previous owner");
-                Some((BytesFrom::Fleet(member), Body::Http(body)))
-            }
-            _ => None,
-        }
+impl NarSource for Fleet {
+    fn remotes(&self, f: &Fetcher, plan: &Plan) -> Vec<(Remote, Url)> {
+        let owners = plan.owners.iter().cloned().map(Remote::Owner);
+        let successor = f.peers.successor(&plan.owner_key).map(Remote::Successor);
+        let rel = plan.rel();
+        let at = |r: Remote| Some((r.http()?.base.join(&rel).ok()?, r));
+        let remotes = owners.chain(successor).filter_map(at);
+        remotes.map(|(url, r)| (r, url)).collect()
     }
 }

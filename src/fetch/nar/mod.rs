@@ -7,8 +7,12 @@
 //! after the file verified. A failure aborts their responses, so Nix retries.
 //!
 //! - [`plan`]: where a NAR may come from and the checks its bytes must pass;
-//! - [`source`]: the source policy (upstreams, swarm, peer) and the byte streams;
-//! - [`peer`], [`swarm`]: bytes from one peer over HTTP, or from the swarm of holders;
+//! - [`policy`]: the source policy as data: the order of the `NarSource`s a miss asks;
+//! - [`source`]: what a source is (`NarSource`, `Opened`), the one ask-in-order loop, the
+//!   byte streams;
+//! - the sources, one file each: [`fleet`] (owners, then the previous owner), [`upstream`]
+//!   (the configured upstreams, raced by the swarm when late), [`swarm`] (the holders'
+//!   torrent), [`peer`] (one peer over HTTP);
 //! - [`copy`]: the download task (copy loop, mid-stream switch to the swarm, commit);
 //! - [`resume`]: a source that broke mid-way, continued from another at the same offset;
 //! - [`relay`]: a download the cache cannot store, relayed uncached to its readers;
@@ -19,11 +23,13 @@ mod fleet;
 mod passthrough;
 mod peer;
 mod plan;
+mod policy;
 mod relay;
 mod resume;
 mod source;
 mod swarm;
 mod unproven;
+mod upstream;
 
 pub(super) use passthrough::Hub as PassthroughHub;
 
@@ -32,12 +38,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::Method;
 use tokio::sync::{mpsc, watch};
 
 use super::{Ask, FetchError, Fetcher};
 use crate::nix::hash::Sha256;
-use crate::upstream::Answer;
 pub use relay::Relay;
 
 /// Largest write to the temp file; bigger batches when the upstream is fast.
@@ -89,10 +93,6 @@ pub enum NarSource {
         chunks: mpsc::Receiver<Result<Bytes, FetchError>>,
         size: Option<u64>,
     },
-}
-
-fn storage(e: impl std::fmt::Display) -> FetchError {
-    FetchError::Storage(e.to_string())
 }
 
 impl Fetcher {
@@ -215,18 +215,7 @@ impl Fetcher {
         if plan.size.is_some() {
             return Ok(plan.size);
         }
-        let mut failure = None;
-        for (i, url) in &plan.candidates {
-            match self
-                .client
-                .request(&self.upstreams[*i], Method::HEAD, url, &self.metrics)
-                .await
-            {
-                Ok(Answer::Found(b)) => return Ok(b.content_length),
-                Ok(Answer::NotFound) => {}
-                Err(e) => failure = Some(FetchError::unavailable(&self.upstreams[*i], &e)),
-            }
-        }
-        Err(failure.unwrap_or(FetchError::NotFound))
+        let head = self.open_upstream(&plan, http::Method::HEAD).await?;
+        Ok(head.content_length)
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::super::verify::VerifyError;
-use super::super::{FetchError, Fetcher};
+use super::super::{FetchError, Fetcher, Origin};
 use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::unproven::Unproven;
 use super::{NarSource, WRITE_BATCH};
@@ -128,7 +128,7 @@ impl Fetcher {
     ) -> Result<NarSource, FetchError> {
         let plan = self.plan(fh, ext, true).await;
         let size = plan.size;
-        let (_, body) = self.open_first(&plan).await?;
+        let body = self.open_upstream(&plan, http::Method::GET).await?;
         let (tx, rx) = mpsc::channel(4);
         let (_, opened) = watch::channel(None);
         let hub = Hub {
@@ -147,8 +147,8 @@ impl Fetcher {
         hub: Hub,
         opened: watch::Sender<Option<Result<(), FetchError>>>,
     ) {
-        match self.open_first(&plan).await {
-            Ok((_, body)) => {
+        match self.open_upstream(&plan, http::Method::GET).await {
+            Ok(body) => {
                 opened.send_replace(Some(Ok(())));
                 self.relay(plan, body, hub).await;
             }
@@ -196,13 +196,7 @@ impl Fetcher {
                     let at = verifier.written();
                     match self.reopen(&plan, at, &mut resumes, &e).await {
                         Some(rest) => body = rest,
-                        None => {
-                            let from = Box::new(super::super::Origin::Upstreams);
-                            break Err(FetchError::Unavailable {
-                                from,
-                                error: e.into(),
-                            });
-                        }
+                        None => break Err(FetchError::unavailable(Origin::Upstreams, e)),
                     }
                 }
             }

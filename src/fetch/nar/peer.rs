@@ -1,45 +1,30 @@
-//! A NAR from one peer over HTTP (only-if-cached), when every upstream and the swarm failed.
+//! Peers as a NAR source: each peer whose digest may hold the NAR, over HTTP, only-if-cached,
+//! when the upstreams and the swarm failed. Only when the signed NarHash is known and nixgate
+//! can decompress the file to check it; fetched by hash under the peer's own base.
 
 use std::sync::Arc;
 
-use http::Method;
+use url::Url;
 
-use super::super::Fetcher;
+use super::super::{Fetcher, Remote};
 use super::plan::Plan;
-use crate::metrics::Source;
-use crate::upstream::{Answer, Upstream, UpstreamBody};
+use super::source::NarSource;
+use crate::upstream::Upstream;
 
-impl Fetcher {
-    /// Every upstream failed: the first peer that holds the NAR (only-if-cached). Only when the
-    /// signed NarHash is known and nixgate can decompress the file to check it.
-    pub(super) async fn open_peer(&self, plan: &Plan) -> Option<(Arc<Upstream>, UpstreamBody)> {
+/// The peers that may hold the NAR.
+pub(super) struct Peers;
+
+impl NarSource for Peers {
+    fn remotes(&self, f: &Fetcher, plan: &Plan) -> Vec<(Remote, Url)> {
         if !plan.nar_hash_checked() {
-            return None;
+            return Vec::new();
         }
         let rel = plan.rel();
-        for peer in self.peers.candidates(&plan.digest_key()) {
-            let Ok(url) = peer.base.join(&rel) else {
-                continue;
-            };
-            match self.client.peer_request(&peer, Method::GET, &url).await {
-                Ok(Answer::Found(body)) => {
-                    if let (Some(got), Some(want)) = (body.content_length, plan.size) {
-                        if got != want {
-                            self.metrics.verification_failure(Source::Peer);
-                            peer.breaker.probation(crate::peers::PROBATION);
-                            tracing::warn!(peer = %peer.base, got, want, "peer NAR length differs from FileSize; peer on probation");
-                            continue;
-                        }
-                    }
-                    tracing::info!(peer = %peer.base, file_hash = %plan.fh, "NAR from peer");
-                    return Some((peer, body));
-                }
-                Ok(Answer::NotFound) => {}
-                Err(e) => {
-                    tracing::debug!(peer = %peer.base, error = %e, "peer NAR fetch failed")
-                }
-            }
-        }
-        None
+        let peers = f.peers.candidates(&plan.digest_key()).into_iter();
+        let at = |p: Arc<Upstream>| {
+            let url = p.base.join(&rel).ok()?;
+            Some((Remote::Peer(p), url))
+        };
+        peers.filter_map(at).collect()
     }
 }

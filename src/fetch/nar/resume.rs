@@ -8,12 +8,12 @@
 
 use http::Method;
 
-use super::super::Broke;
-use super::super::Fetcher;
+use super::super::{Broke, Fetcher, Remote, Verdict};
 use super::copy::Feed;
 use super::plan::Plan;
-use super::source::{Body, BytesFrom};
-use crate::upstream::{Answer, Upstream, UpstreamBody, UpstreamError};
+use super::source::{Body, NarSource, Opened};
+use super::upstream::Upstreams;
+use crate::upstream::{UpstreamBody, UpstreamError};
 
 /// How many times one download may continue from another source.
 const MAX_RESUMES: u32 = 3;
@@ -21,10 +21,10 @@ const MAX_RESUMES: u32 = 3;
 impl Fetcher {
     /// Continues `feed` at byte `written` from another source after its source failed with
     /// `error`; whether one took over.
-    pub(super) async fn resume<'a>(
-        &'a self,
+    pub(super) async fn resume(
+        &self,
         plan: &Plan,
-        feed: &mut Feed<'a>,
+        feed: &mut Feed,
         written: u64,
         nar_checked: bool,
         error: &Broke,
@@ -34,22 +34,21 @@ impl Fetcher {
         }
         feed.resumes += 1;
         let broken = feed.from.source().as_str();
-        let (from, body) = match self.open_from(plan, written).await {
-            Some((up, body)) => (BytesFrom::Upstream(up), Body::Http(body)),
-            None if nar_checked => {
-                let Some(mut swarm) = self.open_torrent(plan).await else {
-                    return false;
-                };
-                if swarm.body.skip_to(written).await.is_err() {
-                    return false;
-                }
-                (BytesFrom::Torrent(swarm.holders), Body::Torrent(swarm.body))
-            }
+        let next = match self.open_from(plan, written).await {
+            Some((from, body)) => Opened {
+                from,
+                body: Body::Http(body),
+            },
+            None if nar_checked => match self.open_swarm(plan, written).await {
+                Some(swarm) => swarm,
+                None => return false,
+            },
             None => return false,
         };
-        tracing::warn!(file_hash = %plan.fh, offset = written, broken, error = %error, continued = from.source().as_str(), "NAR source broke mid-way; continuing from another");
-        self.metrics.resumed(from.source());
-        feed.replace(from, body, written, &self.metrics);
+        let continued = next.from.source().as_str();
+        tracing::warn!(file_hash = %plan.fh, offset = written, broken, error = %error, continued, "NAR source broke mid-way; continuing from another");
+        self.metrics.resumed(next.from.source());
+        feed.replace(next, written, &self.metrics);
         true
     }
 
@@ -72,32 +71,12 @@ impl Fetcher {
         Some(body)
     }
 
-    /// The first upstream that sends the NAR from byte `offset` on, with a plausible length.
-    async fn open_from(&self, plan: &Plan, offset: u64) -> Option<(&Upstream, UpstreamBody)> {
-        for (i, url) in &plan.candidates {
-            let up = &self.upstreams[*i];
-            let answer = self
-                .client
-                .request_from(up, Method::GET, url, offset, &self.metrics)
-                .await;
-            let mut body = match answer {
-                Ok(Answer::Found(body)) => body,
-                Ok(Answer::NotFound) => continue,
-                Err(e) => {
-                    tracing::info!(url = %url, offset, error = %e, "cannot resume the NAR from this upstream");
-                    continue;
-                }
-            };
-            let start = body.range_start.unwrap_or(0);
-            let total = body.content_length.map(|len| start + len);
-            if start > offset || plan.size.zip(total).is_some_and(|(want, got)| want != got) {
-                tracing::warn!(url = %url, offset, start, "upstream's answer to a resume does not fit the file; skipped");
-                continue;
-            }
-            if body.skip(offset - start).await.is_ok() {
-                return Some((up, body));
-            }
-        }
-        None
+    /// The first upstream that sends the NAR from byte `offset` on (`Range`), with a length
+    /// that fits the file.
+    async fn open_from(&self, plan: &Plan, offset: u64) -> Option<(Remote, UpstreamBody)> {
+        let remotes = Upstreams.remotes(self, plan);
+        let mut verdict = Verdict::default();
+        self.ask_in_order(plan, remotes, Method::GET, offset, &mut verdict)
+            .await
     }
 }

@@ -1,68 +1,45 @@
-//! The source policy for a NAR's bytes: upstreams in order, the swarm and then a peer over
-//! HTTP when every upstream failed; with `peers-first`, the swarm first; with `http-first`, a
-//! late upstream raced by the swarm.
-
-use std::sync::Arc;
+//! What a NAR source is: [`NarSource`], one place a NAR may come from, whose `open` returns
+//! one shape ([`Opened`]: who sends, as a [`Remote`], and the byte stream, [`Body`]); and the
+//! one loop that asks remotes in order, checks each answer's length against FileSize and
+//! blames a liar ([`Fetcher::ask_in_order`]). The order of the sources is `policy.rs`.
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::Method;
+use url::Url;
 
 use super::super::verify::VerifyError;
-use super::super::{Broke, FetchError, Fetcher, Origin};
+use super::super::{Broke, Fetcher, Remote, Verdict};
 use super::plan::Plan;
-use super::swarm::Swarm;
-use super::ACCELERATE_AFTER;
-use crate::fetch::PeerPolicy;
-use crate::metrics::Source;
 use crate::torrent::TorrentBody;
-use crate::upstream::{Answer, Upstream, UpstreamBody};
+use crate::upstream::{Answer, UpstreamBody};
 
-/// Where the bytes of a download come from.
-pub(super) enum BytesFrom<'a> {
-    Upstream(&'a Upstream),
-    Peer(Arc<Upstream>),
-    /// The fleet member that owns the NAR (trusted for routing, never for content).
-    Fleet(Arc<Upstream>),
-    /// The swarm; the peers whose `.torrent` it was.
-    Torrent(Vec<Arc<Upstream>>),
-}
+/// One place a NAR may come from. Adding one: a file beside `peer.rs` with a unit struct
+/// that implements this, and one line in `Fetcher::order` (`policy.rs`).
+pub(super) trait NarSource: Sync {
+    /// The remotes to ask, in order, each with the NAR's URL there. A source that is not an
+    /// operator-configured upstream must fetch by hash (`Plan::rel` under its own base, never
+    /// a narinfo's URL) and offer nothing unless `Plan::nar_hash_checked()`.
+    fn remotes(&self, f: &Fetcher, plan: &Plan) -> Vec<(Remote, Url)>;
 
-impl BytesFrom<'_> {
-    /// Who this is, for an error.
-    pub fn origin(&self) -> Origin {
-        match self {
-            BytesFrom::Upstream(u) => Origin::Upstream(u.base.clone()),
-            BytesFrom::Peer(p) => Origin::Peer(p.base.clone()),
-            BytesFrom::Fleet(p) => Origin::Fleet(p.base.clone()),
-            BytesFrom::Torrent(_) => Origin::Swarm,
-        }
-    }
-
-    pub fn source(&self) -> Source {
-        match self {
-            BytesFrom::Upstream(_) => Source::Upstream,
-            BytesFrom::Peer(_) => Source::Peer,
-            BytesFrom::Fleet(_) => Source::Fleet,
-            BytesFrom::Torrent(_) => Source::Torrent,
-        }
-    }
-
-    /// The transfer broke: count it against the server (a stalled swarm is nobody's fault).
-    pub fn failed(&self) {
-        match self {
-            BytesFrom::Upstream(u) => u.breaker.failure(),
-            BytesFrom::Peer(p) | BytesFrom::Fleet(p) => p.breaker.failure(),
-            BytesFrom::Torrent(_) => {}
-        }
-    }
-
-    /// The peers that vouched for bytes that did not verify.
-    pub fn liars(&self) -> Vec<Arc<Upstream>> {
-        match self {
-            BytesFrom::Upstream(_) => Vec::new(),
-            BytesFrom::Peer(p) | BytesFrom::Fleet(p) => vec![p.clone()],
-            BytesFrom::Torrent(holders) => holders.clone(),
-        }
+    /// Opens the NAR: by default from the first of [`NarSource::remotes`] that sends it
+    /// ([`Fetcher::ask_in_order`]). Failures are noted in `verdict`.
+    fn open<'a>(
+        &'a self,
+        f: &'a Fetcher,
+        plan: &'a Plan,
+        verdict: &'a mut Verdict,
+    ) -> BoxFuture<'a, Option<Opened>> {
+        Box::pin(async move {
+            let remotes = self.remotes(f, plan);
+            let (from, body) = f
+                .ask_in_order(plan, remotes, Method::GET, 0, verdict)
+                .await?;
+            Some(Opened {
+                from,
+                body: Body::Http(body),
+            })
+        })
     }
 }
 
@@ -76,110 +53,60 @@ impl Body {
     pub async fn batch(&mut self, max: usize) -> Result<Option<Bytes>, Broke> {
         match self {
             Body::Http(b) => Ok(b.batch(max).await?),
-            Body::Torrent(t) => t.batch(max).await.map_err(Broke::Swarm),
+            Body::Torrent(t) => Ok(t.batch(max).await?),
         }
     }
 }
 
 /// An opened source: who sends, and the stream.
-pub(super) type Opened<'a> = (BytesFrom<'a>, Body);
-
-/// A swarm download as a download's source.
-fn from_swarm<'a>(swarm: Swarm) -> Opened<'a> {
-    (BytesFrom::Torrent(swarm.holders), Body::Torrent(swarm.body))
+pub(super) struct Opened {
+    pub from: Remote,
+    pub body: Body,
 }
 
 impl Fetcher {
-    /// Where a NAR's bytes come from. The fleet member that owns it first (unless this is a
-    /// fleet request or we own it), then upstreams, and when all fail, the swarm of peers
-    /// that hold it, then a peer over HTTP; with `peers-first`, the swarm first when a peer's
-    /// digest says it holds the NAR. Bytes from members and peers are checked against the
-    /// signed NarHash. `accelerable`: see [`Fetcher::accelerable`].
-    pub(super) async fn open_source(
+    /// Asks `remotes` in order for the NAR from byte `offset` on; the first that answers with
+    /// a body that fits the file. An answer whose length contradicts FileSize is refused
+    /// (counted, its sender on probation: [`Remote::refused`]); a resume's (`offset` > 0) is
+    /// only skipped. An owner's 404 ends the list (we ask the upstream ourselves: a NAR whose
+    /// narinfo we hold should exist). Failures are noted in `verdict`.
+    pub(super) async fn ask_in_order(
         &self,
         plan: &Plan,
-        accelerable: bool,
-    ) -> Result<Opened<'_>, FetchError> {
-        if let Some(opened) = self.open_owner(plan).await {
-            return Ok(opened);
-        }
-        if self.tuning.policy == PeerPolicy::PeersFirst
-            && self.peers.probable_holders(&plan.digest_key()) > 0
-        {
-            if let Some(swarm) = self.open_torrent(plan).await {
-                return Ok(from_swarm(swarm));
-            }
-        }
-        // http-first: an upstream whose first byte is late for a large NAR a peer holds is
-        // raced by the swarm; whichever answers first is used (the other request is dropped).
-        let first = self.open_first(plan);
-        tokio::pin!(first);
-        if accelerable {
-            tokio::select! {
-                r = &mut first => return self.after_upstream(plan, r).await,
-                _ = tokio::time::sleep(ACCELERATE_AFTER) => {}
-            }
-            tracing::info!(file_hash = %plan.fh, "upstream first byte late: asking the swarm too");
-            tokio::select! {
-                r = &mut first => return self.after_upstream(plan, r).await,
-                Some(swarm) = self.open_torrent(plan) => return Ok(from_swarm(swarm)),
-            }
-        }
-        let r = first.await;
-        self.after_upstream(plan, r).await
-    }
-
-    /// The upstream's answer, or when every upstream failed: the swarm, then a peer over HTTP.
-    async fn after_upstream<'a>(
-        &'a self,
-        plan: &Plan,
-        upstream: Result<(&'a Upstream, UpstreamBody), FetchError>,
-    ) -> Result<Opened<'a>, FetchError> {
-        match upstream {
-            Ok((up, body)) => Ok((BytesFrom::Upstream(up), Body::Http(body))),
-            Err(e) => {
-                if let Some(swarm) = self.open_torrent(plan).await {
-                    return Ok(from_swarm(swarm));
-                }
-                match self.open_peer(plan).await {
-                    Some((peer, body)) => Ok((BytesFrom::Peer(peer), Body::Http(body))),
-                    None => Err(e),
-                }
-            }
-        }
-    }
-
-    /// The first candidate that answers 200 with a plausible length.
-    pub(super) async fn open_first(
-        &self,
-        plan: &Plan,
-    ) -> Result<(&Upstream, UpstreamBody), FetchError> {
-        let mut failure = None;
-        for (i, url) in &plan.candidates {
-            let up = &self.upstreams[*i];
-            match self
-                .client
-                .request(up, Method::GET, url, &self.metrics)
-                .await
-            {
-                Ok(Answer::Found(b)) => {
-                    if let (Some(got), Some(want)) = (b.content_length, plan.size) {
-                        if got != want {
-                            self.metrics.verification_failure(Source::Upstream);
-                            tracing::warn!(url = %url, got, want, "upstream NAR length differs from FileSize");
-                            failure = Some(VerifyError::Length { got, want }.into());
-                            continue;
-                        }
-                    }
-                    return Ok((up, b));
-                }
-                Ok(Answer::NotFound) => {}
+        remotes: Vec<(Remote, Url)>,
+        method: Method,
+        offset: u64,
+        verdict: &mut Verdict,
+    ) -> Option<(Remote, UpstreamBody)> {
+        for (remote, url) in remotes {
+            let asked = remote.ask(&self.client, &self.metrics, method.clone(), &url, offset);
+            let mut body = match asked.await {
+                Ok(Answer::Found(body)) => body,
+                Ok(Answer::NotFound) if remote.absent_is_final() => return None,
+                Ok(Answer::NotFound) => continue,
                 Err(e) => {
-                    tracing::warn!(url = %url, error = %e, "NAR fetch failed");
-                    failure = Some(FetchError::unavailable(up, &e));
+                    tracing::info!(%remote, url = %url, offset, error = %e, "NAR source failed; trying the next");
+                    verdict.unavailable(&remote, e);
+                    continue;
                 }
+            };
+            let start = body.range_start.unwrap_or(0);
+            let total = body.content_length.map(|len| start + len);
+            if let Some((got, want)) = total.zip(plan.size).filter(|(g, w)| g != w) {
+                tracing::warn!(%remote, url = %url, got, want, "NAR length differs from FileSize");
+                if offset == 0 {
+                    remote.refused(&self.metrics);
+                    verdict.failed(&remote, VerifyError::Length { got, want });
+                }
+                continue;
             }
+            if start > offset || body.skip(offset - start).await.is_err() {
+                tracing::warn!(%remote, url = %url, offset, start, "answer to a resume does not fit the file; skipped");
+                continue;
+            }
+            tracing::debug!(%remote, file_hash = %plan.fh, "NAR source opened");
+            return Some((remote, body));
         }
-        Err(failure.unwrap_or(FetchError::NotFound))
+        None
     }
 }

@@ -1,0 +1,265 @@
+//! Who is asked: a [`Remote`] names one remote and the role it is asked in (a configured
+//! upstream, the key's fleet owner, the member that owned the key before us, a peer, or the
+//! swarm of holders). The role decides everything that differs between sources, in one
+//! place: the request flavour ([`Remote::asker`]: credentials, only-if-cached or
+//! `X-Nixgate-Fleet`), the narinfo deadline, the metrics label ([`Remote::source`]), the
+//! error's origin, whose breaker a broken transfer counts against, and who is put on
+//! probation when the data does not verify ([`Remote::refused`]).
+//!
+//! Trust rules (docs/PROTOCOL.md §3) kept here: only an upstream is sent credentials and
+//! counted as upstream traffic; only an upstream's answer decides between "not found" and
+//! "unavailable" ([`Verdict`], so negative entries come from upstreams only); upstreams are
+//! never put on probation, every other remote that sends data that fails a check is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use url::Url;
+
+use super::error::{FetchError, Origin};
+use crate::metrics::{Metrics, Source};
+use crate::upstream::{
+    Answer, Asker, Upstream, UpstreamClient, UpstreamError, FLEET_FIRST_BYTE, PEER_FIRST_BYTE,
+};
+
+/// One remote in the role it is asked in.
+#[derive(Clone, Debug)]
+pub enum Remote {
+    /// A configured upstream: trusted for availability (its 404 is believed and remembered),
+    /// the only one sent credentials; a narinfo's `URL` from it may be followed.
+    Upstream(Arc<Upstream>),
+    /// A fleet member asked as the key's owner (`X-Nixgate-Fleet`): it fetches for the fleet,
+    /// so its 404 is believed (not remembered).
+    Owner(Arc<Upstream>),
+    /// The member that owned the key before us, asked only-if-cached; counted as fleet.
+    Successor(Arc<Upstream>),
+    /// A peer appliance, asked only-if-cached.
+    Peer(Arc<Upstream>),
+    /// The swarm; the peers whose `.torrent` it was (they vouched for it).
+    Swarm(Vec<Arc<Upstream>>),
+}
+
+impl Remote {
+    /// The remote asked over HTTP (the swarm is not).
+    pub fn http(&self) -> Option<&Arc<Upstream>> {
+        match self {
+            Remote::Upstream(r) | Remote::Owner(r) | Remote::Successor(r) | Remote::Peer(r) => {
+                Some(r)
+            }
+            Remote::Swarm(_) => None,
+        }
+    }
+
+    pub fn is_upstream(&self) -> bool {
+        matches!(self, Remote::Upstream(_))
+    }
+
+    /// The request flavour; the swarm's holders are asked (for `.torrent`s) as peers.
+    pub fn asker<'m>(&self, metrics: &'m Metrics) -> Asker<'m> {
+        match self {
+            Remote::Upstream(_) => Asker::Upstream(metrics),
+            Remote::Owner(_) => Asker::Fleet,
+            Remote::Successor(_) | Remote::Peer(_) | Remote::Swarm(_) => Asker::Peer,
+        }
+    }
+
+    /// Asks it for `url` from byte `offset` on (see [`UpstreamClient::request`]). The swarm
+    /// has no URLs: nothing is there.
+    pub async fn ask(
+        &self,
+        client: &UpstreamClient,
+        metrics: &Metrics,
+        method: Method,
+        url: &Url,
+        offset: u64,
+    ) -> Result<Answer, UpstreamError> {
+        let Some(at) = self.http() else {
+            return Ok(Answer::NotFound);
+        };
+        let asker = self.asker(metrics);
+        client.request(at, asker, method, url, offset).await
+    }
+
+    /// The metrics label of what it sends (`nixgate_*{source}`).
+    pub fn source(&self) -> Source {
+        match self {
+            Remote::Upstream(_) => Source::Upstream,
+            Remote::Owner(_) | Remote::Successor(_) => Source::Fleet,
+            Remote::Peer(_) => Source::Peer,
+            Remote::Swarm(_) => Source::Torrent,
+        }
+    }
+
+    /// Who it is, for an error.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Remote::Upstream(u) => Origin::Upstream(u.base.clone()),
+            Remote::Owner(m) | Remote::Successor(m) => Origin::Fleet(m.base.clone()),
+            Remote::Peer(p) => Origin::Peer(p.base.clone()),
+            Remote::Swarm(_) => Origin::Swarm,
+        }
+    }
+
+    /// The longest a whole narinfo may take from it: `limit` (`--narinfo-timeout`) from an
+    /// upstream; a peer answers from its disk, a fleet owner after its upstream's first
+    /// bytes, so they get less.
+    pub fn narinfo_deadline(&self, limit: Duration) -> Duration {
+        let second = Duration::from_secs(1);
+        match self {
+            Remote::Upstream(_) => limit,
+            Remote::Owner(_) => limit.min(FLEET_FIRST_BYTE + second),
+            Remote::Successor(_) | Remote::Peer(_) | Remote::Swarm(_) => {
+                limit.min(PEER_FIRST_BYTE + second)
+            }
+        }
+    }
+
+    /// Whether its "not found" is believed: an owner asked the upstreams for the fleet (an
+    /// upstream's 404 is believed too, but only after every upstream was asked).
+    pub fn absent_is_final(&self) -> bool {
+        matches!(self, Remote::Owner(_))
+    }
+
+    /// The transfer broke: count it against the server (a stalled swarm is nobody's fault).
+    pub fn broke(&self) {
+        if let Some(at) = self.http() {
+            at.breaker.failure();
+        }
+    }
+
+    /// The peers and members that vouched for what it sent (an upstream is trusted for
+    /// availability only, and never put on probation).
+    pub fn liars(&self) -> Vec<Arc<Upstream>> {
+        match self {
+            Remote::Upstream(_) => Vec::new(),
+            Remote::Owner(m) | Remote::Successor(m) | Remote::Peer(m) => vec![m.clone()],
+            Remote::Swarm(holders) => holders.clone(),
+        }
+    }
+
+    /// What it sent failed a check: counted under its label, and whoever vouched for it put
+    /// on probation (`peers::PROBATION`), so it leaves the owner rotation and peer lists.
+    pub fn refused(&self, metrics: &Metrics) {
+        metrics.verification_failure(self.source());
+        for liar in self.liars() {
+            liar.breaker.probation(crate::peers::PROBATION);
+        }
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Owner(m) => write!(f, "fleet owner {m}"),
+            Remote::Successor(m) => write!(f, "previous owner {m}"),
+            other => other.origin().fmt(f),
+        }
+    }
+}
+
+/// What the upstreams answered so far: the one answer trusted for availability. A failure
+/// of anyone else (an owner, a peer, the swarm) never turns a 404 into a 503, and a refused
+/// narinfo is absent but never remembered as not found.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// An upstream failed (or sent data that failed a check): 503 (or that check), not 404.
+    pub failure: Option<FetchError>,
+    /// An upstream's narinfo was refused.
+    pub refused: bool,
+}
+
+impl Verdict {
+    /// `remote` failed with `e`; kept when it is an upstream.
+    pub fn failed(&mut self, remote: &Remote, e: impl Into<FetchError>) {
+        if remote.is_upstream() {
+            self.failure = Some(e.into());
+        }
+    }
+
+    /// `remote` was asked and could not deliver.
+    pub fn unavailable(&mut self, remote: &Remote, e: UpstreamError) {
+        if remote.is_upstream() {
+            self.failure = Some(FetchError::unavailable(remote.origin(), e));
+        }
+    }
+
+    /// `remote`'s narinfo was refused.
+    pub fn refused(&mut self, remote: &Remote) {
+        self.refused |= remote.is_upstream();
+    }
+
+    /// The fetch's answer when no source delivered: the upstreams' failure, else not found.
+    pub fn into_error(self) -> FetchError {
+        self.failure.unwrap_or(FetchError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(url: &str) -> Arc<Upstream> {
+        Arc::new(Upstream::new(Url::parse(url).unwrap()))
+    }
+
+    fn roles() -> [Remote; 5] {
+        let m = at("http://10.0.0.2:8080/");
+        [
+            Remote::Upstream(at("https://cache.example/")),
+            Remote::Owner(m.clone()),
+            Remote::Successor(m.clone()),
+            Remote::Peer(m.clone()),
+            Remote::Swarm(vec![m]),
+        ]
+    }
+
+    #[test]
+    fn each_role_has_its_label_flavour_and_blame() {
+        let m = Metrics::default();
+        let [up, owner, successor, peer, swarm] = roles();
+        let labels = roles().map(|r| r.source().as_str());
+        assert_eq!(labels, ["upstream", "fleet", "fleet", "peer", "torrent"]);
+        assert!(matches!(up.asker(&m), Asker::Upstream(_)));
+        assert!(matches!(owner.asker(&m), Asker::Fleet));
+        for r in [&successor, &peer, &swarm] {
+            assert!(matches!(r.asker(&m), Asker::Peer), "{r}");
+        }
+        // Upstreams are never put on probation; everyone else who vouched is.
+        assert!(up.liars().is_empty());
+        assert!(roles()[1..].iter().all(|r| r.liars().len() == 1));
+        assert!(owner.absent_is_final() && !successor.absent_is_final());
+        assert!(!up.absent_is_final() && !peer.absent_is_final());
+        assert!(swarm.http().is_none() && peer.http().is_some());
+    }
+
+    #[test]
+    fn narinfo_deadlines_follow_the_role() {
+        let limit = Duration::from_secs(10);
+        let [up, owner, successor, peer, _] = roles();
+        assert_eq!(up.narinfo_deadline(limit), limit);
+        assert_eq!(owner.narinfo_deadline(limit), Duration::from_secs(6));
+        assert_eq!(successor.narinfo_deadline(limit), Duration::from_secs(3));
+        assert_eq!(peer.narinfo_deadline(limit), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn only_the_upstreams_decide_between_not_found_and_unavailable() {
+        let [up, owner, successor, peer, swarm] = roles();
+        let mut v = Verdict::default();
+        for r in [&owner, &successor, &peer, &swarm] {
+            v.unavailable(r, UpstreamError::Status(502));
+            v.refused(r);
+        }
+        assert!(!v.refused);
+        assert!(matches!(v.into_error(), FetchError::NotFound));
+        let mut v = Verdict::default();
+        v.unavailable(&up, UpstreamError::Status(502));
+        v.refused(&up);
+        assert!(v.refused);
+        let e = v.into_error();
+        assert!(
+            matches!(&e, FetchError::Unavailable { from, .. } if matches!(**from, Origin::Upstream(_)))
+        );
+    }
+}
