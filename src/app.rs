@@ -99,6 +99,16 @@ pub async fn run(
         "status-history",
         crate::status::run(status, metrics, shutdown.clone()),
     );
+    let f = &app.fetcher;
+    tasks.spawn(
+        "circuit-heal",
+        crate::upstream::heal::run(
+            f.upstreams.clone(),
+            f.client.clone(),
+            app.metrics.clone(),
+            shutdown.clone(),
+        ),
+    );
     start_peer_sources(&config, &app, local, &shutdown, &mut tasks)?;
     let (uploader, token) = (app.uploader.clone(), shutdown.clone());
     tasks.spawn("upload-staging", async move {

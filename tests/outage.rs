@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -57,4 +60,42 @@ async fn upstream_404s_are_remembered_and_outages_are_not_404s() {
             >= 1
     );
     c.stop().await;
+}
+
+/// The circuit closes by itself: once the upstream answers again, a background probe closes
+/// it within seconds, with no runner asking anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_heals_without_traffic() {
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let a = Appliance::start_default(&work.path().join("cache"), &up, &f.public_key).await;
+    let circuit = || async {
+        let s = get(&format!("{}/_status/v1", a.url()), &[]).await;
+        let v: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+        v["upstreams"][0]["circuit"].as_str().unwrap().to_owned()
+    };
+    up.fail_5xx.store(true, Ordering::SeqCst);
+    for i in 0..8 {
+        // Distinct keys: each miss asks the upstream until the circuit opens.
+        let url = format!("{}/{}.narinfo", a.url(), format!("{i}").repeat(32));
+        assert_eq!(get(&url, &[]).await.status, 503);
+    }
+    assert_eq!(circuit().await, "open");
+    let probes_before = up.count("/nix-cache-info");
+    up.fail_5xx.store(false, Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(20),
+        "the circuit to close by itself",
+        || async { circuit().await == "closed" },
+    )
+    .await;
+    assert!(
+        up.count("/nix-cache-info") > probes_before,
+        "the probe asked the upstream"
+    );
+    // And runners are served at once.
+    let info = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.top));
+    assert_eq!(get(&info, &[]).await.status, 200);
+    a.stop().await;
 }

@@ -92,7 +92,12 @@ async fn a_missing_path_fails_and_is_listed() {
     assert!(stderr.contains(nope), "{stderr}");
     assert!(!stderr.contains(&f.dep), "{stderr}");
     assert_eq!(of(&events, "missing").len(), 1);
+    assert_eq!(of(&events, "missing")[0]["why"], "not found upstream (404)");
     assert_eq!(of(&events, "done")[0]["missing"], serde_json::json!([nope]));
+    assert!(
+        stderr.contains(&format!("{nope}: not found upstream (404)")),
+        "{stderr}"
+    );
     assert!(cached(&a, f, &f.dep).await);
     a.stop().await;
 }
@@ -103,4 +108,33 @@ async fn no_paths_or_a_bad_path_is_an_error() {
     assert!(!ok && stderr.contains("no store paths"), "{stderr}");
     let (ok, _, stderr) = warm(&["--appliance", "http://127.0.0.1:1", "not-a-path"]).await;
     assert!(!ok && stderr.contains("not a store path"), "{stderr}");
+}
+
+/// An upstream outage during a warm-up: the appliance answers 503 until its circuit heals
+/// (its background probe), and `warm` waits it out instead of failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_waits_out_an_upstream_outage() {
+    use std::sync::atomic::Ordering;
+    let f = fixture().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let a = Appliance::start_default(tmp.path(), &up, &f.public_key).await;
+    up.fail_5xx.store(true, Ordering::SeqCst);
+    // Open the circuit first, as a burst of runners would.
+    for i in 0..6 {
+        let url = format!("{}/{}.narinfo", a.url(), format!("{i}").repeat(32));
+        assert_eq!(get(&url, &[]).await.status, 503);
+    }
+    let warming = {
+        let url = a.url();
+        let top = f.top.clone();
+        tokio::spawn(async move { warm(&["--url", &url, &top]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    up.fail_5xx.store(false, Ordering::SeqCst);
+    let (ok, events, stderr) = warming.await.unwrap();
+    assert!(ok, "{stderr}");
+    assert_eq!(of(&events, "done")[0]["missing"], serde_json::json!([]));
+    assert!(cached(&a, f, &f.top).await);
+    a.stop().await;
 }

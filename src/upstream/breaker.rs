@@ -3,7 +3,9 @@
 //! request is let through; its success closes the circuit, its failure re-opens it.
 //!
 //! This keeps a dead upstream from costing every request a connect timeout, which is what
-//! turns an outage into minutes of stalled CI jobs.
+//! turns an outage into minutes of stalled CI jobs. An open circuit of a configured upstream
+//! is also probed in the background (`heal.rs`), so it closes when the upstream is back even
+//! without traffic. Opening and closing are logged once each, with the remote's label.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,17 +29,34 @@ enum State {
 
 /// The breaker of one upstream.
 #[derive(Debug)]
-pub struct Breaker(Mutex<State>);
+pub struct Breaker {
+    state: Mutex<State>,
+    /// Who this is the breaker of, for the log lines (a redacted URL).
+    label: String,
+}
 
 impl Default for Breaker {
     fn default() -> Self {
-        Breaker(Mutex::new(State::Closed { failures: 0 }))
+        Breaker::labelled(String::new())
     }
 }
 
 impl Breaker {
+    /// A closed breaker whose transitions are logged as `label`'s.
+    pub fn labelled(label: String) -> Self {
+        Breaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            label,
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the circuit is open and its skip period over: the next request is the probe.
+    pub fn due(&self) -> bool {
+        matches!(*self.state(), State::Open { until } if Instant::now() >= until)
     }
 
     /// May a request go to this upstream now?
@@ -55,12 +74,16 @@ impl Breaker {
 
     /// The upstream answered (any status below 500).
     pub fn success(&self) {
-        *self.state() = State::Closed { failures: 0 };
+        let was = std::mem::replace(&mut *self.state(), State::Closed { failures: 0 });
+        if !matches!(was, State::Closed { .. }) {
+            tracing::info!(remote = %self.label, "circuit closed: answering again");
+        }
     }
 
     /// The upstream failed to answer usefully.
     pub fn failure(&self) {
         let mut s = self.state();
+        let opens = matches!(*s, State::Closed { .. });
         *s = match *s {
             State::Closed { failures } if failures + 1 < FAILURE_THRESHOLD => State::Closed {
                 failures: failures + 1,
@@ -69,6 +92,14 @@ impl Breaker {
                 until: Instant::now() + OPEN_FOR,
             },
         };
+        if opens && matches!(*s, State::Open { .. }) {
+            drop(s);
+            tracing::warn!(
+                remote = %self.label,
+                failures = FAILURE_THRESHOLD,
+                "circuit opened: skipped for {OPEN_FOR:?} at a time and probed until it answers"
+            );
+        }
     }
 
     /// Skips this source for `period` (a peer that sent data that failed verification).
@@ -114,5 +145,8 @@ mod tests {
         assert!(!b.allow(), "only one");
         b.success();
         assert!(b.allow() && !b.is_open());
+        assert!(!b.due());
+        b.probation(Duration::ZERO);
+        assert!(b.due(), "open and its period over");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod breaker;
+pub mod heal;
 pub mod netrc;
 pub mod probe;
 mod remote;
@@ -69,6 +70,13 @@ pub enum UpstreamError {
     Body(String),
     #[error("response larger than {0} bytes")]
     TooLarge(usize),
+}
+
+impl UpstreamError {
+    /// The request was not sent: the circuit is open (its opening was logged once).
+    pub fn is_skip(&self) -> bool {
+        matches!(self, UpstreamError::CircuitOpen)
+    }
 }
 
 /// A successful answer, or a clean "not here".
@@ -142,7 +150,8 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Byt
 ///
 /// It never follows redirects (hyper's client does not, and none is added): a 3xx is an
 /// error like any other unexpected status, so credentials sent to an upstream can never be
-/// carried to the host a redirect names.
+/// carried to the host a redirect names. Clones share the connection pool.
+#[derive(Clone)]
 pub struct UpstreamClient {
     client: HttpsClient,
     timeouts: Timeouts,

@@ -24,11 +24,12 @@ pub struct Upstream {
 impl Upstream {
     /// A remote at `configured` (ending in `/`), its breaker closed.
     pub fn new(configured: Url) -> Self {
+        let label = crate::redact::redact(&configured);
         Upstream {
-            label: crate::redact::redact(&configured),
+            breaker: Breaker::labelled(label.clone()),
+            label,
             base: crate::redact::without_userinfo(&configured),
             configured,
-            breaker: Breaker::default(),
             last_error: Default::default(),
         }
     }

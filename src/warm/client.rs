@@ -20,6 +20,8 @@ use crate::nix::narinfo::MAX_NARINFO_BYTES;
 const HEADERS: Duration = Duration::from_secs(60);
 /// Longest silence in a body before the download is given up.
 const STALL: Duration = Duration::from_secs(120);
+/// How many 503s a request waits out before it is reported (about 25 s in all).
+const RETRIES: u32 = 5;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -126,8 +128,40 @@ impl ApplianceClient {
             .await
     }
 
+    /// The appliance's cache cap, from its status document (`None`: it did not say).
+    pub async fn cache_cap(&self) -> Option<u64> {
+        let text = self.text("_status/v1", 8 << 20).await.ok()??;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["cache"]["max_bytes"].as_u64()
+    }
+
+    /// `send`, waiting out a 503 (the appliance cannot reach its upstream right now: a circuit
+    /// about to be probed, a restart): its `Retry-After` (at most 10 s) or 1, 2, 4, 8, 8 s,
+    /// [`RETRIES`] times; then the last answer is the caller's.
+    async fn send_patiently(
+        &self,
+        method: Method,
+        rel: &str,
+    ) -> Result<http::Response<Incoming>, WarmError> {
+        let mut backoff = Duration::from_secs(1);
+        for _ in 0..RETRIES {
+            let resp = self.send(method.clone(), rel, false).await?;
+            if resp.status() != StatusCode::SERVICE_UNAVAILABLE {
+                return Ok(resp);
+            }
+            let wait = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                .map_or(backoff, |s: u64| Duration::from_secs(s.clamp(1, 10)));
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(8));
+        }
+        self.send(method, rel, false).await
+    }
+
     async fn text(&self, rel: &str, max: usize) -> Result<Option<String>, WarmError> {
-        let resp = self.send(Method::GET, rel, false).await?;
+        let resp = self.send_patiently(Method::GET, rel).await?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
@@ -151,7 +185,7 @@ impl ApplianceClient {
     /// GETs the NAR at `rel`, reading it in full and dropping the bytes; each chunk's size is
     /// added to `progress`. Returns the bytes read.
     pub async fn nar(&self, rel: &str, progress: &AtomicU64) -> Result<u64, WarmError> {
-        let resp = self.send(Method::GET, rel, false).await?;
+        let resp = self.send_patiently(Method::GET, rel).await?;
         if resp.status() != StatusCode::OK {
             return Err(WarmError::NarStatus(resp.status()));
         }

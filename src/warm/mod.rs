@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::config::WarmArgs;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::store_path::StorePathBase;
+use crate::units::human_bytes;
 pub use client::{ApplianceClient, WarmError};
 use report::Report;
 
@@ -26,10 +27,14 @@ use report::Report;
 enum State {
     /// Asked, no answer yet.
     Pending,
-    /// The appliance had no narinfo (or failed to give one).
-    NoNarinfo,
-    /// Its NAR's URL, relative to the appliance.
-    Nar(String),
+    /// The appliance had no narinfo (or failed to give one): why.
+    NoNarinfo(String),
+    /// Its NAR's URL, relative to the appliance, its size, and why reading it failed.
+    Nar {
+        url: String,
+        size: u64,
+        failed: Option<String>,
+    },
 }
 
 /// A message from a path's task to the walk.
@@ -57,24 +62,33 @@ pub async fn run(args: &WarmArgs) -> anyhow::Result<()> {
         json!({"appliance": client.base().as_str(), "roots": paths}),
     );
     let states = walk(&client, &store_dir, roots, args.jobs.into(), &mut report).await;
-    let missing: Vec<String> = verify(&client, &states).await.iter().map(full).collect();
-    for p in &missing {
-        report.event("missing", json!({"path": p}));
+    let cap = client.cache_cap().await;
+    let missing: Vec<(String, String)> = verify(&client, &states, cap)
+        .await
+        .into_iter()
+        .map(|(p, why)| (full(&p), why))
+        .collect();
+    for (p, why) in &missing {
+        report.event("missing", json!({"path": p, "why": why}));
     }
     let bytes = report.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let paths: Vec<&String> = missing.iter().map(|(p, _)| p).collect();
+    let why: serde_json::Map<String, serde_json::Value> =
+        missing.iter().map(|(p, w)| (p.clone(), json!(w))).collect();
     report.event(
         "done",
         json!({"paths": states.len(), "cached": states.len() - missing.len(),
-               "missing": missing, "bytes": bytes, "seconds": report.seconds()}),
+               "missing": paths, "why": why, "bytes": bytes, "seconds": report.seconds()}),
     );
     report.end_line();
     if !missing.is_empty() {
+        let lines: Vec<String> = missing.iter().map(|(p, w)| format!("{p}: {w}")).collect();
         anyhow::bail!(
             "{} of {} paths are not cached by {}:\n  {}",
             missing.len(),
             states.len(),
             client.base(),
-            missing.join("\n  ")
+            lines.join("\n  ")
         );
     }
     Ok(())
@@ -156,7 +170,9 @@ async fn walk(
                     running += spawn(r.clone(), &mut states);
                 }
                 report.total = states.len();
-                states.insert(p, State::Nar(info.url));
+                let size = info.file_size.unwrap_or(info.nar_size);
+                let (url, failed) = (info.url, None);
+                states.insert(p, State::Nar { url, size, failed });
             }
             Msg::Narinfo(p, other) => {
                 running -= 1;
@@ -166,10 +182,13 @@ async fn walk(
                     "error",
                     json!({"path": full(&p), "stage": "narinfo", "error": error}),
                 );
-                states.insert(p, State::NoNarinfo);
+                states.insert(p, State::NoNarinfo(why_not(&error)));
             }
             Msg::Nar(p, r, took) => {
                 running -= 1;
+                if let (Err(e), Some(State::Nar { failed, .. })) = (&r, states.get_mut(&p)) {
+                    *failed = Some(why_not(&e.to_string()));
+                }
                 nar_done(report, full(&p), r, took);
             }
         }
@@ -222,17 +241,26 @@ impl Job {
     }
 }
 
-/// The paths whose narinfo or NAR the appliance does not hold (asked only-if-cached). A NAR
-/// just read may still be being committed to the cache: those are asked again shortly.
+/// The paths whose narinfo or NAR the appliance does not hold (asked only-if-cached), each
+/// with why. A NAR just read may still be being committed to the cache: those are asked again
+/// shortly. `cap`: the appliance's cache cap, when its status said.
 async fn verify(
     client: &ApplianceClient,
     states: &BTreeMap<StorePathBase, State>,
-) -> Vec<StorePathBase> {
+    cap: Option<u64>,
+) -> Vec<(StorePathBase, String)> {
     let mut missing = Vec::new();
     for (p, state) in states {
-        let State::Nar(url) = state else {
-            missing.push(p.clone());
-            continue;
+        let (url, size, failed) = match state {
+            State::Nar { url, size, failed } => (url, *size, failed),
+            State::NoNarinfo(why) => {
+                missing.push((p.clone(), why.clone()));
+                continue;
+            }
+            State::Pending => {
+                missing.push((p.clone(), "never answered".into()));
+                continue;
+            }
         };
         let narinfo = format!("{}.narinfo", p.hash);
         let mut held = false;
@@ -247,8 +275,32 @@ async fn verify(
             }
         }
         if !held {
-            missing.push(p.clone());
+            let why = match (failed, cap) {
+                (Some(why), _) => why.clone(),
+                (None, Some(cap)) if size > cap => format!(
+                    "larger than the appliance's cache cap ({} > {}): served, never kept",
+                    human_bytes(size),
+                    human_bytes(cap)
+                ),
+                (None, _) => "read in full but not kept: evicted, or the cache was full \
+                              (see nixgate_cache_store_failures_total)"
+                    .into(),
+            };
+            missing.push((p.clone(), why));
         }
     }
     missing
+}
+
+/// Why a path was not warmed, from the error of its narinfo or NAR request.
+fn why_not(error: &str) -> String {
+    if error.contains("404") {
+        "not found upstream (404)".into()
+    } else if error.contains("503") {
+        "upstream unavailable (503, retried)".into()
+    } else if error.contains("502") {
+        "refused: the upstream's data failed verification (502)".into()
+    } else {
+        error.to_owned()
+    }
 }

@@ -85,7 +85,11 @@ impl Fetcher {
                 Ok(Answer::NotFound) if remote.absent_is_final() => return None,
                 Ok(Answer::NotFound) => continue,
                 Err(e) => {
-                    tracing::info!(%remote, url = %url, offset, error = %e, "NAR source failed; trying the next");
+                    if e.is_skip() {
+                        tracing::debug!(%remote, url = %url, "circuit open; trying the next");
+                    } else {
+                        tracing::info!(%remote, url = %url, offset, error = %e, "NAR source failed; trying the next");
+                    }
                     verdict.unavailable(&remote, e);
                     continue;
                 }

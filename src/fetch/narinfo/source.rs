@@ -104,7 +104,12 @@ impl Fetcher {
             Ok(None) if remote.absent_is_final() => return Asked::Absent,
             Ok(None) => return Asked::Next,
             Err(e) => {
-                tracing::info!(%remote, hash = %h, error = %e, "narinfo fetch failed; trying the next");
+                // An open circuit was logged once when it opened; a skip is not news.
+                if e.is_skip() {
+                    tracing::debug!(%remote, hash = %h, "circuit open; trying the next");
+                } else {
+                    tracing::info!(%remote, hash = %h, error = %e, "narinfo fetch failed; trying the next");
+                }
                 verdict.unavailable(remote, e);
                 return Asked::Next;
             }
