@@ -100,6 +100,11 @@ pub async fn run(
         crate::status::run(status, metrics, shutdown.clone()),
     );
     let f = &app.fetcher;
+    // Every configured upstream's series exist from the start (0), not from its first request.
+    for u in &f.upstreams {
+        app.metrics
+            .upstream_counters(&u.base.origin().ascii_serialization());
+    }
     tasks.spawn(
         "circuit-heal",
         crate::upstream::heal::run(

@@ -89,6 +89,19 @@ async fn metrics_are_lint_clean_and_carry_build_and_process_series() {
         value("nixgate_requests_total{route=\"narinfo\",result=\"not_found\"}"),
         1.0
     );
+    // Upstream answers and latency by upstream (its origin: never a credential), runners'
+    // latency by route and result.
+    let origin = up.url().trim_end_matches('/').to_owned();
+    let by_up = format!("nixgate_upstream_requests_total{{upstream=\"{origin}\",status=\"200\"}}");
+    assert!(value(&by_up) >= 2.0, "{by_up}");
+    let count = format!("nixgate_upstream_response_seconds_count{{upstream=\"{origin}\"}}");
+    assert!(value(&count) >= 2.0);
+    let inf =
+        "nixgate_request_duration_seconds_bucket{route=\"narinfo\",result=\"miss\",le=\"+Inf\"}";
+    assert_eq!(value(inf), 1.0);
+    assert!(m
+        .body
+        .contains("nixgate_request_duration_seconds_sum{route=\"nar\",result=\"miss\"}"));
     for impossible in [
         "route=\"healthz\",result=\"stored\"",
         "route=\"metrics\",result=\"miss\"",

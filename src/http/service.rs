@@ -72,6 +72,7 @@ async fn dispatch(
 /// Handles one request; never fails (errors become responses).
 #[tracing::instrument(skip_all, fields(method = %req.method(), path = %req.uri().path()))]
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = std::time::Instant::now();
     let target = parse(req.uri().path());
     let route = target.route();
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
@@ -92,7 +93,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
             (e.outcome(), e.into_response(app.down_policy))
         }
     };
-    app.metrics.request(route, outcome);
+    app.metrics.request_took(route, outcome, started.elapsed());
     app.status.request(route, outcome, &path);
     if method == Method::HEAD {
         // Headers (Content-Length included) stay; the body never goes out.
@@ -107,6 +108,7 @@ pub async fn handle_reserve(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let started = std::time::Instant::now();
     let target = parse(req.uri().path());
     if matches!(
         target,
@@ -114,8 +116,9 @@ pub async fn handle_reserve(
     ) {
         return handle(app, req).await;
     }
+    let unavailable = crate::metrics::Outcome::Unavailable;
     app.metrics
-        .request(target.route(), crate::metrics::Outcome::Unavailable);
+        .request_took(target.route(), unavailable, started.elapsed());
     let text = "over the connection limit, retry later\n";
     Ok(Response::builder()
         .status(http::StatusCode::SERVICE_UNAVAILABLE)

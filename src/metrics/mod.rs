@@ -3,11 +3,16 @@
 //! relaxed add on the hot path and rendering needs no registry. Labels live in `labels`, the
 //! exposition (the one table of names, types and help texts) in `render`.
 
+pub mod histogram;
 mod labels;
 pub mod process;
 mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use histogram::Histogram;
 
 pub use labels::*;
 
@@ -15,9 +20,29 @@ fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }
 
+/// One upstream's answers by class, and its time to response headers.
+#[derive(Default)]
+pub struct UpstreamCounters {
+    answers: [AtomicU64; UpstreamStatus::COUNT],
+    headers: Histogram,
+}
+
+impl UpstreamCounters {
+    /// An answer of `status`, `took` after the request was sent (`None`: no answer at all).
+    pub fn answered(&self, status: UpstreamStatus, took: Option<Duration>) {
+        self.answers[status as usize].fetch_add(1, Relaxed);
+        if let Some(t) = took {
+            self.headers.observe(t);
+        }
+    }
+}
+
 /// All of nixgate's metrics.
 pub struct Metrics {
     requests: [[AtomicU64; Outcome::COUNT]; Route::COUNT],
+    durations: [[Histogram; Outcome::COUNT]; Route::COUNT],
+    /// Upstream answers and time to headers, by upstream (its origin; never credentials).
+    by_upstream: std::sync::RwLock<Vec<(String, Arc<UpstreamCounters>)>>,
     fetched: [AtomicU64; Source::COUNT],
     served: AtomicU64,
     upstream: [AtomicU64; UpstreamStatus::COUNT],
@@ -46,6 +71,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: std::array::from_fn(|_| counters()),
+            durations: std::array::from_fn(|_| std::array::from_fn(|_| Histogram::default())),
+            by_upstream: Default::default(),
             fetched: counters(),
             served: AtomicU64::new(0),
             upstream: counters(),
@@ -76,14 +103,40 @@ impl Metrics {
     pub fn request(&self, route: Route, outcome: Outcome) {
         self.requests[route as usize][outcome as usize].fetch_add(1, Relaxed);
     }
+    /// A request and how long it took from its head to the response's head.
+    pub fn request_took(&self, route: Route, outcome: Outcome, took: Duration) {
+        self.request(route, outcome);
+        self.durations[route as usize][outcome as usize].observe(took);
+    }
+    /// The counters of the upstream named `origin` (registered on first use).
+    pub fn upstream_counters(&self, origin: &str) -> Arc<UpstreamCounters> {
+        if let Some((_, c)) = self.read_upstreams().iter().find(|(o, _)| o == origin) {
+            return c.clone();
+        }
+        let mut all = self.by_upstream.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = all.iter().find(|(o, _)| o == origin) {
+            return c.clone();
+        }
+        let c = Arc::new(UpstreamCounters::default());
+        all.push((origin.to_owned(), c.clone()));
+        c
+    }
+    fn read_upstreams(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, Vec<(String, Arc<UpstreamCounters>)>> {
+        self.by_upstream.read().unwrap_or_else(|p| p.into_inner())
+    }
     pub fn fetched(&self, source: Source, bytes: u64) {
         self.fetched[source as usize].fetch_add(bytes, Relaxed);
     }
     pub fn served(&self, bytes: u64) {
         self.served.fetch_add(bytes, Relaxed);
     }
-    pub fn upstream(&self, status: UpstreamStatus) {
+    /// An answer (or failure) of the upstream at `origin` (`scheme://host:port`), with its
+    /// time to headers when it answered.
+    pub fn upstream(&self, origin: &str, status: UpstreamStatus, took: Option<Duration>) {
         self.upstream[status as usize].fetch_add(1, Relaxed);
+        self.upstream_counters(origin).answered(status, took);
     }
     pub fn set_torrents_seeding(&self, n: u64) {
         self.torrents_seeding.store(n, Relaxed);

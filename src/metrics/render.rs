@@ -38,6 +38,7 @@ impl Metrics {
                 let v = self.requests[*r as usize][*x as usize].load(Relaxed);
                 (v > 0 || r.can_end(*x)).then(|| {
                     (
+                        "",
                         format!("route=\"{}\",result=\"{}\"", r.as_str(), x.as_str()),
                         v as f64,
                     )
@@ -63,16 +64,61 @@ impl Metrics {
                 "Response body bytes sent to clients.",
             )
             .value(&self.served),
-            Family::new(
-                "nixgate_upstream_requests_total",
-                Counter,
-                "Requests to upstream caches by answer class (auth_failed: a 401, or a 403 to \
-                 a request with --netrc-file credentials).",
-            )
-            .by("status", UpstreamStatus::ALL, |s| {
-                &self.upstream[s as usize]
-            }),
+            self.upstream_family(),
+            self.upstream_latency_family(),
+            self.duration_family(),
         ]
+    }
+
+    /// Upstream answers by upstream (its origin, never credentials) and class.
+    fn upstream_family(&self) -> Family {
+        let mut f = Family::new(
+            "nixgate_upstream_requests_total",
+            Kind::Counter,
+            "Requests to upstream caches by upstream and answer class (auth_failed: a 401, \
+             or a 403 to a request with --netrc-file credentials).",
+        );
+        for (origin, c) in self.read_upstreams().iter() {
+            for s in UpstreamStatus::ALL {
+                let v = c.answers[*s as usize].load(Relaxed) as f64;
+                let labels = format!("upstream=\"{origin}\",status=\"{}\"", s.as_str());
+                f.samples.push(("", labels, v));
+            }
+        }
+        f
+    }
+
+    /// Upstreams' time to response headers.
+    fn upstream_latency_family(&self) -> Family {
+        let mut f = Family::new(
+            "nixgate_upstream_response_seconds",
+            Kind::Histogram,
+            "Time from sending a request to an upstream to its response headers, by upstream.",
+        );
+        for (origin, c) in self.read_upstreams().iter() {
+            f.histogram(&format!("upstream=\"{origin}\""), &c.headers);
+        }
+        f
+    }
+
+    /// Runners' (and operators') requests: time from the request head to the response head.
+    fn duration_family(&self) -> Family {
+        let mut f = Family::new(
+            "nixgate_request_duration_seconds",
+            Kind::Histogram,
+            "Time from a request's head to its response's head (a streamed NAR's first byte), \
+             by route and result.",
+        );
+        for r in Route::ALL {
+            for x in Outcome::ALL {
+                let h = &self.durations[*r as usize][*x as usize];
+                if r.can_end(*x) || h.count() > 0 {
+                    let labels = format!("route=\"{}\",result=\"{}\"", r.as_str(), x.as_str());
+                    f.histogram(&labels, h);
+                }
+            }
+        }
+        f
     }
 
     /// The cache and verification families.
@@ -228,6 +274,7 @@ fn log_family() -> Family {
         "Log lines dropped because stderr's reader was slow (queue full) or gone.",
     )
     .samples(std::iter::once((
+        "",
         String::new(),
         crate::telemetry::dropped_lines() as f64,
     )))
@@ -241,6 +288,7 @@ fn build_info() -> Family {
         "Always 1; the labels say which build is running.",
     )
     .samples(std::iter::once((
+        "",
         format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
         1.0,
     )))
@@ -250,7 +298,7 @@ fn build_info() -> Family {
 fn process_families(p: &super::process::ProcessStats) -> Vec<Family> {
     use Kind::{Counter, Gauge};
     let one = |name, kind, help, v: f64| {
-        Family::new(name, kind, help).samples(std::iter::once((String::new(), v)))
+        Family::new(name, kind, help).samples(std::iter::once(("", String::new(), v)))
     };
     let mut v = vec![
         one(
@@ -300,14 +348,19 @@ fn process_families(p: &super::process::ProcessStats) -> Vec<Family> {
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
-/// One metric family as rendered: name, type, help and its samples (label set, value).
+/// One sample: the suffix of the family's name (`_bucket`, `_sum`, `_count` of a histogram;
+/// else empty), its label set, its value.
+type Sample = (&'static str, String, f64);
+
+/// One metric family as rendered: name, type, help and its samples.
 struct Family {
     name: &'static str,
     kind: Kind,
     help: &'static str,
-    samples: Vec<(String, f64)>,
+    samples: Vec<Sample>,
 }
 
 impl Family {
@@ -322,7 +375,8 @@ impl Family {
 
     /// An unlabelled sample.
     fn value(mut self, v: &AtomicU64) -> Self {
-        self.samples.push((String::new(), v.load(Relaxed) as f64));
+        self.samples
+            .push(("", String::new(), v.load(Relaxed) as f64));
         self
     }
 
@@ -335,31 +389,45 @@ impl Family {
     ) -> Self {
         for l in all {
             let v = get(*l).load(Relaxed) as f64;
-            self.samples.push((format!("{label}=\"{}\"", l.label()), v));
+            self.samples
+                .push(("", format!("{label}=\"{}\"", l.label()), v));
         }
         self
     }
 
-    fn samples(mut self, s: impl Iterator<Item = (String, f64)>) -> Self {
+    fn samples(mut self, s: impl Iterator<Item = Sample>) -> Self {
         self.samples.extend(s);
         self
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples of `h` under `labels` (non-empty).
+    fn histogram(&mut self, labels: &str, h: &super::histogram::Histogram) {
+        let (buckets, sum, count) = h.snapshot();
+        for (le, n) in buckets {
+            let l = format!("{labels},le=\"{le}\"");
+            self.samples.push(("_bucket", l, n as f64));
+        }
+        self.samples.push(("_sum", labels.to_owned(), sum));
+        self.samples
+            .push(("_count", labels.to_owned(), count as f64));
     }
 
     fn write(&self, o: &mut String) {
         let kind = match self.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(
             o,
             "# HELP {} {}\n# TYPE {} {kind}",
             self.name, self.help, self.name
         );
-        for (labels, v) in &self.samples {
+        for (suffix, labels, v) in &self.samples {
             if labels.is_empty() {
-                let _ = writeln!(o, "{} {v}", self.name);
+                let _ = writeln!(o, "{}{suffix} {v}", self.name);
             } else {
-                let _ = writeln!(o, "{}{{{labels}}} {v}", self.name);
+                let _ = writeln!(o, "{}{suffix}{{{labels}}} {v}", self.name);
             }
         }
     }

@@ -233,13 +233,15 @@ impl UpstreamClient {
         asker: Asker<'_>,
         offset: u64,
     ) -> Result<Answer, UpstreamError> {
-        let count = |s| {
+        let sent = std::time::Instant::now();
+        let origin = up.base.origin().ascii_serialization();
+        let count = |s, answered: bool| {
             if let Asker::Upstream(m) = asker {
-                m.upstream(s)
+                m.upstream(&origin, s, answered.then(|| sent.elapsed()))
             }
         };
         if !up.breaker.allow() {
-            count(UpstreamStatus::CircuitOpen);
+            count(UpstreamStatus::CircuitOpen, false);
             return Err(UpstreamError::CircuitOpen);
         }
         // Credentials go to the exact origin of the upstream they were configured for (a
@@ -261,12 +263,12 @@ impl UpstreamClient {
         let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
             Err(_) => {
                 up.breaker.failure();
-                count(UpstreamStatus::Timeout);
+                count(UpstreamStatus::Timeout, false);
                 return Err(UpstreamError::FirstByteTimeout(first_byte));
             }
             Ok(Err(e)) => {
                 up.breaker.failure();
-                count(UpstreamStatus::ConnectError);
+                count(UpstreamStatus::ConnectError, false);
                 let e: &dyn std::error::Error = &e;
                 let detail = e
                     .source()
@@ -278,7 +280,7 @@ impl UpstreamClient {
         };
         let status = resp.status();
         let class = classify(status, creds.is_some());
-        count(class);
+        count(class, true);
         if class == UpstreamStatus::AuthFailed {
             // The upstream answered: it is up, but will not serve us. Never log the header.
             up.breaker.success();

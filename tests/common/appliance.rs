@@ -147,11 +147,36 @@ impl Appliance {
     }
 
     /// The value of a metric line (exact name with labels).
+    ///
+    /// `name{a="x"}` sums every series of `name` whose labels include `a="x"` (so a family
+    /// that gained a label, such as `upstream` on `nixgate_upstream_requests_total`, reads as
+    /// before); it panics when no series matches.
     pub async fn metric(&self, line: &str) -> u64 {
         let text = get(&format!("{}/metrics", self.url()), &[]).await.body;
-        text.lines()
-            .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("metric {line} missing"))
+        let (name, want) = split_series(line);
+        let mut found = None;
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = l.rsplit_once(' ') else {
+                continue;
+            };
+            let (n, labels) = split_series(series);
+            if n == name && want.iter().all(|w| labels.contains(w)) {
+                let v: f64 = value.parse().unwrap();
+                *found.get_or_insert(0) += v as u64;
+            }
+        }
+        found.unwrap_or_else(|| panic!("metric {line} missing"))
+    }
+}
+
+/// `name{a="x",b="y"}` as the name and its `a="x"` label pairs.
+fn split_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, rest)) => {
+            let labels = rest.trim_end_matches('}');
+            (name, labels.split(',').filter(|l| !l.is_empty()).collect())
+        }
+        None => (series, Vec::new()),
     }
 }
 

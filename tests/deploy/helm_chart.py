@@ -285,7 +285,7 @@ def check_dashboard(manifests, values, label, exposed):
           and meta["namespace"] == (gd.get("namespace") or "build"))
     dash = json.loads(cm["data"]["nixgate.json"])
     titles = " | ".join(p["title"] for p in dash["panels"]).lower()
-    panels = "hit ratio|egress saved|by source|fill vs cap|evictions|upstream errors|verification failures|peers"
+    panels = "hit ratio|egress saved|by source|fill vs cap|evictions|upstream errors|verification failures|peers|request latency|upstream response time|cpu and memory"
     check(f"{label}: dashboard has every panel", all(w in titles for w in panels.split("|")), titles)
     cap = next(v["query"] for v in dash["templating"]["list"] if v["name"] == "cache_cap_bytes")
     check(f"{label}: dashboard cap is cache.maxSize in bytes", int(cap) == nixgate_bytes(values.get("cache", {}).get("maxSize", "45GiB")), cap)
