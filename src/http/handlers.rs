@@ -72,27 +72,27 @@ pub fn health(app: &App) -> Handled {
 /// on disk), so a readiness probe should send traffic.
 pub async fn ready(app: &Arc<App>) -> Handled {
     let store = app.store.clone();
-    let readiness = tokio::task::spawn_blocking(move || store.readiness())
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    match readiness {
-        Ok(text) => buffer(
-            app,
-            "text/plain; charset=utf-8",
-            Bytes::from(text),
-            Outcome::Hit,
-        ),
-        Err(reason) => {
-            let text = format!("not ready: {reason}\n");
-            let resp = Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .header(header::CONTENT_LENGTH, text.len())
-                .body(body::small(text))
-                .expect("valid headers");
-            Ok((Outcome::Unavailable, resp))
+    let readiness = tokio::task::spawn_blocking(move || store.readiness()).await;
+    let reason = match readiness {
+        Ok(Ok(text)) => {
+            return buffer(
+                app,
+                "text/plain; charset=utf-8",
+                Bytes::from(text),
+                Outcome::Hit,
+            )
         }
-    }
+        Ok(Err(not_ready)) => not_ready.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let text = format!("not ready: {reason}\n");
+    let resp = Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, text.len())
+        .body(body::small(text))
+        .expect("valid headers");
+    Ok((Outcome::Unavailable, resp))
 }
 
 /// `/metrics`: Prometheus text format.

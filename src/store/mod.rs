@@ -44,9 +44,10 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
+pub use health::NotReady;
 use index::{Evicted, Index};
 use layout::Layout;
-pub use writable::check_writable;
+pub use writable::{check_writable, NotWritable};
 pub use write::WriteHandle;
 
 /// A disk-cache failure.
