@@ -347,6 +347,13 @@ mod tests {
         std::io::Read::read_to_end(&mut hit.reader(), &mut all).unwrap();
         assert_eq!(all, vec![7u8; 1000]);
         assert_eq!(hit.read(990, 100).await.unwrap().len(), 10);
+        let copy = dir.path().join("copy");
+        hit.link_into(&copy).unwrap();
+        assert_eq!(
+            fs::read(&copy).unwrap(),
+            all,
+            "copied from the open file once evicted"
+        );
         nar(&s, &lost, 500);
         fs::remove_file(s.layout.nar_path(&lost, ".xz")).unwrap();
         assert_eq!(s.bytes(), 2500);
