@@ -62,5 +62,8 @@ pub enum ConfigError {
         reason: String,
     },
     #[error("--cache-dir {path}: {reason}")]
-    CacheDir { path: PathBuf, reason: String },
+    CacheDir {
+        path: PathBuf,
+        reason: crate::store::NotWritable,
+    },
 }

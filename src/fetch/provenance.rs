@@ -106,7 +106,8 @@ impl Fetcher {
             }
         }
         let compression = Compression::from_field(ni.compression.as_deref());
-        let Some((path, _)) = self.store.nar(&fh, compression.extension()) else {
+        let cached = self.store.nar(&fh, compression.extension()).await;
+        let Some(hit) = cached.map_err(Contradiction::io)? else {
             return Ok(()); // checked against NarHash when it is fetched
         };
         let Ok(mut check) = NarCheck::signed(compression, claim.0, claim.1) else {
@@ -114,7 +115,7 @@ impl Fetcher {
         };
         let read = tokio::task::spawn_blocking(move || {
             use std::io::Read;
-            let mut f = std::fs::File::open(path).map_err(Contradiction::io)?;
+            let mut f = hit.reader();
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 match f.read(&mut buf).map_err(Contradiction::io)? {

@@ -1,13 +1,13 @@
-//! Response bodies: whole buffers, ranges of cached files, downloads tailed as they grow,
-//! and passthrough streams. File reads are positional (`pread`) on a shared handle, in
-//! 512 KiB chunks on the blocking pool. A body that ends in an error makes hyper abort the
-//! connection, so a client never mistakes a failed transfer for a complete one.
+//! Response bodies: whole buffers, ranges of hits (the store's open NAR files), downloads
+//! tailed as they grow (a temp file, not a hit), and passthrough streams. File reads are
+//! positional (`pread`) on a shared handle, in 512 KiB chunks on the blocking pool. A body
+//! that ends in an error makes hyper abort the connection, so a client never mistakes a
+//! failed transfer for a complete one.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{stream, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::fetch::nar::{Progress, Reader, Relay};
 use crate::metrics::Metrics;
+use crate::store::{pread, Hit};
 use crate::upstream::UpstreamBody;
 
 /// Bytes per file read.
@@ -58,35 +59,24 @@ where
     StreamBody::new(s).boxed_unsync()
 }
 
-async fn read_at(file: Arc<File>, pos: u64, len: usize) -> Result<Bytes, BodyError> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(len);
-        let n = file.read_at(&mut buf, pos)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shorter than expected",
-            ));
-        }
-        buf.truncate(n);
-        Ok(buf.freeze())
-    })
-    .await
-    .map_err(|e| BodyError(e.to_string()))?
-    .map_err(|e| BodyError(format!("reading cache file: {e}")))
+fn read_failed(e: std::io::Error) -> BodyError {
+    BodyError(format!("reading cache file: {e}"))
 }
 
-/// Bytes `start..end` of a complete file.
-pub fn file_range(file: File, start: u64, end: u64, metrics: Arc<Metrics>) -> Body {
-    let file = Arc::new(file);
+async fn read_at(file: Arc<File>, pos: u64, len: usize) -> Result<Bytes, BodyError> {
+    pread(&file, pos, len).await.map_err(read_failed)
+}
+
+/// Bytes `start..end` of a hit.
+pub fn hit_range(hit: Hit, start: u64, end: u64, metrics: Arc<Metrics>) -> Body {
     let s = stream::try_unfold(start, move |pos| {
-        let file = file.clone();
+        let hit = hit.clone();
         async move {
             if pos >= end {
                 return Ok(None);
             }
             let len = (end - pos).min(CHUNK as u64) as usize;
-            let b = read_at(file, pos, len).await?;
+            let b = hit.read(pos, len).await.map_err(read_failed)?;
             let next = pos + b.len() as u64;
             Ok(Some((b, next)))
         }

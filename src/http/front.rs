@@ -1,6 +1,7 @@
 //! The per-connection front loop of a regular connection: it reads each request head itself
-//! (`head.rs`) and answers a cached NAR with `sendfile` (`zerocopy.rs`); every other request
-//! is answered by hyper, as before.
+//! (`head.rs`) and answers a cached NAR with `sendfile` (`zerocopy.rs`) from the store's
+//! [`Hit`] (opened on the blocking pool, never here); every other request is answered by
+//! hyper, as before.
 //!
 //! - A bodiless request that is not a NAR hit: hyper answers that one request on
 //!   [`OneRequest`], which replays its head and then reads as end of stream, so no byte of a
@@ -44,6 +45,7 @@ use super::service::handle;
 use super::state::App;
 use super::zerocopy::{response_head, Part, Sender};
 use crate::metrics::{Outcome, Route};
+use crate::store::Hit;
 
 /// Slow-loris guard: the request head must arrive within this (idle keep-alive included, as
 /// hyper counts it).
@@ -67,7 +69,7 @@ enum Served {
     KeepAlive,
     /// Answered or failed; the connection closes.
     Close,
-    /// Not a hit here (or a 416, or the file vanished): hyper answers it.
+    /// Not a hit here (or a 416, or a file the store could not open): hyper answers it.
     NotHere,
 }
 
@@ -240,18 +242,11 @@ impl Front {
     /// Answers a NAR request here if it is a cache hit.
     async fn nar(&self, stream: &TcpStream, ask: &NarAsk) -> Served {
         let app = &self.app;
-        let Some((path, size)) = app.fetcher.cached(ask.file_hash, ask.ext).await else {
+        // Opened by the store on the blocking pool; one it cannot open: hyper's path decides.
+        let Ok(Some(hit)) = app.fetcher.cached(ask.file_hash, ask.ext).await else {
             return Served::NotHere;
         };
-        let file = if ask.head {
-            None
-        } else {
-            // Evicted between lookup and open, or unreadable: hyper's path decides.
-            let Ok(file) = std::fs::File::open(&path) else {
-                return Served::NotHere;
-            };
-            Some(file)
-        };
+        let size = hit.len();
         let part = match parse_range(ask.range.as_deref(), size) {
             _ if ask.head => Part::Whole(size),
             Range::Full => Part::Whole(size),
@@ -265,7 +260,8 @@ impl Front {
         app.metrics.zero_copy();
         app.status.request(Route::Nar, Outcome::Hit, &ask.path);
         let closing = self.shutdown.is_cancelled();
-        match self.send(stream, part, file.as_ref(), closing).await {
+        let body = (!ask.head).then_some(&hit);
+        match self.send(stream, part, body, closing).await {
             Ok(()) if !closing => Served::KeepAlive,
             Ok(()) => Served::Close,
             Err(e) => {
@@ -283,7 +279,7 @@ impl Front {
         &self,
         stream: &TcpStream,
         part: Part,
-        file: Option<&std::fs::File>,
+        file: Option<&Hit>,
         closing: bool,
     ) -> std::io::Result<()> {
         let head = response_head(part, closing);

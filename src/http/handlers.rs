@@ -14,6 +14,7 @@ use crate::fetch::{Ask, FetchError};
 use crate::metrics::Outcome;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
+use crate::store::Hit;
 
 type Handled = Result<(Outcome, Response<Body>), ServeError>;
 
@@ -72,27 +73,27 @@ pub fn health(app: &App) -> Handled {
 /// on disk), so a readiness probe should send traffic.
 pub async fn ready(app: &Arc<App>) -> Handled {
     let store = app.store.clone();
-    let readiness = tokio::task::spawn_blocking(move || store.readiness())
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    match readiness {
-        Ok(text) => buffer(
-            app,
-            "text/plain; charset=utf-8",
-            Bytes::from(text),
-            Outcome::Hit,
-        ),
-        Err(reason) => {
-            let text = format!("not ready: {reason}\n");
-            let resp = Response::builder()
-                .status(StatusCode::SERVICE_UNAVAILABLE)
-                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .header(header::CONTENT_LENGTH, text.len())
-                .body(body::small(text))
-                .expect("valid headers");
-            Ok((Outcome::Unavailable, resp))
+    let readiness = tokio::task::spawn_blocking(move || store.readiness()).await;
+    let reason = match readiness {
+        Ok(Ok(text)) => {
+            return buffer(
+                app,
+                "text/plain; charset=utf-8",
+                Bytes::from(text),
+                Outcome::Hit,
+            )
         }
-    }
+        Ok(Err(not_ready)) => not_ready.to_string(),
+        Err(e) => e.to_string(),
+    };
+    let text = format!("not ready: {reason}\n");
+    let resp = Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, text.len())
+        .body(body::small(text))
+        .expect("valid headers");
+    Ok((Outcome::Unavailable, resp))
 }
 
 /// `/metrics`: Prometheus text format.
@@ -234,7 +235,7 @@ pub async fn nar(
         .map_err(|e| refusal(e, ask, uploader))?;
     let m = app.metrics.clone();
     let resp = match source {
-        NarSource::Cached { path, size } => return cached_file(app, &path, size, headers),
+        NarSource::Cached(hit) => return cached_file(app, hit, headers),
         NarSource::Download(d) => {
             let mut b = ok(NAR_TYPE);
             if let Some(size) = d.download.size {
@@ -253,16 +254,9 @@ pub async fn nar(
     Ok((hit_or_miss(hit), resp.expect("valid headers")))
 }
 
-fn cached_file(app: &Arc<App>, path: &std::path::Path, size: u64, headers: &HeaderMap) -> Handled {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        // Evicted between lookup and open: the client retries and we refetch.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ServeError::Storage),
-        Err(e) => {
-            tracing::error!(error = %e, path = %path.display(), "cannot open cached NAR");
-            return Err(ServeError::Storage);
-        }
-    };
+/// A hit: the whole file or one `Range` of it.
+fn cached_file(app: &Arc<App>, hit: Hit, headers: &HeaderMap) -> Handled {
+    let size = hit.len();
     let range = parse_range(
         headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
         size,
@@ -272,7 +266,7 @@ fn cached_file(app: &Arc<App>, path: &std::path::Path, size: u64, headers: &Head
     let resp = match range {
         Range::Full => b
             .header(header::CONTENT_LENGTH, size)
-            .body(body::file_range(file, 0, size, m)),
+            .body(body::hit_range(hit, 0, size, m)),
         Range::Partial(start, end) => b
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_LENGTH, end - start)
@@ -280,7 +274,7 @@ fn cached_file(app: &Arc<App>, path: &std::path::Path, size: u64, headers: &Head
                 header::CONTENT_RANGE,
                 format!("bytes {start}-{}/{size}", end - 1),
             )
-            .body(body::file_range(file, start, end, m)),
+            .body(body::hit_range(hit, start, end, m)),
         Range::Unsatisfiable => return Err(ServeError::RangeNotSatisfiable(size)),
     };
     Ok((Outcome::Hit, resp.expect("valid headers")))

@@ -5,9 +5,9 @@
 //!
 //! The socket is non-blocking: a `sendfile` that would block waits for the socket to be
 //! writable, and fails with `TimedOut` after `--send-timeout` without progress (the same rule
-//! as `send_timeout.rs`). The open file keeps an evicted NAR readable until the end.
+//! as `send_timeout.rs`). The file is the store's [`Hit`], opened before the head is written:
+//! it keeps an evicted NAR readable until the end.
 
-use std::fs::File;
 use std::io;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::store::Hit;
 
 /// Largest count one `sendfile` call takes on Linux.
 const MAX_SENDFILE: u64 = 0x7fff_f000;
@@ -134,7 +135,7 @@ impl<'a> Sender<'a> {
     /// Sends bytes `start..end` of `file` with `sendfile(2)`, counting them as served.
     pub async fn send_file(
         &mut self,
-        file: &File,
+        file: &Hit,
         start: u64,
         end: u64,
         metrics: &Metrics,

@@ -7,8 +7,22 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{check_writable, Store, StoreError};
+use thiserror::Error;
+
+use super::{check_writable, NotWritable, Store, StoreError};
 use crate::metrics::StoreFailure;
+
+/// Why the cache cannot store right now (`/readyz` answers 503 with it).
+#[derive(Debug, Error)]
+pub enum NotReady {
+    #[error("cache dir {0}")]
+    Dir(#[from] NotWritable),
+    #[error("cache shard {} cannot be listed", .0.display())]
+    Shard(PathBuf),
+    /// A store failed less than [`REMEMBER`] ago and none succeeded since.
+    #[error("cannot store ({}): {error}", .reason.as_str())]
+    Failing { reason: StoreFailure, error: String },
+}
 
 /// How long a store failure keeps `/readyz` at 503 when no store succeeds after it.
 const REMEMBER: Duration = Duration::from_secs(30);
@@ -74,19 +88,24 @@ impl Store {
 
     /// `Ok` with what `/readyz` says when the cache can store (or is indexing: it serves what
     /// it holds, and downloads uncached meanwhile); otherwise why not. Blocking I/O.
-    pub fn readiness(&self) -> Result<String, String> {
-        check_writable(&self.layout.tmp).map_err(|e| format!("cache dir {e}"))?;
+    pub fn readiness(&self) -> Result<String, NotReady> {
+        check_writable(&self.layout.tmp)?;
         {
             let mut bad = lock(&self.health.bad_shards);
             bad.retain(|s| std::fs::read_dir(s).is_err());
             if let Some(s) = bad.first() {
-                return Err(format!("cache shard {} cannot be listed", s.display()));
+                return Err(NotReady::Shard(s.clone()));
             }
         }
         let mut last = lock(&self.health.last);
         match &*last {
             Some((_, _, at)) if at.elapsed() > REMEMBER => *last = None,
-            Some((reason, e, _)) => return Err(format!("cannot store ({}): {e}", reason.as_str())),
+            Some((reason, e, _)) => {
+                return Err(NotReady::Failing {
+                    reason: *reason,
+                    error: e.clone(),
+                })
+            }
             None => {}
         }
         drop(last);

@@ -203,6 +203,20 @@ impl Index {
         node.flags = (node.flags & PENDING) | HAS_NAR | if nar.checked { CHECKED } else { 0 };
     }
 
+    /// Removes the record of the NAR of `fh` alone (its file vanished from the disk); its
+    /// narinfos stay, so the NAR is fetched again by their URL.
+    pub fn remove_nar(&mut self, fh: &Sha256) -> Option<NarFile> {
+        let g = self.slots.find_group(&fh.0)?;
+        let nar = self.nar_of(g)?;
+        self.bytes -= nar.size;
+        self.files -= 1;
+        self.slots.groups[g as usize].flags &= !(HAS_NAR | CHECKED);
+        if let Some(scan) = &mut self.scan {
+            scan.gone_nars.insert(fh.0);
+        }
+        Some(nar)
+    }
+
     /// Removes a whole group (e.g. a file of it vanished from disk).
     pub fn remove_group(&mut self, fh: &Sha256) -> Option<Evicted> {
         let g = self.slots.find_group(&fh.0)?;

@@ -1,15 +1,16 @@
 //! Reads: narinfo lookups (through the hot in-memory cache of served narinfos) and NAR
-//! lookups by FileHash. Each lookup counts as a use for the LRU. While the start-up scan runs,
-//! an entry not indexed yet is looked for on disk (one listing of its narinfo shard, one
-//! `stat` per NAR extension asked for) and indexed as used.
+//! lookups by FileHash, which hand out a [`Hit`] (the open file, see `hit.rs`), never a
+//! path. Each lookup counts as a use for the LRU. While the start-up scan runs, an entry not
+//! indexed yet is looked for on disk (one listing of its narinfo shard, one `stat` per NAR
+//! extension asked for) and indexed as used.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::index::NarFile;
-use super::Store;
+use super::{io_err, Hit, Representation, Store, StoreError, Tier};
 use crate::nix::compression::{Compression, NAR_EXTENSIONS};
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
@@ -130,11 +131,6 @@ impl Store {
         }
     }
 
-    /// Where the NAR with this FileHash and extension lives.
-    pub fn nar_path(&self, fh: &Sha256, ext: &str) -> PathBuf {
-        self.layout.nar_path(fh, ext)
-    }
-
     /// Removes the narinfo of `h` (pointing at `fh`) from the index and the disk.
     fn drop_narinfo(&self, h: &StorePathHash, fh: &Sha256) {
         if self.index().drop_narinfo(h).is_some() {
@@ -145,10 +141,17 @@ impl Store {
         }
     }
 
-    /// The cached NAR with this FileHash, if it is stored under extension `ext`.
-    pub fn nar(&self, fh: &Sha256, ext: &str) -> Option<(PathBuf, u64)> {
-        let nar = self.nar_file(fh, Some(ext))?;
-        Some((self.nar_path(fh, nar.ext), nar.size))
+    /// The cached NAR with this FileHash, if it is stored under extension `ext`: opened.
+    pub async fn nar(self: &Arc<Self>, fh: &Sha256, ext: &str) -> Result<Option<Hit>, StoreError> {
+        match Compression::known_extension(ext) {
+            Some(ext) => self.open_nar(*fh, Some(ext)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The cached NAR with this FileHash, whatever its extension: opened.
+    pub async fn nar_by_hash(self: &Arc<Self>, fh: &Sha256) -> Result<Option<Hit>, StoreError> {
+        self.open_nar(*fh, None).await
     }
 
     /// Like [`Store::nar`], for a NAR found on disk at start-up and not yet checked against
@@ -163,9 +166,63 @@ impl Store {
         self.index().mark_checked(fh);
     }
 
-    /// The cached NAR with this FileHash, whatever its extension: path, size, extension.
-    pub fn nar_by_hash(&self, fh: &Sha256) -> Option<(PathBuf, u64, &'static str)> {
-        let nar = self.nar_file(fh, None)?;
-        Some((self.nar_path(fh, nar.ext), nar.size, nar.ext))
+    /// Finds and opens a NAR. A miss is answered from the index without leaving this thread;
+    /// the open (and, while the scan runs, the look at the disk) runs on the blocking pool.
+    async fn open_nar(
+        self: &Arc<Self>,
+        fh: Sha256,
+        ext: Option<&'static str>,
+    ) -> Result<Option<Hit>, StoreError> {
+        // Bound first: a guard in the `match` scrutinee would live through `nar_file`'s lock.
+        let scanning = self.index().scanning();
+        let indexed = match scanning {
+            false => match self.nar_file(&fh, ext) {
+                Some(nar) => Some(nar),
+                None => return Ok(None),
+            },
+            true => None,
+        };
+        let store = self.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            match indexed.or_else(|| store.nar_file(&fh, ext)) {
+                Some(nar) => store.open_file(fh, nar),
+                None => Ok(None),
+            }
+        });
+        let gone = |e| io_err(&self.layout.root)(std::io::Error::other(e));
+        opened.await.map_err(gone)?
+    }
+
+    /// Opens an indexed NAR (blocking I/O). One that is not on the disk is a miss: evicted
+    /// since the lookup (the index no longer has it), or removed behind the store's back
+    /// (then its record goes, so the cache's size stays exact).
+    fn open_file(&self, fh: Sha256, nar: NarFile) -> Result<Option<Hit>, StoreError> {
+        let path = self.layout.nar_path(&fh, nar.ext);
+        let repr = Representation::Published(nar.ext);
+        match Hit::open(path.clone(), nar.size, repr, Tier::Cache) {
+            Ok(hit) => Ok(Some(hit)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.drop_vanished_nar(&fh, nar.ext, &path);
+                Ok(None)
+            }
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Drops the record of the NAR `<fh>.nar<ext>` whose file is not at `path`. Checked under
+    /// the index lock: a commit renames its file into place before it indexes it, so a record
+    /// seen there without its file is stale, never one about to appear.
+    fn drop_vanished_nar(&self, fh: &Sha256, ext: &str, path: &Path) {
+        let mut ix = self.index();
+        if ix.nar(fh).is_none_or(|n| n.ext != ext) || path.exists() {
+            return;
+        }
+        tracing::warn!(path = %path.display(), "a cached NAR vanished from the disk; forgetting it");
+        ix.remove_nar(fh);
+        self.metrics.set_cache(ix.bytes(), ix.files());
+        drop(ix);
+        if let Some(tx) = &self.on_gone {
+            let _ = tx.send(*fh);
+        }
     }
 }

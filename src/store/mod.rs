@@ -1,7 +1,8 @@
 //! The disk cache: the [`Store`] handle and its deletions (with the eviction listener).
 //! Layout in [`layout`], start-up scan in [`rebuild`], writes and cap reservations in
-//! [`write`], reads in [`lookup`], the LRU in [`index`], store failures and readiness in
-//! [`health`], the peer digest in [`digest`].
+//! [`write`], reads in [`lookup`] (a NAR is handed out as a [`Hit`], the open file: see
+//! [`hit`]), the LRU in [`index`], store failures and readiness in [`health`], the peer digest
+//! in [`digest`].
 //!
 //! Layout under the cache dir (version in `VERSION`):
 //!
@@ -23,6 +24,7 @@
 
 pub mod digest;
 mod health;
+mod hit;
 pub mod index;
 mod layout;
 mod lookup;
@@ -44,9 +46,11 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
+pub use health::NotReady;
+pub use hit::{pread, Hit, Representation, Tier};
 use index::{Evicted, Index};
 use layout::Layout;
-pub use writable::check_writable;
+pub use writable::{check_writable, NotWritable};
 pub use write::WriteHandle;
 
 /// A disk-cache failure.
@@ -229,8 +233,8 @@ mod tests {
             s.narinfo(&h, |_, _| true).await.unwrap().1,
             &b"url\nnarinfo"[..]
         );
-        assert_eq!(s.nar(&fh, ".xz").unwrap().1, 100);
-        assert!(s.nar(&fh, ".zst").is_none());
+        assert_eq!(s.nar(&fh, ".xz").await.unwrap().unwrap().len(), 100);
+        assert!(s.nar(&fh, ".zst").await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -241,14 +245,14 @@ mod tests {
             nar(&s, &Sha256([i; 32]), 1000);
         }
         assert!(s.bytes() <= 2500);
-        assert!(s.nar(&Sha256([4; 32]), ".xz").is_some());
-        assert!(s.nar(&Sha256([0; 32]), ".xz").is_none());
-        assert!(!s.nar_path(&Sha256([0; 32]), ".xz").exists());
+        assert!(s.nar(&Sha256([4; 32]), ".xz").await.unwrap().is_some());
+        assert!(s.nar(&Sha256([0; 32]), ".xz").await.unwrap().is_none());
+        assert!(!s.layout.nar_path(&Sha256([0; 32]), ".xz").exists());
         drop(s);
         let s = open(dir.path(), 1500);
         assert_eq!(s.bytes(), 1000);
         assert!(
-            s.nar(&Sha256([4; 32]), ".xz").is_some(),
+            s.nar(&Sha256([4; 32]), ".xz").await.unwrap().is_some(),
             "newest survives a smaller cap"
         );
     }
@@ -263,7 +267,7 @@ mod tests {
         let tmp = w.path().to_owned();
         drop(w);
         assert!(!tmp.exists());
-        assert!(s.nar(&fh, ".xz").is_none());
+        assert!(s.nar(&fh, ".xz").await.unwrap().is_none());
         assert_eq!(s.bytes(), 0);
     }
 
@@ -304,7 +308,10 @@ mod tests {
         let s = open(dir.path(), 1 << 20);
         let (h, fh) = (StorePathHash([1; 20]), Sha256([2; 32]));
         // Files the scan has not reached yet.
-        for p in [s.layout.narinfo_path(&h, &fh), s.nar_path(&fh, ".xz")] {
+        for p in [
+            s.layout.narinfo_path(&h, &fh),
+            s.layout.nar_path(&fh, ".xz"),
+        ] {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, b"url\nnarinfo").unwrap();
         }
@@ -317,12 +324,40 @@ mod tests {
         assert!(s.readiness().is_ok(), "indexing is not a failure");
         assert_eq!(s.narinfo(&h, |_, _| true).await.unwrap().0, fh);
         assert_eq!(s.nar_unchecked(&fh, ".xz"), Some(true));
-        assert!(s.nar(&fh, ".zst").is_none());
-        assert_eq!(s.nar_by_hash(&Sha256([4; 32])), None);
+        assert!(s.nar(&fh, ".zst").await.unwrap().is_none());
+        assert!(s.nar_by_hash(&Sha256([4; 32])).await.unwrap().is_none());
         assert_eq!(s.index().narinfos_of(&fh), vec![h]);
         s.index().finish_scan();
         assert_eq!(s.readiness().unwrap(), "ready\n");
         assert_eq!(s.bytes(), 22);
         nar(&s, &Sha256([3; 32]), 10);
+    }
+
+    #[tokio::test]
+    async fn a_hit_reads_to_the_end_after_eviction_and_a_vanished_nar_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 2500);
+        let (kept, lost) = (Sha256([1; 32]), Sha256([2; 32]));
+        nar(&s, &kept, 1000);
+        let hit = s.nar(&kept, ".xz").await.unwrap().unwrap();
+        nar(&s, &Sha256([3; 32]), 1000);
+        nar(&s, &Sha256([4; 32]), 1000);
+        assert!(s.nar(&kept, ".xz").await.unwrap().is_none(), "evicted");
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut hit.reader(), &mut all).unwrap();
+        assert_eq!(all, vec![7u8; 1000]);
+        assert_eq!(hit.read(990, 100).await.unwrap().len(), 10);
+        let copy = dir.path().join("copy");
+        hit.link_into(&copy).unwrap();
+        assert_eq!(
+            fs::read(&copy).unwrap(),
+            all,
+            "copied from the open file once evicted"
+        );
+        nar(&s, &lost, 500);
+        fs::remove_file(s.layout.nar_path(&lost, ".xz")).unwrap();
+        assert_eq!(s.bytes(), 2500);
+        assert!(s.nar_by_hash(&lost).await.unwrap().is_none());
+        assert_eq!(s.bytes(), 2000, "a vanished NAR leaves the index");
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! [`Uploads::admit`] is the only way in (the NAR first, then its narinfo, each fsynced and
 //! renamed into place), so a crash leaves at worst a NAR no narinfo names, removed at start.
+//! A held NAR is handed out as a [`Hit`] (the open file), like a cached one.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::{io_err, StoreError};
+use super::{io_err, Hit, Representation, StoreError, Tier};
 use crate::metrics::Metrics;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
@@ -211,10 +212,23 @@ impl Uploads {
             .map(Bytes::from)
     }
 
-    /// The held NAR `<fh>.nar<ext>`: its path and size.
-    pub fn nar(&self, fh: &Sha256, ext: &str) -> Option<(PathBuf, u64)> {
-        let nar = *self.index().nars.get(fh).filter(|n| n.ext == ext)?;
-        Some((self.nar_path(fh, nar.ext), nar.size))
+    /// The held NAR `<fh>.nar<ext>`, opened on the blocking pool. One deleted since the
+    /// lookup (an authenticated `DELETE`) is not held.
+    pub async fn nar(&self, fh: &Sha256, ext: &str) -> Result<Option<Hit>, StoreError> {
+        let Some(nar) = self.index().nars.get(fh).filter(|n| n.ext == ext).copied() else {
+            return Ok(None);
+        };
+        let path = self.nar_path(fh, nar.ext);
+        let (p, repr) = (path.clone(), Representation::Published(nar.ext));
+        let opened =
+            tokio::task::spawn_blocking(move || Hit::open(p, nar.size, repr, Tier::Upload))
+                .await
+                .map_err(|e| io_err(&path)(std::io::Error::other(e)))?;
+        match opened {
+            Ok(hit) => Ok(Some(hit)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
 
     /// Every held store path hash and NAR FileHash (for the peer digest).
@@ -336,8 +350,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn budget_first_wins_removal_and_restart() {
+    #[tokio::test]
+    async fn budget_first_wins_removal_and_restart() {
         let dir = tempfile::tempdir().unwrap();
         let m = Arc::new(Metrics::default());
         let up = Uploads::open(dir.path(), m.clone()).unwrap();
@@ -360,7 +374,8 @@ mod tests {
         drop(up);
         let up = Uploads::open(dir.path(), m).unwrap();
         assert_eq!(up.bytes(), 536 + VECTOR.len() as u64);
-        assert!(up.nar(&admission(b"", &p).file_hash, ".xz").is_some());
+        let held = up.nar(&admission(b"", &p).file_hash, ".xz").await;
+        assert!(held.unwrap().is_some());
         assert!(!up.nar_path(&Sha256([9; 32]), ".xz").exists());
         assert_eq!(fs::read_dir(up.staging_dir()).unwrap().count(), 0);
         assert!(up.remove(&h));

@@ -2,22 +2,21 @@
 //! requests (coalesced by FileHash), at most `--hash-concurrency` NARs at a time, on the
 //! blocking pool; the result is kept in the engine's torrent cache.
 
-use std::path::{Path, PathBuf};
+use std::io::Read;
 use std::sync::Arc;
 
 use super::meta::{NarTorrent, PieceHasher};
 use super::{Engine, TorrentEngineError};
 use crate::nix::hash::Sha256;
+use crate::store::Hit;
 
 impl Engine {
-    /// Hashes a cached NAR into its torrent: once for all concurrent askers, and at most
-    /// `hash_concurrency` NARs at a time.
+    /// Hashes a cached NAR (read from its hit) into its torrent: once for all concurrent
+    /// askers, and at most `hash_concurrency` NARs at a time.
     pub(super) async fn hash(
         &self,
         fh: Sha256,
-        path: PathBuf,
-        size: u64,
-        ext: &'static str,
+        hit: Hit,
     ) -> Result<Arc<NarTorrent>, TorrentEngineError> {
         let (metas, slots, metrics) = (
             self.metas.clone(),
@@ -32,8 +31,8 @@ impl Engine {
                 }
                 let shared = |e| Arc::new(std::io::Error::other(e));
                 let _slot = slots.acquire_owned().await.map_err(shared)?;
-                let name = format!("{}.nar{ext}", fh.to_nix32());
-                let t = tokio::task::spawn_blocking(move || hash_file(&path, name, size))
+                let name = format!("{}.nar{}", fh.to_nix32(), hit.ext());
+                let t = tokio::task::spawn_blocking(move || hash_file(hit, name))
                     .await
                     .map_err(|e| Arc::new(std::io::Error::other(e)))?
                     .map_err(Arc::new)?;
@@ -48,9 +47,9 @@ impl Engine {
 }
 
 /// Hashes a cached NAR into its torrent.
-fn hash_file(path: &Path, name: String, size: u64) -> std::io::Result<NarTorrent> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
+fn hash_file(hit: Hit, name: String) -> std::io::Result<NarTorrent> {
+    let size = hit.len();
+    let mut f = hit.reader();
     let mut h = PieceHasher::new(name, size);
     let mut buf = vec![0u8; 1 << 20];
     loop {

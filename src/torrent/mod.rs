@@ -6,7 +6,8 @@
 //! * Torrents are made on demand ([`meta`]): `GET /_p2p/v1/torrent/<FileHash>` hashes the cached
 //!   NAR once (the result is kept in a bounded memory cache) and starts seeding it. At most
 //!   `--torrent-hot-set` torrents are live, least recently asked dropped first, so 100k cached
-//!   NARs cost neither 100k file descriptors nor 100k torrents in memory.
+//!   NARs cost neither 100k file descriptors nor 100k torrents in memory. Hashing and seeding
+//!   read the store's [`crate::store::Hit`] (the open file; [`seed`]), never a path.
 //! * A fetch downloads into `tmp/bt/<infohash>/` (emptied at start-up with the rest of
 //!   `tmp/`) and is read back through librqbit's stream as pieces arrive; the fetch path
 //!   verifies the bytes (FileHash, NarHash) as for any other source, and the torrent and its
@@ -16,16 +17,18 @@ mod hashing;
 pub mod meta;
 #[cfg(test)]
 mod proptests;
+mod seed;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use librqbit::api::TorrentIdOrHash;
 use librqbit::dht::Id20;
+use librqbit::storage::StorageFactoryExt;
 use librqbit::{
     AddTorrent, AddTorrentOptions, ListenerMode, ListenerOptions, ManagedTorrent, Session,
     SessionOptions,
@@ -38,7 +41,7 @@ use url::Url;
 use self::meta::NarTorrent;
 use crate::metrics::Metrics;
 use crate::nix::hash::Sha256;
-use crate::store::Store;
+use crate::store::{Hit, Store, StoreError};
 
 /// The header of `/_p2p/v1/torrent/…` that tells a peer which TCP port this appliance seeds on.
 pub const PORT_HEADER: &str = "x-nixgate-torrent-port";
@@ -56,6 +59,8 @@ pub enum TorrentEngineError {
     /// Hashing a cached NAR failed (shared by every asker, hence the `Arc`).
     #[error("hashing the cached NAR: {0}")]
     Hashing(Arc<std::io::Error>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Settings of the engine.
@@ -167,23 +172,23 @@ impl Engine {
     /// The `.torrent` of a NAR this appliance holds (announcing to our trackers), after making
     /// sure it is seeded; `None` when the NAR is not in the cache.
     pub async fn torrent_file(&self, fh: &Sha256) -> Result<Option<Bytes>, TorrentEngineError> {
-        let Some((path, size, ext)) = self.store.nar_by_hash(fh) else {
+        let Some(hit) = self.store.nar_by_hash(fh).await? else {
             return Ok(None);
         };
         let torrent = match self.metas.get(fh) {
             Some(t) => t,
-            None => self.hash(*fh, path.clone(), size, ext).await?,
+            None => self.hash(*fh, hit.clone()).await?,
         };
-        self.seed(fh, &path, &torrent).await?;
+        self.seed(fh, hit, &torrent).await?;
         Ok(Some(Bytes::from(torrent.to_file(&self.trackers))))
     }
 
     /// Adds the torrent of a cached NAR to the session (or marks it recently used), dropping
-    /// the least recently used one beyond the hot set.
+    /// the least recently used one beyond the hot set. It is read from `hit` ([`seed`]).
     async fn seed(
         &self,
         fh: &Sha256,
-        path: &Path,
+        hit: Hit,
         torrent: &NarTorrent,
     ) -> Result<(), TorrentEngineError> {
         {
@@ -194,14 +199,13 @@ impl Engine {
                 return Ok(());
             }
         }
-        let dir = path.parent().unwrap_or(Path::new("/"));
         let id = torrent.info_hash_hex();
         self.session
             .add_torrent(
                 AddTorrent::from_bytes(torrent.to_file(&[])),
                 Some(AddTorrentOptions {
                     overwrite: true,
-                    output_folder: Some(dir.to_string_lossy().into_owned()),
+                    storage_factory: Some(seed::SeedFactory(hit).boxed()),
                     ..Default::default()
                 }),
             )

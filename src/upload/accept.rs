@@ -2,6 +2,7 @@
 //! URL names, carries FileHash/FileSize, names a staged NAR that matches them and decompresses
 //! to its NarHash/NarSize, and is signed by a trusted key (or signed here with the signing
 //! key). It never replaces a path the cache holds from an upstream, nor a different upload.
+//! A NAR the cache or another upload holds is read from the store's hit, never by path.
 
 use std::io::Read;
 use std::path::Path;
@@ -90,11 +91,17 @@ fn parse(h: &StorePathHash, body: &[u8]) -> Result<Claim, UploadError> {
     })
 }
 
-/// Checks the staged file against FileSize and NarHash/NarSize (FileHash was checked when it
+/// Checks a staged file against FileSize and NarHash/NarSize (FileHash was checked when it
 /// was staged). Blocking I/O.
-fn check_nar(path: &Path, c: &Claim) -> Result<(), UploadError> {
-    let mut file = std::fs::File::open(path).map_err(storage)?;
+fn check_staged(path: &Path, c: &Claim) -> Result<(), UploadError> {
+    let file = std::fs::File::open(path).map_err(storage)?;
     let size = file.metadata().map_err(storage)?.len();
+    check_nar(file, size, c)
+}
+
+/// Checks a NAR of `size` bytes read from `file` against FileSize and NarHash/NarSize.
+/// Blocking I/O.
+fn check_nar(mut file: impl Read, size: u64, c: &Claim) -> Result<(), UploadError> {
     if size != c.file_size {
         return Err(rejected(format!(
             "NAR has {size} bytes, FileSize says {}",
@@ -240,30 +247,39 @@ impl Uploader {
 
     /// Checks the staged NAR and moves it, with the narinfo `text`, into the held uploads.
     /// Nix does not upload a NAR the appliance already answers HEAD for: one the LRU cache
-    /// holds is hard-linked into staging (so an eviction meanwhile cannot take it) and checked
-    /// like an uploaded one.
+    /// holds is linked (or, evicted since it was opened, copied) from its hit into staging,
+    /// so an eviction cannot take it, and checked like an uploaded one.
     async fn hold(&self, h: StorePathHash, c: Claim, text: Bytes) -> Result<(), UploadError> {
         let ext = c.compression.extension();
         let staged = self.staging.take(&c.fh, ext).map(|s| s.path);
+        let (cached, held) = match staged {
+            Some(_) => (None, None),
+            None => (
+                self.store.nar(&c.fh, ext).await.map_err(storage)?,
+                self.store
+                    .uploads()
+                    .nar(&c.fh, ext)
+                    .await
+                    .map_err(storage)?,
+            ),
+        };
         let (store, link) = (self.store.clone(), self.staging.temp());
         tokio::task::spawn_blocking(move || {
             let staged = staged.or_else(|| {
-                let (cached, _) = store.nar(&c.fh, ext)?;
-                std::fs::hard_link(cached, link.path()).ok()?;
+                cached?.link_into(link.path()).ok()?;
                 Some(link.keep())
             });
             match staged {
                 Some(path) => {
-                    let res = check_nar(&path, &c)
+                    let res = check_staged(&path, &c)
                         .and_then(|()| admit(&store, h, &c, &text, Some(&path)));
                     let _ = std::fs::remove_file(&path); // gone when admitted
                     res
                 }
-                None => match store.uploads().nar(&c.fh, ext) {
+                None => match held {
                     // Another upload holds this NAR: checked against this narinfo too.
-                    Some((held, _)) => {
-                        check_nar(&held, &c).and_then(|()| admit(&store, h, &c, &text, None))
-                    }
+                    Some(held) => check_nar(held.reader(), held.len(), &c)
+                        .and_then(|()| admit(&store, h, &c, &text, None)),
                     None => Err(rejected(format!(
                         "NAR {}.nar{ext} was not uploaded first (or waited past \
                          --upload-staging-age)",

@@ -4,7 +4,7 @@
 //! the owners (`fetch::narinfo`). The copies carry the fleet header (never copied on) and
 //! this member's upload token; the receiving member checks everything again and takes them
 //! only with a trusted signature (a fleet member is not trusted for content). A failed copy
-//! is logged: the upload itself stands.
+//! is logged: the upload itself stands. The NAR is sent from the held upload's hit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +15,12 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tokio::io::AsyncReadExt;
 
 use super::{UploadToken, Uploader};
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
 use crate::peers::fleet::FLEET_HEADER;
+use crate::store::Hit;
 use crate::upstream::Upstream;
 
 /// How many members should hold an upload: this one's copy does not count unless it ranks.
@@ -40,6 +40,8 @@ enum CopyError {
     NoToken,
     #[error("the NAR is gone")]
     Gone,
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Url(#[from] url::ParseError),
     #[error("{0}")]
@@ -95,21 +97,21 @@ fn connector() -> HttpConnector {
     c
 }
 
-/// The file at `path` as a request body, read in chunks.
-async fn file_body(path: &std::path::Path) -> std::io::Result<ReqBody> {
-    let file = tokio::fs::File::open(path).await?;
-    let chunks = futures_util::stream::unfold(file, |mut f| async move {
-        let mut buf = vec![0u8; 1 << 16];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Frame::data(Bytes::from(buf))), f))
+/// The held NAR as a request body, read from the open file.
+fn hit_body(hit: Hit) -> ReqBody {
+    let chunks = futures_util::stream::try_unfold(0u64, move |pos| {
+        let hit = hit.clone();
+        async move {
+            if pos >= hit.len() {
+                return Ok(None);
             }
-            Err(e) => Some((Err(e), f)),
+            let len = (hit.len() - pos).min(1 << 16) as usize;
+            let b = hit.read(pos, len).await?;
+            let next = pos + b.len() as u64;
+            Ok(Some((Frame::data(b), next)))
         }
     });
-    Ok(BodyExt::boxed_unsync(StreamBody::new(chunks.boxed())))
+    BodyExt::boxed_unsync(StreamBody::new(chunks.boxed()))
 }
 
 impl Uploader {
@@ -151,11 +153,16 @@ impl Uploader {
         ext: &str,
         text: Bytes,
     ) -> Result<(), CopyError> {
-        let (path, _) = self.store.uploads().nar(&fh, ext).ok_or(CopyError::Gone)?;
+        let hit = self
+            .store
+            .uploads()
+            .nar(&fh, ext)
+            .await?
+            .ok_or(CopyError::Gone)?;
         let nar = member
             .base
             .join(&format!("nar/{}.nar{ext}", fh.to_nix32()))?;
-        let body = file_body(&path).await?;
+        let body = hit_body(hit);
         self.replicas.put(nar, body).await?;
         let narinfo = member.base.join(&format!("{h}.narinfo"))?;
         let body = Full::new(text)

@@ -34,7 +34,6 @@ mod upstream;
 pub(super) use passthrough::Hub as PassthroughHub;
 
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Ask, FetchError, Fetcher};
 use crate::nix::hash::Sha256;
+use crate::store::Hit;
 pub use relay::Relay;
 
 /// Largest write to the temp file; bigger batches when the upstream is fast.
@@ -83,8 +83,8 @@ pub struct Reader {
 
 /// What to send for a NAR request.
 pub enum NarSource {
-    /// A verified file in the cache.
-    Cached { path: PathBuf, size: u64 },
+    /// A verified file in the cache or the held uploads, open.
+    Cached(Hit),
     /// A download into the cache, under way or just finished.
     Download(Reader),
     /// Not taken by the cache (too large, no room): streamed through without storing (last chunk held back
@@ -104,8 +104,8 @@ impl Fetcher {
         ext: &'static str,
         ask: Ask,
     ) -> Result<(NarSource, bool), FetchError> {
-        if let Some((path, size)) = self.cached(fh, ext).await {
-            return Ok((NarSource::Cached { path, size }, true));
+        if let Some(hit) = self.cached(fh, ext).await? {
+            return Ok((NarSource::Cached(hit), true));
         }
         if ask.only_if_cached {
             return Err(FetchError::NotFound);
@@ -129,8 +129,13 @@ impl Fetcher {
         // Planning waited on the disk: a download may have finished meanwhile (committed,
         // then left the in-flight map). Looking again here, with no wait before joining or
         // starting, keeps one download per NAR.
-        if let Some((path, size)) = self.store.nar(&fh, ext) {
-            return Ok((NarSource::Cached { path, size }, true));
+        if let Some(hit) = self
+            .store
+            .nar(&fh, ext)
+            .await
+            .map_err(FetchError::storage)?
+        {
+            return Ok((NarSource::Cached(hit), true));
         }
         let reader = match self.join((fh, plan.ourselves)) {
             Some(reader) => reader,
@@ -172,14 +177,29 @@ impl Fetcher {
         }
     }
 
-    /// The uploaded or cached NAR, if any. A NAR found on disk at start-up is checked on first use: its
-    /// size against its narinfo's FileSize (a truncated file is dropped, and refetched).
-    pub async fn cached(&self, fh: Sha256, ext: &'static str) -> Option<(PathBuf, u64)> {
-        if let Some(held) = self.store.uploads().nar(&fh, ext) {
-            return Some(held);
+    /// The uploaded or cached NAR, opened, if any. A NAR found on disk at start-up is checked
+    /// on first use: its size against its narinfo's FileSize (a truncated file is dropped, and
+    /// refetched). An error: the file is there but cannot be opened.
+    pub async fn cached(&self, fh: Sha256, ext: &'static str) -> Result<Option<Hit>, FetchError> {
+        if let Some(held) = self
+            .store
+            .uploads()
+            .nar(&fh, ext)
+            .await
+            .map_err(FetchError::storage)?
+        {
+            return Ok(Some(held));
         }
-        if self.store.nar_unchecked(&fh, ext)? {
-            let (_, size) = self.store.nar(&fh, ext)?;
+        let Some(hit) = self
+            .store
+            .nar(&fh, ext)
+            .await
+            .map_err(FetchError::storage)?
+        else {
+            return Ok(None);
+        };
+        if self.store.nar_unchecked(&fh, ext) == Some(true) {
+            let size = hit.len();
             let want = self
                 .store
                 .narinfos_of(&fh)
@@ -190,11 +210,11 @@ impl Fetcher {
             if want.is_some_and(|w| w != size) {
                 tracing::warn!(file_hash = %fh, size, file_size = want, "cached NAR does not match its narinfo's FileSize; dropping it");
                 self.store.forget(&fh);
-                return None;
+                return Ok(None);
             }
             self.store.nar_checked(&fh);
         }
-        self.store.nar(&fh, ext)
+        Ok(Some(hit))
     }
 
     /// The size of the NAR if it exists, for HEAD (`None`: exists, size unknown).
@@ -204,8 +224,8 @@ impl Fetcher {
         ext: &'static str,
         ask: Ask,
     ) -> Result<Option<u64>, FetchError> {
-        if let Some((_, size)) = self.cached(fh, ext).await {
-            return Ok(Some(size));
+        if let Some(hit) = self.cached(fh, ext).await? {
+            return Ok(Some(hit.len()));
         }
         if ask.only_if_cached {
             return Err(FetchError::NotFound);
