@@ -5,15 +5,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use nixgate::config::{
-    Cli, Command, Config, DiscoverArgs, DiscoverFormat, StatusArgs, StatusFormat,
-};
+use nixgate::config::{Command, Config, DiscoverArgs, DiscoverFormat, StatusArgs, StatusFormat};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = nixgate::config::help::parse();
     match cli.command {
         Command::Serve(args) => match args.resolve() {
             Ok(config) => report(serve(config)),

@@ -102,6 +102,16 @@ async fn metrics_are_lint_clean_and_carry_build_and_process_series() {
     assert!(m
         .body
         .contains("nixgate_request_duration_seconds_sum{route=\"nar\",result=\"miss\"}"));
+    // State gauges.
+    assert_eq!(value("nixgate_ready"), 1.0);
+    assert_eq!(
+        value("nixgate_cache_max_bytes"),
+        10.0 * 1024.0 * 1024.0 * 1024.0
+    );
+    let circuit = format!("nixgate_upstream_circuit_state{{upstream=\"{origin}\"}}");
+    assert_eq!(value(&circuit), 0.0);
+    assert_eq!(value("nixgate_peers{state=\"ok\"}"), 0.0);
+    assert_eq!(value("nixgate_fleet_members"), 0.0);
     for impossible in [
         "route=\"healthz\",result=\"stored\"",
         "route=\"metrics\",result=\"miss\"",
@@ -109,5 +119,23 @@ async fn metrics_are_lint_clean_and_carry_build_and_process_series() {
     ] {
         assert!(!m.body.contains(impossible), "{impossible} exported");
     }
+
+    // Operators' requests are not runners' traffic: served bytes stay as they are.
+    let served = a.metric("nixgate_served_bytes_total").await;
+    for route in [
+        "metrics",
+        "",
+        "_status/v1",
+        "healthz",
+        "readyz",
+        "_p2p/v1/peers",
+    ] {
+        assert_eq!(
+            get(&format!("{}/{route}", a.url()), &[]).await.status,
+            200,
+            "/{route}"
+        );
+    }
+    assert_eq!(a.metric("nixgate_served_bytes_total").await, served);
     a.stop().await;
 }

@@ -10,6 +10,7 @@
 mod defaults;
 mod effective;
 mod error;
+pub mod help;
 mod parse;
 mod resolve;
 mod settings;

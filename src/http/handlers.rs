@@ -40,6 +40,17 @@ fn buffer(app: &App, ctype: &'static str, b: Bytes, outcome: Outcome) -> Handled
     Ok((outcome, resp))
 }
 
+/// A response for operators or other appliances (health, metrics, the peer set, the digest):
+/// not Nix content, so not counted in `nixgate_served_bytes_total` (a scrape is not egress
+/// saved).
+fn operator(ctype: &'static str, b: Bytes) -> Handled {
+    let resp = ok(ctype)
+        .header(header::CONTENT_LENGTH, b.len())
+        .body(body::small(b))
+        .expect("valid headers");
+    Ok((Outcome::Hit, resp))
+}
+
 /// `/nix-cache-info`: always 200, or Nix refuses the cache.
 /// `/nix-cache-info`, with this appliance's peer id for fleet membership probes.
 pub fn cache_info(app: &App) -> Handled {
@@ -57,13 +68,8 @@ pub fn cache_info(app: &App) -> Handled {
 }
 
 /// `/healthz`: the process is alive.
-pub fn health(app: &App) -> Handled {
-    buffer(
-        app,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(b"ok\n"),
-        Outcome::Hit,
-    )
+pub fn health() -> Handled {
+    operator("text/plain; charset=utf-8", Bytes::from_static(b"ok\n"))
 }
 
 /// `/readyz`: 503 with the reason while the cache cannot store (dir not writable, a full
@@ -75,14 +81,7 @@ pub async fn ready(app: &Arc<App>) -> Handled {
     let store = app.store.clone();
     let readiness = tokio::task::spawn_blocking(move || store.readiness()).await;
     let reason = match readiness {
-        Ok(Ok(text)) => {
-            return buffer(
-                app,
-                "text/plain; charset=utf-8",
-                Bytes::from(text),
-                Outcome::Hit,
-            )
-        }
+        Ok(Ok(text)) => return operator("text/plain; charset=utf-8", Bytes::from(text)),
         Ok(Err(not_ready)) => not_ready.to_string(),
         Err(e) => e.to_string(),
     };
@@ -97,25 +96,42 @@ pub async fn ready(app: &Arc<App>) -> Handled {
 }
 
 /// `/metrics`: Prometheus text format.
-pub fn metrics(app: &App) -> Handled {
-    let text = app.metrics.render();
-    buffer(
-        app,
+pub async fn metrics(app: &Arc<App>) -> Handled {
+    let mut text = app.metrics.render();
+    text.push_str(&state_gauges(app).await.render());
+    operator(
         "text/plain; version=0.0.4; charset=utf-8",
         Bytes::from(text),
-        Outcome::Hit,
     )
+}
+
+/// The state the `/metrics` gauges show: readiness (as `/readyz` decides it, on the blocking
+/// pool), each upstream's circuit, the peers and fleet members, the cap.
+async fn state_gauges(app: &Arc<App>) -> crate::metrics::state::StateGauges {
+    let store = app.store.clone();
+    let ready = tokio::task::spawn_blocking(move || store.readiness().is_ok()).await;
+    let peers = app.peers.status();
+    crate::metrics::state::StateGauges {
+        ready: ready.unwrap_or(false),
+        cache_cap: app.store.max_bytes(),
+        circuits: (app.fetcher.upstreams.iter())
+            .map(|u| {
+                (
+                    u.base.origin().ascii_serialization(),
+                    u.breaker.state_name(),
+                )
+            })
+            .collect(),
+        peers: peers.len(),
+        peers_skipped: peers.iter().filter(|p| p.state != "ok").count(),
+        fleet_owners: peers.iter().filter(|p| p.owner).count(),
+    }
 }
 
 /// `/_p2p/v1/peers`: the peer set, where each peer came from and whether it is skipped.
 pub fn peers(app: &App) -> Handled {
     let body = serde_json::json!({ "peers": app.peers.status() });
-    buffer(
-        app,
-        "application/json",
-        Bytes::from(body.to_string()),
-        Outcome::Hit,
-    )
+    operator("application/json", Bytes::from(body.to_string()))
 }
 
 /// How long a computed digest is served before it is rebuilt.
@@ -141,7 +157,7 @@ pub async fn digest(app: &Arc<App>) -> Handled {
             b
         }
     };
-    buffer(app, "application/octet-stream", b, Outcome::Hit)
+    operator("application/octet-stream", b)
 }
 
 /// `/_p2p/v1/torrent/<FileHash>`: the `.torrent` of a NAR this appliance holds (it is seeded

@@ -42,9 +42,9 @@ async fn dispatch(
     let uploader = || app.uploader.authorize(req.headers()).is_ok();
     match target {
         Target::CacheInfo => handlers::cache_info(app),
-        Target::Health => handlers::health(app),
+        Target::Health => handlers::health(),
         Target::Ready => handlers::ready(app).await,
-        Target::Metrics => handlers::metrics(app),
+        Target::Metrics => handlers::metrics(app).await,
         Target::Peers => handlers::peers(app),
         Target::Torrent(fh) => handlers::torrent(app, fh).await,
         Target::Digest => handlers::digest(app).await,

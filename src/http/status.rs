@@ -27,7 +27,7 @@ fn report_json(app: &App) -> String {
         .replace('<', "\\u003c")
 }
 
-fn respond(app: &App, ctype: &'static str, text: String) -> Handled {
+fn respond(ctype: &'static str, text: String) -> Handled {
     let b = Bytes::from(text);
     let resp = Response::builder()
         .status(StatusCode::OK)
@@ -36,7 +36,8 @@ fn respond(app: &App, ctype: &'static str, text: String) -> Handled {
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(header::CONTENT_SECURITY_POLICY, CSP)
-        .body(body::full(b, &app.metrics))
+        // For operators: not counted as served bytes (a page view is not egress saved).
+        .body(body::small(b))
         .expect("valid headers");
     Ok((Outcome::Hit, resp))
 }
@@ -44,12 +45,12 @@ fn respond(app: &App, ctype: &'static str, text: String) -> Handled {
 /// `/`: the status page.
 pub fn page(app: &App) -> Handled {
     let html = PAGE.replacen(SLOT, &report_json(app), 1);
-    respond(app, "text/html; charset=utf-8", html)
+    respond("text/html; charset=utf-8", html)
 }
 
 /// `/_status/v1`: the status data.
 pub fn json(app: &App) -> Handled {
-    respond(app, "application/json", report_json(app))
+    respond("application/json", report_json(app))
 }
 
 /// The appliance's parts a status report reads.

@@ -3,10 +3,12 @@
 //! relaxed add on the hot path and rendering needs no registry. Labels live in `labels`, the
 //! exposition (the one table of names, types and help texts) in `render`.
 
+mod family;
 pub mod histogram;
 mod labels;
 pub mod process;
 mod render;
+pub mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
