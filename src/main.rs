@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use nixgate::config::{Command, Config, DiscoverArgs, DiscoverFormat, StatusArgs, StatusFormat};
+use nixgate::config::{
+    Command, Config, ConfigError, DiscoverArgs, DiscoverFormat, StatusArgs, StatusFormat,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +21,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::CheckConfig(args) => match args.resolve() {
+        // The same checks as `serve`: the settings, then the cache dir as the store opens it.
+        Command::CheckConfig(args) => match args.resolve().and_then(|c| {
+            nixgate::store::check_cache_dir(&c.cache_dir).map_err(ConfigError::Store)?;
+            Ok(c)
+        }) {
             Ok(config) => {
                 for w in config.warnings() {
                     eprintln!("nixgate: warning: {w}");

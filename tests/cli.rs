@@ -196,3 +196,26 @@ async fn a_busy_port_is_reported_as_busy_and_logs_carry_no_colour_codes() {
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(!said.contains('\u{1b}'), "ANSI codes in a file: {said:?}");
 }
+
+#[test]
+fn check_config_refuses_a_foreign_cache_dir_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious.txt"), "not a cache").unwrap();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .arg("--cache-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("not empty") || out.contains("use an empty directory"),
+        "{out}"
+    );
+    assert!(dir.path().join("precious.txt").exists());
+    assert!(
+        !dir.path().join("VERSION").exists(),
+        "check-config changed nothing"
+    );
+}

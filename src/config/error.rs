@@ -66,4 +66,6 @@ pub enum ConfigError {
         path: PathBuf,
         reason: crate::store::NotWritable,
     },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }

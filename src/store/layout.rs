@@ -24,27 +24,40 @@ pub(super) enum Name {
     Nar(Sha256, &'static str),
 }
 
-impl Layout {
-    /// Checks `VERSION` (writing it only into an empty directory), empties `tmp/` and creates the top directories.
-    pub fn prepare(root: &Path) -> Result<Self, StoreError> {
-        let version = root.join("VERSION");
-        match fs::read_to_string(&version) {
-            Ok(v) if v == VERSION => {}
-            Ok(v) => return Err(StoreError::Version(root.to_owned(), v)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(root).map_err(io_err(root))?;
-                // Without VERSION this is not a nixgate cache: adopting it would delete
-                // whatever its tmp/, nar/ and narinfo/ hold. Only an empty directory is taken,
-                // or one holding just a `peer-id` an operator seeded (a fixed fleet id).
-                let foreign = fs::read_dir(root)
-                    .map_err(io_err(root))?
-                    .any(|e| e.map_or(true, |e| e.file_name() != "peer-id"));
-                if foreign {
-                    return Err(StoreError::NotEmpty(root.to_owned()));
-                }
-                fs::write(&version, VERSION).map_err(io_err(&version))?;
+/// Whether `root` may be used as a cache dir, changing nothing: `Ok(true)` when it is a
+/// nixgate cache (`VERSION` matches), `Ok(false)` when it is absent, empty, or holds just a
+/// `peer-id` an operator seeded (a fixed fleet id). Without `VERSION` a directory is not a
+/// nixgate cache: adopting it would delete whatever its tmp/, nar/ and narinfo/ hold.
+pub fn check(root: &Path) -> Result<bool, StoreError> {
+    let version = root.join("VERSION");
+    match fs::read_to_string(&version) {
+        Ok(v) if v == VERSION => Ok(true),
+        Ok(v) => Err(StoreError::Version(root.to_owned(), v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let foreign = match fs::read_dir(root) {
+                Ok(entries) => entries
+                    .into_iter()
+                    .any(|e| e.map_or(true, |e| e.file_name() != "peer-id")),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(io_err(root)(e)),
+            };
+            match foreign {
+                true => Err(StoreError::NotEmpty(root.to_owned())),
+                false => Ok(false),
             }
-            Err(e) => return Err(io_err(&version)(e)),
+        }
+        Err(e) => Err(io_err(&version)(e)),
+    }
+}
+
+impl Layout {
+    /// Checks the directory ([`check`]; writes `VERSION` only into an empty one), empties
+    /// `tmp/` and creates the top directories.
+    pub fn prepare(root: &Path) -> Result<Self, StoreError> {
+        if !check(root)? {
+            fs::create_dir_all(root).map_err(io_err(root))?;
+            let version = root.join("VERSION");
+            fs::write(&version, VERSION).map_err(io_err(&version))?;
         }
         let tmp = root.join("tmp");
         // Anything in tmp/ is a download a previous process did not finish.

@@ -49,6 +49,7 @@ use crate::nix::store_path::StorePathHash;
 pub use health::NotReady;
 pub use hit::{pread, Hit, Representation, Tier};
 use index::{Evicted, Index};
+pub use layout::check as check_cache_dir;
 use layout::Layout;
 pub use writable::{check_writable, NotWritable};
 pub use write::WriteHandle;
