@@ -203,17 +203,26 @@ fn start_peer_sources(
 }
 
 fn log_start(config: &Config, local: Option<std::net::SocketAddr>) {
+    let loopback = local.is_some_and(|a| a.ip().is_loopback());
+    // One line, then one per list item, so every field stays a scalar (typed in JSON logs).
     tracing::info!(
         listen = %local.map(|a| a.to_string()).unwrap_or_default(),
         cache_dir = %config.cache_dir.display(),
-        max_cache_size = config.max_cache_size,
-        upstreams = ?config.fetch.upstreams.iter().map(redact).collect::<Vec<_>>(),
-        peers = ?config.peers.iter().map(redact).collect::<Vec<_>>(),
-        peers_dns = ?config.peers_dns.as_ref().map(|d| d.to_string()),
-        mdns = config.mdns,
+        max_cache_size = %crate::units::human_bytes(config.max_cache_size),
+        upstreams = config.fetch.upstreams.len(),
+        peers = config.peers.len(),
+        peers_dns = %config.peers_dns.as_ref().map_or("off".into(), |d| d.to_string()),
+        mdns = config.mdns && !loopback,
+        torrent = config.torrent,
         uploads = config.uploads.token.is_some(),
         "nixgate serving"
     );
+    for (i, u) in config.fetch.upstreams.iter().enumerate() {
+        tracing::info!(rank = i + 1, upstream = %redact(u), "upstream");
+    }
+    for p in &config.peers {
+        tracing::info!(peer = %redact(p), "static peer (--peer)");
+    }
     if let Some(k) = &config.uploads.signing_key {
         tracing::info!(public_key = %k.public(), "signing unsigned uploads; runners trust this public key");
     }

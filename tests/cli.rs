@@ -30,11 +30,10 @@ fn text(o: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_subcommand_takes_host_port_as_url() {
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
-    let key = "test-1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-    let a = Appliance::options(&work.path().join("cache"), key)
-        .start()
-        .await;
+    let a = Appliance::start_default(&work.path().join("cache"), &up, &f.public_key).await;
     let hostport = a.addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
         (
@@ -50,7 +49,7 @@ async fn every_client_subcommand_takes_host_port_as_url() {
     assert!(status.status.success(), "status: {}", text(&status));
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(doc.get("totals").is_some(), "{doc}");
-    // The appliance (no upstream) answered that it cannot have the path.
+    // The appliance answered that its upstream does not have the path.
     let said = text(&warm);
     assert!(!warm.status.success(), "{said}");
     assert!(
@@ -218,4 +217,94 @@ fn check_config_refuses_a_foreign_cache_dir_as_serve_does() {
         !dir.path().join("VERSION").exists(),
         "check-config changed nothing"
     );
+}
+
+/// The log tells the story at INFO, with typed fields in JSON: the start, each upstream, and
+/// one line per NAR fetched (its path, bytes, source and duration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_tell_the_story_with_typed_fields() {
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let dir = tempfile::tempdir().unwrap();
+    let held = hold_port(); // held (SO_REUSEADDR) while the child binds it: no port race
+    let port = held.port;
+    let log = dir.path().join("stderr");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--no-torrent",
+            "--upstream",
+            &up.url(),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--trusted-public-key", &f.public_key])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(10), "nixgate to serve", || async {
+        reqwest_free_get(&format!("{url}/healthz")).await
+    })
+    .await;
+    let info = get(&format!("{url}/{}.narinfo", Fixture::hash(&f.top)), &[]).await;
+    assert_eq!(info.status, 200);
+    assert_eq!(
+        get(&format!("{url}/{}", f.nar_url(&f.top)), &[])
+            .await
+            .status,
+        200
+    );
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), "the fetch line", || async {
+        lines().iter().any(|l| l["message"] == "NAR fetched")
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let all = lines();
+    let find = |m: &str| {
+        all.iter()
+            .find(|l| l["message"] == m)
+            .unwrap_or_else(|| panic!("no {m:?} in {all:?}"))
+    };
+    let start = find("nixgate serving");
+    assert_eq!(start["upstreams"], 1, "{start}");
+    assert_eq!(
+        start["mdns"], false,
+        "loopback: mDNS is off, and the start line says so"
+    );
+    assert!(find("upstream")["upstream"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    let fetched = find("NAR fetched");
+    let name = f.top.rsplit('/').next().unwrap();
+    assert_eq!(fetched["path"], name, "{fetched}");
+    assert!(fetched["bytes"].as_u64().unwrap() > 0, "{fetched}");
+    assert_eq!(fetched["source"], "upstream");
+    assert!(
+        fetched["ms"].is_u64() && fetched["cached"] == true,
+        "{fetched}"
+    );
+}
+
+/// True when `url` answers 200 (no client library beyond the tests' own).
+async fn reqwest_free_get(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    let addr = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap());
+    tokio::net::TcpStream::connect(addr).await.is_ok() && get(url, &[]).await.status == 200
 }

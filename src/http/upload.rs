@@ -34,6 +34,7 @@ pub async fn handle(app: &Arc<App>, target: Target, req: Request<Incoming>) -> H
     let fleet = req.headers().contains_key(FLEET_HEADER);
     let length = content_length(&req);
     let delete = req.method() == Method::DELETE;
+    let path = req.uri().path().to_owned();
     let body = req.into_body();
     let done = match target {
         Target::Nar { file_hash, ext } if !delete => up.put_nar(file_hash, ext, length, body).await,
@@ -50,10 +51,17 @@ pub async fn handle(app: &Arc<App>, target: Target, req: Request<Incoming>) -> H
     match done {
         Ok(outcome) => {
             up.count(outcome);
+            // The path was validated by the router (hashes only); a NAR's staging is debug.
+            match outcome {
+                UploadOutcome::Staged | UploadOutcome::Ignored => {
+                    tracing::debug!(%path, outcome = outcome.as_str(), fleet, "upload")
+                }
+                _ => tracing::info!(%path, outcome = outcome.as_str(), fleet, "upload"),
+            }
             Ok((Outcome::Stored, text(StatusCode::OK, "ok")))
         }
         Err(e) => {
-            tracing::info!(error = %e, "upload refused");
+            tracing::info!(%path, error = %e, "upload refused");
             up.count(e.outcome());
             refused(e)
         }

@@ -148,7 +148,13 @@ impl PeerSet {
             .map(|u| (crate::redact::without_userinfo(&u), u))
             .collect();
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|e| e.origin != origin || urls.iter().any(|(b, _)| *b == e.peer.base));
+        entries.retain(|e| {
+            let keep = e.origin != origin || urls.iter().any(|(b, _)| *b == e.peer.base);
+            if !keep {
+                tracing::info!(peer = %e.peer, ?origin, "peer removed");
+            }
+            keep
+        });
         for (bare, url) in urls {
             if entries.iter().any(|e| e.peer.base == bare) {
                 continue; // already known (perhaps from another origin)

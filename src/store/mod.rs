@@ -164,6 +164,17 @@ impl Store {
     fn delete_evicted(&self, evicted: Vec<Evicted>) {
         if !evicted.is_empty() {
             self.metrics.evicted(evicted.len() as u64);
+            let freed: u64 = evicted
+                .iter()
+                .filter_map(|e| e.nar.as_ref())
+                .map(|n| n.size)
+                .sum();
+            tracing::info!(
+                groups = evicted.len(),
+                nar_bytes = freed,
+                cap = self.max_bytes(),
+                "evicted least recently used paths to stay under the cap"
+            );
         }
         self.delete_files(evicted);
     }

@@ -2,11 +2,14 @@
 //! `RUST_LOG` (default `info`). Lines go through a bounded queue to stderr (`writer.rs`), so
 //! a slow or vanished log reader costs log lines, counted, never the process.
 
+mod ratelimit;
 mod writer;
 
 pub use writer::{dropped_lines, flush, QUEUE_BYTES};
 
 use serde::Deserialize;
+use tracing_subscriber::filter::dynamic_filter_fn;
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 /// Log output format (`--log-format`).
@@ -19,16 +22,34 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber (once; later calls are ignored).
+/// Installs the global subscriber (once; later calls are ignored). Repeated warnings from one
+/// place are rate-limited (`ratelimit.rs`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer::LossyStderr::get())
-        // Colours only for a person at a terminal, never into files or log collectors.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let out = writer::LossyStderr::get();
+    let json = format == LogFormat::Json;
+    let limit = ratelimit::RateLimit::default();
+    let limited =
+        dynamic_filter_fn(
+            move |meta, _| match limit.check(meta, std::time::Instant::now()) {
+                ratelimit::Verdict::Log => true,
+                ratelimit::Verdict::Suppress => false,
+                ratelimit::Verdict::LogAfterSuppressed(n) => {
+                    out.line(ratelimit::suppressed_line(meta, n, json).as_bytes());
+                    true
+                }
+            },
+        );
+    // Colours only for a person at a terminal, never into files or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(out)
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match json {
+        false => registry.with(layer.with_filter(limited)).try_init(),
+        true => registry
+            .with(layer.json().flatten_event(true).with_filter(limited))
+            .try_init(),
     };
 }

@@ -56,6 +56,11 @@ impl LossyStderr {
         })
     }
 
+    /// Queues one line of our own (not a tracing event), as [`Self::queue`].
+    pub fn line(&self, line: &[u8]) {
+        self.queue(line);
+    }
+
     /// Queues one line, or drops and counts it when the queue is full or the thread is gone.
     fn queue(&self, line: &[u8]) {
         if PENDING.fetch_add(line.len(), Relaxed) + line.len() > QUEUE_BYTES {

@@ -134,6 +134,7 @@ impl Fetcher {
         // The NAR header always, and the signed NarHash whenever a narinfo told it, whatever
         // the source: a narinfo's FileHash is unsigned, so it may name another (genuine) file.
         let checks = Checks::new(plan, plan.nar_check()?);
+        let started = Instant::now();
         let accelerable = self.accelerable(plan);
         let Opened { from, body } = self.open_source(plan, accelerable).await?;
         // http-first acceleration: a large NAR that a peer holds switches to the swarm if the
@@ -162,9 +163,19 @@ impl Fetcher {
             Ok(size) => size,
             Err(e) => return Err(self.rejected(plan, &feed, e)),
         };
-        sink.finish().await?;
+        let cached = sink.finish().await?;
         self.metrics
             .fetched(feed.from.source(), size - feed.counted);
+        tracing::info!(
+            path = plan.path.as_deref().unwrap_or("?"),
+            file_hash = %plan.fh,
+            bytes = size,
+            source = feed.from.source().as_str(),
+            resumes = feed.resumes,
+            ms = started.elapsed().as_millis() as u64,
+            cached,
+            "NAR fetched"
+        );
         Ok(size)
     }
 

@@ -40,6 +40,8 @@ pub(super) struct Plan {
     pub ourselves: bool,
     /// The store path whose narinfo told them (forgotten when the NAR does not match).
     pub narinfo: Option<StorePathHash>,
+    /// That store path as `<hash>-<name>`, for the log.
+    pub path: Option<String>,
 }
 
 /// Whether `e` says the decompressed NAR contradicts the narinfo (NarHash/NarSize): the
@@ -159,6 +161,7 @@ impl Fetcher {
             owners: Vec::new(),
             ourselves: true,
             narinfo: None,
+            path: None,
         };
         for stored in self.store.narinfos_of(&fh).await {
             let Some((url, ni)) = parse_stored(&stored) else {
@@ -183,6 +186,7 @@ impl Fetcher {
             plan.nar = Some((ni.nar_hash, ni.nar_size));
             plan.owner_key = ni.base.hash.to_string();
             plan.narinfo = Some(ni.base.hash);
+            plan.path = Some(ni.base.to_string());
             break;
         }
         if !fleet {

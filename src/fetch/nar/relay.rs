@@ -127,19 +127,20 @@ impl Sink {
         tx.send_replace(Progress::Relaying(file_end));
     }
 
-    /// The whole file verified: commits it, or sends the last chunk to the readers. A failed
-    /// commit still serves the readers (they hold the file open); it just is not cached.
-    pub async fn finish(self) -> Result<(), FetchError> {
+    /// The whole file verified: commits it, or sends the last chunk to the readers; whether it
+    /// is now in the cache. A failed commit still serves the readers (they hold the file open);
+    /// it just is not cached.
+    pub async fn finish(self) -> Result<bool, FetchError> {
         match self {
             Sink::File { tmp, out } => {
                 drop(out);
                 // The store records a failure; readers read the complete file they hold open.
-                let _ = tokio::task::spawn_blocking(move || tmp.commit()).await;
-                Ok(())
+                let committed = tokio::task::spawn_blocking(move || tmp.commit()).await;
+                Ok(matches!(committed, Ok(Ok(_))))
             }
             Sink::Readers { mut readers, held } => match held {
-                Some(last) => send_all(&mut readers, last).await,
-                None => Ok(()),
+                Some(last) => send_all(&mut readers, last).await.map(|()| false),
+                None => Ok(false),
             },
         }
     }

@@ -20,8 +20,9 @@ pub enum Rejected {
     Malformed(#[from] NarInfoError),
     #[error("is for store path {0}, not the requested hash")]
     WrongPath(String),
-    #[error("no signature by a trusted key")]
-    Untrusted,
+    /// Signed by none of the trusted keys; the key names it does carry (`none` when unsigned).
+    #[error("no signature by a trusted key (signed by: {0}; trusted: --trusted-public-key)")]
+    Untrusted(String),
     #[error("lacks FileHash/FileSize, so the NAR could not be verified")]
     Unverifiable,
     /// Its NAR could never be checked against NarHash: absent, so Nix moves on cleanly.
@@ -73,6 +74,20 @@ pub fn parse_stored(stored: &Bytes) -> Option<(Url, NarInfo)> {
     Some((upstream_url(stored)?, ni))
 }
 
+/// The key names of `Sig:` values (`name:base64`), for an operator to compare with their
+/// trusted keys; `none` when there is no signature.
+fn signers(sigs: &[String]) -> String {
+    let names: Vec<&str> = sigs
+        .iter()
+        .filter_map(|s| s.split_once(':'))
+        .map(|(n, _)| n)
+        .collect();
+    match names.is_empty() {
+        true => "none".into(),
+        false => names.join(", "),
+    }
+}
+
 /// Checks a narinfo (from an upstream or a peer) and builds the file to store, with the URL
 /// the NAR is fetched (and refetched after eviction) from, as `at` allows.
 pub(crate) fn accept(
@@ -87,7 +102,7 @@ pub(crate) fn accept(
         return Err(Rejected::WrongPath(ni.store_path));
     }
     if !keys.verifies_any(&ni.fingerprint(STORE_DIR), &ni.sigs) {
-        return Err(Rejected::Untrusted);
+        return Err(Rejected::Untrusted(signers(&ni.sigs)));
     }
     let (Some(fh), Some(_)) = (ni.file_hash, ni.file_size) else {
         return Err(Rejected::Unverifiable);
@@ -163,10 +178,19 @@ mod tests {
             .parse()
             .unwrap()]);
         let h = "6dyjazmc27x71a77v1pcbi549rpk5wh6".parse().unwrap();
-        assert!(matches!(
-            accept(&h, from_up(&up()), VECTOR.as_bytes(), &other),
-            Err(Rejected::Untrusted)
-        ));
+        let refused = accept(&h, from_up(&up()), VECTOR.as_bytes(), &other);
+        let Err(Rejected::Untrusted(signers)) = refused else {
+            panic!("{refused:?}")
+        };
+        let first = VECTOR
+            .lines()
+            .find_map(|l| l.strip_prefix("Sig: "))
+            .unwrap();
+        assert_eq!(
+            signers,
+            first.split_once(':').unwrap().0,
+            "the log names the signer"
+        );
         let wrong = "026h72wxqd39cbm2fdqc8zpwg9zm41c8".parse().unwrap();
         assert!(matches!(
             accept(&wrong, from_up(&up()), VECTOR.as_bytes(), &keys),
@@ -183,7 +207,7 @@ mod tests {
         let forged = VECTOR.replace("NarSize: 536", "NarSize: 999");
         assert!(matches!(
             accept(&h, from_up(&up()), forged.as_bytes(), &keys),
-            Err(Rejected::Untrusted)
+            Err(Rejected::Untrusted(_))
         ));
     }
 }
