@@ -211,7 +211,7 @@ async fn copy_rounds(f: &Fixture, a: &Appliance, work: &Path) -> serde_json::Val
 }
 
 /// Loads the page in Chromium: the DOM must hold the plots with data; keeps a screenshot.
-async fn check_in_browser(a: &Appliance) {
+async fn check_in_browser(a: &Appliance, named: &str) {
     let page = get(&a.url(), &[]).await;
     assert_eq!(page.status, 200);
     let csp = page.headers["content-security-policy"].to_str().unwrap();
@@ -223,6 +223,10 @@ async fn check_in_browser(a: &Appliance) {
 
     let dom = run_chromium(&["--dump-dom".into()], &a.url()).await;
     assert_rendered(&dom);
+    assert!(
+        dom.contains(&format!("<td class=\"name\">{named}</td>")),
+        "misses are listed by store path name ({named})"
+    );
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
     let _ = std::fs::remove_file(&shot);
     let args = [
@@ -279,7 +283,8 @@ async fn status_page_renders_in_chromium() {
     let v = copy_rounds(f, &a, work.path()).await;
     assert!(v["totals"]["hits"].as_u64().unwrap() > 0, "{v}");
     assert!(v["totals"]["evictions"].as_u64().unwrap() > 0, "{v}");
-    check_in_browser(&a).await;
+    let top = f.top.rsplit('/').next().unwrap();
+    check_in_browser(&a, top).await;
     check_cli(&a);
     println!("test took {:?}", started.elapsed());
     a.stop().await;

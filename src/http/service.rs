@@ -48,8 +48,8 @@ async fn dispatch(
         Target::Peers => handlers::peers(app),
         Target::Torrent(fh) => handlers::torrent(app, fh).await,
         Target::Digest => handlers::digest(app).await,
-        Target::StatusPage => super::status::page(app),
-        Target::StatusJson => super::status::json(app),
+        Target::StatusPage => super::status::page(app).await,
+        Target::StatusJson => super::status::json(app).await,
         Target::NarInfo(h) => handlers::narinfo(app, h, ask, uploader()).await,
         Target::Nar { file_hash, ext } if head => {
             handlers::nar_head(app, file_hash, ext, ask, uploader()).await

@@ -1,6 +1,8 @@
 //! `/` (the status page, one self-contained HTML file with the current data inlined so it
 //! renders at once) and `/_status/v1` (the same data as JSON, see `status::report`).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 
@@ -21,8 +23,10 @@ const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'un
 type Handled = Result<(Outcome, Response<body::Body>), ServeError>;
 
 /// The report as JSON that is also safe inside a `<script>` element (no `<` at all).
-fn report_json(app: &App) -> String {
-    serde_json::to_string(&Report::build(&parts(app)))
+async fn report_json(app: &Arc<App>) -> String {
+    let mut report = Report::build(&parts(app));
+    report.name_events(&app.store).await;
+    serde_json::to_string(&report)
         .expect("the report serializes")
         .replace('<', "\\u003c")
 }
@@ -43,14 +47,14 @@ fn respond(ctype: &'static str, text: String) -> Handled {
 }
 
 /// `/`: the status page.
-pub fn page(app: &App) -> Handled {
-    let html = PAGE.replacen(SLOT, &report_json(app), 1);
+pub async fn page(app: &Arc<App>) -> Handled {
+    let html = PAGE.replacen(SLOT, &report_json(app).await, 1);
     respond("text/html; charset=utf-8", html)
 }
 
 /// `/_status/v1`: the status data.
-pub fn json(app: &App) -> Handled {
-    respond("application/json", report_json(app))
+pub async fn json(app: &Arc<App>) -> Handled {
+    respond("application/json", report_json(app).await)
 }
 
 /// The appliance's parts a status report reads.

@@ -21,6 +21,10 @@ pub struct Event {
     pub outcome: &'static str,
     /// The request path; only for routes whose paths were validated (never a query string).
     pub path: String,
+    /// The store path's name (`<hash>-<name>`), when the cache holds its narinfo by the time
+    /// the report is made (a 404 has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Whether a request is worth an event: misses and failures of real routes. Hits, peers'
@@ -51,6 +55,7 @@ impl Events {
             route: route.as_str(),
             outcome: outcome.as_str(),
             path,
+            name: None,
         });
     }
 

@@ -170,6 +170,40 @@ impl Report {
     }
 }
 
+impl Report {
+    /// Names the store path of each narinfo or NAR event whose narinfo the cache holds, so
+    /// the page lists misses by name, not by hash alone.
+    pub async fn name_events(&mut self, store: &std::sync::Arc<crate::store::Store>) {
+        for e in &mut self.events {
+            e.name = match e.route {
+                "narinfo" => {
+                    let hash = e.path.trim_start_matches('/').trim_end_matches(".narinfo");
+                    let Ok(h) = hash.parse() else { continue };
+                    let held = store.narinfo(&h, |_, _| true).await;
+                    held.and_then(|(_, b)| store_path_name(&b))
+                }
+                "nar" => {
+                    let file = e.path.trim_start_matches("/nar/");
+                    let nix32 = file.split('.').next().unwrap_or_default();
+                    let Ok(fh) = crate::nix::hash::Sha256::from_nix32(nix32) else {
+                        continue;
+                    };
+                    let held = store.narinfos_of(&fh).await;
+                    held.first().and_then(|b| store_path_name(b))
+                }
+                _ => None,
+            };
+        }
+    }
+}
+
+/// `<hash>-<name>` from the `StorePath:` line of a stored narinfo file.
+fn store_path_name(stored: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(stored).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("StorePath: "))?;
+    Some(path.rsplit('/').next()?.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
