@@ -20,6 +20,9 @@ command -v dbus-daemon >/dev/null || need+=(dbus-daemon)
 command -v aria2c >/dev/null || need+=(aria2)
 # Test upstreams behind basic auth and redirects (tests/common/nginx.rs).
 command -v nginx >/dev/null || need+=(nginx)
+command -v openssl >/dev/null || need+=(openssl)
+# tests/corporate_proxy.rs: upstreams through a real proxy.
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
 command -v opentracker >/dev/null || need+=(opentracker)
 # The status page test loads / in headless Chromium.
 command -v chromium >/dev/null || need+=(chromium)

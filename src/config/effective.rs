@@ -63,6 +63,19 @@ impl Config {
             None => "none".into(),
         };
         l.push(("netrc-file", netrc));
+        let e = &f.egress;
+        let ca = match &e.ca_file {
+            Some(p) => format!("{} ({} certificates)", p.display(), e.extra_roots.len()),
+            None => "none (Mozilla roots only)".into(),
+        };
+        l.push(("ca-file", ca));
+        let env = |v: &Option<String>| {
+            v.as_deref()
+                .map_or("none".into(), crate::redact::redact_all)
+        };
+        l.push(("https-proxy (env)", env(&e.https_proxy)));
+        l.push(("http-proxy (env)", env(&e.http_proxy)));
+        l.push(("no-proxy (env)", env(&e.no_proxy)));
         list(l, "trusted-public-key", f.keys.keys().iter());
         l.push(("negative-ttl", secs(f.negative_ttl)));
         l.push(("upstream-down-status", self.down_policy.status.to_string()));

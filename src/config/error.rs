@@ -68,4 +68,6 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("--ca-file {0}")]
+    CaFile(crate::upstream::egress::CaFileError),
 }

@@ -21,6 +21,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
         &[
             "upstreams",
             "netrc_file",
+            "ca_file",
             "trusted_public_keys",
             "upstream_down_status",
             "retry_after",

@@ -111,6 +111,8 @@ impl ServeArgs {
                 upstreams,
                 keys: trusted_keys,
                 netrc,
+                egress: crate::upstream::Egress::from_env(s.ca_file.as_deref())
+                    .map_err(ConfigError::CaFile)?,
                 negative_ttl: duration("negative-ttl", &s.negative_ttl, default_negative_ttl)?,
                 timeouts,
                 tuning,

@@ -55,6 +55,13 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_NETRC_FILE", value_name = "FILE")]
     pub netrc_file: Option<PathBuf>,
 
+    /// PEM file of extra CAs trusted for https upstreams, beside the built-in Mozilla roots
+    /// (a TLS-inspecting proxy's CA, a private upstream's) [default: $SSL_CERT_FILE if set].
+    /// Upstream requests honour HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY; peers and
+    /// fleet members are always asked directly.
+    #[arg(long, env = "NIXGATE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Key whose signatures make a narinfo trusted, as NAME:BASE64 (repeatable; same format
     /// as nix.conf `trusted-public-keys`) [default: the cache.nixos.org-1 key].
     #[arg(
@@ -298,7 +305,7 @@ impl ServeArgs {
     pub(super) fn over_file(self, file: ServeArgs) -> ServeArgs {
         let cli = self.without_blank_lists();
         layered!(cli over file:
-            config, listen, cache_dir, max_cache_size, upstreams, netrc_file, trusted_public_keys, priority,
+            config, listen, cache_dir, max_cache_size, upstreams, netrc_file, ca_file, trusted_public_keys, priority,
             negative_ttl, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
             stall_timeout, narinfo_timeout, min_transfer_rate, send_timeout, max_connections, max_connections_per_ip, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,

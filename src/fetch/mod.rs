@@ -85,7 +85,7 @@ impl Fetcher {
                 .into_iter()
                 .map(|u| Arc::new(Upstream::new(u)))
                 .collect(),
-            client: UpstreamClient::new(settings.timeouts, settings.netrc),
+            client: UpstreamClient::new(settings.timeouts, settings.netrc, &settings.egress),
             keys: settings.keys,
             metrics,
             peers,

@@ -49,6 +49,8 @@ pub struct FetchSettings {
     pub keys: TrustedKeys,
     /// Credentials per upstream host (`--netrc-file`).
     pub netrc: Netrc,
+    /// Proxies and extra CAs for upstream requests (`--ca-file`, `HTTPS_PROXY`, …).
+    pub egress: crate::upstream::Egress,
     /// How long an upstream 404 is remembered.
     pub negative_ttl: Duration,
     pub timeouts: Timeouts,

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod breaker;
+pub mod egress;
 pub mod heal;
 pub mod netrc;
 pub mod probe;
@@ -24,6 +25,7 @@ use url::Url;
 
 use crate::metrics::{Metrics, UpstreamStatus};
 pub use body::UpstreamBody;
+pub use egress::Egress;
 use netrc::{Credentials, Netrc};
 pub use remote::Upstream;
 
@@ -144,16 +146,21 @@ fn build_request(
         .map_err(|e| UpstreamError::Connect(e.to_string()))
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient<C> = Client<hyper_rustls::HttpsConnector<C>, Empty<Bytes>>;
 
 /// The shared upstream HTTP client.
 ///
 /// It never follows redirects (hyper's client does not, and none is added): a 3xx is an
 /// error like any other unexpected status, so credentials sent to an upstream can never be
-/// carried to the host a redirect names. Clones share the connection pool.
+/// carried to the host a redirect names. Clones share the connection pools.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: HttpsClient,
+    /// For upstreams: through the configured proxy, trusting the extra CAs (`egress.rs`).
+    client: HttpsClient<egress::EgressConnector>,
+    /// For peers and fleet members: never through a proxy.
+    direct: HttpsClient<HttpConnector>,
+    /// The proxy rules, for the credentials of a plain-HTTP proxy.
+    proxies: Option<std::sync::Arc<hyper_util::client::proxy::matcher::Matcher>>,
     timeouts: Timeouts,
     /// Credentials per upstream host (`--netrc-file`).
     netrc: Netrc,
@@ -174,8 +181,9 @@ fn classify(status: StatusCode, authenticated: bool) -> UpstreamStatus {
 
 impl UpstreamClient {
     /// Builds the client (HTTP/1.1; https with the Mozilla roots compiled in, so the image
-    /// needs no CA bundle); `netrc` gives upstreams their credentials.
-    pub fn new(timeouts: Timeouts, netrc: Netrc) -> Self {
+    /// needs no CA bundle, plus `egress`'s CAs); `netrc` gives upstreams their credentials;
+    /// upstream requests go through `egress`'s proxy.
+    pub fn new(timeouts: Timeouts, netrc: Netrc, egress: &Egress) -> Self {
         // Two rustls providers are linked (ring here, aws-lc-rs through librqbit's reqwest),
         // so rustls cannot pick one by itself: make ring the process default (for librqbit's
         // https trackers too). Installing twice is a no-op error.
@@ -185,17 +193,27 @@ impl UpstreamClient {
         http.set_connect_timeout(Some(timeouts.connect));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(30)));
+        let pooled = |b: &mut hyper_util::client::legacy::Builder| {
+            b.pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .clone()
+        };
+        let builder = Client::builder(TokioExecutor::new());
+        let via = egress::EgressConnector::new(http.clone(), egress.matcher());
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(egress.tls_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(via);
+        let direct = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(egress.tls_config())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
         UpstreamClient {
-            client,
+            client: pooled(&mut builder.clone()).build(https),
+            direct: pooled(&mut builder.clone()).build(direct),
+            proxies: egress.matcher().map(std::sync::Arc::new),
             timeouts,
             netrc,
         }
@@ -260,7 +278,21 @@ impl UpstreamClient {
             req.headers_mut().insert(http::header::RANGE, range);
         }
         let (first_byte, stall) = self.phase_timeouts(asker);
-        let resp = match tokio::time::timeout(first_byte, self.client.request(req)).await {
+        let sending = match asker {
+            Asker::Upstream(_) => {
+                if let Some(auth) = self
+                    .proxies
+                    .as_ref()
+                    .and_then(|m| egress::proxy_auth(m, url))
+                {
+                    req.headers_mut()
+                        .insert(http::header::PROXY_AUTHORIZATION, auth);
+                }
+                self.client.request(req)
+            }
+            Asker::Peer | Asker::Fleet => self.direct.request(req),
+        };
+        let resp = match tokio::time::timeout(first_byte, sending).await {
             Err(_) => {
                 up.breaker.failure();
                 count(UpstreamStatus::Timeout, false);

@@ -32,13 +32,44 @@ impl Nginx {
         password: &str,
         redirect_to: &str,
     ) -> Nginx {
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
         let hash = Command::new("openssl")
             .args(["passwd", "-apr1", password])
             .output()
             .expect("openssl is installed");
         let hash = String::from_utf8(hash.stdout).unwrap();
         std::fs::write(dir.join("htpasswd"), format!("{user}:{}\n", hash.trim())).unwrap();
+        let d = dir.display();
+        let server = |port: u16| {
+            format!(
+                "listen 127.0.0.1:{port};
+    root {root};
+    location /redir/ {{ rewrite ^/redir/(.*)$ {redirect_to}/$1 redirect; }}
+    location / {{ auth_basic \"private cache\"; auth_basic_user_file {d}/htpasswd; }}",
+                root = root.display()
+            )
+        };
+        Self::start_with(dir, server).await
+    }
+
+    /// nginx serving `root` over https on 127.0.0.1 with `cert` and `key` (PEM files).
+    pub async fn start_tls(dir: &Path, root: &Path, cert: &Path, key: &Path) -> Nginx {
+        let server = |port: u16| {
+            format!(
+                "listen 127.0.0.1:{port} ssl;
+    ssl_certificate {}; ssl_certificate_key {};
+    root {};",
+                cert.display(),
+                key.display(),
+                root.display()
+            )
+        };
+        Self::start_with(dir, server).await
+    }
+
+    /// nginx with one server block (`server(port)`), on a held loopback port.
+    async fn start_with(dir: &Path, server: impl Fn(u16) -> String) -> Nginx {
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let held = hold_port();
         let port = held.port;
         let d = dir.display();
@@ -51,14 +82,11 @@ http {{
   client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
   fastcgi_temp_path {d}/tmp/fastcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
   server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    location /redir/ {{ rewrite ^/redir/(.*)$ {redirect_to}/$1 redirect; }}
-    location / {{ auth_basic \"private cache\"; auth_basic_user_file {d}/htpasswd; }}
+    {}
   }}
 }}
 ",
-            root = root.display()
+            server(port)
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let child = Command::new("nginx")

@@ -21,9 +21,10 @@ SECRETS = {
     "upstreamAuth": {"existingSecret": "nixgate-netrc"},
     "uploads": {"existingSecret": "nixgate-upload", "signingKeySecret": "nixgate-signing",
                 "maxSize": "2GiB", "stagingSize": "512MiB", "stagingAge": "30m"},
+    "upstreamEgress": {"httpsProxy": "http://127.0.0.1:3128", "noProxy": ".svc,10.0.0.0/8", "caSecret": "nixgate-ca"},
 }
 MOUNTS = {"netrc": ("nixgate-netrc", "netrc", "netrc"), "upload": ("nixgate-upload", "token", "token"),
-          "signing": ("nixgate-signing", "secret-key", "secret-key")}
+          "signing": ("nixgate-signing", "secret-key", "secret-key"), "ca": ("nixgate-ca", "ca.pem", "ca.pem")}
 # The test vector key of src/nix/narinfo.rs (a test key, never a real one).
 SECRET_KEY = "test-vector-1:SH5eFOxEUkbBjzbRTRnNBQDag7MqerQHPBtd65NIAgpmZubuzBt9MYtnlq7vfgiE09G1L/2uahnRIzKSaa1HMw=="
 
@@ -51,8 +52,11 @@ def check_rendered(m):
     toml = hc.one(m, "ConfigMap")["data"]["nixgate.toml"]
     for line in ['netrc-file = "/run/secrets/nixgate/netrc/netrc"', 'upload-token-file = "/run/secrets/nixgate/upload/token"',
                  'signing-key-file = "/run/secrets/nixgate/signing/secret-key"', 'upload-max-size = "2GiB"',
-                 'upload-staging-size = "512MiB"', 'upload-staging-age = "30m"']:
+                 'upload-staging-size = "512MiB"', 'upload-staging-age = "30m"', 'ca-file = "/run/secrets/nixgate/ca/ca.pem"']:
         hc.check(f"secrets: ConfigMap has {line}", line in toml, toml)
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    hc.check("secrets: the upstream proxy reaches the container as HTTPS_PROXY/NO_PROXY",
+             env.get("HTTPS_PROXY") == "http://127.0.0.1:3128" and env.get("NO_PROXY") == ".svc,10.0.0.0/8" and "HTTP_PROXY" not in env, env)
     return toml
 
 
@@ -67,11 +71,21 @@ def put(port, token):
         return e.code
 
 
+def test_ca(tmp):
+    """A throwaway self-signed CA certificate (PEM), as an operator's CA Secret would hold."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=nixgate chart test CA", "-keyout", os.path.join(tmp, "ca.key"),
+                    "-out", os.path.join(tmp, "ca.crt")], check=True, capture_output=True)
+    with open(os.path.join(tmp, "ca.crt")) as f:
+        return f.read()
+
+
 def run_binary(toml):
     """The rendered config with the Secret files where the pod would have them (moved to a
     temp dir): check-config accepts it, and the running binary takes uploads only with the token."""
     with tempfile.TemporaryDirectory() as tmp:
-        contents = {"netrc": "machine cache.example login ci password s3cret\n", "token": "t0ken\n", "secret-key": SECRET_KEY}
+        contents = {"netrc": "machine cache.example login ci password s3cret\n", "token": "t0ken\n", "secret-key": SECRET_KEY,
+                    "ca.pem": test_ca(tmp)}
         for name, (_, _, file) in MOUNTS.items():
             os.makedirs(os.path.join(tmp, name))
             with open(os.path.join(tmp, name, file), "w") as f:
@@ -83,6 +97,7 @@ def run_binary(toml):
         args = [f"--config={conf}", f"--cache-dir={tmp}/cache", f"--listen=127.0.0.1:{port}"]
         cc = subprocess.run([hc.NIXGATE, "check-config", *args], capture_output=True, text=True)
         hc.check("secrets: check-config accepts the rendered config and files", cc.returncode == 0 and "(uploads on)" in cc.stdout, cc.stdout + cc.stderr)
+        hc.check("secrets: check-config reads the mounted CA file", "ca.pem (1 certificates)" in cc.stdout, cc.stdout)
         hc.check("secrets: check-config prints the signing public key, never a secret",
                  "test-vector-1:" in cc.stdout and SECRET_KEY.split(":")[1] not in cc.stdout and "t0ken" not in cc.stdout and "s3cret" not in cc.stdout, cc.stdout)
         proc = subprocess.Popen([hc.NIXGATE, "serve", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -84,7 +84,8 @@ the Service name; the runner Service, so that no replica counts twice). */}}
 
 {{/*
 The files nixgate reads from existing Secrets, by volume name (mounted at
-/run/secrets/nixgate/<name>/<file>): the upstream netrc, the upload token, the signing key.
+/run/secrets/nixgate/<name>/<file>): the upstream netrc, the upload token, the signing key,
+the upstream CAs.
 */}}
 {{- define "nixgate.secretFiles" -}}
 {{- with .Values.upstreamAuth.existingSecret }}
@@ -95,5 +96,8 @@ upload: {secret: {{ . | quote }}, key: {{ $.Values.uploads.tokenKey | quote }}, 
 {{- end }}
 {{- with .Values.uploads.signingKeySecret }}
 signing: {secret: {{ . | quote }}, key: {{ $.Values.uploads.signingKeyKey | quote }}, file: secret-key}
+{{- end }}
+{{- with .Values.upstreamEgress.caSecret }}
+ca: {secret: {{ . | quote }}, key: {{ $.Values.upstreamEgress.caKey | quote }}, file: ca.pem}
 {{- end }}
 {{- end }}
