@@ -2,8 +2,9 @@
 //! `gen_cache DIR NARINFOS SMALL_NAR_BYTES BIG_NAR_MIB...`.
 //!
 //! Narinfos are real (signed with a fixed key, fingerprint as Nix computes it); NAR files are
-//! pseudo-random bytes compressed with zstd, so every check nixgate makes holds (FileHash,
-//! FileSize, magic, and NarHash/NarSize of the decompressed bytes).
+//! real NARs (one regular file of pseudo-random bytes) compressed with zstd, so every check
+//! nixgate makes holds (FileHash, FileSize, the NAR header, and NarHash/NarSize of the
+//! decompressed bytes).
 //! Prints nothing; writes DIR/key.pub, DIR/narinfos.txt (request paths) and DIR/big.txt
 //! (`<narinfo path> <nar path>` per big NAR).
 
@@ -27,6 +28,30 @@ impl Rng {
     }
 }
 
+/// A NAR string: its length as u64 LE, the bytes, zeros to a multiple of 8.
+fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    out.resize(out.len().next_multiple_of(8), 0);
+}
+
+/// The NAR of one regular file holding `contents` (what `nix-store --dump` writes for it).
+fn nar_of_file(contents: &[u8]) -> Vec<u8> {
+    let mut nar = Vec::with_capacity(contents.len() + 128);
+    for s in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
+        nar_str(&mut nar, s);
+    }
+    nar_str(&mut nar, contents);
+    nar_str(&mut nar, b")");
+    nar
+}
+
 fn write_path(
     dir: &Path,
     key: &SecretKey,
@@ -37,8 +62,9 @@ fn write_path(
     let mut h = [0u8; 20];
     rng.fill(&mut h);
     let hash = nix32::encode(&h);
-    let mut plain = vec![0u8; nar_bytes];
-    rng.fill(&mut plain);
+    let mut contents = vec![0u8; nar_bytes.saturating_sub(120)];
+    rng.fill(&mut contents);
+    let plain = nar_of_file(&contents);
     let nar = zstd::encode_all(&plain[..], 1).unwrap();
     let fh = Sha256::digest(&nar);
     let nar_name = format!("nar/{}.nar.zst", fh.to_nix32());

@@ -8,7 +8,6 @@ mod writer;
 pub use writer::{dropped_lines, flush, QUEUE_BYTES};
 
 use serde::Deserialize;
-use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
@@ -28,18 +27,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let out = writer::LossyStderr::get();
     let json = format == LogFormat::Json;
-    let limit = ratelimit::RateLimit::default();
-    let limited =
-        dynamic_filter_fn(
-            move |meta, _| match limit.check(meta, std::time::Instant::now()) {
-                ratelimit::Verdict::Log => true,
-                ratelimit::Verdict::Suppress => false,
-                ratelimit::Verdict::LogAfterSuppressed(n) => {
-                    out.line(ratelimit::suppressed_line(meta, n, json).as_bytes());
-                    true
-                }
-            },
-        );
+    let limited = ratelimit::Limited::new(out, json);
     // Colours only for a person at a terminal, never into files or log collectors.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()

@@ -9,7 +9,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tracing::callsite::Identifier;
+use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
+use tracing_subscriber::layer::{Context, Filter};
+
+use super::writer::LossyStderr;
 
 /// Lines let through per callsite and window.
 pub const BURST: u32 = 10;
@@ -62,6 +66,46 @@ impl RateLimit {
         match win.seen <= BURST {
             true => Verdict::Log,
             false => Verdict::Suppress,
+        }
+    }
+}
+
+/// The per-layer filter: the limit, and where the "suppressed" lines go.
+pub struct Limited {
+    limit: RateLimit,
+    out: &'static LossyStderr,
+    json: bool,
+}
+
+impl Limited {
+    pub fn new(out: &'static LossyStderr, json: bool) -> Self {
+        Limited {
+            limit: RateLimit::default(),
+            out,
+            json,
+        }
+    }
+}
+
+impl<S> Filter<S> for Limited {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        match self.limit.check(meta, Instant::now()) {
+            Verdict::Log => true,
+            Verdict::Suppress => false,
+            Verdict::LogAfterSuppressed(n) => {
+                self.out
+                    .line(suppressed_line(meta, n, self.json).as_bytes());
+                true
+            }
+        }
+    }
+
+    /// Only WARN and ERROR callsites are asked per event; every other callsite keeps a cached
+    /// interest, so disabled debug and trace points on the hot path stay free.
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        match *meta.level() <= Level::WARN {
+            true => Interest::sometimes(),
+            false => Interest::always(),
         }
     }
 }
