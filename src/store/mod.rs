@@ -29,6 +29,7 @@ pub mod index;
 mod layout;
 mod lookup;
 mod rebuild;
+mod served;
 mod slots;
 pub mod uploads;
 mod writable;
@@ -157,6 +158,7 @@ impl Store {
             file_hash: fh,
             narinfos: vec![*h],
             nar: None,
+            served: None,
         }]);
     }
 
@@ -179,6 +181,9 @@ impl Store {
                 if let Some(tx) = &self.on_gone {
                     let _ = tx.send(e.file_hash);
                 }
+            }
+            if let Some(served) = e.served {
+                let _ = std::fs::remove_file(self.layout.served_path(&e.file_hash, served.ext));
             }
         }
         let ix = self.index();
