@@ -13,6 +13,8 @@
 //! narinfo/<h[..2]>/<h>-<filehash>.narinfo   line 1: upstream URL of the NAR; rest: the
 //!                                           narinfo exactly as served (URL rewritten)
 //! nar/<fh[..2]>/<filehash>.nar<ext>         the compressed NAR, verified against FileHash
+//! nar/<fh[..2]>/<filehash>.served.nar<ext>  nixgate's own file of it (zstd, or plain) for
+//!                                           runners (`served.rs`), evicted with its group
 //! uploads/                                  uploaded paths, apart from the LRU (uploads.rs)
 //! ```
 //!
