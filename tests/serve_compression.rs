@@ -272,3 +272,37 @@ async fn a_nar_that_does_not_verify_never_becomes_a_zstd_file() {
     );
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_pushed_as_xz_is_served_as_zstd() {
+    let f = fixture().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let (sk, public) = key_pair(&tmp.path().join("keys"), "nixgate-zstd-upload-1");
+    let a = uploading(&tmp.path().join("a"), &up, &[&f.public_key], move |s| {
+        s.signing_key_file = Some(sk)
+    })
+    .await;
+    let path = build_unique("zstd-upload", 200_000);
+    let token = netrc(&tmp.path().join("n"), TOKEN);
+    assert_ok(&nix_push(&a.url(), Some(&token), &path, tmp.path()).await);
+    let pushed = get(
+        &format!("{}/{}.narinfo", a.url(), Fixture::hash(&path)),
+        &[],
+    )
+    .await;
+    assert_eq!(field(&pushed.body, "Compression"), Some("xz"));
+
+    // A runner's narinfo request starts the transcode from the held upload.
+    let served = zstd_narinfo(&a, &path).await;
+    assert_eq!(signed_lines(&served), signed_lines(&pushed.body));
+    let dest = tmp.path().join("runner");
+    assert_ok(&nix_copy(&a.url(), &public, &path, &dest).await);
+    assert!(substituted(&dest, &path));
+    assert!(
+        a.metric("nixgate_served_nar_bytes_total{compression=\"zstd\"}")
+            .await
+            > 0
+    );
+    a.stop().await;
+}

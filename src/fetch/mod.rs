@@ -110,7 +110,12 @@ impl Fetcher {
             tuning: settings.tuning,
             serve: settings.serve.served(),
             transcodes: Default::default(),
-            signed: moka::sync::Cache::new(100_000),
+            // Needed from a runner's narinfo request to its NAR's commit (seconds), and for
+            // uploads (whose narinfos `narinfos_of` does not see) until a runner asks again.
+            signed: moka::sync::Cache::builder()
+                .max_capacity(20_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
         }
     }
 

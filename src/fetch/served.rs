@@ -41,10 +41,10 @@ impl Fetcher {
     /// The narinfo to send a client with this User-Agent, given the narinfo as fetched (and
     /// verified): nixgate's own file when the client decodes it and it is held, else the
     /// narinfo unchanged (and, for a client that would have been served it, the transcode is
-    /// started in the background). The flag says whether it was rendered.
-    pub fn narinfo_for(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> (Bytes, bool) {
+    /// started in the background).
+    pub fn narinfo_for(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> Bytes {
         let Some(as_) = self.served_as() else {
-            return (b, false);
+            return b;
         };
         let decodes = match as_ {
             Served::Zstd => accepts_zstd(user_agent),
@@ -54,20 +54,20 @@ impl Fetcher {
             .and_then(|t| NarInfo::parse(t, crate::nix::STORE_DIR).ok())
             .and_then(|ni| signed_of(&ni))
         else {
-            return (b, false);
+            return b;
         };
         // Same file name (gzip and plain NARs both have no suffix), or nothing to gain.
         if signed.compression.extension() == as_.extension()
             || !super::decode::supports(signed.compression)
         {
-            return (b, false);
+            return b;
         }
         self.signed.insert(fh, signed);
         if self.store.holds_served(&fh, as_.extension()) {
-            return (render(&b, &fh, as_), true);
+            return render(&b, &fh, as_);
         }
         self.transcode_soon(fh, signed);
-        (b, false)
+        b
     }
 
     /// Starts the transcode of NAR `fh` in the background (joined if one is under way).

@@ -219,7 +219,7 @@ pub async fn narinfo(
         .map_err(|e| refusal(e, ask, uploader))?;
     let asked_by_runner = !ask.fleet && !ask.only_if_cached;
     let b = match asked_by_runner {
-        true => app.fetcher.narinfo_for(b, user_agent).0,
+        true => app.fetcher.narinfo_for(b, user_agent),
         false => b,
     };
     let (outcome, mut resp) = buffer(app, "text/x-nix-narinfo", b, hit_or_miss(hit))?;
@@ -279,6 +279,7 @@ pub async fn nar(
         NarSource::Passthrough { chunks, size } => {
             let mut b = ok(NAR_TYPE);
             if let Some(size) = size {
+                m.transcode.served(ext, size);
                 b = b.header(header::CONTENT_LENGTH, size);
             }
             b.body(body::channel(chunks, m))
