@@ -7,13 +7,14 @@
 # 1. A closure of real files from this machine (SOURCES: Python's library, gcc's libraries,
 #    git's binaries, translations; no random bytes), each directory added as a store path and
 #    written as a signed binary cache with xz (what cache.nixos.org serves).
-# 2. nginx serves that cache (port 1: the xz files, as nginx proxy_cache serves them warm).
-#    nixgate (release build, default --serve-compression zstd) caches it (port 2).
+# 2. nginx serves that cache (port 1: the xz files, as nginx proxy_cache serves them warm), and
+#    the same paths written as a zstd cache by Nix (port 3: the client's limit). nixgate
+#    (release build, default --serve-compression zstd) caches the xz one (port 2).
 # 3. A cold `nix copy` through nixgate (it fetches xz, verifies, then transcodes each NAR once
 #    in the background); then the appliance's metrics: NAR bytes transcoded, zstd bytes written,
 #    transcode CPU seconds (thread CPU time: xz decode + NarHash + zstd encode).
-# 4. ROUNDS rounds, alternated: `nix copy` into a fresh store from nginx (xz) and from warm
-#    nixgate (zstd); wall time of each.
+# 4. ROUNDS rounds, alternated: `nix copy` into a fresh store from nginx (xz), from warm
+#    nixgate (zstd) and from nginx (zstd); wall time of each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for t in nix nginx curl python3; do
@@ -46,22 +47,24 @@ for s in $SOURCES; do
 done
 NAR_BYTES=$(nix path-info -S --json "${PATHS[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
 nix copy --to "file://$D/cache?secret-key=$D/sk&compression=xz&parallel-compression=true" "${PATHS[@]}"
+nix copy --to "file://$D/zcache?secret-key=$D/sk&compression=zstd" "${PATHS[@]}"
 XZ_BYTES=$(cat "$D"/cache/*.narinfo | sed -n 's/^FileSize: //p' | python3 -c 'import sys; print(sum(int(l) for l in sys.stdin))')
 echo "paths ${#PATHS[@]}, NAR $((NAR_BYTES / 1000000)) MB, xz files $((XZ_BYTES / 1000000)) MB"
 
-P1=18291 P2=18292
+P1=18291 P2=18292 P3=18293
 cat > "$D/nginx.conf" <<NG
 user root; daemon off; worker_processes 2; pid $D/nginx.pid; error_log $D/nginx.err;
 events { worker_connections 1024; }
 http { access_log off; sendfile on; tcp_nopush on;
   client_body_temp_path $D; proxy_temp_path $D; fastcgi_temp_path $D; uwsgi_temp_path $D; scgi_temp_path $D;
-  types { text/x-nix-narinfo narinfo; application/x-nix-nar xz; }
-  server { listen 127.0.0.1:$P1; root $D/cache; } }
+  types { text/x-nix-narinfo narinfo; application/x-nix-nar xz zst; }
+  server { listen 127.0.0.1:$P1; root $D/cache; }
+  server { listen 127.0.0.1:$P3; root $D/zcache; } }
 NG
 nginx -c "$D/nginx.conf" & PIDS+=($!)
 RUST_LOG=warn "$NG" serve --listen 127.0.0.1:$P2 --cache-dir "$D/ng" --upstream http://127.0.0.1:$P1 \
   --trusted-public-key "$KEY" --no-torrent --no-mdns & PIDS+=($!)
-wait_ok "http://127.0.0.1:$P1/nix-cache-info"; wait_ok "http://127.0.0.1:$P2/nix-cache-info"
+wait_ok "http://127.0.0.1:$P1/nix-cache-info"; wait_ok "http://127.0.0.1:$P2/nix-cache-info"; wait_ok "http://127.0.0.1:$P3/nix-cache-info"
 
 copy() { # copy NAME URL: wall seconds of a nix copy of the closure into a fresh store
   local dest=$D/r/$1; rm -rf "$dest"; mkdir -p "$dest"
@@ -86,7 +89,7 @@ print(f"transcodes stored {int(n)} failed {int(f)}; NAR {tn/1e6:.0f} MB -> zstd 
 PY
 echo "== warm, $ROUNDS rounds alternated (wall s)"
 for r in $(seq "$ROUNDS"); do
-  X=$(copy nginx http://127.0.0.1:$P1); Z=$(copy nixgate http://127.0.0.1:$P2)
-  echo "round $r: nginx xz $X s | nixgate zstd $Z s | ratio $(python3 -c "print(round($X/$Z, 2))")x"
+  X=$(copy nginx http://127.0.0.1:$P1); Z=$(copy nixgate http://127.0.0.1:$P2); N=$(copy nginx-zstd http://127.0.0.1:$P3)
+  echo "round $r: nginx xz $X s | nixgate zstd $Z s | nginx zstd $N s | nginx xz / nixgate $(python3 -c "print(round($X/$Z, 2))")x | nixgate / nginx zstd $(python3 -c "print(round($Z/$N, 2))")x"
 done
 echo "zstd bytes served: $(metric 'nixgate_served_nar_bytes_total{compression="zstd"}')"
