@@ -19,7 +19,7 @@ async fn lru_cap_holds_and_oversized_nars_stream_through() {
         |a| a.max_cache_size = Some("1MiB".into()),
     )
     .await;
-    for blob in &f.blobs {
+    for (i, blob) in f.blobs.iter().enumerate() {
         let out = nix_copy(
             &a.url(),
             &f.public_key,
@@ -28,6 +28,15 @@ async fn lru_cap_holds_and_oversized_nars_stream_through() {
         )
         .await;
         assert_ok(&out);
+        // Nix is served zstd: the NAR's transcode runs after its download; let it end, so
+        // that the files listed and the index are of one moment.
+        let transcoded = || async { a.metric("nixgate_transcodes_total").await > i as u64 };
+        wait_until(
+            std::time::Duration::from_secs(20),
+            "the transcode",
+            transcoded,
+        )
+        .await;
         let size = a.metric("nixgate_cache_size_bytes").await;
         assert!(size <= cap, "cache holds {size} bytes over the {cap} cap");
         let on_disk: u64 = files(&a.cache_dir, "nar")

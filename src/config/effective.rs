@@ -43,6 +43,8 @@ impl Config {
         l.push(("cache-dir", dir));
         l.push(("max-cache-size", bytes(self.max_cache_size)));
         l.push(("priority", self.priority.to_string()));
+        let serve = self.fetch.serve.as_str();
+        l.push(("serve-compression", serve.into()));
         let c = &self.connections;
         l.push(("send-timeout", secs(c.send_timeout)));
         l.push(("max-connections", c.max.to_string()));

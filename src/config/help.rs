@@ -14,7 +14,13 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ),
     (
         "Cache",
-        &["cache_dir", "max_cache_size", "priority", "negative_ttl"],
+        &[
+            "cache_dir",
+            "max_cache_size",
+            "priority",
+            "negative_ttl",
+            "serve_compression",
+        ],
     ),
     (
         "Upstreams",

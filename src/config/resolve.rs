@@ -116,6 +116,7 @@ impl ServeArgs {
                 negative_ttl: duration("negative-ttl", &s.negative_ttl, default_negative_ttl)?,
                 timeouts,
                 tuning,
+                serve: s.serve_compression.unwrap_or_default(),
             },
             netrc_file,
             priority: s.priority.unwrap_or_else(default_priority),

@@ -15,7 +15,9 @@ mod nar_url;
 pub mod narinfo;
 mod provenance;
 mod remote;
+mod served;
 mod settings;
+mod transcode;
 pub mod verify;
 
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use crate::store::Store;
 use crate::upstream::{Answer, Upstream, UpstreamBody, UpstreamClient};
 pub use error::{Broke, FetchError, Origin};
 pub use remote::{Remote, Verdict};
-pub use settings::{FetchSettings, PeerPolicy, PeerTuning};
+pub use settings::{FetchSettings, PeerPolicy, PeerTuning, ServeCompression};
 
 /// How a request asks for a file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,6 +70,13 @@ pub struct Fetcher {
     pub tuning: PeerTuning,
     /// The BitTorrent engine, once started (absent with `--no-torrent`).
     torrent: std::sync::OnceLock<Arc<crate::torrent::Engine>>,
+    /// What runners get NARs as (`--serve-compression`; `None`: the upstream's file).
+    serve: Option<crate::nix::served::Served>,
+    /// Transcodes under way, by FileHash (`served.rs`).
+    transcodes: crate::coalesce::Coalescer<crate::nix::hash::Sha256, Result<(), String>>,
+    /// The signed facts of NARs whose narinfo was served lately (uploads included), for a
+    /// request of nixgate's own file of one that is not held.
+    signed: moka::sync::Cache<crate::nix::hash::Sha256, transcode::Signed>,
 }
 
 impl Fetcher {
@@ -99,6 +108,14 @@ impl Fetcher {
             provenance: Default::default(),
             torrent: Default::default(),
             tuning: settings.tuning,
+            serve: settings.serve.served(),
+            transcodes: Default::default(),
+            // Needed from a runner's narinfo request to its NAR's commit (seconds), and for
+            // uploads (whose narinfos `narinfos_of` does not see) until a runner asks again.
+            signed: moka::sync::Cache::builder()
+                .max_capacity(20_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
         }
     }
 

@@ -258,6 +258,10 @@ impl Front {
         }
         app.metrics.request(Route::Nar, Outcome::Hit);
         app.metrics.zero_copy();
+        if !ask.head {
+            let (start, end) = part.span();
+            app.metrics.transcode.served(hit.ext(), end - start);
+        }
         app.status.request(Route::Nar, Outcome::Hit, &ask.path);
         let closing = self.shutdown.is_cancelled();
         let body = (!ask.head).then_some(&hit);

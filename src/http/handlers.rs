@@ -202,14 +202,30 @@ fn refusal(e: FetchError, ask: Ask, uploader: bool) -> ServeError {
     }
 }
 
-/// `/<hash>.narinfo`; `uploader` as for [`refusal`].
-pub async fn narinfo(app: &Arc<App>, h: StorePathHash, ask: Ask, uploader: bool) -> Handled {
+/// `/<hash>.narinfo`; `uploader` as for [`refusal`]. A runner whose Nix decodes nixgate's
+/// own files gets the narinfo naming them once they exist (`fetch/served.rs`), so the answer
+/// varies with the User-Agent.
+pub async fn narinfo(
+    app: &Arc<App>,
+    h: StorePathHash,
+    ask: Ask,
+    uploader: bool,
+    user_agent: Option<&str>,
+) -> Handled {
     let (b, hit) = app
         .fetcher
         .narinfo(h, ask)
         .await
         .map_err(|e| refusal(e, ask, uploader))?;
-    buffer(app, "text/x-nix-narinfo", b, hit_or_miss(hit))
+    let asked_by_runner = !ask.fleet && !ask.only_if_cached;
+    let b = match asked_by_runner {
+        true => app.fetcher.narinfo_for(b, user_agent),
+        false => b,
+    };
+    let (outcome, mut resp) = buffer(app, "text/x-nix-narinfo", b, hit_or_miss(hit))?;
+    resp.headers_mut()
+        .insert(header::VARY, http::HeaderValue::from_static("User-Agent"));
+    Ok((outcome, resp))
 }
 
 const NAR_TYPE: &str = "application/x-nix-nar";
@@ -255,6 +271,7 @@ pub async fn nar(
         NarSource::Download(d) => {
             let mut b = ok(NAR_TYPE);
             if let Some(size) = d.download.size {
+                m.transcode.served(ext, size);
                 b = b.header(header::CONTENT_LENGTH, size);
             }
             b.body(body::download(d, m))
@@ -262,6 +279,7 @@ pub async fn nar(
         NarSource::Passthrough { chunks, size } => {
             let mut b = ok(NAR_TYPE);
             if let Some(size) = size {
+                m.transcode.served(ext, size);
                 b = b.header(header::CONTENT_LENGTH, size);
             }
             b.body(body::channel(chunks, m))
@@ -279,6 +297,11 @@ fn cached_file(app: &Arc<App>, hit: Hit, headers: &HeaderMap) -> Handled {
     );
     let m = app.metrics.clone();
     let b = ok(NAR_TYPE).header(header::ACCEPT_RANGES, "bytes");
+    if let Range::Partial(start, end) = range {
+        m.transcode.served(hit.ext(), end - start);
+    } else if range == Range::Full {
+        m.transcode.served(hit.ext(), size);
+    }
     let resp = match range {
         Range::Full => b
             .header(header::CONTENT_LENGTH, size)

@@ -50,7 +50,11 @@ async fn dispatch(
         Target::Digest => handlers::digest(app).await,
         Target::StatusPage => super::status::page(app).await,
         Target::StatusJson => super::status::json(app).await,
-        Target::NarInfo(h) => handlers::narinfo(app, h, ask, uploader()).await,
+        Target::NarInfo(h) => {
+            let ua = req.headers().get(header::USER_AGENT);
+            let ua = ua.and_then(|v| v.to_str().ok());
+            handlers::narinfo(app, h, ask, uploader(), ua).await
+        }
         Target::Nar { file_hash, ext } if head => {
             handlers::nar_head(app, file_hash, ext, ask, uploader()).await
         }

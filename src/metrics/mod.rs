@@ -9,6 +9,7 @@ mod labels;
 pub mod process;
 mod render;
 pub mod state;
+pub mod transcode;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct Metrics {
     upload_bytes: AtomicU64,
     upload_staging_bytes: AtomicU64,
     zero_copy: AtomicU64,
+    /// NARs recompressed for runners, and NAR bytes sent by compression.
+    pub transcode: transcode::TranscodeCounters,
 }
 
 impl Default for Metrics {
@@ -97,6 +100,7 @@ impl Default for Metrics {
             upload_bytes: AtomicU64::new(0),
             upload_staging_bytes: AtomicU64::new(0),
             zero_copy: AtomicU64::new(0),
+            transcode: Default::default(),
         }
     }
 }

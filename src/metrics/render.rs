@@ -22,6 +22,7 @@ impl Metrics {
         all.extend(self.more_families());
         all.extend(self.peer_families());
         all.extend(self.upload_families());
+        all.extend(self.transcode.families());
         all.push(log_family());
         all.push(build_info());
         all.extend(process_families(&super::process::ProcessStats::read()));

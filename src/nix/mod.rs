@@ -5,6 +5,7 @@ pub mod compression;
 pub mod hash;
 pub mod narinfo;
 pub mod nix32;
+pub mod served;
 pub mod signature;
 pub mod store_path;
 

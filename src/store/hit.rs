@@ -26,6 +26,9 @@ pub enum Representation {
     /// The file its narinfo names (FileHash, FileSize), as compressed by whoever published
     /// it; the extension (with its dot, or `""`) is the one in its URL.
     Published(&'static str),
+    /// nixgate's own file of the NAR, recompressed from a verified one for runners
+    /// (`fetch/transcode.rs`); the extension of its URL.
+    Served(&'static str),
 }
 
 /// Where a hit was found.
@@ -84,7 +87,7 @@ impl Hit {
     /// The extension of its URL (`.xz`, …, or `""`).
     pub fn ext(&self) -> &'static str {
         match self.repr {
-            Representation::Published(ext) => ext,
+            Representation::Published(ext) | Representation::Served(ext) => ext,
         }
     }
 

@@ -16,6 +16,7 @@
 //! orders the groups the scan found by mtime, oldest coldest.
 
 mod scan;
+mod served;
 
 use std::collections::HashSet;
 
@@ -41,6 +42,8 @@ pub struct Evicted {
     pub file_hash: Sha256,
     pub narinfos: Vec<StorePathHash>,
     pub nar: Option<NarFile>,
+    /// nixgate's own file of the NAR ([`Index::insert_served`]), evicted with its group.
+    pub served: Option<NarFile>,
 }
 
 /// The start-up scan's state: the mtime of each group it found (by group index) and what was
@@ -61,6 +64,9 @@ pub struct Index {
     /// Bytes promised to downloads under way (not yet committed): they count against the cap.
     reserved: u64,
     scan: Option<Box<Scan>>,
+    /// nixgate's own files (zstd or plain) of the groups that have one, by FileHash: a side
+    /// table, since few groups have one at first and a slot costs every group.
+    served: std::collections::HashMap<[u8; 32], NarFile>,
 }
 
 fn ext_index(ext: &str) -> u8 {
@@ -226,7 +232,8 @@ impl Index {
         for h in &narinfos {
             self.remove_narinfo(h);
         }
-        if let Some(n) = nar {
+        let served = self.served.remove(&fh.0);
+        for n in nar.iter().chain(&served) {
             self.bytes -= n.size;
             self.files -= 1;
         }
@@ -238,6 +245,7 @@ impl Index {
             file_hash: *fh,
             narinfos,
             nar,
+            served,
         })
     }
 

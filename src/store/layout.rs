@@ -22,6 +22,8 @@ pub(super) struct Layout {
 pub(super) enum Name {
     NarInfo(StorePathHash, Sha256),
     Nar(Sha256, &'static str),
+    /// nixgate's own file of a NAR (see `index/served.rs`), with its extension.
+    Served(Sha256, &'static str),
 }
 
 /// Whether `root` may be used as a cache dir, changing nothing: `Ok(true)` when it is a
@@ -90,6 +92,13 @@ impl Layout {
         let f = fh.to_nix32();
         self.shard("nar", &f).join(format!("{f}.nar{ext}"))
     }
+
+    /// `nar/<fh[..2]>/<filehash>.served.nar<ext>`: nixgate's own file of a NAR, named apart
+    /// from the upstream's (an upstream may publish `.nar.zst` itself).
+    pub fn served_path(&self, fh: &Sha256, ext: &str) -> PathBuf {
+        let f = fh.to_nix32();
+        self.shard("nar", &f).join(format!("{f}.served.nar{ext}"))
+    }
 }
 
 impl Layout {
@@ -125,6 +134,12 @@ impl Name {
 
     /// A name under `nar/`.
     pub fn nar(name: &str) -> Option<Name> {
+        if let Some((fh, ext)) = name.split_once(".served.nar") {
+            return Some(Name::Served(
+                Sha256::from_nix32(fh).ok()?,
+                Compression::known_extension(ext)?,
+            ));
+        }
         let (fh, ext) = name.split_once(".nar")?;
         Some(Name::Nar(
             Sha256::from_nix32(fh).ok()?,

@@ -13,6 +13,8 @@
 //! narinfo/<h[..2]>/<h>-<filehash>.narinfo   line 1: upstream URL of the NAR; rest: the
 //!                                           narinfo exactly as served (URL rewritten)
 //! nar/<fh[..2]>/<filehash>.nar<ext>         the compressed NAR, verified against FileHash
+//! nar/<fh[..2]>/<filehash>.served.nar<ext>  nixgate's own file of it (zstd, or plain) for
+//!                                           runners (`served.rs`), evicted with its group
 //! uploads/                                  uploaded paths, apart from the LRU (uploads.rs)
 //! ```
 //!
@@ -29,6 +31,7 @@ pub mod index;
 mod layout;
 mod lookup;
 mod rebuild;
+mod served;
 mod slots;
 pub mod uploads;
 mod writable;
@@ -158,6 +161,7 @@ impl Store {
             file_hash: fh,
             narinfos: vec![*h],
             nar: None,
+            served: None,
         }]);
     }
 
@@ -191,6 +195,9 @@ impl Store {
                 if let Some(tx) = &self.on_gone {
                     let _ = tx.send(e.file_hash);
                 }
+            }
+            if let Some(served) = e.served {
+                let _ = std::fs::remove_file(self.layout.served_path(&e.file_hash, served.ext));
             }
         }
         let ix = self.index();

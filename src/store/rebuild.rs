@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::index::NarFile;
 use super::layout::Name;
 use super::{io_err, Store, StoreError};
 
@@ -116,6 +117,10 @@ impl Store {
             match f.name {
                 Name::NarInfo(h, fh) => ix.scanned_narinfo(h, fh, f.size, f.mtime),
                 Name::Nar(fh, ext) => ix.scanned_nar(fh, ext, f.size, f.mtime),
+                Name::Served(fh, ext) => {
+                    let (size, checked) = (f.size, true);
+                    ix.scanned_served(fh, NarFile { ext, size, checked }, f.mtime)
+                }
             }
         }
         self.metrics.set_cache(ix.bytes(), ix.files());

@@ -28,9 +28,11 @@ use crate::nix::store_path::StorePathHash;
 
 /// What a write becomes once committed.
 #[derive(Debug, Clone, Copy)]
-enum Entry {
+pub(super) enum Entry {
     NarInfo(StorePathHash, Sha256),
     Nar(Sha256, &'static str),
+    /// nixgate's own file of NAR `fh`, with its extension (`served.rs`).
+    Served(Sha256, &'static str),
 }
 
 /// A file being written in `tmp/`; dropped without [`WriteHandle::commit`] it is deleted.
@@ -53,9 +55,18 @@ impl Store {
         ext: &'static str,
         size: Option<u64>,
     ) -> Result<WriteHandle, StoreError> {
+        self.begin_reserved(Entry::Nar(fh, ext), size)
+    }
+
+    /// Begins a file that holds a reservation of `size` bytes (see [`Store::begin_nar`]).
+    pub(super) fn begin_reserved(
+        self: &Arc<Self>,
+        entry: Entry,
+        size: Option<u64>,
+    ) -> Result<WriteHandle, StoreError> {
         let want = size.unwrap_or(0);
         self.reserve(want).inspect_err(|e| self.store_failed(e))?;
-        let mut w = self.begin(Entry::Nar(fh, ext)).inspect_err(|e| {
+        let mut w = self.begin(entry).inspect_err(|e| {
             self.index().release(want);
             self.store_failed(e);
         })?;
@@ -111,6 +122,7 @@ impl Store {
         match entry {
             Entry::NarInfo(h, fh) => self.layout.narinfo_path(&h, &fh),
             Entry::Nar(fh, ext) => self.layout.nar_path(&fh, ext),
+            Entry::Served(fh, ext) => self.layout.served_path(&fh, ext),
         }
     }
 
@@ -135,6 +147,11 @@ impl Store {
                             checked: true,
                         },
                     );
+                    (None, ix.evict_to(limit, Some(&fh)))
+                }
+                Entry::Served(fh, ext) => {
+                    let (size, checked) = (size, true);
+                    ix.insert_served(fh, NarFile { ext, size, checked });
                     (None, ix.evict_to(limit, Some(&fh)))
                 }
             }
@@ -194,7 +211,7 @@ impl WriteHandle {
     pub fn commit(mut self) -> Result<PathBuf, StoreError> {
         let file = self.file.take().expect("file is open until commit");
         let dest = self.store.dest(self.entry);
-        let durable = matches!(self.entry, Entry::Nar(..));
+        let durable = !matches!(self.entry, Entry::NarInfo(..));
         let published = publish(&file, &self.path, &dest, durable);
         let size = match published {
             Ok(size) => size,
@@ -206,7 +223,7 @@ impl WriteHandle {
         };
         match self.entry {
             Entry::NarInfo(h, _) => self.store.hot.invalidate(&h),
-            Entry::Nar(..) => self.store.stored(),
+            Entry::Nar(..) | Entry::Served(..) => self.store.stored(),
         }
         self.store
             .record(self.entry, size, std::mem::take(&mut self.reserved));

@@ -84,7 +84,12 @@ impl Fetcher {
                     }
                     Err(e) => Err(FetchError::storage(e)),
                 };
+                let done = res.is_ok() && plan.nar.is_some();
                 tx.send_replace(this.final_state(&plan, res));
+                if done {
+                    // Runners get nixgate's own file from now on (`fetch/served.rs`).
+                    this.downloaded(plan.fh);
+                }
             };
             Ok((download, task))
         });

@@ -110,6 +110,9 @@ impl Fetcher {
         if ask.only_if_cached {
             return Err(FetchError::NotFound);
         }
+        if let Some(hit) = self.served_miss(fh, ext, ask).await? {
+            return Ok((NarSource::Cached(hit), false));
+        }
         let key = format!("nar/{}.nar{ext}", fh.to_nix32());
         if self.is_negative(&key) {
             return Err(FetchError::NotFound);
@@ -196,6 +199,14 @@ impl Fetcher {
             .await
             .map_err(FetchError::storage)?
         else {
+            // nixgate's own file of the NAR, when `ext` names it (`served.rs`).
+            if self.serve.is_some_and(|s| s.extension() == ext) {
+                return self
+                    .store
+                    .served(&fh, ext)
+                    .await
+                    .map_err(FetchError::storage);
+            }
             return Ok(None);
         };
         if self.store.nar_unchecked(&fh, ext) == Some(true) {

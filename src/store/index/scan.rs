@@ -41,7 +41,7 @@ impl Index {
     }
 
     /// The group of `fh`; a new one goes to the cold end, pending its place by mtime.
-    fn scanned_group(&mut self, fh: Sha256, mtime: u64) -> u32 {
+    pub(super) fn scanned_group(&mut self, fh: Sha256, mtime: u64) -> u32 {
         let scan = self.scan.as_mut().expect("scanning");
         let g = match self.slots.find_group(&fh.0) {
             Some(g) => g,

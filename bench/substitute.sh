@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Substitution benchmark of --serve-compression (issue 22): real `nix copy --from` of a
+# realistic closure, warm, through nixgate (zstd) beside nginx serving the xz files. Usage:
+#   bench/substitute.sh
+# Needs: nix-bin, nginx, curl, python3 (Debian). Traffic stays on 127.0.0.1.
+#
+# 1. A closure of real files from this machine (SOURCES: Python's library, gcc's libraries,
+#    git's binaries, translations; no random bytes), each directory added as a store path and
+#    written as a signed binary cache with xz (what cache.nixos.org serves).
+# 2. nginx serves that cache (port 1: the xz files, as nginx proxy_cache serves them warm), and
+#    the same paths written as a zstd cache by Nix (port 3: the client's limit). nixgate
+#    (release build, default --serve-compression zstd) caches the xz one (port 2).
+# 3. A cold `nix copy` through nixgate (it fetches xz, verifies, then transcodes each NAR once
+#    in the background); then the appliance's metrics: NAR bytes transcoded, zstd bytes written,
+#    transcode CPU seconds (thread CPU time: xz decode + NarHash + zstd encode).
+# 4. ROUNDS rounds, alternated: `nix copy` into a fresh store from nginx (xz), from warm
+#    nixgate (zstd) and from nginx (zstd); wall time of each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for t in nix nginx curl python3; do
+  command -v "$t" >/dev/null || { echo "substitute.sh: missing tool: $t (apt-get install nix-bin nginx curl python3)" >&2; exit 2; }
+done
+ROUNDS=${ROUNDS:-3}
+LOC=/usr/share/locale
+SOURCES=${SOURCES:-"/usr/lib/python3.11 /usr/lib/gcc/x86_64-linux-gnu/12 /usr/lib/git-core $LOC/de $LOC/fr $LOC/es $LOC/ja $LOC/ru"}
+cargo build --release --quiet --bin nixgate
+NG=${CARGO_TARGET_DIR:-$PWD/target}/release/nixgate
+D=$(mktemp -d /tmp/nixgate-substitute.XXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$D"; }
+trap cleanup EXIT
+export NIX_CONFIG='experimental-features = nix-command
+sandbox = false
+build-users-group =
+substituters =
+narinfo-cache-negative-ttl = 0'
+wait_ok() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer: $1" >&2; return 1; }
+metric() { curl -sf "http://127.0.0.1:$P2/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+
+echo "== closure: $SOURCES"
+nix key generate-secret --key-name nixgate-substitute-1 > "$D/sk"
+KEY=$(nix key convert-secret-to-public < "$D/sk")
+PATHS=()
+for s in $SOURCES; do
+  [ -e "$s" ] || { echo "substitute.sh: source $s missing" >&2; exit 2; }
+  PATHS+=("$(nix-store --add "$s")")
+done
+NAR_BYTES=$(nix path-info -S --json "${PATHS[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
+nix copy --to "file://$D/cache?secret-key=$D/sk&compression=xz&parallel-compression=true" "${PATHS[@]}"
+nix copy --to "file://$D/zcache?secret-key=$D/sk&compression=zstd" "${PATHS[@]}"
+XZ_BYTES=$(cat "$D"/cache/*.narinfo | sed -n 's/^FileSize: //p' | python3 -c 'import sys; print(sum(int(l) for l in sys.stdin))')
+echo "paths ${#PATHS[@]}, NAR $((NAR_BYTES / 1000000)) MB, xz files $((XZ_BYTES / 1000000)) MB"
+
+P1=18291 P2=18292 P3=18293
+cat > "$D/nginx.conf" <<NG
+user root; daemon off; worker_processes 2; pid $D/nginx.pid; error_log $D/nginx.err;
+events { worker_connections 1024; }
+http { access_log off; sendfile on; tcp_nopush on;
+  client_body_temp_path $D; proxy_temp_path $D; fastcgi_temp_path $D; uwsgi_temp_path $D; scgi_temp_path $D;
+  types { text/x-nix-narinfo narinfo; application/x-nix-nar xz zst; }
+  server { listen 127.0.0.1:$P1; root $D/cache; }
+  server { listen 127.0.0.1:$P3; root $D/zcache; } }
+NG
+nginx -c "$D/nginx.conf" & PIDS+=($!)
+RUST_LOG=warn "$NG" serve --listen 127.0.0.1:$P2 --cache-dir "$D/ng" --upstream http://127.0.0.1:$P1 \
+  --trusted-public-key "$KEY" --no-torrent --no-mdns & PIDS+=($!)
+wait_ok "http://127.0.0.1:$P1/nix-cache-info"; wait_ok "http://127.0.0.1:$P2/nix-cache-info"; wait_ok "http://127.0.0.1:$P3/nix-cache-info"
+
+copy() { # copy NAME URL: wall seconds of a nix copy of the closure into a fresh store
+  local dest=$D/r/$1; rm -rf "$dest"; mkdir -p "$dest"
+  local t0; t0=$(date +%s.%N)
+  XDG_CACHE_HOME=$dest/xdg nix copy --from "$2" --to "$dest/root" --option trusted-public-keys "$KEY" "${PATHS[@]}" 2> "$dest.err" \
+    || { echo "nix copy from $2 failed:" >&2; cat "$dest.err" >&2; exit 1; }
+  python3 -c "import time; print(f'{time.time() - $t0:.2f}')"
+}
+
+echo "== cold through nixgate (xz served, transcoded after): $(copy cold http://127.0.0.1:$P2) s"
+for _ in $(seq 600); do
+  n=$(metric 'nixgate_transcodes_total{outcome="stored"}'); f=$(metric 'nixgate_transcodes_total{outcome="failed"}')
+  [ "$((n + f))" -ge "${#PATHS[@]}" ] && break; sleep 0.2
+done
+TN=$(metric 'nixgate_transcoded_bytes_total{side="nar"}'); TO=$(metric 'nixgate_transcoded_bytes_total{side="out"}')
+CPU=$(metric 'nixgate_transcode_cpu_seconds_total')
+python3 - "$TN" "$TO" "$CPU" "$XZ_BYTES" "$n" "$f" <<'PY'
+import sys
+tn, to, cpu, xz, n, f = map(float, sys.argv[1:])
+print(f"transcodes stored {int(n)} failed {int(f)}; NAR {tn/1e6:.0f} MB -> zstd {to/1e6:.0f} MB "
+      f"({to/xz:.2f}x the xz files); transcode CPU {cpu:.1f} s = {cpu/(tn/1e9):.1f} s per GB of NAR")
+PY
+echo "== warm, $ROUNDS rounds alternated (wall s)"
+for r in $(seq "$ROUNDS"); do
+  X=$(copy nginx http://127.0.0.1:$P1); Z=$(copy nixgate http://127.0.0.1:$P2); N=$(copy nginx-zstd http://127.0.0.1:$P3)
+  echo "round $r: nginx xz $X s | nixgate zstd $Z s | nginx zstd $N s | nginx xz / nixgate $(python3 -c "print(round($X/$Z, 2))")x | nixgate / nginx zstd $(python3 -c "print(round($Z/$N, 2))")x"
+done
+echo "zstd bytes served: $(metric 'nixgate_served_nar_bytes_total{compression="zstd"}')"

@@ -1,0 +1,215 @@
+//! Serving runners nixgate's own file of a NAR (`--serve-compression`, docs/ZSTD.md): the
+//! narinfo a client gets, the background transcode (coalesced per NAR) once a runner that
+//! decodes nixgate's file asked for the path and its NAR is held, and a request for the served file that the cache does not hold (evicted, or named by a
+//! narinfo a runner kept): the upstream's NAR is fetched (verified as always), transcoded,
+//! then served, so a URL nixgate handed out never 404s while an upstream has the path.
+//!
+//! Who gets what: a client whose User-Agent names a Nix that decodes the served compression
+//! ([`accepts_zstd`]), once the file exists; everyone else (old Nix, curl, peers and fleet
+//! members, which send `nixgate/…`) gets the narinfo as today, byte for byte.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::nar::{NarSource, Progress};
+use super::narinfo::parse_stored;
+use super::transcode::{transcode, Signed, TranscodeError};
+use super::{Ask, FetchError, Fetcher};
+use crate::nix::compression::Compression;
+use crate::nix::hash::Sha256;
+use crate::nix::narinfo::NarInfo;
+use crate::nix::served::{accepts_zstd, render, Served};
+use crate::store::Hit;
+
+/// The signed facts of a narinfo, and its FileHash.
+fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
+    let signed = Signed {
+        compression: Compression::from_field(ni.compression.as_deref()),
+        nar_hash: ni.nar_hash,
+        nar_size: ni.nar_size,
+    };
+    Some((ni.file_hash?, signed))
+}
+
+impl Fetcher {
+    /// What nixgate serves runners its NARs as, if not the upstream's compression.
+    fn served_as(&self) -> Option<Served> {
+        self.serve
+    }
+
+    /// The narinfo to send a client with this User-Agent, given the narinfo as fetched (and
+    /// verified): nixgate's own file when the client decodes it and it is held, else the
+    /// narinfo unchanged (and, for a client that would have been served it, the transcode is
+    /// started in the background).
+    pub fn narinfo_for(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> Bytes {
+        let Some(as_) = self.served_as() else {
+            return b;
+        };
+        let decodes = match as_ {
+            Served::Zstd => accepts_zstd(user_agent),
+            Served::None => user_agent.is_some_and(|ua| ua.contains("Nix/")),
+        };
+        let Some((fh, signed)) = (decodes.then(|| std::str::from_utf8(&b).ok()).flatten())
+            .and_then(|t| NarInfo::parse(t, crate::nix::STORE_DIR).ok())
+            .and_then(|ni| signed_of(&ni))
+        else {
+            return b;
+        };
+        // Same file name (gzip and plain NARs both have no suffix), or nothing to gain.
+        if signed.compression.extension() == as_.extension()
+            || !super::decode::supports(signed.compression)
+        {
+            return b;
+        }
+        self.signed.insert(fh, signed);
+        if self.store.holds_served(&fh, as_.extension()) {
+            return render(&b, &fh, as_);
+        }
+        self.transcode_soon(fh, signed);
+        b
+    }
+
+    /// Starts the transcode of NAR `fh` in the background (joined if one is under way).
+    pub(super) fn transcode_soon(self: &Arc<Self>, fh: Sha256, signed: Signed) {
+        if self.served_as().is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.transcode(fh, signed).await {
+                tracing::warn!(file_hash = %fh, error = %e, "transcode failed; the upstream's file is served meanwhile");
+            }
+        });
+    }
+
+    /// Makes nixgate's own file of NAR `fh` from the held NAR, once however many ask.
+    async fn transcode(self: &Arc<Self>, fh: Sha256, signed: Signed) -> Result<(), String> {
+        let Some(as_) = self.served_as() else {
+            return Ok(());
+        };
+        if self.store.holds_served(&fh, as_.extension()) {
+            return Ok(());
+        }
+        let this = self.clone();
+        let make = move || async move {
+            let res = this.transcode_once(fh, signed, as_).await;
+            if !matches!(res, Ok(false)) {
+                this.metrics.transcode.ended(res.is_ok());
+            }
+            res.map(drop).map_err(|e| e.to_string())
+        };
+        self.transcodes.run(fh, make).await.0
+    }
+
+    /// The transcode itself; `false` when the NAR is not held (not fetched yet, evicted, or
+    /// relayed uncached): nothing to do until its download commits.
+    async fn transcode_once(
+        &self,
+        fh: Sha256,
+        signed: Signed,
+        as_: Served,
+    ) -> Result<bool, TranscodeError> {
+        let from = signed.compression.extension();
+        let Ok(Some(hit)) = self.cached(fh, from).await else {
+            return Ok(false);
+        };
+        let file = self
+            .store
+            .begin_served(fh, as_.extension(), Some(hit.len()))?;
+        let metrics = self.metrics.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let t = transcode(hit.reader(), signed, as_, file)?;
+            t.file.commit()?;
+            metrics
+                .transcode
+                .transcoded(t.nar_bytes, t.out_bytes, t.cpu);
+            tracing::debug!(file_hash = %fh, nar_bytes = t.nar_bytes, bytes = t.out_bytes, cpu_s = t.cpu.as_secs_f64(), "NAR transcoded");
+            Ok(true)
+        });
+        job.await
+            .map_err(|e| TranscodeError::Encode(std::io::Error::other(e)))?
+    }
+
+    /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: the
+    /// upstream's NAR is had (held, or fetched and verified as any miss), transcoded, then
+    /// served. `None` when `ext` names no file of nixgate's for `fh` (the upstream's own).
+    pub(super) async fn served_miss(
+        self: &Arc<Self>,
+        fh: Sha256,
+        ext: &'static str,
+        ask: Ask,
+    ) -> Result<Option<Hit>, FetchError> {
+        if self.served_as().is_none_or(|s| s.extension() != ext) || ask.fleet {
+            return Ok(None);
+        }
+        let Some(signed) = self.signed_facts(&fh).await else {
+            return Ok(None);
+        };
+        let from = signed.compression.extension();
+        if from == ext {
+            return Ok(None);
+        }
+        if self.cached(fh, from).await?.is_none() {
+            let (source, _) = Box::pin(self.nar(fh, from, ask)).await?;
+            match source {
+                NarSource::Cached(_) => {}
+                NarSource::Download(r) => {
+                    let mut rx = r.download.progress.clone();
+                    let end = rx
+                        .wait_for(|p| matches!(p, Progress::Done(_) | Progress::Failed(_)))
+                        .await
+                        .map(|p| p.clone());
+                    if let Ok(Progress::Failed(e)) = end {
+                        return Err(e);
+                    }
+                }
+                NarSource::Passthrough { .. } => {
+                    return Err(FetchError::Storage(
+                        "no room in the cache to transcode".into(),
+                    ))
+                }
+            }
+        }
+        self.transcode(fh, signed)
+            .await
+            .map_err(FetchError::Storage)?;
+        // Not there: the NAR was not held after all (relayed uncached), or evicted at once.
+        let hit = self
+            .store
+            .served(&fh, ext)
+            .await
+            .map_err(FetchError::storage)?;
+        hit.map(Some)
+            .ok_or_else(|| FetchError::Storage("no room in the cache to transcode".into()))
+    }
+
+    /// The signed facts of NAR `fh`: from a narinfo served lately, or one the cache holds.
+    async fn signed_facts(&self, fh: &Sha256) -> Option<Signed> {
+        if let Some(s) = self.signed.get(fh) {
+            return Some(s);
+        }
+        let stored = self.store.narinfos_of(fh).await;
+        let mut all = stored.iter().filter_map(parse_stored);
+        all.find_map(|(_, ni)| signed_of(&ni).filter(|(f, _)| f == fh))
+            .map(|(_, s)| s)
+    }
+
+    /// After a download of NAR `fh` was verified and committed: its transcode, when a runner
+    /// that decodes nixgate's own file asked for its narinfo lately (so paths only peers,
+    /// old clients or plain HTTP clients want cost no CPU or disk; an upload is transcoded
+    /// when such a runner first asks for it).
+    pub(super) fn downloaded(self: &Arc<Self>, fh: Sha256) {
+        let Some(signed) = self.signed.get(&fh) else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let from = signed.compression.extension();
+            // Relayed uncached (no room) is no file to transcode.
+            if let Ok(Some(_)) = this.cached(fh, from).await {
+                this.transcode_soon(fh, signed);
+            }
+        });
+    }
+}

@@ -1,0 +1,271 @@
+//! Recompressing a verified NAR for runners (issue 22, docs/ZSTD.md): decode the stored file
+//! with the decoders that check every NAR (`decode.rs`), hash the decoded stream against the
+//! signed NarHash/NarSize once more, and encode it (zstd level 3, 8 MiB window with
+//! long-distance matching, single-threaded; docs/ZSTD.md §2) into a store write. Blocking:
+//! runs on the blocking pool, one thread per transcode.
+//!
+//! The encoder sees exactly the bytes being hashed, and the caller commits the file only when
+//! the hash and size matched: a zstd file exists only for bytes that match the signature.
+
+use std::io::{self, BufWriter, Read, Write};
+use std::time::Duration;
+
+use sha2::Digest;
+use thiserror::Error;
+
+use super::decode::Decoder;
+use crate::nix::compression::Compression;
+use crate::nix::hash::Sha256;
+use crate::nix::served::Served;
+use crate::store::{StoreError, WriteHandle};
+
+/// zstd level (docs/ZSTD.md §2: 7.4 CPU s/GB, 1.31× the xz size).
+const LEVEL: i32 = 3;
+/// zstd window: 8 MiB, what xz -6 costs a runner's decoder today.
+const WINDOW_LOG: u32 = 23;
+/// Read and write batches.
+const CHUNK: usize = 1 << 20;
+
+/// What a NAR must decode to: its signed NarHash and NarSize, and how its file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signed {
+    pub compression: Compression,
+    pub nar_hash: Sha256,
+    pub nar_size: u64,
+}
+
+/// Why a transcode produced nothing.
+#[derive(Debug, Error)]
+pub enum TranscodeError {
+    #[error("nixgate cannot decode {0:?}")]
+    Uncheckable(Compression),
+    #[error("reading or decoding the stored NAR: {0}")]
+    Decode(io::Error),
+    #[error("the decoded NAR does not match its signed NarHash/NarSize")]
+    Mismatch,
+    #[error("encoding: {0}")]
+    Encode(io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A finished transcode: its file (to commit) and what it cost.
+pub struct Transcoded {
+    pub file: WriteHandle,
+    pub nar_bytes: u64,
+    pub out_bytes: u64,
+    /// CPU time of the thread (decode, hash and encode).
+    pub cpu: Duration,
+}
+
+/// The store write, as an `io::Write` (its reservation grows with what is written).
+struct Out {
+    file: WriteHandle,
+    written: u64,
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file
+            .grow(self.written + buf.len() as u64)
+            .map_err(io::Error::other)?;
+        let n = self.file.file().write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The encoded output: zstd, or the NAR itself.
+enum Encoded {
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<Out>>),
+    Plain(BufWriter<Out>),
+}
+
+impl Encoded {
+    fn new(as_: Served, out: Out, nar_size: u64) -> io::Result<Self> {
+        let out = BufWriter::with_capacity(CHUNK, out);
+        Ok(match as_ {
+            Served::None => Encoded::Plain(out),
+            Served::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, LEVEL)?;
+                e.window_log(WINDOW_LOG)?;
+                e.long_distance_matching(true)?;
+                e.include_checksum(true)?;
+                e.set_pledged_src_size(Some(nar_size))?;
+                Encoded::Zstd(e)
+            }
+        })
+    }
+
+    fn finish(self) -> io::Result<Out> {
+        let out = match self {
+            Encoded::Zstd(e) => e.finish()?,
+            Encoded::Plain(out) => out,
+        };
+        out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// Where decoded bytes go: hashed, counted (refusing more than NarSize), then encoded.
+struct Tap {
+    hasher: sha2::Sha256,
+    size: u64,
+    limit: u64,
+    out: Encoded,
+}
+
+impl Write for Tap {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.size += buf.len() as u64;
+        if self.size > self.limit {
+            return Err(io::Error::other("longer than NarSize"));
+        }
+        self.hasher.update(buf);
+        match &mut self.out {
+            Encoded::Zstd(e) => e.write_all(buf)?,
+            Encoded::Plain(o) => o.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decodes `src` (a file compressed as `signed` says), checks it against `signed`, and writes
+/// it as `as_` into `file`; the file is to be committed by the caller. Blocking.
+pub fn transcode(
+    mut src: impl Read,
+    signed: Signed,
+    as_: Served,
+    file: WriteHandle,
+) -> Result<Transcoded, TranscodeError> {
+    let started = thread_cpu();
+    let out = Encoded::new(as_, Out { file, written: 0 }, signed.nar_size)
+        .map_err(TranscodeError::Encode)?;
+    let tap = Tap {
+        hasher: sha2::Sha256::new(),
+        size: 0,
+        limit: signed.nar_size,
+        out,
+    };
+    let c = signed.compression;
+    let mut decoder = Decoder::new(c, tap).ok_or(TranscodeError::Uncheckable(c))?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = src.read(&mut buf).map_err(TranscodeError::Decode)?;
+        if n == 0 {
+            break;
+        }
+        decoder
+            .write_all(&buf[..n])
+            .map_err(TranscodeError::Decode)?;
+    }
+    let tap = decoder.finish().map_err(TranscodeError::Decode)?;
+    let hash = Sha256(tap.hasher.finalize().into());
+    if tap.size != signed.nar_size || hash != signed.nar_hash {
+        return Err(TranscodeError::Mismatch);
+    }
+    let nar_bytes = tap.size;
+    let out = tap.out.finish().map_err(TranscodeError::Encode)?;
+    Ok(Transcoded {
+        file: out.file,
+        nar_bytes,
+        out_bytes: out.written,
+        cpu: thread_cpu().saturating_sub(started),
+    })
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::sync::Arc;
+
+    fn nar() -> Vec<u8> {
+        let mut nar = crate::nix::compression::NAR_MAGIC.to_vec();
+        for i in 0..50_000u32 {
+            nar.extend_from_slice(format!("line {} of a text file\n", i % 977).as_bytes());
+        }
+        nar
+    }
+
+    fn xz(b: &[u8]) -> Vec<u8> {
+        let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn signed(b: &[u8]) -> Signed {
+        Signed {
+            compression: Compression::Xz,
+            nar_hash: Sha256(sha2::Sha256::digest(b).into()),
+            nar_size: b.len() as u64,
+        }
+    }
+
+    #[tokio::test]
+    async fn xz_becomes_zstd_that_decodes_to_the_same_nar() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(dir.path(), 1 << 30, Arc::new(Metrics::default()), None)
+                .unwrap();
+        assert!(store.wait_indexed(Duration::from_secs(10)));
+        let (nar, fh) = (nar(), Sha256([9; 32]));
+        for as_ in [Served::Zstd, Served::None] {
+            let w = store.begin_served(fh, as_.extension(), None).unwrap();
+            let t = transcode(&xz(&nar)[..], signed(&nar), as_, w).unwrap();
+            assert_eq!(t.nar_bytes, nar.len() as u64);
+            let path = t.file.commit().unwrap();
+            let bytes = std::fs::read(path).unwrap();
+            assert_eq!(bytes.len() as u64, t.out_bytes);
+            let decoded = match as_ {
+                Served::Zstd => zstd::decode_all(&bytes[..]).unwrap(),
+                Served::None => bytes,
+            };
+            assert_eq!(decoded, nar);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nar_that_does_not_match_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(dir.path(), 1 << 30, Arc::new(Metrics::default()), None)
+                .unwrap();
+        assert!(store.wait_indexed(Duration::from_secs(10)));
+        let nar = nar();
+        let mut wrong = signed(&nar);
+        wrong.nar_hash = Sha256([1; 32]);
+        let w = store.begin_served(Sha256([9; 32]), ".zst", None).unwrap();
+        let e = transcode(&xz(&nar)[..], wrong, Served::Zstd, w);
+        assert!(matches!(e, Err(TranscodeError::Mismatch)));
+        let mut short = signed(&nar);
+        short.nar_size -= 1;
+        let w = store.begin_served(Sha256([9; 32]), ".zst", None).unwrap();
+        let e = transcode(&xz(&nar)[..], short, Served::Zstd, w);
+        assert!(
+            matches!(e, Err(TranscodeError::Decode(_))),
+            "longer than NarSize"
+        );
+        assert!(store
+            .served(&Sha256([9; 32]), ".zst")
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(store.bytes(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}
