@@ -10,13 +10,13 @@ pub mod heal;
 pub mod netrc;
 pub mod probe;
 mod remote;
+mod response;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{Method, Request};
 use http_body_util::Empty;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -28,6 +28,7 @@ pub use body::UpstreamBody;
 pub use egress::Egress;
 use netrc::{Credentials, Netrc};
 pub use remote::Upstream;
+use response::{answer, classify};
 
 /// Upstream timeouts, one per phase of a request (`--connect-timeout`, `--first-byte-timeout`,
 /// `--stall-timeout`).
@@ -166,19 +167,6 @@ pub struct UpstreamClient {
     netrc: Netrc,
 }
 
-/// The class of an answer; `authenticated`: credentials were sent with the request.
-fn classify(status: StatusCode, authenticated: bool) -> UpstreamStatus {
-    match status.as_u16() {
-        401 => UpstreamStatus::AuthFailed,
-        403 if authenticated => UpstreamStatus::AuthFailed,
-        200..=299 => UpstreamStatus::Ok,
-        404 => UpstreamStatus::NotFound,
-        400..=499 => UpstreamStatus::ClientError,
-        500..=599 => UpstreamStatus::ServerError,
-        _ => UpstreamStatus::Other,
-    }
-}
-
 impl UpstreamClient {
     /// Builds the client (HTTP/1.1; https with the Mozilla roots compiled in, so the image
     /// needs no CA bundle, plus `egress`'s CAs); `netrc` gives upstreams their credentials;
@@ -278,20 +266,7 @@ impl UpstreamClient {
             req.headers_mut().insert(http::header::RANGE, range);
         }
         let (first_byte, stall) = self.phase_timeouts(asker);
-        let sending = match asker {
-            Asker::Upstream(_) => {
-                if let Some(auth) = self
-                    .proxies
-                    .as_ref()
-                    .and_then(|m| egress::proxy_auth(m, url))
-                {
-                    req.headers_mut()
-                        .insert(http::header::PROXY_AUTHORIZATION, auth);
-                }
-                self.client.request(req)
-            }
-            Asker::Peer | Asker::Fleet => self.direct.request(req),
-        };
+        let sending = self.sending(asker, url, req);
         let resp = match tokio::time::timeout(first_byte, sending).await {
             Err(_) => {
                 up.breaker.failure();
@@ -328,6 +303,28 @@ impl UpstreamClient {
         answer(up, asker, resp, progress, offset)
     }
 
+    /// Sends `req` with the client `asker` calls for: to an upstream through the configured
+    /// proxy (with the proxy's credentials when it forwards plain HTTP), to a peer or fleet
+    /// member directly.
+    fn sending(
+        &self,
+        asker: Asker<'_>,
+        url: &Url,
+        mut req: Request<Empty<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match asker {
+            Asker::Upstream(_) => {
+                let m = self.proxies.as_ref();
+                if let Some(auth) = m.and_then(|m| egress::proxy_auth(m, url)) {
+                    let name = http::header::PROXY_AUTHORIZATION;
+                    req.headers_mut().insert(name, auth);
+                }
+                self.client.request(req)
+            }
+            Asker::Peer | Asker::Fleet => self.direct.request(req),
+        }
+    }
+
     /// The upstream timeouts (`--connect-timeout`, `--narinfo-timeout`, …).
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
@@ -349,52 +346,6 @@ impl UpstreamClient {
             ),
         }
     }
-}
-
-/// What a response (other than an auth failure) means: a body, "not found", or an error. A
-/// redirect (3xx) is an error: it is never followed.
-fn answer(
-    up: &Upstream,
-    asker: Asker<'_>,
-    resp: http::Response<Incoming>,
-    progress: body::Progress,
-    offset: u64,
-) -> Result<Answer, UpstreamError> {
-    let status = resp.status();
-    if matches!(asker, Asker::Peer) && status == StatusCode::GATEWAY_TIMEOUT {
-        up.breaker.success();
-        return Ok(Answer::NotFound); // a peer's "not in my cache"
-    }
-    if status.is_server_error() {
-        up.breaker.failure();
-        return Err(UpstreamError::Status(status.as_u16()));
-    }
-    up.breaker.success();
-    let mut range_start = None;
-    match status.as_u16() {
-        200 => {}
-        206 if offset > 0 => {
-            range_start =
-                Some(body::content_range_start(resp.headers()).ok_or_else(|| {
-                    UpstreamError::Body("206 without a usable Content-Range".into())
-                })?);
-        }
-        403 | 404 | 410 => return Ok(Answer::NotFound),
-        s => return Err(UpstreamError::Status(s)),
-    }
-    let content_length = resp
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let (parts, body) = resp.into_parts();
-    Ok(Answer::Found(UpstreamBody {
-        body,
-        headers: parts.headers,
-        progress,
-        content_length,
-        range_start,
-        pending: None,
-    }))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::metrics::Metrics;
+use http::StatusCode;
 
 fn creds() -> Netrc {
     Netrc::parse("default login ci password hunter2").unwrap()
