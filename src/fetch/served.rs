@@ -32,6 +32,10 @@ fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
     Some((ni.file_hash?, signed))
 }
 
+/// nixgate's own file is made only when the NAR and it (about twice the NAR's file) take at
+/// most this share of `--max-cache-size`: 1/4.
+const CAP_SHARE: u64 = 4;
+
 impl Fetcher {
     /// What nixgate serves runners its NARs as, if not the upstream's compression.
     fn served_as(&self) -> Option<Served> {
@@ -114,6 +118,13 @@ impl Fetcher {
         let Ok(Some(hit)) = self.cached(fh, from).await else {
             return Ok(false);
         };
+        // The pair (the upstream's file and ours, about as large) must not crowd the cache, nor
+        // push out the very NAR it is made from: a NAR this large keeps only its own file.
+        if hit.len().saturating_mul(2) > self.store.max_bytes() / CAP_SHARE {
+            tracing::debug!(file_hash = %fh, bytes = hit.len(), "NAR too large beside the cap to keep a second file; serving the upstream's");
+            self.metrics.transcode.skipped();
+            return Ok(false);
+        }
         let file = self
             .store
             .begin_served(fh, as_.extension(), Some(hit.len()))?;

@@ -22,6 +22,7 @@ pub struct TranscodeCounters {
     cpu_ns: AtomicU64,
     stored: AtomicU64,
     failed: AtomicU64,
+    skipped: AtomicU64,
     served: [AtomicU64; COMPRESSIONS.len()],
 }
 
@@ -37,6 +38,11 @@ impl TranscodeCounters {
     pub fn ended(&self, stored: bool) {
         let c = if stored { &self.stored } else { &self.failed };
         c.fetch_add(1, Relaxed);
+    }
+
+    /// A NAR was not transcoded: with its own file it would take over a quarter of the cap.
+    pub fn skipped(&self) {
+        self.skipped.fetch_add(1, Relaxed);
     }
 
     /// A NAR response of `bytes` for a URL with extension `ext` (`.zst`, `.xz`, ...).
@@ -55,7 +61,11 @@ impl TranscodeCounters {
     pub(super) fn families(&self) -> Vec<Family> {
         let v = |a: &AtomicU64| a.load(Relaxed) as f64;
         let side = [("nar", &self.nar_bytes), ("out", &self.out_bytes)];
-        let outcome = [("stored", &self.stored), ("failed", &self.failed)];
+        let outcome = [
+            ("stored", &self.stored),
+            ("failed", &self.failed),
+            ("skipped", &self.skipped),
+        ];
         let served = COMPRESSIONS.iter().zip(&self.served);
         vec![
             Family::new(
@@ -77,7 +87,7 @@ impl TranscodeCounters {
             Family::new(
                 "nixgate_transcodes_total",
                 Kind::Counter,
-                "Transcodes by outcome (failed: nothing stored; runners keep the upstream's file).",
+                "Transcodes by outcome (failed: nothing stored; skipped: the NAR and its copy would take over a quarter of the cap; runners keep the upstream's file either way).",
             )
             .samples(outcome.iter().map(|(l, a)| ("", format!("outcome=\"{l}\""), v(a)))),
             Family::new(
