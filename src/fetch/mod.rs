@@ -73,7 +73,10 @@ pub struct Fetcher {
     /// What runners get NARs as (`--serve-compression`; `None`: the upstream's file).
     serve: Option<crate::nix::served::Served>,
     /// Transcodes under way, by FileHash (`served.rs`).
-    transcodes: crate::coalesce::Coalescer<crate::nix::hash::Sha256, Result<(), String>>,
+    transcodes: crate::coalesce::Coalescer<
+        crate::nix::hash::Sha256,
+        Result<(), std::sync::Arc<transcode::TranscodeError>>,
+    >,
     /// The signed facts of NARs whose narinfo was served lately (uploads included), for a
     /// request of nixgate's own file of one that is not held.
     signed: moka::sync::Cache<crate::nix::hash::Sha256, transcode::Signed>,

@@ -88,7 +88,11 @@ impl Fetcher {
     }
 
     /// Makes nixgate's own file of NAR `fh` from the held NAR, once however many ask.
-    async fn transcode(self: &Arc<Self>, fh: Sha256, signed: Signed) -> Result<(), String> {
+    async fn transcode(
+        self: &Arc<Self>,
+        fh: Sha256,
+        signed: Signed,
+    ) -> Result<(), Arc<TranscodeError>> {
         let Some(as_) = self.served_as() else {
             return Ok(());
         };
@@ -101,7 +105,7 @@ impl Fetcher {
             if !matches!(res, Ok(false)) {
                 this.metrics.transcode.ended(res.is_ok());
             }
-            res.map(drop).map_err(|e| e.to_string())
+            res.map(drop).map_err(Arc::new)
         };
         self.transcodes.run(fh, make).await.0
     }
@@ -184,7 +188,7 @@ impl Fetcher {
         }
         self.transcode(fh, signed)
             .await
-            .map_err(FetchError::Storage)?;
+            .map_err(FetchError::storage)?;
         // Not there: the NAR was not held after all (relayed uncached), or evicted at once.
         let hit = self
             .store
