@@ -130,17 +130,8 @@ mod tests {
     use super::*;
     use crate::nix::narinfo::NarInfo;
 
-    const UPSTREAM: &str = "StorePath: /nix/store/6dyjazmc27x71a77v1pcbi549rpk5wh6-nixgate-vec-top
-URL: nar/1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j.nar.xz
-Compression: xz
-FileHash: sha256:1a1bsj6a88svx7w9zf6k8ly3sinibliwr96pmhyqnxvslaid8s5j
-FileSize: 240
-NarHash: sha256:1hi53fsh0220rwi8755la7a02bwc1j3bjg87aaccc8nnp9hxrm3y
-NarSize: 536
-References: 026h72wxqd39cbm2fdqc8zpwg9zm41c8-nixgate-vec-dep
-Deriver: jaq594wmsn2km90rbrzf4ln22igz2kim-nixgate-vec-top.drv
-Sig: test-vector-1:GjYKk58x+PG4uxAotLzdFr8Xb2CajSkVcEJk+v002C+7l+PiiWjiMDVq8hV9lNI0fntuyShY1/WCg5yw/tIBAQ==
-";
+    /// A narinfo real Nix wrote (the narinfo parser's test vector), with xz.
+    const UPSTREAM: &str = crate::nix::narinfo::tests::VECTOR;
 
     #[test]
     fn only_url_and_compression_change_and_the_signature_still_verifies() {
