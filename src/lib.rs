@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod nix;
+pub mod objstore;
 pub mod peers;
 pub mod redact;
 pub mod status;

@@ -60,7 +60,10 @@ label_enum!(
 
 label_enum!(
     /// Where fetched bytes came from.
-    Source { Upstream => "upstream", Peer => "peer", Torrent => "torrent", Fleet => "fleet" }
+    Source {
+        Upstream => "upstream", Peer => "peer", Torrent => "torrent", Fleet => "fleet",
+        Bucket => "bucket",
+    }
 );
 
 label_enum!(
@@ -107,6 +110,14 @@ label_enum!(
         Deleted => "deleted", Ignored => "ignored", Unauthorized => "unauthorized", Rejected => "rejected",
         Untrusted => "untrusted", Conflict => "conflict", TooLarge => "too_large",
         Full => "full", Timeout => "timeout", Error => "error",
+    }
+);
+
+label_enum!(
+    /// What went wrong with the object store (`--object-store`).
+    ObjectStoreError {
+        Connect => "connect", Timeout => "timeout", Server => "server", Denied => "denied",
+        Refused => "refused", Local => "local", Other => "other",
     }
 );
 

@@ -6,6 +6,7 @@
 mod family;
 pub mod histogram;
 mod labels;
+pub mod objstore;
 pub mod process;
 mod render;
 pub mod state;
@@ -70,6 +71,8 @@ pub struct Metrics {
     zero_copy: AtomicU64,
     /// NARs recompressed for runners, and NAR bytes sent by compression.
     pub transcode: transcode::TranscodeCounters,
+    /// The object-store tier's bytes, queue and errors.
+    pub object_store: objstore::ObjectStoreCounters,
 }
 
 impl Default for Metrics {
@@ -101,6 +104,7 @@ impl Default for Metrics {
             upload_staging_bytes: AtomicU64::new(0),
             zero_copy: AtomicU64::new(0),
             transcode: Default::default(),
+            object_store: Default::default(),
         }
     }
 }

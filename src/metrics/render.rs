@@ -23,6 +23,8 @@ impl Metrics {
         all.extend(self.peer_families());
         all.extend(self.upload_families());
         all.extend(self.transcode.families());
+        let read = self.fetched[Source::Bucket as usize].load(Relaxed);
+        all.extend(self.object_store.families(read));
         all.push(log_family());
         all.push(build_info());
         all.extend(process_families(&super::process::ProcessStats::read()));

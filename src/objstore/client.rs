@@ -1,0 +1,255 @@
+//! The bucket: SigV4 signing (`rusty-s3`: sign-only, no I/O of its own) and the requests
+//! that carry a body (PUTs, multipart), sent by our own hyper client over the same
+//! egress (proxy, `--ca-file`) as upstreams. Reads do not come through here: they are
+//! `fetch::Remote::Bucket` asks through the one `UpstreamClient` (timeouts per phase, its
+//! breaker), with a URL this module presigns.
+//!
+//! Every request is a presigned URL (the signature is in the query, valid for [`VALID_FOR`]):
+//! such URLs are bearer credentials, so they are only ever displayed through
+//! `redact::Redacted` (`?***`). Bodies stream from the local file, never held in memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rusty_s3::S3Action;
+use thiserror::Error;
+use url::Url;
+
+use super::keys::Keys;
+use super::url::{ObjectStoreUrl, Style};
+use crate::metrics::ObjectStoreError;
+use crate::upstream::{egress, Egress, Upstream};
+
+/// How long a presigned URL stays valid: a long NAR download or its resume must fit.
+pub const VALID_FOR: Duration = Duration::from_secs(3600);
+
+/// Why a request to the bucket did not succeed.
+#[derive(Debug, Error)]
+pub enum ObjError {
+    #[error("circuit open after repeated failures")]
+    CircuitOpen,
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("status {0}")]
+    Status(u16),
+    #[error("access denied (status {0}): check the object store's credentials and policy")]
+    Denied(u16),
+    #[error("response: {0}")]
+    Response(String),
+    #[error("local file: {0}")]
+    Local(#[from] std::io::Error),
+    #[error("bucket: {0}")]
+    Setup(#[from] rusty_s3::BucketError),
+}
+
+impl ObjError {
+    /// Its label in `nixgate_object_store_errors_total{kind}` (`None`: not an error, a skip).
+    pub fn kind(&self) -> Option<ObjectStoreError> {
+        Some(match self {
+            ObjError::CircuitOpen => return None,
+            ObjError::Connect(_) => ObjectStoreError::Connect,
+            ObjError::Timeout(_) => ObjectStoreError::Timeout,
+            ObjError::Status(_) | ObjError::Response(_) => ObjectStoreError::Server,
+            ObjError::Denied(_) => ObjectStoreError::Denied,
+            ObjError::Local(_) => ObjectStoreError::Local,
+            ObjError::Setup(_) => ObjectStoreError::Other,
+        })
+    }
+}
+
+/// A request body: a file's bytes streamed, or a small buffer.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+type Sender = Client<hyper_rustls::HttpsConnector<egress::EgressConnector>, Body>;
+
+/// The object store: where it is, how to sign for it, and its breaker.
+pub struct Bucket {
+    /// The prefix's URL (ending in `/`) and the breaker every request honours.
+    pub at: Arc<Upstream>,
+    s3: rusty_s3::Bucket,
+    creds: rusty_s3::Credentials,
+    pub keys: Keys,
+    sender: Sender,
+    connect: Duration,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("at", &self.at.label())
+            .finish()
+    }
+}
+
+impl Bucket {
+    /// The bucket of `url`, signing with `creds`; requests through `egress`.
+    pub fn new(
+        url: &ObjectStoreUrl,
+        creds: rusty_s3::Credentials,
+        egress: &Egress,
+        connect: Duration,
+    ) -> Result<Self, ObjError> {
+        let style = match url.style {
+            Style::Path => rusty_s3::UrlStyle::Path,
+            Style::Virtual => rusty_s3::UrlStyle::VirtualHost,
+        };
+        let (name, region) = (url.bucket.clone(), url.region.clone());
+        let s3 = rusty_s3::Bucket::new(url.endpoint.clone(), style, name, region)?;
+        let keys = Keys::new(&url.prefix);
+        let base = s3.object_url(&keys.under(""));
+        Ok(Bucket {
+            at: Arc::new(Upstream::new(base)),
+            s3,
+            creds,
+            keys,
+            sender: sender(egress, connect),
+            connect,
+        })
+    }
+
+    /// The key of `url`, a URL under the prefix's URL ([`Bucket::at`]), if it is one.
+    pub fn key_of(&self, url: &Url) -> Option<String> {
+        let base = &self.at.base;
+        let same = url.origin() == base.origin();
+        let rel = url.path().strip_prefix(base.path()).filter(|_| same)?;
+        Some(self.keys.under(rel))
+    }
+
+    /// A presigned URL for `method` on `key` (GET, HEAD or PUT).
+    pub fn presign(&self, method: &Method, key: &str) -> Url {
+        let creds = Some(&self.creds);
+        match *method {
+            Method::HEAD => self.s3.head_object(creds, key).sign(VALID_FOR),
+            Method::PUT => self.s3.put_object(creds, key).sign(VALID_FOR),
+            _ => self.s3.get_object(creds, key).sign(VALID_FOR),
+        }
+    }
+
+    pub(super) fn s3(&self) -> (&rusty_s3::Bucket, &rusty_s3::Credentials) {
+        (&self.s3, &self.creds)
+    }
+
+    /// Whether `key` exists (HEAD: 200 yes, 404 no).
+    pub async fn exists(&self, key: &str) -> Result<bool, ObjError> {
+        let url = self.presign(&Method::HEAD, key);
+        let resp = self.send(Method::HEAD, &url, empty(), None, 0).await?;
+        Ok(resp.status() == StatusCode::OK)
+    }
+
+    /// PUTs `body` (`len` bytes) at `key`.
+    pub async fn put(&self, key: &str, body: Body, len: u64, ty: &str) -> Result<(), ObjError> {
+        let url = self.presign(&Method::PUT, key);
+        let resp = self.send(Method::PUT, &url, body, Some(ty), len).await?;
+        ok(resp.status())
+    }
+
+    /// Sends one request with a `Content-Length` of `len` (0: none for HEAD/GET), within a
+    /// deadline that grows with the body (1 MiB/s at least); the breaker is told the outcome.
+    /// A 404 is an answer (`exists`); other 4xx/5xx are errors.
+    pub(super) async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Body,
+        ty: Option<&str>,
+        len: u64,
+    ) -> Result<http::Response<hyper::body::Incoming>, ObjError> {
+        if !self.at.breaker.allow() {
+            return Err(ObjError::CircuitOpen);
+        }
+        let mut req = Request::builder().method(method.clone()).uri(url.as_str());
+        if method == Method::PUT || method == Method::POST {
+            req = req.header(http::header::CONTENT_LENGTH, len);
+        }
+        if let Some(ty) = ty {
+            req = req.header(http::header::CONTENT_TYPE, ty);
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| ObjError::Connect(e.to_string()))?;
+        let deadline = self.connect + Duration::from_secs(30 + len / (1 << 20));
+        let resp = match tokio::time::timeout(deadline, self.sender.request(req)).await {
+            Err(_) => Err(ObjError::Timeout(deadline)),
+            Ok(Err(e)) => Err(ObjError::Connect(connect_detail(&e))),
+            Ok(Ok(r)) if r.status().is_server_error() => Err(ObjError::Status(r.status().into())),
+            Ok(Ok(r)) => Ok(r),
+        };
+        match &resp {
+            Err(_) => self.at.breaker.failure(),
+            Ok(_) => self.at.breaker.success(),
+        }
+        let resp = resp?;
+        match resp.status().as_u16() {
+            401 | 403 => Err(ObjError::Denied(resp.status().as_u16())),
+            200..=299 | 404 => Ok(resp),
+            s => Err(ObjError::Status(s)),
+        }
+    }
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+/// A body of `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+/// `len` bytes of the hit from `offset` on, read by `pread` in 256 KiB chunks (the hit's
+/// file shares no position with its other readers).
+pub fn hit_body(hit: crate::store::Hit, offset: u64, len: u64) -> Body {
+    const CHUNK: u64 = 256 << 10;
+    let end = offset + len;
+    let chunks = futures_util::stream::try_unfold(offset, move |pos| {
+        let hit = hit.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let got = hit.read(pos, CHUNK.min(end - pos) as usize).await?;
+            let next = pos + got.len() as u64;
+            Ok(Some((hyper::body::Frame::data(got), next)))
+        }
+    });
+    BodyExt::boxed(StreamBody::new(chunks))
+}
+
+/// A 2xx, else the status as an error.
+pub(super) fn ok(status: StatusCode) -> Result<(), ObjError> {
+    match status.is_success() {
+        true => Ok(()),
+        false => Err(ObjError::Status(status.as_u16())),
+    }
+}
+
+fn connect_detail(e: &hyper_util::client::legacy::Error) -> String {
+    let e: &dyn std::error::Error = e;
+    e.source().map_or_else(|| e.to_string(), |s| s.to_string())
+}
+
+/// The pooled client for requests with bodies, through the upstreams' egress.
+fn sender(egress: &Egress, connect: Duration) -> Sender {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect));
+    http.set_nodelay(true);
+    let via = egress::EgressConnector::new(http, egress.matcher());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(egress.tls_config())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(via);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https)
+}

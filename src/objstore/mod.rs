@@ -1,0 +1,21 @@
+//! The object-store tier (`--object-store s3://bucket/prefix?endpoint=…&region=…`): an
+//! S3-compatible bucket below the local disk, shared by sites and clusters, so each unique
+//! byte leaves the upstream once for the organisation (docs/OBJECT_STORE.md).
+//!
+//! Protocol types without I/O: `url.rs` (the validated URL), `keys.rs` (validated hashes →
+//! keys in the standard binary-cache layout), `credentials.rs` (`AWS_*` or the credentials
+//! file). `client.rs` signs (`rusty-s3`) and sends bodies, `multipart.rs` uploads large
+//! files in parts, `writer.rs` is the write-behind queue. Reads are a fetch source like any
+//! other (`fetch::Remote::Bucket`, `fetch/nar/bucket.rs`, `fetch/narinfo/bucket.rs`): the
+//! bucket is untrusted, like a peer.
+
+pub mod client;
+pub mod credentials;
+pub mod keys;
+mod multipart;
+pub mod url;
+pub mod writer;
+
+pub use client::{Bucket, ObjError};
+pub use url::{ObjectStoreUrl, UrlError};
+pub use writer::WriteBehind;
