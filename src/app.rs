@@ -75,6 +75,25 @@ pub fn build(
     }))
 }
 
+/// The write-behind workers to the object store (`objstore::writer`), if one is configured.
+fn start_object_store_writers(app: &App, shutdown: &CancellationToken, tasks: &mut Tasks) {
+    let f = &app.fetcher;
+    let (Some(bucket), Some((_, queue))) = (&f.bucket, &f.writes) else {
+        return;
+    };
+    tracing::info!(bucket = %bucket.at, "object store tier on");
+    for _ in 0..crate::objstore::writer::WORKERS {
+        let run = crate::objstore::writer::run(
+            bucket.clone(),
+            app.store.clone(),
+            app.metrics.clone(),
+            queue.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn("object-store-writer", run);
+    }
+}
+
 /// Runs the appliance on `listener` until `shutdown` is cancelled, then drains the
 /// background tasks.
 pub async fn run(
@@ -115,6 +134,7 @@ pub async fn run(
         ),
     );
     start_peer_sources(&config, &app, local, &shutdown, &mut tasks)?;
+    start_object_store_writers(&app, &shutdown, &mut tasks);
     let (uploader, token) = (app.uploader.clone(), shutdown.clone());
     tasks.spawn("upload-staging", async move {
         let every = std::time::Duration::from_secs(10);

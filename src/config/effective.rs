@@ -71,6 +71,9 @@ impl Config {
             None => "none (Mozilla roots only)".into(),
         };
         l.push(("ca-file", ca));
+        let bucket = f.object_store.as_ref();
+        let bucket = bucket.map_or("none".into(), |o| o.url.to_string());
+        l.push(("object-store", bucket));
         let env = |v: &Option<String>| {
             v.as_deref()
                 .map_or("none".into(), crate::redact::redact_all)

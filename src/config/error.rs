@@ -22,6 +22,10 @@ pub enum ConfigError {
         at: String,
         message: String,
     },
+    #[error("--object-store: {0}")]
+    ObjectStore(#[from] crate::objstore::UrlError),
+    #[error("--object-store credentials: {0}")]
+    ObjectStoreCredentials(#[from] crate::objstore::credentials::CredentialsError),
     #[error("--listen {0:?} is not an address like [::]:8080 or 0.0.0.0:8080")]
     Listen(String),
     #[error("--{flag}: {source}")]

@@ -38,6 +38,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "min_transfer_rate",
         ],
     ),
+    ("Object store (shared tier)", &["object_store"]),
     (
         "Limits (runners)",
         &["send_timeout", "max_connections", "max_connections_per_ip"],

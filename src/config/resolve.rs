@@ -117,6 +117,7 @@ impl ServeArgs {
                 timeouts,
                 tuning,
                 serve: s.serve_compression.unwrap_or_default(),
+                object_store: object_store(&s)?,
             },
             netrc_file,
             priority: s.priority.unwrap_or_else(default_priority),
@@ -190,6 +191,21 @@ fn max_cache_size(s: &ServeArgs) -> Result<u64, ConfigError> {
         return Err(ConfigError::CacheTooSmall);
     }
     Ok(bytes)
+}
+
+/// `--object-store`, validated, with its credentials (from the environment).
+fn object_store(
+    s: &ServeArgs,
+) -> Result<Option<crate::objstore::ObjectStoreSettings>, ConfigError> {
+    let Some(text) = s.object_store.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let url = text.parse()?;
+    let credentials = crate::objstore::credentials::load(|k| std::env::var(k).ok())?;
+    Ok(Some(crate::objstore::ObjectStoreSettings {
+        url,
+        credentials,
+    }))
 }
 
 /// The `--netrc-file` path and its parsed credentials.

@@ -62,6 +62,15 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXGATE_CA_FILE", value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
 
+    /// S3-compatible bucket below the local disk, shared by sites
+    /// (`s3://BUCKET/PREFIX?endpoint=URL&region=R&style=path|virtual`): a miss asks it
+    /// before any upstream, and what is fetched is written to it in the background.
+    /// Credentials only from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY(/AWS_SESSION_TOKEN) or
+    /// the AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials) profile AWS_PROFILE, never in the
+    /// URL [default: none].
+    #[arg(long, env = "NIXGATE_OBJECT_STORE", value_name = "URL")]
+    pub object_store: Option<String>,
+
     /// Key whose signatures make a narinfo trusted, as NAME:BASE64 (repeatable; same format
     /// as nix.conf `trusted-public-keys`) [default: the cache.nixos.org-1 key].
     #[arg(
@@ -312,7 +321,7 @@ impl ServeArgs {
     pub(super) fn over_file(self, file: ServeArgs) -> ServeArgs {
         let cli = self.without_blank_lists();
         layered!(cli over file:
-            config, listen, cache_dir, max_cache_size, upstreams, netrc_file, ca_file, trusted_public_keys, priority,
+            config, listen, cache_dir, max_cache_size, upstreams, netrc_file, ca_file, object_store, trusted_public_keys, priority,
             negative_ttl, serve_compression, upstream_down_status, retry_after, connect_timeout, first_byte_timeout,
             stall_timeout, narinfo_timeout, min_transfer_rate, send_timeout, max_connections, max_connections_per_ip, log_format, peers, peers_dns, no_torrent, torrent_listen, trackers,
             peer_policy, accelerate_size, accelerate_below, torrent_hot_set, torrent_upload_limit,

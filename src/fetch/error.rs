@@ -37,6 +37,8 @@ pub enum Origin {
     Peer(url::Url),
     Fleet(url::Url),
     Swarm,
+    /// The object store, at its prefix's URL.
+    Bucket(url::Url),
 }
 
 impl std::fmt::Display for Origin {
@@ -47,6 +49,7 @@ impl std::fmt::Display for Origin {
             Origin::Peer(u) => write!(f, "peer {u}"),
             Origin::Fleet(u) => write!(f, "fleet member {u}"),
             Origin::Swarm => f.write_str("the swarm"),
+            Origin::Bucket(u) => write!(f, "object store {u}"),
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct Fetcher {
     pub metrics: Arc<Metrics>,
     /// Other appliances to ask when every upstream fails.
     pub peers: Arc<PeerSet>,
+    /// The object store (`--object-store`): asked before the upstreams, written behind.
+    pub bucket: Option<Arc<crate::objstore::Bucket>>,
+    /// The write-behind queue to the bucket (its workers: `objstore::writer::run`).
+    pub writes: Option<(crate::objstore::WriteBehind, crate::objstore::writer::Queue)>,
     /// Paths an upstream recently answered 404 for.
     negative: moka::sync::Cache<String, ()>,
     /// Narinfo fetches under way, by store path hash and whether it is a fleet request.
@@ -90,7 +94,26 @@ impl Fetcher {
         metrics: Arc<Metrics>,
         peers: Arc<PeerSet>,
     ) -> Self {
+        let bucket = settings.object_store.as_ref().and_then(|o| {
+            let b = crate::objstore::Bucket::new(
+                &o.url,
+                o.credentials.clone(),
+                &settings.egress,
+                settings.timeouts.connect,
+            );
+            b.inspect_err(|e| tracing::error!(error = %e, "object store not usable; off"))
+                .ok()
+                .map(Arc::new)
+        });
+        if bucket.is_some() {
+            metrics.object_store.enable();
+        }
+        let writes = bucket.as_ref().map(|_| {
+            crate::objstore::WriteBehind::new(crate::objstore::writer::QUEUE, metrics.clone())
+        });
         Fetcher {
+            bucket,
+            writes,
             store,
             upstreams: settings
                 .upstreams

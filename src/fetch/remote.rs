@@ -18,9 +18,11 @@ use http::Method;
 use url::Url;
 
 use super::error::{FetchError, Origin};
-use crate::metrics::{Metrics, Source};
+use crate::metrics::{Metrics, ObjectStoreError, Source};
+use crate::objstore::Bucket;
 use crate::upstream::{
-    Answer, Asker, Upstream, UpstreamClient, UpstreamError, FLEET_FIRST_BYTE, PEER_FIRST_BYTE,
+    Answer, Asker, Upstream, UpstreamClient, UpstreamError, BUCKET_FIRST_BYTE, FLEET_FIRST_BYTE,
+    PEER_FIRST_BYTE,
 };
 
 /// One remote in the role it is asked in.
@@ -38,6 +40,10 @@ pub enum Remote {
     Peer(Arc<Upstream>),
     /// The swarm; the peers whose `.torrent` it was (they vouched for it).
     Swarm(Vec<Arc<Upstream>>),
+    /// The object store (`--object-store`): untrusted like a peer (its narinfos need a
+    /// trusted signature, its NARs are fetched by FileHash and checked against the signed
+    /// NarHash), its 404 never final nor remembered, asked with presigned URLs.
+    Bucket(Arc<Bucket>),
 }
 
 impl Remote {
@@ -47,6 +53,7 @@ impl Remote {
             Remote::Upstream(r) | Remote::Owner(r) | Remote::Successor(r) | Remote::Peer(r) => {
                 Some(r)
             }
+            Remote::Bucket(b) => Some(&b.at),
             Remote::Swarm(_) => None,
         }
     }
@@ -61,11 +68,14 @@ impl Remote {
             Remote::Upstream(_) => Asker::Upstream(metrics),
             Remote::Owner(_) => Asker::Fleet,
             Remote::Successor(_) | Remote::Peer(_) | Remote::Swarm(_) => Asker::Peer,
+            Remote::Bucket(_) => Asker::Bucket,
         }
     }
 
     /// Asks it for `url` from byte `offset` on (see [`UpstreamClient::request`]). The swarm
-    /// has no URLs: nothing is there.
+    /// has no URLs: nothing is there. The bucket is asked for the key of `url` (a URL under
+    /// its prefix) with a presigned URL, which never leaves this function (its signature is
+    /// a bearer credential); its failures are counted by kind.
     pub async fn ask(
         &self,
         client: &UpstreamClient,
@@ -74,6 +84,9 @@ impl Remote {
         url: &Url,
         offset: u64,
     ) -> Result<Answer, UpstreamError> {
+        if let Remote::Bucket(b) = self {
+            return ask_bucket(b, client, metrics, method, url, offset).await;
+        }
         let Some(at) = self.http() else {
             return Ok(Answer::NotFound);
         };
@@ -88,6 +101,7 @@ impl Remote {
             Remote::Owner(_) | Remote::Successor(_) => Source::Fleet,
             Remote::Peer(_) => Source::Peer,
             Remote::Swarm(_) => Source::Torrent,
+            Remote::Bucket(_) => Source::Bucket,
         }
     }
 
@@ -98,6 +112,7 @@ impl Remote {
             Remote::Owner(m) | Remote::Successor(m) => Origin::Fleet(m.base.clone()),
             Remote::Peer(p) => Origin::Peer(p.base.clone()),
             Remote::Swarm(_) => Origin::Swarm,
+            Remote::Bucket(b) => Origin::Bucket(b.at.base.clone()),
         }
     }
 
@@ -112,6 +127,7 @@ impl Remote {
             Remote::Successor(_) | Remote::Peer(_) | Remote::Swarm(_) => {
                 limit.min(PEER_FIRST_BYTE + second)
             }
+            Remote::Bucket(_) => limit.min(BUCKET_FIRST_BYTE + second),
         }
     }
 
@@ -129,12 +145,21 @@ impl Remote {
     }
 
     /// The peers and members that vouched for what it sent (an upstream is trusted for
-    /// availability only, and never put on probation).
+    /// availability only, and never put on probation; nor is the bucket: one tampered
+    /// object is refused and counted, it does not take the tier away).
     pub fn liars(&self) -> Vec<Arc<Upstream>> {
         match self {
-            Remote::Upstream(_) => Vec::new(),
+            Remote::Upstream(_) | Remote::Bucket(_) => Vec::new(),
             Remote::Owner(m) | Remote::Successor(m) | Remote::Peer(m) => vec![m.clone()],
             Remote::Swarm(holders) => holders.clone(),
+        }
+    }
+
+    /// Its object at `rel` (relative to its base) failed a check: the bucket does not
+    /// offer it again for a while, and the next write-behind overwrites it. Others: nothing.
+    pub fn refused_object(&self, rel: &str) {
+        if let Remote::Bucket(b) = self {
+            b.refuse(b.keys.under(rel));
         }
     }
 
@@ -142,6 +167,9 @@ impl Remote {
     /// on probation (`peers::PROBATION`), so it leaves the owner rotation and peer lists.
     pub fn refused(&self, metrics: &Metrics) {
         metrics.verification_failure(self.source());
+        if let Remote::Bucket(_) = self {
+            metrics.object_store.error(ObjectStoreError::Refused);
+        }
         for liar in self.liars() {
             liar.breaker.probation(crate::peers::PROBATION);
         }
@@ -153,9 +181,48 @@ impl std::fmt::Display for Remote {
         match self {
             Remote::Owner(m) => write!(f, "fleet owner {m}"),
             Remote::Successor(m) => write!(f, "previous owner {m}"),
+            Remote::Bucket(b) => write!(f, "object store {}", b.at),
             other => other.origin().fmt(f),
         }
     }
+}
+
+/// Asks the bucket for the object under `url` (presigned for `method`); a failure counted
+/// by kind in `nixgate_object_store_errors_total`.
+async fn ask_bucket(
+    b: &Bucket,
+    client: &UpstreamClient,
+    metrics: &Metrics,
+    method: Method,
+    url: &Url,
+    offset: u64,
+) -> Result<Answer, UpstreamError> {
+    let Some(key) = b.key_of(url) else {
+        return Ok(Answer::NotFound);
+    };
+    let signed = b.presign(&method, &key);
+    let r = client
+        .request(&b.at, Asker::Bucket, method, &signed, offset)
+        .await;
+    if let Some(kind) = r.as_ref().err().and_then(bucket_error) {
+        metrics.object_store.error(kind);
+    }
+    r
+}
+
+/// The kind of a bucket request's failure (`None`: a skip, the circuit is open).
+fn bucket_error(e: &UpstreamError) -> Option<ObjectStoreError> {
+    Some(match e {
+        UpstreamError::CircuitOpen => return None,
+        UpstreamError::Connect(_) => ObjectStoreError::Connect,
+        UpstreamError::FirstByteTimeout(_)
+        | UpstreamError::Stalled(_)
+        | UpstreamError::TooSlow { .. }
+        | UpstreamError::Deadline(_) => ObjectStoreError::Timeout,
+        UpstreamError::Status(_) => ObjectStoreError::Server,
+        UpstreamError::AuthFailed(_) | UpstreamError::Denied(_) => ObjectStoreError::Denied,
+        UpstreamError::Body(_) | UpstreamError::TooLarge(_) => ObjectStoreError::Other,
+    })
 }
 
 /// What the upstreams answered so far: the one answer trusted for availability. A failure

@@ -92,4 +92,6 @@ pub struct FetchSettings {
     pub tuning: PeerTuning,
     /// What runners get NARs as (`--serve-compression`).
     pub serve: ServeCompression,
+    /// The object-store tier (`--object-store`), if any.
+    pub object_store: Option<crate::objstore::ObjectStoreSettings>,
 }

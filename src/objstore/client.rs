@@ -78,6 +78,9 @@ pub struct Bucket {
     pub keys: Keys,
     sender: Sender,
     connect: Duration,
+    /// Keys whose object failed a check lately: not read again (the next source is asked),
+    /// and overwritten by the next write-behind of the path.
+    refused: moka::sync::Cache<String, ()>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -111,6 +114,10 @@ impl Bucket {
             keys,
             sender: sender(egress, connect),
             connect,
+            refused: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
         })
     }
 
@@ -120,6 +127,21 @@ impl Bucket {
         let same = url.origin() == base.origin();
         let rel = url.path().strip_prefix(base.path()).filter(|_| same)?;
         Some(self.keys.under(rel))
+    }
+
+    /// The object at `key` failed a check: skipped by reads, overwritten by writes.
+    pub fn refuse(&self, key: String) {
+        self.refused.insert(key, ());
+    }
+
+    /// Whether the object at `key` failed a check lately.
+    pub fn is_refused(&self, key: &str) -> bool {
+        self.refused.contains_key(key)
+    }
+
+    /// The object at `key` was written again.
+    pub fn rewritten(&self, key: &str) {
+        self.refused.invalidate(key);
     }
 
     /// A presigned URL for `method` on `key` (GET, HEAD or PUT).

@@ -19,3 +19,11 @@ pub mod writer;
 pub use client::{Bucket, ObjError};
 pub use url::{ObjectStoreUrl, UrlError};
 pub use writer::WriteBehind;
+
+/// What `--object-store` resolved to: the validated URL and the credentials (from the
+/// environment or the credentials file; `Debug` hides the secret).
+#[derive(Debug, Clone)]
+pub struct ObjectStoreSettings {
+    pub url: ObjectStoreUrl,
+    pub credentials: rusty_s3::Credentials,
+}

@@ -130,16 +130,18 @@ impl Worker {
         let (narinfo, hit, nar_key) = self.local(h).await.ok_or(WriteError::Gone)?;
         self.cache_info().await?;
         let b = &self.bucket;
-        if !b.exists(&nar_key).await? {
+        if b.is_refused(&nar_key) || !b.exists(&nar_key).await? {
             let ty = "application/x-nix-nar";
             b.upload_file(&nar_key, &hit, hit.len(), ty).await?;
+            b.rewritten(&nar_key);
             self.metrics.object_store.written(hit.len());
         }
         let key = b.keys.narinfo(&h);
-        if !b.exists(&key).await? {
+        if b.is_refused(&key) || !b.exists(&key).await? {
             let len = narinfo.len() as u64;
             b.put(&key, full(narinfo), len, "text/x-nix-narinfo")
                 .await?;
+            b.rewritten(&key);
             self.metrics.object_store.written(len);
         }
         Ok(())

@@ -73,6 +73,8 @@ pub enum UpstreamError {
     Body(String),
     #[error("response larger than {0} bytes")]
     TooLarge(usize),
+    #[error("access denied (status {0}): check the object store's credentials and policy")]
+    Denied(u16),
 }
 
 impl UpstreamError {
@@ -100,13 +102,22 @@ pub const PEER_STALL: Duration = Duration::from_secs(5);
 /// remote's role): as an upstream (credentials for its exact origin, counted in its metrics),
 /// as a peer appliance (only-if-cached, [`PEER_FIRST_BYTE`], not upstream traffic) or as a
 /// fleet member asked as the owner of a key (marked as a fleet request, so it fetches but
-/// never forwards; [`FLEET_FIRST_BYTE`]; not upstream traffic).
+/// never forwards; [`FLEET_FIRST_BYTE`]; not upstream traffic), or as the object store's
+/// client (a presigned URL: no header of ours, through the egress, [`BUCKET_FIRST_BYTE`]; a
+/// 403 is an error, not "not found").
 #[derive(Clone, Copy)]
 pub enum Asker<'a> {
     Upstream(&'a Metrics),
     Peer,
     Fleet,
+    Bucket,
 }
+
+/// The longest the object store may take to answer with headers (connect included): it is
+/// a shortcut, and a miss must not wait on it long when it hangs.
+pub const BUCKET_FIRST_BYTE: Duration = Duration::from_secs(5);
+/// The longest the object store's body may go without a byte.
+pub const BUCKET_STALL: Duration = Duration::from_secs(10);
 
 /// The request header that marks a fleet request: the owner answers it from its cache or
 /// fetches it itself, and never forwards it to another member (so nothing loops).
@@ -129,6 +140,7 @@ fn build_request(
     match asker {
         Asker::Peer => req = req.header(http::header::CACHE_CONTROL, "only-if-cached"),
         Asker::Fleet => req = req.header(FLEET_HEADER, "1"),
+        Asker::Bucket => {}
         Asker::Upstream(_) => {
             if let Some(c) = creds {
                 req = req.header(http::header::AUTHORIZATION, c.header());
@@ -225,7 +237,7 @@ impl UpstreamClient {
     ) -> Result<Answer, UpstreamError> {
         let r = self.send(to, method, url, asker, offset).await;
         // A fleet owner's failure is not shown as its last error: it may be its upstream's.
-        if let (Err(e), Asker::Upstream(_) | Asker::Peer) = (&r, asker) {
+        if let (Err(e), Asker::Upstream(_) | Asker::Peer | Asker::Bucket) = (&r, asker) {
             to.note_error(e);
         }
         r
@@ -257,7 +269,7 @@ impl UpstreamClient {
             Asker::Upstream(_) if url.origin() == up.base.origin() => {
                 url.host_str().and_then(|h| self.netrc.lookup(h))
             }
-            Asker::Upstream(_) | Asker::Peer | Asker::Fleet => None,
+            Asker::Upstream(_) | Asker::Peer | Asker::Fleet | Asker::Bucket => None,
         };
         let mut req = build_request(method, url, asker, creds)?;
         if offset > 0 {
@@ -313,6 +325,7 @@ impl UpstreamClient {
         mut req: Request<Empty<Bytes>>,
     ) -> hyper_util::client::legacy::ResponseFuture {
         match asker {
+            Asker::Bucket => self.client.request(req),
             Asker::Upstream(_) => {
                 let m = self.proxies.as_ref();
                 if let Some(auth) = m.and_then(|m| egress::proxy_auth(m, url)) {
@@ -343,6 +356,10 @@ impl UpstreamClient {
             Asker::Upstream(_) => (
                 self.timeouts.connect + self.timeouts.first_byte,
                 self.timeouts.stall,
+            ),
+            Asker::Bucket => (
+                (self.timeouts.connect + self.timeouts.first_byte).min(BUCKET_FIRST_BYTE),
+                self.timeouts.stall.min(BUCKET_STALL),
             ),
         }
     }

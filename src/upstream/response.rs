@@ -48,6 +48,8 @@ pub(super) fn answer(
                     UpstreamError::Body("206 without a usable Content-Range".into())
                 })?);
         }
+        // The bucket's 403 is wrong credentials or policy, worth an error and a metric.
+        403 if matches!(asker, Asker::Bucket) => return Err(UpstreamError::Denied(403)),
         403 | 404 | 410 => return Ok(Answer::NotFound),
         s => return Err(UpstreamError::Status(s)),
     }

@@ -89,6 +89,7 @@ impl Fetcher {
                 if done {
                     // Runners get nixgate's own file from now on (`fetch/served.rs`).
                     this.downloaded(plan.fh);
+                    this.write_behind(&plan);
                 }
             };
             Ok((download, task))
@@ -259,6 +260,7 @@ impl Fetcher {
         }
         let from = &feed.from;
         self.metrics.verification_failure(from.source());
+        from.refused_object(&plan.rel());
         if let (true, Some(h)) = (is_nar_mismatch(&e), plan.narinfo) {
             self.narinfo_refuted(h, &e.to_string());
         }

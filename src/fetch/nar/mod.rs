@@ -18,6 +18,7 @@
 //! - [`relay`]: a download the cache cannot store, relayed uncached to its readers;
 //! - [`passthrough`]: NARs the cache cannot take (too large, no room), streamed through.
 
+mod bucket;
 mod copy;
 mod fleet;
 mod passthrough;

@@ -14,6 +14,7 @@ use crate::metrics::Source;
 use crate::nix::store_path::StorePathHash;
 
 mod accept;
+mod bucket;
 mod source;
 
 pub(super) use accept::{accept, Accepted, NarAt};

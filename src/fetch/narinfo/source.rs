@@ -2,7 +2,7 @@
 //! from, [`ORDER`] the list, and [`Fetcher::narinfo_from`] the one step every remote goes
 //! through (ask with its deadline, accept, vet, blame, store). The order: the key's fleet
 //! owners (`X-Nixgate-Fleet`; an owner's 404 is the answer, not remembered), then the member
-//! that owned it before us (only-if-cached); the upstreams; and, only when an upstream
+//! that owned it before us (only-if-cached); the object store (`bucket.rs`); the upstreams; and, only when an upstream
 //! failed, the peers (only-if-cached).
 //!
 //! Trust rules (docs/PROTOCOL.md §3): every narinfo needs a trusted signature for the path
@@ -40,7 +40,8 @@ pub(in crate::fetch) trait NarinfoSource: Sync {
 }
 
 /// The narinfo sources, best first.
-pub(in crate::fetch) const ORDER: &[&dyn NarinfoSource] = &[&Fleet, &Upstreams, &Peers];
+pub(in crate::fetch) const ORDER: &[&dyn NarinfoSource] =
+    &[&Fleet, &super::bucket::Bucket, &Upstreams, &Peers];
 
 /// The key's owners, then the member that owned it before us.
 struct Fleet;
@@ -125,6 +126,7 @@ impl Fetcher {
             Ok(a) => a,
             Err(why) => {
                 remote.refused(&self.metrics);
+                remote.refused_object(&format!("{h}.narinfo"));
                 verdict.refused(remote);
                 tracing::warn!(%remote, hash = %h, reason = %why, "narinfo refused");
                 return Asked::Next;
