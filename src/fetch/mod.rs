@@ -57,6 +57,8 @@ pub struct Fetcher {
     pub bucket: Option<Arc<crate::objstore::Bucket>>,
     /// The write-behind queue to the bucket (its workers: `objstore::writer::run`).
     pub writes: Option<(crate::objstore::WriteBehind, crate::objstore::writer::Queue)>,
+    /// NARs being materialised from the bucket, by FileHash (`nar/bucket.rs`).
+    bucket_reads: crate::coalesce::Coalescer<crate::nix::hash::Sha256, Option<crate::store::Hit>>,
     /// Paths an upstream recently answered 404 for.
     negative: moka::sync::Cache<String, ()>,
     /// Narinfo fetches under way, by store path hash and whether it is a fleet request.
@@ -114,6 +116,7 @@ impl Fetcher {
         Fetcher {
             bucket,
             writes,
+            bucket_reads: Default::default(),
             store,
             upstreams: settings
                 .upstreams

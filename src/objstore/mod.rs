@@ -6,7 +6,7 @@
 //! keys in the standard binary-cache layout), `credentials.rs` (`AWS_*` or the credentials
 //! file). `client.rs` signs (`rusty-s3`) and sends bodies, `multipart.rs` uploads large
 //! files in parts, `writer.rs` is the write-behind queue. Reads are a fetch source like any
-//! other (`fetch::Remote::Bucket`, `fetch/nar/bucket.rs`, `fetch/narinfo/bucket.rs`): the
+//! other (`fetch::Remote::Bucket`, `fetch/nar/bucket.rs` (a tier: materialised, then a hit), `fetch/narinfo/source.rs`): the
 //! bucket is untrusted, like a peer.
 
 pub mod client;

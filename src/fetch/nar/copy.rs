@@ -260,7 +260,6 @@ impl Fetcher {
         }
         let from = &feed.from;
         self.metrics.verification_failure(from.source());
-        from.refused_object(&plan.rel());
         if let (true, Some(h)) = (is_nar_mismatch(&e), plan.narinfo) {
             self.narinfo_refuted(h, &e.to_string());
         }

@@ -141,6 +141,9 @@ impl Fetcher {
         {
             return Ok((NarSource::Cached(hit), true));
         }
+        if let Some(hit) = self.from_bucket(&plan).await {
+            return Ok((NarSource::Cached(hit), false));
+        }
         let reader = match self.join((fh, plan.ourselves)) {
             Some(reader) => reader,
             None => {

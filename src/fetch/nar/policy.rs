@@ -2,7 +2,7 @@
 //! [`NarSource`]s a miss asks, best first, and [`Fetcher::open_source`] walks it.
 //!
 //! The order: the key's fleet owners, then the member that owned it before us
-//! ([`super::fleet`]); the object store ([`super::bucket`]); with `peers-first`, the swarm when a peer's digest says it holds the
+//! ([`super::fleet`]); with `peers-first`, the swarm when a peer's digest says it holds the
 //! NAR; the upstreams ([`super::upstream`]; with `http-first`, a late upstream raced by the
 //! swarm); when they failed, the swarm ([`super::swarm`]), then a peer over HTTP
 //! ([`super::peer`]). Only the upstreams' answer decides between 404 and 503 ([`Verdict`]).
@@ -10,7 +10,7 @@
 use super::super::{FetchError, Fetcher, Verdict};
 use super::plan::Plan;
 use super::source::{NarSource, Opened};
-use super::{bucket, fleet, peer, swarm, upstream};
+use super::{fleet, peer, swarm, upstream};
 use crate::fetch::PeerPolicy;
 
 impl Fetcher {
@@ -18,7 +18,7 @@ impl Fetcher {
     fn order(&self, plan: &Plan, accelerable: bool) -> Vec<&'static dyn NarSource> {
         let peers_first = self.tuning.policy == PeerPolicy::PeersFirst
             && self.peers.probable_holders(&plan.digest_key()) > 0;
-        let mut order: Vec<&'static dyn NarSource> = vec![&fleet::Fleet, &bucket::Bucket];
+        let mut order: Vec<&'static dyn NarSource> = vec![&fleet::Fleet];
         if peers_first {
             order.push(&swarm::Swarm);
         }

@@ -14,7 +14,6 @@ use crate::metrics::Source;
 use crate::nix::store_path::StorePathHash;
 
 mod accept;
-mod bucket;
 mod source;
 
 pub(super) use accept::{accept, Accepted, NarAt};

@@ -2,7 +2,7 @@
 //! from, [`ORDER`] the list, and [`Fetcher::narinfo_from`] the one step every remote goes
 //! through (ask with its deadline, accept, vet, blame, store). The order: the key's fleet
 //! owners (`X-Nixgate-Fleet`; an owner's 404 is the answer, not remembered), then the member
-//! that owned it before us (only-if-cached); the object store (`bucket.rs`); the upstreams; and, only when an upstream
+//! that owned it before us (only-if-cached); the object store; the upstreams; and, only when an upstream
 //! failed, the peers (only-if-cached).
 //!
 //! Trust rules (docs/PROTOCOL.md §3): every narinfo needs a trusted signature for the path
@@ -40,8 +40,7 @@ pub(in crate::fetch) trait NarinfoSource: Sync {
 }
 
 /// The narinfo sources, best first.
-pub(in crate::fetch) const ORDER: &[&dyn NarinfoSource] =
-    &[&Fleet, &super::bucket::Bucket, &Upstreams, &Peers];
+pub(in crate::fetch) const ORDER: &[&dyn NarinfoSource] = &[&Fleet, &Bucket, &Upstreams, &Peers];
 
 /// The key's owners, then the member that owned it before us.
 struct Fleet;
@@ -51,6 +50,17 @@ impl NarinfoSource for Fleet {
         let owners = miss.owners.iter().cloned().map(Remote::Owner);
         let successor = f.peers.successor(&miss.h.to_string());
         owners.chain(successor.map(Remote::Successor)).collect()
+    }
+}
+
+/// The object store (`--object-store`), if any: untrusted like a peer (its narinfo goes
+/// through [`Fetcher::narinfo_from`] like every other: a trusted signature, its `URL` ignored,
+/// vetted); its 404 and failures never decide 404 against 503 ([`Verdict`]: upstreams only).
+struct Bucket;
+
+impl NarinfoSource for Bucket {
+    fn remotes(&self, f: &Fetcher, _: &Miss, _: &Verdict) -> Vec<Remote> {
+        f.bucket.iter().cloned().map(Remote::Bucket).collect()
     }
 }
 
