@@ -255,3 +255,55 @@ async fn a_killed_bucket_costs_nothing_but_its_benefit() {
     assert_eq!(get(&format!("{}/readyz", b.url()), &[]).await.status, 200);
     b.stop().await;
 }
+
+/// An "object store" that answers every request with headers and a few bytes, then hangs
+/// (holding the connection open); its URL.
+async fn hanging_store() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nStoreDir";
+                let _ = s.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            });
+        }
+    });
+    format!("s3://{BUCKET}/h?endpoint=http://{addr}&region=us-east-1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_hanging_after_headers_costs_seconds_not_the_run() {
+    use_test_credentials();
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let a = site(
+        &work.path().join("a"),
+        &up,
+        &f.public_key,
+        hanging_store().await,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let paths = all_paths(f);
+    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("r")).await);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "a hanging bucket held the runner {took:?}"
+    );
+    assert!(
+        a.metric("nixgate_object_store_errors_total{kind=\"timeout\"}")
+            .await
+            >= 1
+    );
+    assert_eq!(get(&format!("{}/readyz", a.url()), &[]).await.status, 200);
+    eprintln!("8 paths through a hanging bucket in {took:?}");
+    a.stop().await;
+}

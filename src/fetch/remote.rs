@@ -75,7 +75,7 @@ impl Remote {
     /// Asks it for `url` from byte `offset` on (see [`UpstreamClient::request`]). The swarm
     /// has no URLs: nothing is there. The bucket is asked for the key of `url` (a URL under
     /// its prefix) with a presigned URL, which never leaves this function (its signature is
-    /// a bearer credential); its failures are counted by kind.
+    /// a bearer credential).
     pub async fn ask(
         &self,
         client: &UpstreamClient,
@@ -85,7 +85,7 @@ impl Remote {
         offset: u64,
     ) -> Result<Answer, UpstreamError> {
         if let Remote::Bucket(b) = self {
-            return ask_bucket(b, client, metrics, method, url, offset).await;
+            return ask_bucket(b, client, method, url, offset).await;
         }
         let Some(at) = self.http() else {
             return Ok(Answer::NotFound);
@@ -155,6 +155,14 @@ impl Remote {
         }
     }
 
+    /// It could not deliver (`e`, from the request or its body): the bucket's failures are
+    /// counted by kind in `nixgate_object_store_errors_total` (a skip is not a failure).
+    pub fn failed(&self, metrics: &Metrics, e: &UpstreamError) {
+        if let (Remote::Bucket(_), Some(kind)) = (self, bucket_error(e)) {
+            metrics.object_store.error(kind);
+        }
+    }
+
     /// Its object at `rel` (relative to its base) failed a check: the bucket does not
     /// offer it again for a while, and the next write-behind overwrites it. Others: nothing.
     pub fn refused_object(&self, rel: &str) {
@@ -187,12 +195,10 @@ impl std::fmt::Display for Remote {
     }
 }
 
-/// Asks the bucket for the object under `url` (presigned for `method`); a failure counted
-/// by kind in `nixgate_object_store_errors_total`.
+/// Asks the bucket for the object under `url` (presigned for `method`).
 async fn ask_bucket(
     b: &Bucket,
     client: &UpstreamClient,
-    metrics: &Metrics,
     method: Method,
     url: &Url,
     offset: u64,
@@ -201,13 +207,9 @@ async fn ask_bucket(
         return Ok(Answer::NotFound);
     };
     let signed = b.presign(&method, &key);
-    let r = client
+    client
         .request(&b.at, Asker::Bucket, method, &signed, offset)
-        .await;
-    if let Some(kind) = r.as_ref().err().and_then(bucket_error) {
-        metrics.object_store.error(kind);
-    }
-    r
+        .await
 }
 
 /// The kind of a bucket request's failure (`None`: a skip, the circuit is open).

@@ -114,10 +114,11 @@ pub enum Asker<'a> {
 }
 
 /// The longest the object store may take to answer with headers (connect included): it is
-/// a shortcut, and a miss must not wait on it long when it hangs.
-pub const BUCKET_FIRST_BYTE: Duration = Duration::from_secs(5);
+/// a shortcut, and a miss must not wait on it long when it hangs (a hung bucket costs each
+/// miss this once, until its breaker opens after five).
+pub const BUCKET_FIRST_BYTE: Duration = Duration::from_secs(3);
 /// The longest the object store's body may go without a byte.
-pub const BUCKET_STALL: Duration = Duration::from_secs(10);
+pub const BUCKET_STALL: Duration = Duration::from_secs(3);
 
 /// The request header that marks a fleet request: the owner answers it from its cache or
 /// fetches it itself, and never forwards it to another member (so nothing loops).

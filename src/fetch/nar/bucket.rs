@@ -78,6 +78,7 @@ impl Fetcher {
             Ok(()) => {}
             Err(Failed::Broke(e)) => {
                 remote.broke();
+                remote.failed(&self.metrics, &e);
                 tracing::info!(%remote, key = %read.key, error = %e, "object store read broke; asking the next source");
                 return None;
             }
@@ -108,6 +109,7 @@ impl Fetcher {
             Ok(Answer::Found(body)) => body,
             Ok(Answer::NotFound) => return None,
             Err(e) => {
+                remote.failed(&self.metrics, &e);
                 tracing::debug!(%remote, key = %read.key, error = %e, "object store unavailable; asking the next source");
                 return None;
             }

@@ -121,6 +121,7 @@ impl Fetcher {
                 } else {
                     tracing::info!(%remote, hash = %h, error = %e, "narinfo fetch failed; trying the next");
                 }
+                remote.failed(&self.metrics, &e);
                 verdict.unavailable(remote, e);
                 return Asked::Next;
             }
