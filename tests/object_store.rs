@@ -307,3 +307,56 @@ async fn a_bucket_hanging_after_headers_costs_seconds_not_the_run() {
     eprintln!("8 paths through a hanging bucket in {took:?}");
     a.stop().await;
 }
+
+/// An upload to site A is written to the bucket and substituted at site B (which trusts A's
+/// signing key) with the upstream down; `DELETE` at A removes its narinfo from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_reaches_the_other_site_and_delete_unpublishes_it() {
+    let f = fixture().await;
+    let sw = Seaweed::start().await;
+    let up = Upstream::start(&f.cache).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let (sk, public) = key_pair(&work.join("keys"), "nixgate-s3-uploads-1");
+    let url = sw.url(BUCKET, "u");
+    let bucket = url.clone();
+    let a = uploading(&work.join("a"), &up, &[&f.public_key], move |s| {
+        s.signing_key_file = Some(sk);
+        s.object_store = Some(bucket);
+        s.no_mdns = Some(true);
+        s.no_fleet = true;
+    })
+    .await;
+    let path = build_unique("s3", 300_000);
+    let right = netrc(&work.join("n"), TOKEN);
+    assert_ok(&nix_push(&a.url(), Some(&right), &path, work).await);
+    drained(&a, 1).await;
+
+    up.down.store(true, Ordering::SeqCst);
+    let b = Appliance::options(&work.join("b"), &public)
+        .upstream(up.url())
+        .with(|s| {
+            s.object_store = Some(url);
+            s.no_mdns = Some(true);
+            s.no_fleet = true;
+        })
+        .start()
+        .await;
+    assert_ok(&nix_copy(&b.url(), &public, &path, &work.join("rb")).await);
+    assert!(
+        b.metric("nixgate_object_store_bytes_total{direction=\"read\"}")
+            .await
+            > 300_000
+    );
+
+    let key = format!("u/{}.narinfo", Fixture::hash(&path));
+    assert!(sw.get(&key).await.is_some());
+    let del = format!("{}/{}.narinfo", a.url(), Fixture::hash(&path));
+    assert_eq!(send("DELETE", &del, Some(BEARER), vec![]).await.0, 200);
+    assert!(
+        sw.get(&key).await.is_none(),
+        "the removed upload left the bucket"
+    );
+    a.stop().await;
+    b.stop().await;
+}

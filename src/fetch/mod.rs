@@ -167,6 +167,31 @@ impl Fetcher {
 }
 
 impl Fetcher {
+    /// Queues path `h`, whose narinfo and NAR are committed locally (fetched or uploaded),
+    /// for the object store, if one is configured; never waits (`objstore::writer`).
+    pub fn to_bucket(&self, h: crate::nix::store_path::StorePathHash) {
+        if let Some((writes, _)) = &self.writes {
+            writes.enqueue(h);
+        }
+    }
+
+    /// Removes the narinfo of the upload `h` (deleted with `DELETE`) from the object store,
+    /// so other sites stop serving it; its NAR is left to the bucket's lifecycle (another
+    /// path may share it). Bounded: a bucket that does not answer costs the request 5 s.
+    pub async fn unpublish(&self, h: crate::nix::store_path::StorePathHash) {
+        let Some(b) = &self.bucket else { return };
+        let key = b.keys.narinfo(&h);
+        let deleted = tokio::time::timeout(Duration::from_secs(5), b.delete(&key)).await;
+        let error = match deleted {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_owned(),
+        };
+        tracing::warn!(hash = %h, %error, "could not delete a removed upload's narinfo from the object store");
+    }
+}
+
+impl Fetcher {
     /// Relays a file nixgate cannot verify and therefore never stores (`.ls` listings, build
     /// logs, realisations): the first upstream that has it answers.
     pub async fn uncached(&self, rel: &str) -> Result<UpstreamBody, FetchError> {

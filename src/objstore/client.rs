@@ -165,6 +165,17 @@ impl Bucket {
         Ok(resp.status() == StatusCode::OK)
     }
 
+    /// Deletes `key` (gone already is done). Only for an upload removed with `DELETE`: the
+    /// appliance never deletes anything else (retention is the bucket's lifecycle rule).
+    pub async fn delete(&self, key: &str) -> Result<(), ObjError> {
+        let url = self
+            .s3
+            .delete_object(Some(&self.creds), key)
+            .sign(VALID_FOR);
+        self.send(Method::DELETE, &url, empty(), None, 0).await?;
+        Ok(())
+    }
+
     /// PUTs `body` (`len` bytes) at `key`.
     pub async fn put(&self, key: &str, body: Body, len: u64, ty: &str) -> Result<(), ObjError> {
         let url = self.presign(&Method::PUT, key);

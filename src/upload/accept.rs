@@ -156,6 +156,8 @@ impl Uploader {
             return Err(e);
         }
         if !fleet {
+            // The member that took the runner's upload writes it to the bucket (once).
+            self.fetcher.to_bucket(h);
             let replicated = self.replicate(h, fh, ext, text).await;
             for _ in 0..replicated {
                 self.metrics.upload(UploadOutcome::Replicated);

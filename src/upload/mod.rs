@@ -219,8 +219,12 @@ impl Uploader {
         h: crate::nix::store_path::StorePathHash,
     ) -> Result<bool, UploadError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.uploads().remove(&h))
+        let removed = tokio::task::spawn_blocking(move || store.uploads().remove(&h))
             .await
-            .map_err(storage)
+            .map_err(storage)?;
+        if removed {
+            self.fetcher.unpublish(h).await;
+        }
+        Ok(removed)
     }
 }

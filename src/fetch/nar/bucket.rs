@@ -152,8 +152,8 @@ impl Fetcher {
     /// After a download of `plan`'s NAR was verified and committed: its path is queued for
     /// the bucket (never waits; a full queue drops it).
     pub(super) fn write_behind(&self, plan: &Plan) {
-        if let (Some((writes, _)), Some(h)) = (&self.writes, plan.narinfo) {
-            writes.enqueue(h);
+        if let Some(h) = plan.narinfo {
+            self.to_bucket(h);
         }
     }
 }
