@@ -66,6 +66,12 @@ async fn two_sites_share_one_bucket_and_the_bucket_is_a_binary_cache() {
             > 3_000_000
     );
     assert!(sw.get("org/nix-cache-info").await.is_some());
+    let status = get(&format!("{}/_status/v1", a.url()), &[]).await.body;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let row = &status["object_store"];
+    assert_eq!(row["circuit"], "closed", "{row}");
+    assert!(row["written_bytes"].as_u64().unwrap() > 3_000_000, "{row}");
+    assert_eq!(row["url"], format!("{}{BUCKET}/org/", sw.endpoint()));
 
     up.down.store(true, Ordering::SeqCst);
     let before = up.total.load(Ordering::SeqCst);

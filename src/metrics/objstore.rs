@@ -38,6 +38,11 @@ impl ObjectStoreCounters {
         };
     }
 
+    /// Bytes written to the bucket, and paths dropped from a full queue, so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.written.load(Relaxed), self.dropped.load(Relaxed))
+    }
+
     /// The paths waiting in the write-behind queue.
     pub fn queue_depth(&self) -> u64 {
         self.queued.load(Relaxed)

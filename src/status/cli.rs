@@ -123,6 +123,18 @@ fn rows(o: &mut String, v: &Value) {
             err.unwrap_or_default()
         );
     }
+    if let Some(b) = v.get("object_store").filter(|b| !b.is_null()) {
+        let _ = writeln!(
+            o,
+            "object store   {} circuit {}, read {}, written {}, queue {}, dropped {}",
+            b["url"].as_str().unwrap_or("?"),
+            b["circuit"].as_str().unwrap_or("?"),
+            human_bytes(num(b, "/read_bytes")),
+            human_bytes(num(b, "/written_bytes")),
+            num(b, "/queue_depth"),
+            num(b, "/writes_dropped")
+        );
+    }
     let peers = v["peers"].as_array().unwrap_or(&empty);
     let ok = peers.iter().filter(|p| p["state"] == "ok").count();
     let owners = peers.iter().filter(|p| p["owner"] == true).count();

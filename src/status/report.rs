@@ -26,7 +26,20 @@ pub struct Report {
     pub day: Vec<Sample>,
     pub peers: Vec<PeerStatus>,
     pub upstreams: Vec<UpstreamRow>,
+    /// The object store (`--object-store`), when one is configured.
+    pub object_store: Option<ObjectStoreRow>,
     pub events: Vec<Event>,
+}
+
+/// The object store: its circuit, traffic and write-behind queue.
+#[derive(Debug, Serialize)]
+pub struct ObjectStoreRow {
+    #[serde(flatten)]
+    pub remote: UpstreamRow,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub queue_depth: u64,
+    pub writes_dropped: u64,
 }
 
 /// Counters since start.
@@ -115,16 +128,31 @@ fn totals(now: &Sample, app: &Parts<'_>) -> Totals {
 }
 
 fn upstreams(app: &Parts<'_>) -> Vec<UpstreamRow> {
-    let rows = app.fetcher.upstreams.iter().map(|u| {
-        let last = u.last_error();
-        UpstreamRow {
-            url: public_url(&u.base),
-            circuit: u.breaker.state_name(),
-            last_error_unix: last.as_ref().map(|(t, _)| unix(*t)),
-            last_error: last.map(|(_, e)| e),
-        }
-    });
+    let rows = app.fetcher.upstreams.iter().map(|u| upstream_row(u));
     rows.collect()
+}
+
+fn upstream_row(u: &crate::upstream::Upstream) -> UpstreamRow {
+    let last = u.last_error();
+    UpstreamRow {
+        url: public_url(&u.base),
+        circuit: u.breaker.state_name(),
+        last_error_unix: last.as_ref().map(|(t, _)| unix(*t)),
+        last_error: last.map(|(_, e)| e),
+    }
+}
+
+fn object_store(app: &Parts<'_>) -> Option<ObjectStoreRow> {
+    let bucket = app.fetcher.bucket.as_ref()?;
+    let counters = &app.metrics.object_store;
+    let (written_bytes, writes_dropped) = counters.totals();
+    Some(ObjectStoreRow {
+        remote: upstream_row(&bucket.at),
+        read_bytes: app.metrics.fetched_bytes(crate::metrics::Source::Bucket),
+        written_bytes,
+        queue_depth: counters.queue_depth(),
+        writes_dropped,
+    })
 }
 
 fn peers(app: &Parts<'_>) -> Vec<PeerStatus> {
@@ -165,6 +193,7 @@ impl Report {
             day,
             peers: peers(app),
             upstreams: upstreams(app),
+            object_store: object_store(app),
             events: app.status.events(),
         }
     }

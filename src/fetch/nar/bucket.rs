@@ -149,10 +149,12 @@ impl Fetcher {
         None
     }
 
-    /// After a download of `plan`'s NAR was verified and committed: its path is queued for
-    /// the bucket (never waits; a full queue drops it).
-    pub(super) fn write_behind(&self, plan: &Plan) {
-        if let Some(h) = plan.narinfo {
+    /// After a download of `plan`'s NAR from `from` was verified and, when `cached`,
+    /// committed: its path is queued for the bucket (never waits; a full queue drops it) when
+    /// it came from an upstream. What came from a fleet member was written by the owner that
+    /// fetched it; what came from peers or the swarm, by the site that fetched it first.
+    pub(super) fn write_behind(&self, plan: &Plan, from: &Remote, cached: bool) {
+        if let (true, true, Some(h)) = (cached, from.is_upstream(), plan.narinfo) {
             self.to_bucket(h);
         }
     }

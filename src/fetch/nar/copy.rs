@@ -89,7 +89,6 @@ impl Fetcher {
                 if done {
                     // Runners get nixgate's own file from now on (`fetch/served.rs`).
                     this.downloaded(plan.fh);
-                    this.write_behind(&plan);
                 }
             };
             Ok((download, task))
@@ -170,6 +169,7 @@ impl Fetcher {
             Err(e) => return Err(self.rejected(plan, &feed, e)),
         };
         let cached = sink.finish().await?;
+        self.write_behind(plan, &feed.from, cached);
         self.metrics
             .fetched(feed.from.source(), size - feed.counted);
         tracing::info!(
