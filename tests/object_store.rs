@@ -56,8 +56,10 @@ async fn two_sites_share_one_bucket_and_the_bucket_is_a_binary_cache() {
     let a = site(&work.path().join("a"), &up, &f.public_key, url.clone()).await;
     let b = site(&work.path().join("b"), &up, &f.public_key, url).await;
     let paths = all_paths(f);
+    let t = std::time::Instant::now();
     let out = nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("ra")).await;
     assert_ok(&out);
+    let from_upstream = t.elapsed();
     // top, dep, big and five blobs.
     drained(&a, 8).await;
     assert!(
@@ -75,8 +77,15 @@ async fn two_sites_share_one_bucket_and_the_bucket_is_a_binary_cache() {
 
     up.down.store(true, Ordering::SeqCst);
     let before = up.total.load(Ordering::SeqCst);
+    let t = std::time::Instant::now();
     let out = nix_copy_paths(&b.url(), &f.public_key, &paths, &work.path().join("rb")).await;
     assert_ok(&out);
+    let from_bucket = t.elapsed();
+    let t = std::time::Instant::now();
+    let out = nix_copy_paths(&b.url(), &f.public_key, &paths, &work.path().join("rb2")).await;
+    assert_ok(&out);
+    let from_disk = t.elapsed();
+    eprintln!("closure (8 paths, ~5 MB): upstream via A {from_upstream:?}, bucket via B {from_bucket:?}, B's disk {from_disk:?}");
     assert_eq!(
         up.total.load(Ordering::SeqCst),
         before,
@@ -253,6 +262,7 @@ async fn a_killed_bucket_costs_nothing_but_its_benefit() {
         took < Duration::from_secs(30),
         "a dead bucket slowed the runner: {took:?}"
     );
+    eprintln!("8 paths through a killed bucket in {took:?}");
     assert!(
         b.metric("nixgate_object_store_errors_total{kind=\"connect\"}")
             .await
