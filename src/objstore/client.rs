@@ -81,6 +81,8 @@ pub struct Bucket {
     /// Keys whose object failed a check lately: not read again (the next source is asked),
     /// and overwritten by the next write-behind of the path.
     refused: moka::sync::Cache<String, ()>,
+    /// `nix-cache-info` is known to be there (written, or found).
+    pub(super) cache_info: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -118,6 +120,7 @@ impl Bucket {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            cache_info: Default::default(),
         })
     }
 

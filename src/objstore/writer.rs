@@ -147,17 +147,24 @@ impl Worker {
         Ok(())
     }
 
-    /// `nix-cache-info`, unless there (checked once per worker start; cheap afterwards).
+    /// `nix-cache-info`, unless there (asked until it is known to be there, then never).
     async fn cache_info(&self) -> Result<(), ObjError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.bucket.cache_info.load(Relaxed) {
+            return Ok(());
+        }
         let key = self.bucket.keys.cache_info();
         if self.bucket.exists(&key).await? {
+            self.bucket.cache_info.store(true, Relaxed);
             return Ok(());
         }
         let len = CACHE_INFO.len() as u64;
         let body = full(CACHE_INFO);
         self.bucket
             .put(&key, body, len, "text/x-nix-cache-info")
-            .await
+            .await?;
+        self.bucket.cache_info.store(true, Relaxed);
+        Ok(())
     }
 
     /// The narinfo as served (its `URL` is the standard `nar/<FileHash>.nar<ext>`), the NAR's

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use rusty_s3::S3Action;
 
-use super::appliance::{hold_port, HeldPort};
+use super::appliance::{hold_port, Appliance, HeldPort};
+use super::fixture::Fixture;
+use super::upstream::Upstream;
 use super::wait::wait_until;
 
 /// The bucket the appliances' identity may use.
@@ -178,6 +180,17 @@ impl Seaweed {
         }
     }
 
+    /// Deletes object `key` of [`BUCKET`] (signed); the status.
+    pub async fn delete(&self, key: &str) -> u16 {
+        let (b, c) = self.s3();
+        let url = b
+            .delete_object(Some(&c), key)
+            .sign(Duration::from_secs(600));
+        send("DELETE", url.as_str(), Bytes::new())
+            .await
+            .map_or(0, |(s, _)| s)
+    }
+
     /// SIGKILL: the store is gone at once, mid-request if one is under way.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -203,4 +216,58 @@ async fn send(method: &str, url: &str, body: Bytes) -> Result<(u16, Bytes), Stri
         .await
         .map_err(|e| format!("{e:?}"))?;
     Ok((status, body.to_bytes()))
+}
+
+/// Every path of the fixture's closures that the tests copy.
+pub fn all_paths(f: &Fixture) -> Vec<&str> {
+    let mut paths = vec![f.top.as_str(), f.big.as_str()];
+    paths.extend(f.blobs.iter().map(String::as_str));
+    paths
+}
+
+/// An appliance in front of `up` with the bucket `url`; never a peer of another.
+pub async fn site(dir: &Path, up: &Upstream, key: &str, url: String) -> Appliance {
+    Appliance::options(dir, key)
+        .upstream(up.url())
+        .with(|s| {
+            s.object_store = Some(url);
+            s.no_mdns = Some(true);
+            s.no_fleet = true;
+        })
+        .start()
+        .await
+}
+
+/// Waits until `a` wrote `n` paths to the bucket and its queue is empty.
+pub async fn drained(a: &Appliance, n: u64) {
+    wait_until(
+        Duration::from_secs(60),
+        "the write-behind to drain",
+        || async {
+            a.metric("nixgate_object_store_uploads_total").await >= n
+                && a.metric("nixgate_object_store_queue_depth").await == 0
+        },
+    )
+    .await;
+}
+
+/// Spawns `cmd` (a [`super::binary::serve_command`]) with stderr to `log`; the child and its
+/// base URL, once it serves.
+pub async fn spawn_serving(
+    mut cmd: std::process::Command,
+    log: &Path,
+) -> (std::process::Child, String) {
+    let stderr = std::fs::File::create(log).unwrap();
+    let child = cmd
+        .stderr(std::process::Stdio::from(stderr))
+        .spawn()
+        .unwrap();
+    let mut port = None;
+    wait_until(Duration::from_secs(15), "nixgate to serve", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        port = text.lines().find_map(super::binary::serving_port);
+        std::future::ready(port.is_some())
+    })
+    .await;
+    (child, format!("http://127.0.0.1:{}", port.unwrap()))
 }

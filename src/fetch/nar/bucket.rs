@@ -34,6 +34,8 @@ struct Read {
     fh: Sha256,
     ext: &'static str,
     size: Option<u64>,
+    /// The store path whose narinfo told the NAR's hashes.
+    narinfo: Option<crate::nix::store_path::StorePathHash>,
 }
 
 impl Fetcher {
@@ -59,6 +61,7 @@ impl Fetcher {
             fh,
             ext,
             size,
+            narinfo: plan.narinfo,
         };
         let this = self.clone();
         let run = move || async move { this.materialise(read, checks).await };
@@ -99,6 +102,11 @@ impl Fetcher {
         self.metrics.fetched(Source::Bucket, size);
         tracing::info!(file_hash = %read.fh, bytes = size, "NAR fetched from the object store");
         self.downloaded(read.fh);
+        if let Some(h) = read.narinfo {
+            // Its narinfo may have come from an upstream: a site killed between writing the
+            // NAR and its narinfo left the bucket without it (HEAD finds what is there).
+            self.to_bucket(h);
+        }
         self.store.nar(&read.fh, read.ext).await.ok()?
     }
 

@@ -1,0 +1,144 @@
+//! The object-store tier when the bucket fails: answering 403 (a wrong secret, the real
+//! binary, whose debug log must show neither the secret nor a signature), killed, or hanging
+//! after its response headers. Every runner completes through the upstream at about its
+//! usual speed and `/readyz` stays 200: an outage of the bucket costs only its benefit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The real binary with a wrong secret key: the bucket answers 403 to every request; the
+/// runner completes through the upstream, the refusals are counted as `denied`, and neither
+/// the secret nor a presigned URL's signature reaches the (debug) log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_answering_403_costs_nothing_and_no_secret_is_logged() {
+    let f = fixture().await;
+    let sw = Seaweed::start().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("serve.log");
+    let wrong = "wrong-secret-0123456789";
+    let flags = [
+        "--upstream".into(),
+        up.url(),
+        "--trusted-public-key".into(),
+        f.public_key.clone(),
+        "--object-store".into(),
+        sw.url(BUCKET, "w"),
+    ];
+    let mut cmd = serve_command(&work.path().join("cache"), "info,nixgate=debug", &flags);
+    cmd.env("AWS_SECRET_ACCESS_KEY", wrong);
+    let (mut child, base) = spawn_serving(cmd, &log).await;
+    let paths = all_paths(f);
+    assert_ok(&nix_copy_paths(&base, &f.public_key, &paths, &work.path().join("r")).await);
+    let m = get(&format!("{base}/metrics"), &[]).await.body;
+    let denied = m.lines().find_map(|l| {
+        let v = l.strip_prefix("nixgate_object_store_errors_total{kind=\"denied\"} ")?;
+        v.parse::<u64>().ok()
+    });
+    assert!(denied.is_some_and(|d| d >= 1), "{m}");
+    assert_eq!(get(&format!("{base}/readyz"), &[]).await.status, 200);
+    assert!(
+        sw.get("w/nix-cache-info").await.is_none(),
+        "nothing written without access"
+    );
+    sigterm(&child);
+    assert!(exit_within(&mut child, Duration::from_secs(20))
+        .await
+        .is_some());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("object store"), "{logged}");
+    for secret in [wrong, "X-Amz-Signature", "X-Amz-Credential"] {
+        assert!(
+            !logged.contains(secret),
+            "the log shows {secret}:\n{logged}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_bucket_costs_nothing_but_its_benefit() {
+    let f = fixture().await;
+    let mut sw = Seaweed::start().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let paths = all_paths(f);
+    // Killed (SIGKILL) after the appliance started: connections refused.
+    let b = site(
+        &work.path().join("b"),
+        &up,
+        &f.public_key,
+        sw.url(BUCKET, "k"),
+    )
+    .await;
+    sw.kill().await;
+    let started = std::time::Instant::now();
+    assert_ok(&nix_copy_paths(&b.url(), &f.public_key, &paths, &work.path().join("rb")).await);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "a dead bucket slowed the runner: {took:?}"
+    );
+    eprintln!("8 paths through a killed bucket in {took:?}");
+    assert!(
+        b.metric("nixgate_object_store_errors_total{kind=\"connect\"}")
+            .await
+            >= 1
+    );
+    assert_eq!(get(&format!("{}/readyz", b.url()), &[]).await.status, 200);
+    b.stop().await;
+}
+
+/// An "object store" that answers every request with headers and a few bytes, then hangs
+/// (holding the connection open); its URL.
+async fn hanging_store() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nStoreDir";
+                let _ = s.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            });
+        }
+    });
+    format!("s3://{BUCKET}/h?endpoint=http://{addr}&region=us-east-1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_hanging_after_headers_costs_seconds_not_the_run() {
+    use_test_credentials();
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let a = site(
+        &work.path().join("a"),
+        &up,
+        &f.public_key,
+        hanging_store().await,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let paths = all_paths(f);
+    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("r")).await);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "a hanging bucket held the runner {took:?}"
+    );
+    assert!(
+        a.metric("nixgate_object_store_errors_total{kind=\"timeout\"}")
+            .await
+            >= 1
+    );
+    assert_eq!(get(&format!("{}/readyz", a.url()), &[]).await.status, 200);
+    eprintln!("8 paths through a hanging bucket in {took:?}");
+    a.stop().await;
+}
