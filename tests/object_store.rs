@@ -270,3 +270,35 @@ async fn a_site_killed_with_writes_queued_loses_nothing_the_next_fill_does_not_r
     .await;
     b.stop().await;
 }
+
+/// A NAR over twice the part size (12 MB with `part-size=5MiB`) goes up as a multipart
+/// upload (its ETag says three parts) and is read back whole and verified at another site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_nar_goes_up_in_parts() {
+    let f = fixture().await;
+    let (cache, path) = big_path_cache(f, "s3-multipart", false).await;
+    let sw = Seaweed::start().await;
+    let up = Upstream::start(&cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("{}&part-size=5MiB", sw.url(BUCKET, "mp"));
+    let a = site(&work.path().join("a"), &up, &f.public_key, url.clone()).await;
+    assert_ok(&nix_copy(&a.url(), &f.public_key, &path, &work.path().join("ra")).await);
+    drained(&a, 1).await;
+    let narinfo = std::fs::read_to_string(cache.join(format!("{}.narinfo", Fixture::hash(&path))));
+    let nar_url = field(&narinfo.unwrap(), "URL").to_owned();
+    let etag = sw
+        .etag(&format!("mp/{nar_url}"))
+        .await
+        .expect("the NAR is in the bucket");
+    assert!(etag.ends_with("-3"), "not a 3-part upload: ETag {etag}");
+
+    up.down.store(true, Ordering::SeqCst);
+    let b = site(&work.path().join("b"), &up, &f.public_key, url).await;
+    assert_ok(&nix_copy(&b.url(), &f.public_key, &path, &work.path().join("rb")).await);
+    let read = b
+        .metric("nixgate_object_store_bytes_total{direction=\"read\"}")
+        .await;
+    assert!(read > 12_000_000, "{read}");
+    a.stop().await;
+    b.stop().await;
+}

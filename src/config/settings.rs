@@ -63,7 +63,7 @@ pub struct ServeArgs {
     pub ca_file: Option<PathBuf>,
 
     /// S3-compatible bucket below the local disk, shared by sites
-    /// (`s3://BUCKET/PREFIX?endpoint=URL&region=R&style=path|virtual`): a miss asks it
+    /// (`s3://BUCKET/PREFIX?endpoint=URL&region=R&style=path|virtual&part-size=SIZE`): a miss asks it
     /// before any upstream, and what is fetched is written to it in the background.
     /// Credentials only from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY(/AWS_SESSION_TOKEN) or
     /// the AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials) profile AWS_PROFILE, never in the

@@ -21,7 +21,7 @@ use thiserror::Error;
 use url::Url;
 
 use super::keys::Keys;
-use super::url::{ObjectStoreUrl, Style};
+use super::url::ObjectStoreUrl;
 use crate::metrics::ObjectStoreError;
 use crate::upstream::{egress, Egress, Upstream};
 
@@ -78,6 +78,8 @@ pub struct Bucket {
     pub keys: Keys,
     sender: Sender,
     connect: Duration,
+    /// Bytes per multipart part (`part-size`).
+    pub(super) part_size: u64,
     /// Keys whose object failed a check lately: not read again (the next source is asked),
     /// and overwritten by the next write-behind of the path.
     refused: moka::sync::Cache<String, ()>,
@@ -101,12 +103,7 @@ impl Bucket {
         egress: &Egress,
         connect: Duration,
     ) -> Result<Self, ObjError> {
-        let style = match url.style {
-            Style::Path => rusty_s3::UrlStyle::Path,
-            Style::Virtual => rusty_s3::UrlStyle::VirtualHost,
-        };
-        let (name, region) = (url.bucket.clone(), url.region.clone());
-        let s3 = rusty_s3::Bucket::new(url.endpoint.clone(), style, name, region)?;
+        let s3 = url.signer()?;
         let keys = Keys::new(&url.prefix);
         let base = s3.object_url(&keys.under(""));
         Ok(Bucket {
@@ -116,6 +113,7 @@ impl Bucket {
             keys,
             sender: sender(egress, connect),
             connect,
+            part_size: url.part_size,
             refused: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))

@@ -1,6 +1,6 @@
-//! Uploading a local file: one PUT up to [`MULTIPART_ABOVE`], a multipart upload of
-//! [`PART_SIZE`] parts above it (S3 caps one PUT at 5 GiB, and a broken part costs one
-//! part, not the NAR). Every part streams from the file; an upload that fails is aborted, so
+//! Uploading a local file: one PUT up to twice the part size (`part-size` in the URL, 32 MiB
+//! by default), a multipart upload of such parts above it (S3 caps one PUT at 5 GiB, and a
+//! broken part costs one part, not the NAR). Every part streams from the file; an upload that fails is aborted, so
 //! no orphaned parts are billed.
 
 use http::Method;
@@ -8,11 +8,6 @@ use http_body_util::BodyExt;
 use rusty_s3::S3Action;
 
 use super::client::{full, hit_body, ok, Bucket, ObjError, VALID_FOR};
-
-/// Files larger than this are uploaded in parts.
-pub const MULTIPART_ABOVE: u64 = 64 << 20;
-/// The size of each part but the last (S3: 5 MiB to 5 GiB, at most 10,000 parts).
-pub const PART_SIZE: u64 = 32 << 20;
 
 impl Bucket {
     /// Uploads the first `len` bytes of `hit` as `key`.
@@ -23,7 +18,7 @@ impl Bucket {
         len: u64,
         ty: &str,
     ) -> Result<(), ObjError> {
-        if len <= MULTIPART_ABOVE {
+        if len <= 2 * self.part_size {
             return self.put(key, hit_body(hit.clone(), 0, len), len, ty).await;
         }
         let id = self.create_multipart(key, ty).await?;
@@ -59,7 +54,7 @@ impl Bucket {
         let mut etags = Vec::new();
         let mut offset = 0;
         while offset < len {
-            let part = PART_SIZE.min(len - offset);
+            let part = self.part_size.min(len - offset);
             let n = u16::try_from(etags.len() + 1).map_err(|_| ObjError::Status(413))?;
             let url = s3.upload_part(Some(creds), key, n, id).sign(VALID_FOR);
             let body = hit_body(hit.clone(), offset, part);

@@ -3,13 +3,14 @@
 //! ```text
 //! s3://nix-cache/ci?endpoint=http://seaweedfs:8333&region=us-east-1
 //! s3://nix-cache?region=eu-west-1                  (AWS: https://s3.eu-west-1.amazonaws.com)
-//! s3://nix-cache/ci?endpoint=https://r2.example&style=virtual
+//! s3://nix-cache/ci?endpoint=https://r2.example&style=virtual&part-size=64MiB
 //! ```
 //!
 //! The bucket is the host, the prefix the path (every object lives under `<prefix>/`), and
 //! the query names the endpoint, the region (SigV4 signs it) and the addressing style (`path`,
 //! the default, works with SeaweedFS, Garage, MinIO and Ceph; `virtual` puts the bucket in
-//! the host name). Credentials are never part of it: a URL with userinfo, or an `endpoint`
+//! the host name) and the multipart part size (`part-size`, 5 MiB to 5 GiB, default 32 MiB:
+//! files over twice the part size go up in parts). Credentials are never part of it: a URL with userinfo, or an `endpoint`
 //! with userinfo or a query, is refused (credentials come from `AWS_*` or a credentials file,
 //! `credentials.rs`), so the flag can be logged and shown by `check-config` as it is.
 
@@ -35,7 +36,9 @@ pub enum UrlError {
     Region(String),
     #[error("style {0:?} must be `path` or `virtual`")]
     Style(String),
-    #[error("unknown parameter {0:?} (endpoint, region, style)")]
+    #[error("part-size {0:?} must be a size from 5MiB to 5GiB")]
+    PartSize(String),
+    #[error("unknown parameter {0:?} (endpoint, region, style, part-size)")]
     Unknown(String),
 }
 
@@ -57,7 +60,12 @@ pub struct ObjectStoreUrl {
     pub endpoint: Url,
     pub region: String,
     pub style: Style,
+    /// Bytes per multipart part; files over twice this go up in parts.
+    pub part_size: u64,
 }
+
+/// The default part size: 32 MiB parts, multipart above 64 MiB.
+pub const DEFAULT_PART_SIZE: u64 = 32 << 20;
 
 impl std::str::FromStr for ObjectStoreUrl {
     type Err = UrlError;
@@ -77,12 +85,14 @@ impl std::str::FromStr for ObjectStoreUrl {
         // The raw path: `Url` resolves `.` and `..`, which must be refused, not resolved.
         let prefix = prefix(raw_path(s))?;
         let (mut endpoint, mut region, mut style) = (None, None, Style::Path);
+        let mut part_size = DEFAULT_PART_SIZE;
         for (k, v) in u.query_pairs() {
             match &*k {
                 "endpoint" => endpoint = Some(parse_endpoint(&v)?),
                 "region" if valid_region(&v) => region = Some(v.into_owned()),
                 "region" => return Err(UrlError::Region(v.into_owned())),
                 "style" => style = parse_style(&v)?,
+                "part-size" => part_size = parse_part_size(&v)?,
                 other => return Err(UrlError::Unknown(other.to_owned())),
             }
         }
@@ -91,13 +101,18 @@ impl std::str::FromStr for ObjectStoreUrl {
             Some(e) => e,
             None => Url::parse(&format!("https://s3.{region}.amazonaws.com/"))?,
         };
-        Ok(ObjectStoreUrl {
+        let url = ObjectStoreUrl {
             bucket,
             prefix,
             endpoint,
             region,
             style,
-        })
+            part_size,
+        };
+        // The signer's own checks (a virtual-host name it cannot form, say), at startup.
+        url.signer()
+            .map_err(|_| UrlError::Endpoint(url.endpoint.to_string()))?;
+        Ok(url)
     }
 }
 
@@ -110,11 +125,12 @@ impl std::fmt::Display for ObjectStoreUrl {
         };
         write!(
             f,
-            "s3://{}/{}?endpoint={}&region={}&style={style}",
+            "s3://{}/{}?endpoint={}&region={}&style={style}&part-size={}",
             self.bucket,
             self.prefix,
             self.endpoint.as_str().trim_end_matches('/'),
-            self.region
+            self.region,
+            self.part_size
         )
     }
 }
@@ -173,6 +189,25 @@ fn parse_endpoint(v: &str) -> Result<Url, UrlError> {
     }
 }
 
+impl ObjectStoreUrl {
+    /// The signer of this bucket (`rusty-s3`: pure, no I/O).
+    pub fn signer(&self) -> Result<rusty_s3::Bucket, rusty_s3::BucketError> {
+        let style = match self.style {
+            Style::Path => rusty_s3::UrlStyle::Path,
+            Style::Virtual => rusty_s3::UrlStyle::VirtualHost,
+        };
+        let (name, region) = (self.bucket.clone(), self.region.clone());
+        rusty_s3::Bucket::new(self.endpoint.clone(), style, name, region)
+    }
+}
+
+fn parse_part_size(v: &str) -> Result<u64, UrlError> {
+    match crate::units::parse_size(v) {
+        Ok(n) if ((5 << 20)..=(5 << 30)).contains(&n) => Ok(n),
+        _ => Err(UrlError::PartSize(v.to_owned())),
+    }
+}
+
 fn parse_style(v: &str) -> Result<Style, UrlError> {
     match v {
         "path" => Ok(Style::Path),
@@ -197,6 +232,10 @@ mod tests {
         assert_eq!(u.endpoint.as_str(), "http://127.0.0.1:8333/");
         assert_eq!(u.region, "eu-west-1");
         assert_eq!(u.style, Style::Path);
+        assert_eq!(u.part_size, DEFAULT_PART_SIZE);
+        assert_eq!(u.to_string().parse::<ObjectStoreUrl>().unwrap(), u);
+        let u = p("s3://nix-cache?part-size=8MiB").unwrap();
+        assert_eq!(u.part_size, 8 << 20);
         assert_eq!(u.to_string().parse::<ObjectStoreUrl>().unwrap(), u);
     }
 
@@ -231,6 +270,10 @@ mod tests {
             p("s3://bucket?secret=x"),
             Err(UrlError::Unknown(_))
         ));
+        for s in ["1MiB", "6GiB", "big"] {
+            let url = format!("s3://bucket?part-size={s}");
+            assert!(matches!(p(&url), Err(UrlError::PartSize(_))), "{s}");
+        }
         for e in [
             "ftp://h",
             "http://k:s@h:1",

@@ -180,6 +180,17 @@ impl Seaweed {
         }
     }
 
+    /// The `ETag` of object `key` of [`BUCKET`] (a multipart object's ends in `-<parts>`).
+    pub async fn etag(&self, key: &str) -> Option<String> {
+        let (b, c) = self.s3();
+        let url = b.head_object(Some(&c), key).sign(Duration::from_secs(600));
+        let got = super::client::try_request("HEAD", url.as_str(), &[])
+            .await
+            .ok()?;
+        let etag = got.headers.get("etag")?.to_str().ok()?;
+        Some(etag.trim_matches('"').to_owned())
+    }
+
     /// Deletes object `key` of [`BUCKET`] (signed); the status.
     pub async fn delete(&self, key: &str) -> u16 {
         let (b, c) = self.s3();
