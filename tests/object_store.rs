@@ -240,11 +240,14 @@ async fn a_site_killed_with_writes_queued_loses_nothing_the_next_fill_does_not_r
         closure.len()
     );
     // What a kill can leave, whatever the timing: a NAR without its narinfo (killed between
-    // the two), and a path with neither (killed before its turn).
+    // the two), and a path with neither (killed before its turn); and what a lifecycle rule
+    // can leave: a narinfo that outlived its NAR (a miss, the NAR fetched and written again).
     let narinfo = |p: &str| format!("k9/{}.narinfo", Fixture::hash(p));
+    let nar = |p: &str| format!("k9/{}", f.nar_url(p));
     sw.delete(&narinfo(&f.blobs[0])).await;
     sw.delete(&narinfo(&f.blobs[1])).await;
-    sw.delete(&format!("k9/{}", f.nar_url(&f.blobs[1]))).await;
+    sw.delete(&nar(&f.blobs[1])).await;
+    sw.delete(&nar(&f.blobs[2])).await;
     assert!(!in_bucket(&sw, f, "k9", &f.blobs[0]).await);
 
     let b = site(

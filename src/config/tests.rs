@@ -382,3 +382,19 @@ fn appliance_urls() {
         assert!(p(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn object_store_url_errors_name_the_flag_and_never_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(dir.path());
+    a.object_store = Some("s3://AKIAKEY:s3cr3t@bucket/ci".into());
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(
+        e.starts_with("--object-store") && !e.contains("s3cr3t"),
+        "{e}"
+    );
+    let mut a = args(dir.path());
+    a.object_store = Some("s3://bucket/ci?endpoint=ftp://h".into());
+    let e = a.resolve().unwrap_err().to_string();
+    assert!(e.contains("endpoint"), "{e}");
+}
