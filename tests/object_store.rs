@@ -305,3 +305,41 @@ async fn a_large_nar_goes_up_in_parts() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Without credentials anywhere, requests are anonymous (the chart's `existingSecret: ""`):
+/// the real binary warns at start, reads a bucket that allows anonymous reads (site A filled
+/// it, signed), and gets the closure from it with the upstream down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_credentials_requests_are_anonymous() {
+    let f = fixture().await;
+    let sw = Seaweed::start().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let url = sw.url(BUCKET, "anon");
+    let a = site(&work.path().join("a"), &up, &f.public_key, url.clone()).await;
+    let paths = all_paths(f);
+    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("ra")).await);
+    drained(&a, 8).await;
+    a.stop().await;
+
+    up.down.store(true, Ordering::SeqCst);
+    let flags = [
+        "--upstream".into(),
+        up.url(),
+        "--trusted-public-key".into(),
+        f.public_key.clone(),
+        "--object-store".into(),
+        url,
+    ];
+    let mut cmd = serve_command(&work.path().join("b"), "info", &flags);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", work.path());
+    let log = work.path().join("b.log");
+    let (mut child, b) = spawn_serving(cmd, &log).await;
+    assert_ok(&nix_copy_paths(&b, &f.public_key, &paths, &work.path().join("rb")).await);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("without credentials"), "{logged}");
+}

@@ -201,7 +201,13 @@ fn object_store(
         return Ok(None);
     };
     let url = text.parse()?;
-    let credentials = crate::objstore::credentials::load(|k| std::env::var(k).ok())?;
+    use crate::objstore::credentials::{load, CredentialsError};
+    let credentials = match load(|k| std::env::var(k).ok()) {
+        Ok(c) => Some(c),
+        // None anywhere: anonymous requests (warned about); a broken file is an error.
+        Err(CredentialsError::Missing { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
     Ok(Some(crate::objstore::ObjectStoreSettings {
         url,
         credentials,

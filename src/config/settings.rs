@@ -67,7 +67,7 @@ pub struct ServeArgs {
     /// before any upstream, and what is fetched is written to it in the background.
     /// Credentials only from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY(/AWS_SESSION_TOKEN) or
     /// the AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials) profile AWS_PROFILE, never in the
-    /// URL [default: none].
+    /// URL; with none, requests are anonymous [default: none].
     #[arg(long, env = "NIXGATE_OBJECT_STORE", value_name = "URL")]
     pub object_store: Option<String>,
 

@@ -18,6 +18,16 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(o) = self.fetch.object_store.as_ref() {
+            if o.credentials.is_none() {
+                w.push(
+                    "--object-store without credentials (no AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, no credentials file profile): its requests are \
+                     anonymous, so only a bucket that allows anonymous reads and writes works"
+                        .into(),
+                );
+            }
+        }
         if let Some(fs) = filesystem_size(&self.cache_dir) {
             if self.max_cache_size > fs {
                 w.push(format!(

@@ -74,7 +74,8 @@ pub struct Bucket {
     /// The prefix's URL (ending in `/`) and the breaker every request honours.
     pub at: Arc<Upstream>,
     s3: rusty_s3::Bucket,
-    creds: rusty_s3::Credentials,
+    /// `None`: anonymous (unsigned) requests.
+    creds: Option<rusty_s3::Credentials>,
     pub keys: Keys,
     sender: Sender,
     connect: Duration,
@@ -99,7 +100,7 @@ impl Bucket {
     /// The bucket of `url`, signing with `creds`; requests through `egress`.
     pub fn new(
         url: &ObjectStoreUrl,
-        creds: rusty_s3::Credentials,
+        creds: Option<rusty_s3::Credentials>,
         egress: &Egress,
         connect: Duration,
     ) -> Result<Self, ObjError> {
@@ -145,9 +146,9 @@ impl Bucket {
         self.refused.invalidate(key);
     }
 
-    /// A presigned URL for `method` on `key` (GET, HEAD or PUT).
+    /// A presigned URL for `method` on `key` (GET, HEAD or PUT); unsigned when anonymous.
     pub fn presign(&self, method: &Method, key: &str) -> Url {
-        let creds = Some(&self.creds);
+        let creds = self.creds.as_ref();
         match *method {
             Method::HEAD => self.s3.head_object(creds, key).sign(VALID_FOR),
             Method::PUT => self.s3.put_object(creds, key).sign(VALID_FOR),
@@ -155,8 +156,8 @@ impl Bucket {
         }
     }
 
-    pub(super) fn s3(&self) -> (&rusty_s3::Bucket, &rusty_s3::Credentials) {
-        (&self.s3, &self.creds)
+    pub(super) fn s3(&self) -> (&rusty_s3::Bucket, Option<&rusty_s3::Credentials>) {
+        (&self.s3, self.creds.as_ref())
     }
 
     /// Whether `key` exists (HEAD: 200 yes, 404 no).
@@ -171,7 +172,7 @@ impl Bucket {
     pub async fn delete(&self, key: &str) -> Result<(), ObjError> {
         let url = self
             .s3
-            .delete_object(Some(&self.creds), key)
+            .delete_object(self.creds.as_ref(), key)
             .sign(VALID_FOR);
         self.send(Method::DELETE, &url, empty(), None, 0).await?;
         Ok(())

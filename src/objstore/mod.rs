@@ -21,9 +21,10 @@ pub use url::{ObjectStoreUrl, UrlError};
 pub use writer::WriteBehind;
 
 /// What `--object-store` resolved to: the validated URL and the credentials (from the
-/// environment or the credentials file; `Debug` hides the secret).
+/// environment or the credentials file; `Debug` hides the secret). `None`: none are
+/// configured, requests are anonymous (a bucket that allows them; a warning at start).
 #[derive(Debug, Clone)]
 pub struct ObjectStoreSettings {
     pub url: ObjectStoreUrl,
-    pub credentials: rusty_s3::Credentials,
+    pub credentials: Option<rusty_s3::Credentials>,
 }

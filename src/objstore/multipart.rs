@@ -34,7 +34,7 @@ impl Bucket {
 
     async fn create_multipart(&self, key: &str, ty: &str) -> Result<String, ObjError> {
         let (s3, creds) = self.s3();
-        let url = s3.create_multipart_upload(Some(creds), key).sign(VALID_FOR);
+        let url = s3.create_multipart_upload(creds, key).sign(VALID_FOR);
         let resp = self.send(Method::POST, &url, full(""), Some(ty), 0).await?;
         ok(resp.status())?;
         let body = read_text(resp).await?;
@@ -56,7 +56,7 @@ impl Bucket {
         while offset < len {
             let part = self.part_size.min(len - offset);
             let n = u16::try_from(etags.len() + 1).map_err(|_| ObjError::Status(413))?;
-            let url = s3.upload_part(Some(creds), key, n, id).sign(VALID_FOR);
+            let url = s3.upload_part(creds, key, n, id).sign(VALID_FOR);
             let body = hit_body(hit.clone(), offset, part);
             let resp = self.send(Method::PUT, &url, body, None, part).await?;
             ok(resp.status())?;
@@ -75,8 +75,7 @@ impl Bucket {
         etags: Vec<String>,
     ) -> Result<(), ObjError> {
         let (s3, creds) = self.s3();
-        let action =
-            s3.complete_multipart_upload(Some(creds), key, id, etags.iter().map(|e| e.as_str()));
+        let action = s3.complete_multipart_upload(creds, key, id, etags.iter().map(|e| e.as_str()));
         let url = action.sign(VALID_FOR);
         let body = action.body();
         let len = body.len() as u64;
@@ -91,9 +90,7 @@ impl Bucket {
 
     async fn abort_multipart(&self, key: &str, id: &str) {
         let (s3, creds) = self.s3();
-        let url = s3
-            .abort_multipart_upload(Some(creds), key, id)
-            .sign(VALID_FOR);
+        let url = s3.abort_multipart_upload(creds, key, id).sign(VALID_FOR);
         if let Err(e) = self.send(Method::DELETE, &url, full(""), None, 0).await {
             tracing::warn!(key, error = %e, "object store: could not abort a multipart upload");
         }
