@@ -26,6 +26,8 @@ pub struct Report {
     pub day: Vec<Sample>,
     pub peers: Vec<PeerStatus>,
     pub upstreams: Vec<UpstreamRow>,
+    /// What runners were sent NARs as, and what recompressing them cost.
+    pub compression: super::compression::CompressionRow,
     pub events: Vec<Event>,
 }
 
@@ -165,6 +167,10 @@ impl Report {
             day,
             peers: peers(app),
             upstreams: upstreams(app),
+            compression: super::compression::CompressionRow::new(
+                app.fetcher.serving(),
+                app.metrics.transcode.totals(),
+            ),
             events: app.status.events(),
         }
     }
