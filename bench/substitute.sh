@@ -15,6 +15,8 @@
 #    transcode CPU seconds (thread CPU time: xz decode + NarHash + zstd encode).
 # 4. ROUNDS rounds, alternated: `nix copy` into a fresh store from nginx (xz), from warm
 #    nixgate (zstd) and from nginx (zstd); wall time of each.
+# 5. ROUNDS cold rounds: a fresh nginx proxy_cache in front of the xz files (it passes the xz
+#    through) against a fresh nixgate (its first runner gets what a cold appliance serves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for t in nix nginx curl python3; do
@@ -51,7 +53,7 @@ nix copy --to "file://$D/zcache?secret-key=$D/sk&compression=zstd" "${PATHS[@]}"
 XZ_BYTES=$(cat "$D"/cache/*.narinfo | sed -n 's/^FileSize: //p' | python3 -c 'import sys; print(sum(int(l) for l in sys.stdin))')
 echo "paths ${#PATHS[@]}, NAR $((NAR_BYTES / 1000000)) MB, xz files $((XZ_BYTES / 1000000)) MB"
 
-P1=18291 P2=18292 P3=18293
+P1=18291 P2=18292 P3=18293 P4=18300 P5=18310
 cat > "$D/nginx.conf" <<NG
 user root; daemon off; worker_processes 2; pid $D/nginx.pid; error_log $D/nginx.err;
 events { worker_connections 1024; }
@@ -59,7 +61,12 @@ http { access_log off; sendfile on; tcp_nopush on;
   client_body_temp_path $D; proxy_temp_path $D; fastcgi_temp_path $D; uwsgi_temp_path $D; scgi_temp_path $D;
   types { text/x-nix-narinfo narinfo; application/x-nix-nar xz zst; }
   server { listen 127.0.0.1:$P1; root $D/cache; }
-  server { listen 127.0.0.1:$P3; root $D/zcache; } }
+  server { listen 127.0.0.1:$P3; root $D/zcache; }
+$(for r in $(seq "$ROUNDS"); do
+  # Round r's cold nginx proxy_cache in front of the xz files (its own empty cache).
+  echo "  proxy_cache_path $D/pc$r keys_zone=pc$r:10m max_size=10g;"
+  echo "  server { listen 127.0.0.1:$((P4 + r)); location / { proxy_pass http://127.0.0.1:$P1; proxy_cache pc$r; proxy_cache_valid 200 1d; } }"
+done) }
 NG
 nginx -c "$D/nginx.conf" & PIDS+=($!)
 RUST_LOG=warn "$NG" serve --listen 127.0.0.1:$P2 --cache-dir "$D/ng" --upstream http://127.0.0.1:$P1 \
@@ -93,3 +100,13 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r: nginx xz $X s | nixgate zstd $Z s | nginx zstd $N s | nginx xz / nixgate $(python3 -c "print(round($X/$Z, 2))")x | nixgate / nginx zstd $(python3 -c "print(round($Z/$N, 2))")x"
 done
 echo "zstd bytes served: $(metric 'nixgate_served_nar_bytes_total{compression="zstd"}')"
+echo "== cold, $ROUNDS rounds alternated (wall s): a fresh nixgate and a fresh nginx proxy_cache each"
+for r in $(seq "$ROUNDS"); do
+  RUST_LOG=warn "$NG" serve --listen 127.0.0.1:$((P5 + r)) --cache-dir "$D/ng-cold$r" --upstream http://127.0.0.1:$P1 \
+    --trusted-public-key "$KEY" --no-torrent --no-mdns & pid=$!; PIDS+=($pid)
+  wait_ok "http://127.0.0.1:$((P5 + r))/nix-cache-info"
+  C=$(copy nginx-cold http://127.0.0.1:$((P4 + r))); G=$(copy nixgate-cold http://127.0.0.1:$((P5 + r)))
+  Zc=$(curl -sf "http://127.0.0.1:$((P5 + r))/metrics" | awk '$1 == "nixgate_served_nar_bytes_total{compression=\"zstd\"}" { print $2 }')
+  kill "$pid"
+  echo "round $r: nginx proxy_cache cold $C s | nixgate cold $G s (sent $((${Zc%.*} / 1000000)) MB as zstd) | nginx / nixgate $(python3 -c "print(round($C/$G, 2))")x"
+done

@@ -121,6 +121,10 @@ fn assert_rendered(dom: &str) {
         "the dead upstream's last error is shown"
     );
     assert!(dom.contains(">static<"), "the peer table");
+    assert!(
+        dom.contains("<th>--serve-compression</th>") && dom.contains("<td>zstd</td>"),
+        "the compression table names the mode"
+    );
     assert!(dom.contains(">miss<"), "recent misses");
     let updated = text_of(dom, "updated");
     assert!(
@@ -253,11 +257,17 @@ fn check_cli(a: &Appliance) {
         "disk ",
         "peers          1",
         "circuit",
+        "(--serve-compression zstd)",
+        "transcoded ",
     ] {
         assert!(text.contains(want), "{want} in {text}");
     }
     let json: serde_json::Value = serde_json::from_str(&nixgate_status(&a.url(), "json")).unwrap();
     assert!(json["hour"].as_array().unwrap().len() >= 2);
+    // Nix 2.8 decodes zstd: every NAR the copies took was sent, as xz or as zstd.
+    let sent = &json["compression"]["served_bytes"];
+    let by = |k: &str| sent[k].as_u64().unwrap();
+    assert!(by("zstd") + by("xz") > 0, "{sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -89,6 +89,11 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
+    /// `--serve-compression`'s value: what runners get NARs as.
+    pub fn serving(&self) -> &'static str {
+        self.serve.map_or("upstream", |s| s.field())
+    }
+
     /// Upstreams, keys, timeouts and the peer policy come from `settings`.
     pub fn new(
         settings: FetchSettings,

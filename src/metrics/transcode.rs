@@ -14,6 +14,21 @@ const COMPRESSIONS: [(&str, &str); 4] = [
     ("*", "other"),
 ];
 
+/// The counters' values at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TranscodeTotals {
+    pub nar_bytes: u64,
+    pub out_bytes: u64,
+    pub cpu_seconds: f64,
+    pub stored: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub served_zstd: u64,
+    pub served_xz: u64,
+    pub served_none: u64,
+    pub served_other: u64,
+}
+
 /// Transcode and served-by-compression counters.
 #[derive(Default)]
 pub struct TranscodeCounters {
@@ -55,6 +70,27 @@ impl TranscodeCounters {
     /// Decoded NAR bytes transcoded, and the bytes written, so far.
     pub fn bytes(&self) -> (u64, u64) {
         (self.nar_bytes.load(Relaxed), self.out_bytes.load(Relaxed))
+    }
+
+    /// Every counter at once, for the status page.
+    pub fn totals(&self) -> TranscodeTotals {
+        let v = |a: &AtomicU64| a.load(Relaxed);
+        let served = |name: &str| {
+            let i = COMPRESSIONS.iter().position(|(_, l)| *l == name);
+            i.map_or(0, |i| v(&self.served[i]))
+        };
+        TranscodeTotals {
+            nar_bytes: v(&self.nar_bytes),
+            out_bytes: v(&self.out_bytes),
+            cpu_seconds: v(&self.cpu_ns) as f64 / 1e9,
+            stored: v(&self.stored),
+            failed: v(&self.failed),
+            skipped: v(&self.skipped),
+            served_zstd: served("zstd"),
+            served_xz: served("xz"),
+            served_none: served("none"),
+            served_other: served("other"),
+        }
     }
 
     /// The families, in exposition order.

@@ -104,8 +104,42 @@ pub fn summary(v: &Value) -> String {
         "verification   {} failures",
         num(v, "/totals/verification_failures")
     );
+    compression(&mut o, v);
     rows(&mut o, v);
     o
+}
+
+/// What runners were sent NARs as, and what recompressing them cost.
+fn compression(o: &mut String, v: &Value) {
+    let c = &v["compression"];
+    if c.is_null() {
+        return;
+    }
+    let b = |k: &str| human_bytes(num(c, &format!("/served_bytes/{k}")));
+    let _ = writeln!(
+        o,
+        "runners got    zstd {}, xz {}, none {}, other {} (--serve-compression {})",
+        b("zstd"),
+        b("xz"),
+        b("none"),
+        b("other"),
+        c["mode"].as_str().unwrap_or("?")
+    );
+    let ratio = c["ratio"]
+        .as_f64()
+        .map_or("-".into(), |r| format!("{r:.2}"));
+    let per_gb = c["cpu_seconds_per_gb"]
+        .as_f64()
+        .map_or("-".into(), |s| format!("{s:.1}"));
+    let _ = writeln!(
+        o,
+        "transcoded     {} of NAR into {} ({ratio} of it), {per_gb} CPU s/GB; {} stored, {} failed, {} skipped",
+        human_bytes(num(c, "/transcoded_nar_bytes")),
+        human_bytes(num(c, "/transcoded_out_bytes")),
+        num(c, "/stored"),
+        num(c, "/failed"),
+        num(c, "/skipped")
+    );
 }
 
 /// The upstream and peer lines.
@@ -170,6 +204,11 @@ mod tests {
             "hour": [ { "hits": 1, "misses": 1 }, { "hits": 3, "misses": 1 } ],
             "upstreams": [ { "url": "http://u/", "circuit": "closed", "last_error": null } ],
             "peers": [ { "url": "http://p/", "origin": "dns", "state": "ok", "owner": true } ],
+            "compression": { "mode": "zstd",
+                             "served_bytes": { "zstd": 2 << 20, "xz": 1 << 20, "none": 0, "other": 0 },
+                             "transcoded_nar_bytes": 4 << 20, "transcoded_out_bytes": 1 << 20,
+                             "ratio": 0.25, "cpu_seconds": 0.1, "cpu_seconds_per_gb": 23.84,
+                             "stored": 2, "failed": 0, "skipped": 1 },
         });
         let s = summary(&v);
         assert!(s.contains("up 2h 00m"), "{s}");
@@ -178,5 +217,13 @@ mod tests {
         assert!(s.contains("egress saved   2.0 MiB"), "{s}");
         assert!(s.contains("1.0 MiB of 10.0 MiB (10.0 %), 4 files"), "{s}");
         assert!(s.contains("peers          1 (1 ok, 1 fleet owners)"), "{s}");
+        assert!(
+            s.contains("runners got    zstd 2.0 MiB, xz 1.0 MiB, none 0 B, other 0 B (--serve-compression zstd)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("transcoded     4.0 MiB of NAR into 1.0 MiB (0.25 of it), 23.8 CPU s/GB; 2 stored, 0 failed, 1 skipped"),
+            "{s}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! JSON only when someone asks, so the page costs nothing while nobody looks.
 
 pub mod cli;
+pub mod compression;
 pub mod events;
 pub mod history;
 pub mod report;

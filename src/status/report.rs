@@ -28,6 +28,8 @@ pub struct Report {
     pub upstreams: Vec<UpstreamRow>,
     /// The object store (`--object-store`), when one is configured.
     pub object_store: Option<ObjectStoreRow>,
+    /// What runners were sent NARs as, and what recompressing them cost.
+    pub compression: super::compression::CompressionRow,
     pub events: Vec<Event>,
 }
 
@@ -194,6 +196,10 @@ impl Report {
             peers: peers(app),
             upstreams: upstreams(app),
             object_store: object_store(app),
+            compression: super::compression::CompressionRow::new(
+                app.fetcher.serving(),
+                app.metrics.transcode.totals(),
+            ),
             events: app.status.events(),
         }
     }
