@@ -285,8 +285,11 @@ async fn a_large_nar_goes_up_in_parts() {
     let work = tempfile::tempdir().unwrap();
     let url = format!("{}&part-size=5MiB", sw.url(BUCKET, "mp"));
     let a = site(&work.path().join("a"), &up, &f.public_key, url.clone()).await;
+    let t = std::time::Instant::now();
     assert_ok(&nix_copy(&a.url(), &f.public_key, &path, &work.path().join("ra")).await);
+    let fill = t.elapsed();
     drained(&a, 1).await;
+    let written = t.elapsed();
     let narinfo = std::fs::read_to_string(cache.join(format!("{}.narinfo", Fixture::hash(&path))));
     let nar_url = field(&narinfo.unwrap(), "URL").to_owned();
     let etag = sw
@@ -297,7 +300,9 @@ async fn a_large_nar_goes_up_in_parts() {
 
     up.down.store(true, Ordering::SeqCst);
     let b = site(&work.path().join("b"), &up, &f.public_key, url).await;
+    let t = std::time::Instant::now();
     assert_ok(&nix_copy(&b.url(), &f.public_key, &path, &work.path().join("rb")).await);
+    eprintln!("12 MB NAR: runner via the upstream {fill:?}, in the bucket (3 parts) {written:?} after the runner started, via the bucket at the other site {:?}", t.elapsed());
     let read = b
         .metric("nixgate_object_store_bytes_total{direction=\"read\"}")
         .await;
