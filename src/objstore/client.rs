@@ -50,6 +50,15 @@ pub enum ObjError {
 }
 
 impl ObjError {
+    /// Whether trying again may help: not when the store refused us (403/401) or our own
+    /// file failed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            ObjError::Denied(_) | ObjError::Local(_) | ObjError::Setup(_)
+        )
+    }
+
     /// Its label in `nixgate_object_store_errors_total{kind}` (`None`: not an error, a skip).
     pub fn kind(&self) -> Option<ObjectStoreError> {
         Some(match self {

@@ -118,6 +118,11 @@ impl Worker {
             if let Some(kind) = e.kind() {
                 self.metrics.object_store.error(kind);
             }
+            if !e.is_retryable() {
+                // Denied (credentials, policy, a read-only bucket): retrying only costs.
+                tracing::info!(hash = %h, error = %e, "object store write refused; not retried");
+                return;
+            }
             tracing::info!(hash = %h, attempt, error = %e, "object store write failed");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
