@@ -72,7 +72,10 @@ impl Config {
         };
         l.push(("ca-file", ca));
         let bucket = f.object_store.as_ref();
-        let bucket = bucket.map_or("none".into(), |o| o.url.to_string());
+        let bucket = bucket.map_or("none".into(), |o| match o.credentials {
+            Some(_) => format!("{} (signed: AWS credentials found)", o.url),
+            None => format!("{} (anonymous: no credentials)", o.url),
+        });
         l.push(("object-store", bucket));
         let env = |v: &Option<String>| {
             v.as_deref()
