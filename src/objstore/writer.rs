@@ -175,12 +175,16 @@ impl Worker {
     /// The narinfo as served (its `URL` is the standard `nar/<FileHash>.nar<ext>`), the NAR's
     /// hit and its key, from the cache or the held uploads.
     async fn local(&self, h: StorePathHash) -> Option<(Bytes, Hit, String)> {
+        // A file read from disk must still be this path's, naming the NAR the index has (as
+        // `fetch::narinfo` checks it): a damaged one is dropped, not copied to the bucket.
+        let valid = |stored: &Bytes, fh: &crate::nix::hash::Sha256| {
+            parse(&served(stored)).is_some_and(|ni| ni.base.hash == h && ni.file_hash == Some(*fh))
+        };
         let narinfo = match self.store.uploads().narinfo(&h).await {
             Some(b) => b,
-            None => served(&self.store.narinfo(&h, |_, _| true).await?.1),
+            None => served(&self.store.narinfo(&h, valid).await?.1),
         };
-        let text = std::str::from_utf8(&narinfo).ok()?;
-        let ni = NarInfo::parse(text, crate::nix::STORE_DIR).ok()?;
+        let ni = parse(&narinfo).filter(|ni| ni.base.hash == h)?;
         let fh = ni.file_hash?;
         let ext = Compression::from_field(ni.compression.as_deref()).extension();
         let hit = match self.store.nar(&fh, ext).await {
@@ -190,6 +194,11 @@ impl Worker {
         let key = self.bucket.keys.nar(&fh, ext);
         Some((narinfo, hit, key))
     }
+}
+
+fn parse(narinfo: &Bytes) -> Option<NarInfo> {
+    let text = std::str::from_utf8(narinfo).ok()?;
+    NarInfo::parse(text, crate::nix::STORE_DIR).ok()
 }
 
 /// The served part of a stored narinfo file (after its first line, the upstream NAR URL).
