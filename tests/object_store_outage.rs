@@ -1,6 +1,6 @@
 //! The object-store tier when the bucket fails: answering 403 (a wrong secret, the real
-//! binary, whose debug log must show neither the secret nor a signature), killed, or hanging
-//! after its response headers. Every runner completes through the upstream at about its
+//! binary, whose debug log must show neither the secret nor a signature), answering 500,
+//! killed, or hanging after its response headers. Every runner completes through the upstream at about its
 //! usual speed and `/readyz` stays 200: an outage of the bucket costs only its benefit.
 
 mod common;
@@ -94,6 +94,16 @@ async fn a_killed_bucket_costs_nothing_but_its_benefit() {
 /// An "object store" that answers every request with headers and a few bytes, then hangs
 /// (holding the connection open); its URL.
 async fn hanging_store() -> String {
+    fake_store(
+        "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nStoreDir",
+        true,
+    )
+    .await
+}
+
+/// An "object store" that answers every request with `reply` and then, when `hold`, keeps
+/// the connection open without a byte more (else closes it); its `--object-store` URL.
+async fn fake_store(reply: &'static str, hold: bool) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -103,9 +113,10 @@ async fn hanging_store() -> String {
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nStoreDir";
-                let _ = s.write_all(head.as_bytes()).await;
-                tokio::time::sleep(Duration::from_secs(600)).await;
+                let _ = s.write_all(reply.as_bytes()).await;
+                if hold {
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
             });
         }
     });
@@ -140,5 +151,39 @@ async fn a_bucket_hanging_after_headers_costs_seconds_not_the_run() {
     );
     assert_eq!(get(&format!("{}/readyz", a.url()), &[]).await.status, 200);
     eprintln!("8 paths through a hanging bucket in {took:?}");
+    a.stop().await;
+}
+
+/// A bucket answering 500 to everything (its backend down behind a live gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_answering_500_costs_nothing_but_its_benefit() {
+    use_test_credentials();
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let reply =
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let a = site(
+        &work.path().join("a"),
+        &up,
+        &f.public_key,
+        fake_store(reply, false).await,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let paths = all_paths(f);
+    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("r")).await);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "a failing bucket held the runner {took:?}"
+    );
+    assert!(
+        a.metric("nixgate_object_store_errors_total{kind=\"server\"}")
+            .await
+            >= 1
+    );
+    assert_eq!(get(&format!("{}/readyz", a.url()), &[]).await.status, 200);
+    eprintln!("8 paths through a bucket answering 500 in {took:?}");
     a.stop().await;
 }
