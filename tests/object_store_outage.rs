@@ -1,7 +1,8 @@
 //! The object-store tier when the bucket fails: answering 403 (a wrong secret, the real
 //! binary, whose debug log must show neither the secret nor a signature), answering 500,
-//! killed, or hanging after its response headers. Every runner completes through the upstream at about its
-//! usual speed and `/readyz` stays 200: an outage of the bucket costs only its benefit.
+//! killed, or hanging after its response headers. Every runner completes through the
+//! upstream at about its usual speed and `/readyz` stays 200: an outage of the bucket costs
+//! only its benefit.
 
 mod common;
 
