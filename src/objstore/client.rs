@@ -297,3 +297,43 @@ fn sender(egress: &Egress, connect: Duration) -> Sender {
         .pool_idle_timeout(Duration::from_secs(60))
         .build(https)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(creds: Option<rusty_s3::Credentials>) -> Bucket {
+        let url = "s3://nix-cache/ci?endpoint=http://127.0.0.1:8333"
+            .parse()
+            .unwrap();
+        let egress = Egress::default();
+        Bucket::new(&url, creds, &egress, Duration::from_secs(1)).unwrap()
+    }
+
+    #[test]
+    fn keys_come_back_from_urls_under_the_prefix_only() {
+        let b = bucket(None);
+        assert_eq!(b.at.base.as_str(), "http://127.0.0.1:8333/nix-cache/ci/");
+        let url = b.at.base.join("nar/abc.nar.xz").unwrap();
+        assert_eq!(b.key_of(&url).as_deref(), Some("ci/nar/abc.nar.xz"));
+        let elsewhere = Url::parse("http://127.0.0.1:9/nix-cache/ci/x.narinfo").unwrap();
+        assert_eq!(b.key_of(&elsewhere), None);
+        let outside = Url::parse("http://127.0.0.1:8333/nix-cache/other/x").unwrap();
+        assert_eq!(b.key_of(&outside), None);
+    }
+
+    #[test]
+    fn presigned_urls_carry_the_signature_and_display_without_it() {
+        let creds = rusty_s3::Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI");
+        let b = bucket(Some(creds));
+        let url = b.presign(&Method::GET, "ci/x.narinfo");
+        assert_eq!(url.path(), "/nix-cache/ci/x.narinfo");
+        assert!(url.query().unwrap().contains("X-Amz-Signature="));
+        let shown = crate::redact::redact(&url);
+        assert_eq!(shown, "http://127.0.0.1:8333/nix-cache/ci/x.narinfo?***");
+        assert!(!format!("{b:?}").contains("wJalr"));
+        // Anonymous: no signature at all.
+        let anon = bucket(None).presign(&Method::HEAD, "ci/x.narinfo");
+        assert!(anon.query().is_none_or(|q| !q.contains("Signature")));
+    }
+}
