@@ -5,9 +5,9 @@
 //! Protocol types without I/O: `url.rs` (the validated URL), `keys.rs` (validated hashes →
 //! keys in the standard binary-cache layout), `credentials.rs` (`AWS_*` or the credentials
 //! file). `client.rs` signs (`rusty-s3`) and sends bodies, `multipart.rs` uploads large
-//! files in parts, `writer.rs` is the write-behind queue. Reads are a fetch source like any
-//! other (`fetch::Remote::Bucket`, `fetch/nar/bucket.rs` (a tier: materialised, then a hit), `fetch/narinfo/source.rs`): the
-//! bucket is untrusted, like a peer.
+//! files in parts, `writer.rs` is the write-behind queue. Reads are `fetch::Remote::Bucket`,
+//! untrusted like a peer: a narinfo source (`fetch/narinfo/source.rs`) and a NAR tier
+//! (`fetch/nar/bucket.rs`: materialised and checked, then served as a hit).
 
 pub mod client;
 pub mod credentials;
