@@ -22,7 +22,12 @@ SECRETS = {
     "uploads": {"existingSecret": "nixgate-upload", "signingKeySecret": "nixgate-signing",
                 "maxSize": "2GiB", "stagingSize": "512MiB", "stagingAge": "30m"},
     "upstreamEgress": {"httpsProxy": "http://127.0.0.1:3128", "noProxy": ".svc,10.0.0.0/8", "caSecret": "nixgate-ca"},
+    # A bucket nobody listens at (port 9, discard): the appliance starts and is ready without it.
+    "objectStore": {"url": "s3://nix-cache/site-a?endpoint=http://127.0.0.1:9&region=us-east-1",
+                    "existingSecret": "nixgate-bucket", "egressTo": [{"ipBlock": {"cidr": "10.2.0.0/16"}}], "egressPorts": [8333]},
 }
+# What the pod's environment gets from the bucket's Secret.
+BUCKET_KEYS = {"AWS_ACCESS_KEY_ID": "AKIACHARTTEST", "AWS_SECRET_ACCESS_KEY": "bucket-s3cret-value"}
 MOUNTS = {"netrc": ("nixgate-netrc", "netrc", "netrc"), "upload": ("nixgate-upload", "token", "token"),
           "signing": ("nixgate-signing", "secret-key", "secret-key"), "ca": ("nixgate-ca", "ca.pem", "ca.pem")}
 # The test vector key of src/nix/narinfo.rs (a test key, never a real one).
@@ -34,7 +39,9 @@ def check_defaults():
     spec = hc.one(m, "StatefulSet")["spec"]["template"]["spec"]
     toml = hc.one(m, "ConfigMap")["data"]["nixgate.toml"]
     hc.check("defaults: no secret volumes", all("secret" not in v for v in spec["volumes"]), spec["volumes"])
-    hc.check("defaults: uploads off, no netrc", all(k not in toml for k in ("upload-token-file", "netrc-file", "signing-key-file")), toml)
+    hc.check("defaults: uploads off, no netrc, no bucket", all(k not in toml for k in ("upload-token-file", "netrc-file", "signing-key-file", "object-store")), toml)
+    env = {e["name"] for e in spec["containers"][0]["env"]}
+    hc.check("defaults: no bucket keys in the environment", not env & set(BUCKET_KEYS), env)
 
 
 def check_rendered(m):
@@ -57,6 +64,15 @@ def check_rendered(m):
     env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
     hc.check("secrets: the upstream proxy reaches the container as HTTPS_PROXY/NO_PROXY",
              env.get("HTTPS_PROXY") == "http://127.0.0.1:3128" and env.get("NO_PROXY") == ".svc,10.0.0.0/8" and "HTTP_PROXY" not in env, env)
+    refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in spec["containers"][0]["env"]}
+    hc.check("secrets: the bucket's keys come from the existing Secret as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+             refs.get("AWS_ACCESS_KEY_ID") == {"name": "nixgate-bucket", "key": "access-key-id"}
+             and refs.get("AWS_SECRET_ACCESS_KEY") == {"name": "nixgate-bucket", "key": "secret-access-key"}, refs)
+    hc.check("secrets: ConfigMap names the bucket, never its keys",
+             f'object-store = "{SECRETS["objectStore"]["url"]}"' in toml and "AWS_" not in toml, toml)
+    egress = hc.one(m, "NetworkPolicy")["spec"]["egress"]
+    hc.check("secrets: the NetworkPolicy lets the pods reach the bucket (objectStore.egressTo on egressPorts)",
+             {"to": [{"ipBlock": {"cidr": "10.2.0.0/16"}}], "ports": [{"port": 8333, "protocol": "TCP"}]} in egress, egress)
     return toml
 
 
@@ -95,12 +111,15 @@ def run_binary(toml):
             f.write(toml.replace("/run/secrets/nixgate", tmp).replace('peers-dns = "', '# peers-dns = "'))
         port = hc.free_port()
         args = [f"--config={conf}", f"--cache-dir={tmp}/cache", f"--listen=127.0.0.1:{port}"]
-        cc = subprocess.run([hc.NIXGATE, "check-config", *args], capture_output=True, text=True)
+        env = {**os.environ, **BUCKET_KEYS}
+        cc = subprocess.run([hc.NIXGATE, "check-config", *args], capture_output=True, text=True, env=env)
         hc.check("secrets: check-config accepts the rendered config and files", cc.returncode == 0 and "(uploads on)" in cc.stdout, cc.stdout + cc.stderr)
         hc.check("secrets: check-config reads the mounted CA file", "ca.pem (1 certificates)" in cc.stdout, cc.stdout)
         hc.check("secrets: check-config prints the signing public key, never a secret",
                  "test-vector-1:" in cc.stdout and SECRET_KEY.split(":")[1] not in cc.stdout and "t0ken" not in cc.stdout and "s3cret" not in cc.stdout, cc.stdout)
-        proc = subprocess.Popen([hc.NIXGATE, "serve", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        hc.check("secrets: check-config names the bucket and never prints its secret key",
+                 "s3://nix-cache/site-a" in cc.stdout and BUCKET_KEYS["AWS_SECRET_ACCESS_KEY"] not in cc.stdout + cc.stderr, cc.stdout)
+        proc = subprocess.Popen([hc.NIXGATE, "serve", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         try:
             deadline, statuses = time.time() + 15, None
             while time.time() < deadline and statuses is None:
@@ -110,6 +129,8 @@ def run_binary(toml):
                     time.sleep(0.1)
             # With the token the NAR is refused only because its bytes do not match its name.
             hc.check("secrets: the binary refuses uploads without the token (401) and reads the one mounted", statuses == (401, 401, 400), statuses)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                hc.check("secrets: ready (200) while the configured bucket does not answer", r.status == 200, r.status)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -148,6 +169,9 @@ def check_schema():
         ({"uploads": {"existingSecret": "Not_A_Name"}}, "an invalid Secret name"),
         ({"uploads": {"maxSize": "lots"}}, "an unparseable upload size"),
         ({"uploads": {"stagingAge": "soon"}}, "an unparseable staging age"),
+        ({"objectStore": {"url": "s3://AKIA:s3cret@nix-cache/ci"}}, "keys in the object-store URL"),
+        ({"objectStore": {"url": "https://nix-cache.s3.example/ci"}}, "an object-store URL that is not s3://"),
+        ({"objectStore": {"accessKeyId": "AKIA"}}, "a plain bucket key"),
     ]:
         try:
             hc.render(bad)
