@@ -75,7 +75,8 @@ pub fn build(
     }))
 }
 
-/// The write-behind workers to the object store (`objstore::writer`), if one is configured.
+/// The write-behind workers to the object store (`objstore::writer`) and its circuit's
+/// prober (`objstore::probe`), if one is configured.
 fn start_object_store_writers(app: &App, shutdown: &CancellationToken, tasks: &mut Tasks) {
     let f = &app.fetcher;
     let (Some(bucket), Some((_, queue))) = (&f.bucket, &f.writes) else {
@@ -92,6 +93,8 @@ fn start_object_store_writers(app: &App, shutdown: &CancellationToken, tasks: &m
         );
         tasks.spawn("object-store-writer", run);
     }
+    let probe = crate::objstore::probe::run(bucket.clone(), f.client.clone(), shutdown.clone());
+    tasks.spawn("object-store-probe", probe);
 }
 
 /// Runs the appliance on `listener` until `shutdown` is cancelled, then drains the

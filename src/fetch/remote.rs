@@ -156,10 +156,21 @@ impl Remote {
     }
 
     /// It could not deliver (`e`, from the request or its body): the bucket's failures are
-    /// counted by kind in `nixgate_object_store_errors_total` (a skip is not a failure).
+    /// counted by kind in `nixgate_object_store_errors_total` (a skip is not a failure), and
+    /// a body that broke after its headers (which told the breaker "answered") counts
+    /// against its breaker: a bucket that hangs after the headers opens its circuit too.
     pub fn failed(&self, metrics: &Metrics, e: &UpstreamError) {
-        if let (Remote::Bucket(_), Some(kind)) = (self, bucket_error(e)) {
+        let Remote::Bucket(b) = self else {
+            return;
+        };
+        if let Some(kind) = bucket_error(e) {
             metrics.object_store.error(kind);
+        }
+        if matches!(
+            e,
+            UpstreamError::Stalled(_) | UpstreamError::TooSlow { .. } | UpstreamError::Body(_)
+        ) {
+            b.at.breaker.failure();
         }
     }
 

@@ -117,7 +117,10 @@ impl Bucket {
         let keys = Keys::new(&url.prefix);
         let base = s3.object_url(&keys.under(""));
         Ok(Bucket {
-            at: Arc::new(Upstream::new(base)),
+            at: Arc::new(
+                Upstream::new(base)
+                    .probed_in_background(super::probe::FAILURES, super::probe::OPEN_FOR),
+            ),
             s3,
             creds,
             keys,

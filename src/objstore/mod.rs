@@ -5,7 +5,8 @@
 //! Protocol types without I/O: `url.rs` (the validated URL), `keys.rs` (validated hashes →
 //! keys in the standard binary-cache layout), `credentials.rs` (`AWS_*` or the credentials
 //! file). `client.rs` signs (`rusty-s3`) and sends bodies, `multipart.rs` uploads large
-//! files in parts, `writer.rs` is the write-behind queue. Reads are `fetch::Remote::Bucket`,
+//! files in parts, `writer.rs` is the write-behind queue, `probe.rs` closes the circuit in the
+//! background (requests never probe it). Reads are `fetch::Remote::Bucket`,
 //! untrusted like a peer: a narinfo source (`fetch/narinfo/source.rs`) and a NAR tier
 //! (`fetch/nar/bucket.rs`: materialised and checked, then served as a hit).
 
@@ -13,6 +14,7 @@ pub mod client;
 pub mod credentials;
 pub mod keys;
 mod multipart;
+pub mod probe;
 pub mod url;
 pub mod writer;
 

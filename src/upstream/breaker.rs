@@ -6,6 +6,10 @@
 //! turns an outage into minutes of stalled CI jobs. An open circuit of a configured upstream
 //! is also probed in the background (`heal.rs`), so it closes when the upstream is back even
 //! without traffic. Opening and closing are logged once each, with the remote's label.
+//!
+//! A breaker made with [`Breaker::background`] (the object store's) has its own threshold and
+//! open period, and is never half-opened by a request: only its background prober closes it
+//! (`objstore/probe.rs`), so no runner ever waits on a source whose circuit is not closed.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -33,6 +37,12 @@ pub struct Breaker {
     state: Mutex<State>,
     /// Who this is the breaker of, for the log lines (a redacted URL).
     label: String,
+    /// Consecutive failures that open it.
+    threshold: u32,
+    /// How long it stays open before it is due for a probe.
+    open_for: Duration,
+    /// Only a background prober closes it: [`Breaker::allow`] never lets a probe through.
+    background: bool,
 }
 
 impl Default for Breaker {
@@ -47,6 +57,21 @@ impl Breaker {
         Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             label,
+            threshold: FAILURE_THRESHOLD,
+            open_for: OPEN_FOR,
+            background: false,
+        }
+    }
+
+    /// A closed breaker that opens after `threshold` consecutive failures, for `open_for` at
+    /// a time, and that requests never probe: while it is open they are skipped, and only
+    /// [`Breaker::success`] from a background prober (which looks at [`Breaker::due`]) closes it.
+    pub fn background(label: String, threshold: u32, open_for: Duration) -> Self {
+        Breaker {
+            threshold: threshold.max(1),
+            open_for,
+            background: true,
+            ..Breaker::labelled(label)
         }
     }
 
@@ -64,7 +89,7 @@ impl Breaker {
         let mut s = self.state();
         match *s {
             State::Closed { .. } => true,
-            State::Open { until } if Instant::now() >= until => {
+            State::Open { until } if !self.background && Instant::now() >= until => {
                 *s = State::HalfOpen;
                 true
             }
@@ -72,9 +97,26 @@ impl Breaker {
         }
     }
 
-    /// The upstream answered (any status below 500).
+    /// The upstream answered (any status below 500). An open [`Breaker::background`] one
+    /// stays open: a request that was sent before it opened proves nothing (its headers may
+    /// come before a hang); only [`Breaker::probe_answered`] closes it.
     pub fn success(&self) {
-        let was = std::mem::replace(&mut *self.state(), State::Closed { failures: 0 });
+        self.close(!self.background);
+    }
+
+    /// The background prober's probe was answered: the circuit closes.
+    pub fn probe_answered(&self) {
+        self.close(true);
+    }
+
+    /// Resets the failure count, and closes the circuit when `reopen` allows.
+    fn close(&self, reopen: bool) {
+        let mut s = self.state();
+        if !reopen && !matches!(*s, State::Closed { .. }) {
+            return;
+        }
+        let was = std::mem::replace(&mut *s, State::Closed { failures: 0 });
+        drop(s);
         if !matches!(was, State::Closed { .. }) {
             tracing::info!(remote = %self.label, "circuit closed: answering again");
         }
@@ -85,19 +127,20 @@ impl Breaker {
         let mut s = self.state();
         let opens = matches!(*s, State::Closed { .. });
         *s = match *s {
-            State::Closed { failures } if failures + 1 < FAILURE_THRESHOLD => State::Closed {
+            State::Closed { failures } if failures + 1 < self.threshold => State::Closed {
                 failures: failures + 1,
             },
             _ => State::Open {
-                until: Instant::now() + OPEN_FOR,
+                until: Instant::now() + self.open_for,
             },
         };
         if opens && matches!(*s, State::Open { .. }) {
             drop(s);
             tracing::warn!(
                 remote = %self.label,
-                failures = FAILURE_THRESHOLD,
-                "circuit opened: skipped for {OPEN_FOR:?} at a time and probed until it answers"
+                failures = self.threshold,
+                "circuit opened: skipped for {:?} at a time and probed until it answers",
+                self.open_for
             );
         }
     }
@@ -148,5 +191,21 @@ mod tests {
         assert!(!b.due());
         b.probation(Duration::ZERO);
         assert!(b.due(), "open and its period over");
+    }
+
+    #[test]
+    fn a_background_breaker_opens_at_its_threshold_and_no_request_probes_it() {
+        let b = Breaker::background(String::new(), 1, Duration::ZERO);
+        assert!(b.allow());
+        b.failure();
+        assert!(b.is_open() && b.due(), "one failure opens it; due at once");
+        assert!(!b.allow(), "a request never takes the probe");
+        assert_eq!(b.state_name(), "open");
+        b.failure();
+        assert!(!b.allow() && b.is_open(), "a failed probe keeps it open");
+        b.success();
+        assert!(b.is_open(), "a request's late answer does not close it");
+        b.probe_answered();
+        assert!(b.allow() && !b.is_open(), "the prober's answer closes it");
     }
 }

@@ -34,6 +34,13 @@ impl Upstream {
         }
     }
 
+    /// The same remote with a [`Breaker::background`] breaker (`threshold` failures open it
+    /// for `open_for`; only a background prober closes it).
+    pub fn probed_in_background(mut self, threshold: u32, open_for: std::time::Duration) -> Self {
+        self.breaker = Breaker::background(self.label.clone(), threshold, open_for);
+        self
+    }
+
     /// The base URL as it may be shown (userinfo redacted), e.g. `upstream = %up.label()`.
     pub fn label(&self) -> &str {
         &self.label
