@@ -2,7 +2,7 @@
 //! binary, whose debug log must show neither the secret nor a signature), answering 500,
 //! killed, or hanging after its response headers. Every runner completes through the
 //! upstream at about its usual speed and `/readyz` stays 200: an outage of the bucket costs
-//! only its benefit.
+//! only its benefit. (Its circuit closing again: `object_store_recovery.rs`.)
 
 mod common;
 
@@ -92,11 +92,11 @@ async fn a_killed_bucket_costs_nothing_but_its_benefit() {
     b.stop().await;
 }
 
-/// An "object store" that answers every request with headers and a few bytes, then hangs
-/// (holding the connection open); its URL.
+/// An "object store" that answers every request with its response headers (a body of
+/// unknown length), then sends nothing, holding the connection open; its URL.
 async fn hanging_store() -> String {
     fake_store(
-        "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nStoreDir",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
         true,
     )
     .await
@@ -116,7 +116,7 @@ async fn fake_store(reply: &'static str, hold: bool) -> String {
                 let _ = s.read(&mut buf).await;
                 let _ = s.write_all(reply.as_bytes()).await;
                 if hold {
-                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    std::future::pending::<()>().await;
                 }
             });
         }
@@ -124,12 +124,30 @@ async fn fake_store(reply: &'static str, hold: bool) -> String {
     format!("s3://{BUCKET}/h?endpoint=http://{addr}&region=us-east-1")
 }
 
+/// The bucket hangs after its response headers, for narinfos and NARs alike: the runner
+/// pays the narinfo hedge once (the upstream is asked when the bucket has not answered
+/// within 250 ms; the bucket is then skipped until the overdue read ends, and its circuit
+/// opens when it does), never a stall. Bound: twice the same copy without a bucket,
+/// measured here, plus 0.5 s (before the hedge: 6.5-9.7 s against ~0.6 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_bucket_hanging_after_headers_costs_seconds_not_the_run() {
+async fn a_bucket_hanging_after_headers_costs_at_most_a_hedge() {
     use_test_credentials();
     let f = fixture().await;
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
+    let paths = all_paths(f);
+    let plain = Appliance::options(&work.path().join("p"), &f.public_key)
+        .upstream(up.url())
+        .with(|s| {
+            s.no_mdns = Some(true);
+            s.no_fleet = true;
+        })
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    assert_ok(&nix_copy_paths(&plain.url(), &f.public_key, &paths, &work.path().join("rp")).await);
+    let alone = started.elapsed();
+    plain.stop().await;
     let a = site(
         &work.path().join("a"),
         &up,
@@ -138,20 +156,25 @@ async fn a_bucket_hanging_after_headers_costs_seconds_not_the_run() {
     )
     .await;
     let started = std::time::Instant::now();
-    let paths = all_paths(f);
     assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("r")).await);
     let took = started.elapsed();
+    eprintln!("8 paths through a hanging bucket in {took:?}, without a bucket in {alone:?}");
+    let bound = alone * 2 + Duration::from_millis(500);
     assert!(
-        took < Duration::from_secs(30),
-        "a hanging bucket held the runner {took:?}"
+        took <= bound,
+        "a hanging bucket held the runner {took:?} (without one: {alone:?})"
     );
-    assert!(
-        a.metric("nixgate_object_store_errors_total{kind=\"timeout\"}")
-            .await
-            >= 1
-    );
+    // The overdue read ends within its deadline, after the runner: counted, circuit open.
+    let timeout = "nixgate_object_store_errors_total{kind=\"timeout\"}";
+    let counted = || async { a.metric(timeout).await >= 1 };
+    wait_until(
+        Duration::from_secs(15),
+        "the hang counted as a timeout",
+        counted,
+    )
+    .await;
+    assert_eq!(a.metric("nixgate_object_store_circuit_state").await, 2);
     assert_eq!(get(&format!("{}/readyz", a.url()), &[]).await.status, 200);
-    eprintln!("8 paths through a hanging bucket in {took:?}");
     a.stop().await;
 }
 

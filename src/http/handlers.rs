@@ -122,6 +122,7 @@ async fn state_gauges(app: &Arc<App>) -> crate::metrics::state::StateGauges {
                 )
             })
             .collect(),
+        object_store_circuit: (app.fetcher.bucket.as_ref()).map(|b| b.at.breaker.state_name()),
         peers: peers.len(),
         peers_skipped: peers.iter().filter(|p| p.state != "ok").count(),
         fleet_owners: peers.iter().filter(|p| p.owner).count(),

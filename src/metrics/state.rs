@@ -1,5 +1,5 @@
 //! Gauges of the appliance's state, read from its parts when `/metrics` is scraped (not kept
-//! as counters): readiness, each upstream's circuit, the peers and fleet members known, and
+//! as counters): readiness, each upstream's and the object store's circuit, the peers and fleet members known, and
 //! the cache cap beside the bytes held.
 
 use std::fmt::Write;
@@ -13,6 +13,9 @@ pub fn circuit_value(state: &str) -> u8 {
     }
 }
 
+/// One sample of a gauge: its labels (`a="x"`, or empty) and its value.
+type Sample = (String, u64);
+
 /// What the gauges show, gathered by the `/metrics` handler.
 #[derive(Debug, Default)]
 pub struct StateGauges {
@@ -22,6 +25,8 @@ pub struct StateGauges {
     pub cache_cap: u64,
     /// Each configured upstream's origin and circuit state (`closed`, `half-open`, `open`).
     pub circuits: Vec<(String, &'static str)>,
+    /// The object store's circuit state, when one is configured.
+    pub object_store_circuit: Option<&'static str>,
     /// Peers known (every source), of which skipped (circuit open) and fleet owners.
     pub peers: usize,
     pub peers_skipped: usize,
@@ -29,6 +34,17 @@ pub struct StateGauges {
 }
 
 impl StateGauges {
+    /// The upstreams' circuit samples, and the object store's.
+    fn circuit_samples(&self) -> (Vec<Sample>, Vec<Sample>) {
+        let upstreams = (self.circuits.iter())
+            .map(|(u, s)| (format!("upstream=\"{u}\""), u64::from(circuit_value(s))))
+            .collect();
+        let bucket = (self.object_store_circuit.iter())
+            .map(|s| (String::new(), u64::from(circuit_value(s))))
+            .collect();
+        (upstreams, bucket)
+    }
+
     /// The families, in the text exposition format.
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -52,16 +68,18 @@ impl StateGauges {
             "The cache's size cap (--max-cache-size), bytes.",
             &one(self.cache_cap),
         );
-        let circuits: Vec<_> = self
-            .circuits
-            .iter()
-            .map(|(u, s)| (format!("upstream=\"{u}\""), u64::from(circuit_value(s))))
-            .collect();
+        let (circuits, bucket) = self.circuit_samples();
         gauge(
             "nixgate_upstream_circuit_state",
             "Each upstream's circuit: 0 closed (in use), 1 half-open (being probed), 2 open \
              (skipped).",
             &circuits,
+        );
+        gauge(
+            "nixgate_object_store_circuit_state",
+            "The object store's circuit: 0 closed (in use), 2 open (skipped; probed in the \
+             background until it answers).",
+            &bucket,
         );
         let peers = [
             (
@@ -98,6 +116,7 @@ mod tests {
                 ("https://a:443".into(), "open"),
                 ("http://b:80".into(), "closed"),
             ],
+            object_store_circuit: Some("open"),
             peers: 3,
             peers_skipped: 1,
             fleet_owners: 2,
@@ -111,6 +130,7 @@ mod tests {
             "nixgate_peers{state=\"ok\"} 2",
             "nixgate_peers{state=\"skipped\"} 1",
             "nixgate_fleet_members 2",
+            "nixgate_object_store_circuit_state 2",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} in {t}");
         }

@@ -95,6 +95,11 @@ pub struct Bucket {
     refused: moka::sync::Cache<String, ()>,
     /// `nix-cache-info` is known to be there (written, or found).
     pub(super) cache_info: std::sync::atomic::AtomicBool,
+    /// A narinfo read outlasted the hedge (`fetch/narinfo/walk.rs`) and the bucket has not
+    /// answered since: reads skip it, so a bucket that hangs costs one hedge, not a NAR read
+    /// or another hedge. It ends by itself: the overdue read answers (cleared) or fails
+    /// within its deadline (the circuit opens; the prober's answer clears it).
+    lagging: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -132,6 +137,7 @@ impl Bucket {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             cache_info: Default::default(),
+            lagging: Default::default(),
         })
     }
 
@@ -151,6 +157,23 @@ impl Bucket {
     /// Whether the object at `key` failed a check lately.
     pub fn is_refused(&self, key: &str) -> bool {
         self.refused.contains_key(key)
+    }
+
+    /// A read outlasted the hedge: reads skip the bucket until it answers again.
+    pub fn lagged(&self) {
+        self.lagging
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The bucket answered a read or the prober: reads go to it again.
+    pub fn answered(&self) {
+        self.lagging
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether reads skip it: a read is overdue, or its circuit is not closed.
+    pub fn is_lagging(&self) -> bool {
+        self.lagging.load(std::sync::atomic::Ordering::Relaxed) || self.at.breaker.is_open()
     }
 
     /// The object at `key` was written again.

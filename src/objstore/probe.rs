@@ -41,7 +41,10 @@ pub async fn run(bucket: Arc<Bucket>, client: UpstreamClient, token: Cancellatio
             () = token.cancelled() => return,
         };
         match probed {
-            Ok(()) => bucket.at.breaker.probe_answered(),
+            Ok(()) => {
+                bucket.answered();
+                bucket.at.breaker.probe_answered();
+            }
             Err(e) => {
                 tracing::debug!(bucket = %bucket.at, error = %e, "circuit probe failed; kept open");
                 bucket.at.breaker.failure();

@@ -43,7 +43,8 @@ impl Fetcher {
     /// it and it verifies.
     pub(super) async fn from_bucket(self: &Arc<Self>, plan: &Plan) -> Option<Hit> {
         let bucket = self.bucket.clone()?;
-        if !plan.nar_hash_checked() || !plan.owners.is_empty() {
+        // A bucket that is overdue with a narinfo, or whose circuit is open, is not waited on.
+        if bucket.is_lagging() || !plan.nar_hash_checked() || !plan.owners.is_empty() {
             return None;
         }
         let rel = plan.rel();

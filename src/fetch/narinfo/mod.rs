@@ -1,5 +1,6 @@
-//! Narinfo misses: ask each source in order (`source.rs`: the fleet's owners, the
-//! upstreams, then peers when an upstream failed), accept only a narinfo whose signature
+//! Narinfo misses: ask each source in order (`source.rs`: the fleet's owners, the object
+//! store, the upstreams, then peers when an upstream failed; `walk.rs` walks them, the
+//! bucket hedged with the upstreams), accept only a narinfo whose signature
 //! verifies against a trusted key (`accept.rs`), rewrite its URL to nixgate's own NAR name,
 //! store it.
 //!
@@ -15,6 +16,7 @@ use crate::nix::store_path::StorePathHash;
 
 mod accept;
 mod source;
+mod walk;
 
 pub(super) use accept::{accept, Accepted, NarAt};
 pub use accept::{parse_stored, served_part, upstream_url, Rejected};

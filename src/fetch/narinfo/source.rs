@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::Method;
 use url::Url;
 
-use super::super::{FetchError, Fetcher, Remote, Verdict};
+use super::super::{Fetcher, Remote, Verdict};
 use super::{accept, Accepted, NarAt, Rejected};
 use crate::metrics::Untrusted;
 use crate::nix::narinfo::MAX_NARINFO_BYTES;
@@ -56,11 +56,13 @@ impl NarinfoSource for Fleet {
 /// The object store (`--object-store`), if any: untrusted like a peer (its narinfo goes
 /// through [`Fetcher::narinfo_from`] like every other: a trusted signature, its `URL` ignored,
 /// vetted); its 404 and failures never decide 404 against 503 ([`Verdict`]: upstreams only).
+/// Skipped while a read of it is overdue or its circuit is open (`Bucket::is_lagging`).
 struct Bucket;
 
 impl NarinfoSource for Bucket {
     fn remotes(&self, f: &Fetcher, _: &Miss, _: &Verdict) -> Vec<Remote> {
-        f.bucket.iter().cloned().map(Remote::Bucket).collect()
+        let live = f.bucket.iter().filter(|b| !b.is_lagging());
+        live.cloned().map(Remote::Bucket).collect()
     }
 }
 
@@ -110,7 +112,21 @@ impl Fetcher {
         h: StorePathHash,
         verdict: &mut Verdict,
     ) -> Asked {
-        let body = match self.get_narinfo(remote, h).await {
+        let got = self.get_narinfo(remote, h).await;
+        self.take_narinfo(remote, h, got, verdict).await
+    }
+
+    /// What `remote` sent for `h` (`got`, from [`Fetcher::get_narinfo`]), taken if it
+    /// passes every check; a failure or refusal noted in `verdict` as for
+    /// [`Fetcher::narinfo_from`].
+    pub(super) async fn take_narinfo(
+        &self,
+        remote: &Remote,
+        h: StorePathHash,
+        got: Result<Option<Bytes>, UpstreamError>,
+        verdict: &mut Verdict,
+    ) -> Asked {
+        let body = match got {
             Ok(Some(b)) => b,
             Ok(None) if remote.absent_is_final() => return Asked::Absent,
             Ok(None) => return Asked::Next,
@@ -121,7 +137,6 @@ impl Fetcher {
                 } else {
                     tracing::info!(%remote, hash = %h, error = %e, "narinfo fetch failed; trying the next");
                 }
-                remote.failed(&self.metrics, &e);
                 verdict.unavailable(remote, e);
                 return Asked::Next;
             }
@@ -190,20 +205,28 @@ impl Fetcher {
         Ok(accepted)
     }
 
-    /// The narinfo body from `remote` (`None`: not there), within its deadline.
-    async fn get_narinfo(
+    /// The narinfo body from `remote` (`None`: not there), within its deadline; a failure
+    /// is counted ([`Remote::failed`]) here, so a request nobody waits for any more (a
+    /// hedged bucket's, `walk.rs`) is counted too, and the bucket's answer clears its lag.
+    pub(super) async fn get_narinfo(
         &self,
         remote: &Remote,
         h: StorePathHash,
     ) -> Result<Option<Bytes>, UpstreamError> {
         let deadline = remote.narinfo_deadline(self.client.timeouts().narinfo);
         let got = tokio::time::timeout(deadline, self.read_narinfo(remote, h)).await;
-        got.unwrap_or_else(|_| {
+        let got = got.unwrap_or_else(|_| {
             // Drip-fed or hung: the next source is asked, and coalesced waiters follow.
             remote.broke();
             self.metrics.untrusted(Untrusted::TooSlow);
             Err(UpstreamError::Deadline(deadline))
-        })
+        });
+        match (&got, remote) {
+            (Err(e), _) => remote.failed(&self.metrics, e),
+            (Ok(_), Remote::Bucket(b)) => b.answered(),
+            (Ok(_), _) => {}
+        }
+        got
     }
 
     async fn read_narinfo(
@@ -222,32 +245,5 @@ impl Fetcher {
             Answer::Found(b) => b.read_all(MAX_NARINFO_BYTES).await.map(Some),
             Answer::NotFound => Ok(None),
         }
-    }
-}
-
-impl Fetcher {
-    /// Walks [`ORDER`] for a narinfo miss: the first narinfo taken, an owner's 404, or the
-    /// upstreams' answer (a plain 404 from every upstream is remembered; a refused narinfo
-    /// is absent, not "not found").
-    pub(super) async fn fetch_narinfo(
-        self: Arc<Self>,
-        h: StorePathHash,
-        owners: Vec<Arc<Upstream>>,
-    ) -> Result<Bytes, FetchError> {
-        let miss = Miss { h, owners };
-        let mut verdict = Verdict::default();
-        for source in ORDER {
-            for remote in source.remotes(&self, &miss, &verdict) {
-                match self.narinfo_from(&remote, h, &mut verdict).await {
-                    Asked::Taken(stored) => return Ok(stored),
-                    Asked::Absent => return Err(FetchError::NotFound),
-                    Asked::Next => {}
-                }
-            }
-        }
-        if verdict.failure.is_none() && !verdict.refused {
-            self.remember_not_found(format!("{h}.narinfo"));
-        }
-        Err(verdict.into_error())
     }
 }
