@@ -114,8 +114,9 @@ pub enum Asker<'a> {
 }
 
 /// The longest the object store may take to answer with headers (connect included): it is
-/// a shortcut, and a miss must not wait on it long when it hangs (a hung bucket costs each
-/// miss this once, until its breaker opens after five).
+/// a shortcut, and a miss must not wait on it long when it hangs (a narinfo miss waits at
+/// most the hedge, `fetch/narinfo/walk.rs`; the first failure opens the bucket's circuit,
+/// `objstore/probe.rs`).
 pub const BUCKET_FIRST_BYTE: Duration = Duration::from_secs(3);
 /// The longest the object store's body may go without a byte.
 pub const BUCKET_STALL: Duration = Duration::from_secs(3);
