@@ -171,9 +171,14 @@ impl Bucket {
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether a read outlasted the hedge and the bucket has not answered since.
+    pub fn is_overdue(&self) -> bool {
+        self.lagging.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether reads skip it: a read is overdue, or its circuit is not closed.
     pub fn is_lagging(&self) -> bool {
-        self.lagging.load(std::sync::atomic::Ordering::Relaxed) || self.at.breaker.is_open()
+        self.is_overdue() || self.at.breaker.is_open()
     }
 
     /// The object at `key` was written again.

@@ -43,8 +43,7 @@ impl Fetcher {
     /// it and it verifies.
     pub(super) async fn from_bucket(self: &Arc<Self>, plan: &Plan) -> Option<Hit> {
         let bucket = self.bucket.clone()?;
-        // A bucket that is overdue with a narinfo, or whose circuit is open, is not waited on.
-        if bucket.is_lagging() || !plan.nar_hash_checked() || !plan.owners.is_empty() {
+        if self.skips(&bucket) || !plan.nar_hash_checked() || !plan.owners.is_empty() {
             return None;
         }
         let rel = plan.rel();
@@ -67,6 +66,14 @@ impl Fetcher {
         let this = self.clone();
         let run = move || async move { this.materialise(read, checks).await };
         self.bucket_reads.run(fh, run).await.0
+    }
+
+    /// Whether a NAR read skips the bucket: its circuit is open, or it is overdue with a
+    /// narinfo while an upstream is in use (with every upstream's circuit open, a slow
+    /// bucket is better than none).
+    fn skips(&self, bucket: &Bucket) -> bool {
+        let upstream_up = self.upstreams.iter().any(|u| !u.breaker.is_open());
+        bucket.at.breaker.is_open() || (bucket.is_overdue() && upstream_up)
     }
 
     /// Reads the object into a temp file of the cache, checking every byte, and commits it.

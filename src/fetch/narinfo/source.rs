@@ -2,8 +2,9 @@
 //! from, [`ORDER`] the list, and [`Fetcher::narinfo_from`] the one step every remote goes
 //! through (ask with its deadline, accept, vet, blame, store). The order: the key's fleet
 //! owners (`X-Nixgate-Fleet`; an owner's 404 is the answer, not remembered), then the member
-//! that owned it before us (only-if-cached); the object store; the upstreams; and, only when an upstream
-//! failed, the peers (only-if-cached).
+//! that owned it before us (only-if-cached); the object store; the upstreams; and, only when
+//! an upstream failed, the peers (only-if-cached) and the object store if it was skipped as
+//! overdue.
 //!
 //! Trust rules (docs/PROTOCOL.md §3): every narinfo needs a trusted signature for the path
 //! asked (`accept`); an upstream's `URL` is followed within its own origin (`nar_url`),
@@ -40,7 +41,8 @@ pub(in crate::fetch) trait NarinfoSource: Sync {
 }
 
 /// The narinfo sources, best first.
-pub(in crate::fetch) const ORDER: &[&dyn NarinfoSource] = &[&Fleet, &Bucket, &Upstreams, &Peers];
+pub(in crate::fetch) const ORDER: &[&dyn NarinfoSource] =
+    &[&Fleet, &Bucket, &Upstreams, &Peers, &BucketAgain];
 
 /// The key's owners, then the member that owned it before us.
 struct Fleet;
@@ -63,6 +65,21 @@ impl NarinfoSource for Bucket {
     fn remotes(&self, f: &Fetcher, _: &Miss, _: &Verdict) -> Vec<Remote> {
         let live = f.bucket.iter().filter(|b| !b.is_lagging());
         live.cloned().map(Remote::Bucket).collect()
+    }
+}
+
+/// The bucket skipped as overdue, asked after all when an upstream failed: a slow bucket is
+/// better than a 503. Never while its circuit is open, and never twice in one walk
+/// (`walk.rs`).
+struct BucketAgain;
+
+impl NarinfoSource for BucketAgain {
+    fn remotes(&self, f: &Fetcher, _: &Miss, upstreams: &Verdict) -> Vec<Remote> {
+        if upstreams.failure.is_none() {
+            return Vec::new();
+        }
+        let closed = f.bucket.iter().filter(|b| !b.at.breaker.is_open());
+        closed.cloned().map(Remote::Bucket).collect()
     }
 }
 

@@ -9,7 +9,8 @@
 //! [`Fetcher::take_narinfo`] like any other (a trusted signature, vetted), its 404 and its
 //! failures decide nothing ([`Verdict`] is the upstreams'). When the rest found nothing, the
 //! bucket's answer is still awaited (within its deadline): it may hold what an upstream
-//! lost. A bucket request that lost the race is not cancelled: it ends within its deadline,
+//! lost. A bucket skipped as overdue is asked after all when an upstream failed
+//! (`BucketAgain` in [`ORDER`]), at most once per walk. A bucket request that lost the race is not cancelled: it ends within its deadline,
 //! and a hang is then counted against the bucket's breaker (`Fetcher::get_narinfo`).
 
 use std::sync::Arc;
@@ -32,8 +33,8 @@ type Found = Option<Result<Bytes, FetchError>>;
 
 impl Fetcher {
     /// Walks [`ORDER`] for a narinfo miss: the first narinfo taken, an owner's 404, or the
-    /// upstreams' answer (a plain 404 from every upstream is remembered; a refused narinfo
-    /// is absent, not "not found").
+    /// upstreams' answer (a plain 404 from every upstream is remembered unless the bucket is
+    /// skipped as overdue; a refused narinfo is absent, not "not found").
     pub(super) async fn fetch_narinfo(
         self: Arc<Self>,
         h: StorePathHash,
@@ -41,25 +42,31 @@ impl Fetcher {
     ) -> Result<Bytes, FetchError> {
         let miss = Miss { h, owners };
         let mut verdict = Verdict::default();
-        if let Some(found) = self.walk(&miss, ORDER, &mut verdict).await {
+        if let Some(found) = self.walk(&miss, ORDER, &mut verdict, false).await {
             return found;
         }
-        if verdict.failure.is_none() && !verdict.refused {
+        // Not while the bucket is skipped as overdue (a moment, not an outage): it may hold
+        // what no upstream has (an upload).
+        let skipped = self.bucket.as_ref().is_some_and(|b| b.is_overdue());
+        if verdict.failure.is_none() && !verdict.refused && !skipped {
             self.remember_not_found(format!("{h}.narinfo"));
         }
         Err(verdict.into_error())
     }
 
-    /// Asks `sources` in order; the bucket, if among them, hedged with the sources after it.
+    /// Asks `sources` in order; the bucket, if among them and not `bucket_asked` already in
+    /// this walk, hedged with the sources after it.
     async fn walk(
         self: &Arc<Self>,
         miss: &Miss,
         sources: &[&dyn NarinfoSource],
         verdict: &mut Verdict,
+        bucket_asked: bool,
     ) -> Found {
         for (i, source) in sources.iter().enumerate() {
             for remote in source.remotes(self, miss, verdict) {
                 let asked = match remote {
+                    Remote::Bucket(_) if bucket_asked => continue,
                     Remote::Bucket(b) => {
                         let rest = &sources[i + 1..];
                         return Box::pin(self.hedged(b, miss, rest, verdict)).await;
@@ -94,11 +101,11 @@ impl Fetcher {
             if let Some(found) = self.take_bucket(&remote, h, got).await {
                 return Some(found);
             }
-            return self.walk(miss, rest, verdict).await;
+            return self.walk(miss, rest, verdict, true).await;
         }
         bucket.lagged();
         tracing::debug!(hash = %h, "object store slow to answer; asking the upstreams too");
-        let walking = self.walk(miss, rest, verdict);
+        let walking = self.walk(miss, rest, verdict, true);
         tokio::pin!(walking);
         tokio::select! {
             got = &mut asking => match self.take_bucket(&remote, h, got).await {
