@@ -146,6 +146,14 @@ impl Upstream {
             .copied()
             .unwrap_or(0)
     }
+
+    /// Requests for NAR files (`nar/…`) so far. Narinfo lookups are not counted: nixgate may
+    /// hedge a slow bucket's narinfo with the upstreams (docs/OBJECT_STORE.md).
+    pub fn nar_requests(&self) -> u64 {
+        let reqs = self.requests.lock().unwrap();
+        let nars = reqs.iter().filter(|(p, _)| p.starts_with("nar/"));
+        nars.map(|(_, n)| n).sum()
+    }
 }
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
