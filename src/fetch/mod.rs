@@ -8,6 +8,7 @@
 //! ([`FetchError`], `error.rs`; [`verify::VerifyError`] names the check).
 
 mod decode;
+mod encode;
 mod error;
 mod lz4;
 pub mod nar;
@@ -17,6 +18,7 @@ mod provenance;
 mod remote;
 mod served;
 mod settings;
+mod tap;
 mod transcode;
 pub mod verify;
 

@@ -20,7 +20,6 @@ use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::served::{accepts_zstd, render, Served};
-use crate::store::Hit;
 
 /// The signed facts of a narinfo, and its FileHash.
 fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
@@ -34,7 +33,7 @@ fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
 
 /// nixgate's own file is made only when the NAR and it (about twice the NAR's file) take at
 /// most this share of `--max-cache-size`: 1/4.
-const CAP_SHARE: u64 = 4;
+pub(super) const CAP_SHARE: u64 = 4;
 
 impl Fetcher {
     /// What nixgate serves runners its NARs as, if not the upstream's compression.
@@ -43,9 +42,10 @@ impl Fetcher {
     }
 
     /// The narinfo to send a client with this User-Agent, given the narinfo as fetched (and
-    /// verified): nixgate's own file when the client decodes it and it is held, else the
-    /// narinfo unchanged (and, for a client that would have been served it, the transcode is
-    /// started in the background).
+    /// verified): naming nixgate's own file when the client decodes it and it is held, or the
+    /// NAR is not held at all (cold: its download will make the file as it goes, `tap.rs`);
+    /// else the narinfo unchanged (and, for a client that would have been served it, the
+    /// transcode of the held NAR is started in the background).
     pub fn narinfo_for(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> Bytes {
         let Some(as_) = self.served_as() else {
             return b;
@@ -54,10 +54,12 @@ impl Fetcher {
             Served::Zstd => accepts_zstd(user_agent),
             Served::None => user_agent.is_some_and(|ua| ua.contains("Nix/")),
         };
-        let Some((fh, signed)) = (decodes.then(|| std::str::from_utf8(&b).ok()).flatten())
+        let Some(ni) = (decodes.then(|| std::str::from_utf8(&b).ok()).flatten())
             .and_then(|t| NarInfo::parse(t, crate::nix::STORE_DIR).ok())
-            .and_then(|ni| signed_of(&ni))
         else {
+            return b;
+        };
+        let Some((fh, signed)) = signed_of(&ni) else {
             return b;
         };
         // Same file name (gzip and plain NARs both have no suffix), or nothing to gain.
@@ -68,6 +70,14 @@ impl Fetcher {
         }
         self.signed.insert(fh, signed);
         if self.store.holds_served(&fh, as_.extension()) {
+            return render(&b, &fh, as_);
+        }
+        let held = self
+            .store
+            .nar_unchecked(&fh, signed.compression.extension())
+            .is_some()
+            || self.store.uploads().holds(&ni.base.hash).is_some();
+        if !held && self.tap_fits(ni.file_size.unwrap_or(ni.nar_size)) {
             return render(&b, &fh, as_);
         }
         self.transcode_soon(fh, signed);
@@ -146,15 +156,16 @@ impl Fetcher {
             .map_err(|e| TranscodeError::Encode(std::io::Error::other(e)))?
     }
 
-    /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: the
-    /// upstream's NAR is had (held, or fetched and verified as any miss), transcoded, then
-    /// served. `None` when `ext` names no file of nixgate's for `fh` (the upstream's own).
+    /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: when the
+    /// upstream's NAR is not held either, its download (joined or started) makes the file as
+    /// it goes and the runner tails it; else the held NAR is transcoded, then served. `None`
+    /// when `ext` names no file of nixgate's for `fh` (the upstream's own).
     pub(super) async fn served_miss(
         self: &Arc<Self>,
         fh: Sha256,
         ext: &'static str,
         ask: Ask,
-    ) -> Result<Option<Hit>, FetchError> {
+    ) -> Result<Option<NarSource>, FetchError> {
         if self.served_as().is_none_or(|s| s.extension() != ext) || ask.fleet {
             return Ok(None);
         }
@@ -166,10 +177,15 @@ impl Fetcher {
             return Ok(None);
         }
         if self.cached(fh, from).await?.is_none() {
+            // A download started from here taps (`nar/tapped.rs`).
+            self.signed.insert(fh, signed);
             let (source, _) = Box::pin(self.nar(fh, from, ask)).await?;
             match source {
                 NarSource::Cached(_) => {}
                 NarSource::Download(r) => {
+                    if let Some(tail) = r.download.served_reader() {
+                        return Ok(Some(NarSource::Download(tail)));
+                    }
                     let mut rx = r.download.progress.clone();
                     let end = rx
                         .wait_for(|p| matches!(p, Progress::Done(_) | Progress::Failed(_)))
@@ -195,7 +211,7 @@ impl Fetcher {
             .served(&fh, ext)
             .await
             .map_err(FetchError::storage)?;
-        hit.map(Some)
+        hit.map(|h| Some(NarSource::Cached(h)))
             .ok_or_else(|| FetchError::Storage("no room in the cache to transcode".into()))
     }
 

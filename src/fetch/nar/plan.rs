@@ -6,6 +6,7 @@ use std::sync::Arc;
 use url::Url;
 
 use super::super::narinfo::parse_stored;
+use super::super::tap::Tap;
 use super::super::verify::{FileCheck, FileExpect, NarCheck, VerifyError};
 use super::super::{FetchError, Fetcher};
 use crate::fetch::PeerPolicy;
@@ -56,7 +57,12 @@ impl Plan {
     /// (then it is neither stored nor served). Without a narinfo or a compression-naming
     /// extension (`.nar`), the file is taken as uncompressed.
     pub fn nar_check(&self) -> Result<NarCheck, VerifyError> {
-        NarCheck::new(self.compression.unwrap_or(Compression::None), self.nar)
+        self.nar_check_tapped(None)
+    }
+
+    /// [`Self::nar_check`] with a tap making nixgate's own file (`fetch/tap.rs`).
+    pub fn nar_check_tapped(&self, tap: Option<Tap>) -> Result<NarCheck, VerifyError> {
+        NarCheck::tapped(self.compression.unwrap_or(Compression::None), self.nar, tap)
     }
 
     /// Whether the bytes will be checked against the signed NarHash: peers and the swarm may
@@ -117,10 +123,11 @@ impl Checks {
         self.nar.update(chunk)
     }
 
-    pub fn finish(self) -> Result<u64, VerifyError> {
+    /// The file's size once every check passed, and the tap (if any), to be committed.
+    pub fn finish(self) -> Result<(u64, Option<Tap>), VerifyError> {
         let n = self.file.finish()?;
-        self.nar.finish()?;
-        Ok(n)
+        let tap = self.nar.finish_tapped()?;
+        Ok((n, tap))
     }
 }
 
