@@ -76,6 +76,8 @@ async fn twenty_cold_runners_cost_one_upstream_get_and_one_transcode() {
         nar.len() as u64,
         "one decode of the NAR for the transcode"
     );
+    let as_zstd = "nixgate_narinfos_served_total{as=\"zstd\"}";
+    assert_eq!(a.metric(as_zstd).await, 20, "every runner was told zstd");
     a.stop().await;
 }
 

@@ -16,6 +16,7 @@ use super::nar::{NarSource, Progress};
 use super::narinfo::parse_stored;
 use super::transcode::{transcode, Signed, TranscodeError};
 use super::{Ask, FetchError, Fetcher};
+use crate::metrics::NarinfoAs;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::narinfo::NarInfo;
@@ -47,30 +48,48 @@ impl Fetcher {
     /// else the narinfo unchanged (and, for a client that would have been served it, the
     /// transcode of the held NAR is started in the background).
     pub fn narinfo_for(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> Bytes {
+        let (b, as_) = self.narinfo_as(b, user_agent);
+        self.metrics.transcode.narinfo(as_);
+        b
+    }
+
+    /// [`Self::narinfo_for`], and what the answer names.
+    fn narinfo_as(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> (Bytes, NarinfoAs) {
         let Some(as_) = self.served_as() else {
-            return b;
+            return (b, NarinfoAs::Upstream);
         };
         let decodes = match as_ {
             Served::Zstd => accepts_zstd(user_agent),
             Served::None => user_agent.is_some_and(|ua| ua.contains("Nix/")),
         };
-        let Some(ni) = (decodes.then(|| std::str::from_utf8(&b).ok()).flatten())
+        if !decodes {
+            return match user_agent.is_some_and(|ua| ua.contains("Nix/")) {
+                true => (b, NarinfoAs::UpstreamOldNix),
+                false => (b, NarinfoAs::Upstream),
+            };
+        }
+        let Some(ni) = std::str::from_utf8(&b)
+            .ok()
             .and_then(|t| NarInfo::parse(t, crate::nix::STORE_DIR).ok())
         else {
-            return b;
+            return (b, NarinfoAs::Upstream);
         };
         let Some((fh, signed)) = signed_of(&ni) else {
-            return b;
+            return (b, NarinfoAs::Upstream);
         };
         // Same file name (gzip and plain NARs both have no suffix), or nothing to gain.
         if signed.compression.extension() == as_.extension()
             || !super::decode::supports(signed.compression)
         {
-            return b;
+            return (b, NarinfoAs::Upstream);
         }
         self.signed.insert(fh, signed);
+        let rendered = match as_ {
+            Served::Zstd => NarinfoAs::Zstd,
+            Served::None => NarinfoAs::None,
+        };
         if self.store.holds_served(&fh, as_.extension()) {
-            return render(&b, &fh, as_);
+            return (render(&b, &fh, as_), rendered);
         }
         let held = self
             .store
@@ -78,10 +97,10 @@ impl Fetcher {
             .is_some()
             || self.store.uploads().holds(&ni.base.hash).is_some();
         if !held && self.tap_fits(ni.file_size.unwrap_or(ni.nar_size)) {
-            return render(&b, &fh, as_);
+            return (render(&b, &fh, as_), rendered);
         }
         self.transcode_soon(fh, signed);
-        b
+        (b, NarinfoAs::Upstream)
     }
 
     /// Starts the transcode of NAR `fh` in the background (joined if one is under way).
@@ -149,7 +168,7 @@ impl Fetcher {
             metrics
                 .transcode
                 .transcoded(t.nar_bytes, t.out_bytes, t.cpu);
-            tracing::debug!(file_hash = %fh, nar_bytes = t.nar_bytes, bytes = t.out_bytes, cpu_s = t.cpu.as_secs_f64(), "NAR transcoded");
+            tracing::debug!(file_hash = %fh, nar_bytes = t.nar_bytes, bytes = t.out_bytes, decode_cpu_s = t.cpu.decode.as_secs_f64(), encode_cpu_s = t.cpu.encode.as_secs_f64(), "NAR transcoded");
             Ok(true)
         });
         job.await

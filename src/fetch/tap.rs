@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::encode::{thread_cpu, Encoded, Out};
 use super::nar::Progress;
 use super::FetchError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageCpu};
 use crate::nix::served::Served;
 use crate::store::{StoreError, WriteHandle};
 
@@ -110,7 +110,12 @@ impl Tap {
                 self.ended = true;
                 self.progress.send_replace(Progress::Done(*written));
                 let m = &self.metrics.transcode;
-                m.transcoded(self.nar_bytes, *written, self.cpu);
+                // The decode was the download's own check: no CPU spent on it for this file.
+                let cpu = StageCpu {
+                    decode: Duration::ZERO,
+                    encode: self.cpu,
+                };
+                m.transcoded(self.nar_bytes, *written, cpu);
                 m.ended(true);
             }
             Err(e) => self.fail(e),

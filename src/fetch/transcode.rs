@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use super::decode::Decoder;
 use super::encode::{thread_cpu, Encoded, Out, CHUNK};
+use crate::metrics::StageCpu;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::served::Served;
@@ -49,8 +50,8 @@ pub struct Transcoded {
     pub file: WriteHandle,
     pub nar_bytes: u64,
     pub out_bytes: u64,
-    /// CPU time of the thread (decode, hash and encode).
-    pub cpu: Duration,
+    /// CPU time of the thread: the decode (and NarHash check), and the encode.
+    pub cpu: StageCpu,
 }
 
 /// Where decoded bytes go: hashed, counted (refusing more than NarSize), then encoded.
@@ -59,6 +60,8 @@ struct Tap {
     size: u64,
     limit: u64,
     out: Encoded,
+    /// Thread CPU time spent in the encoder.
+    encode: Duration,
 }
 
 impl Write for Tap {
@@ -68,8 +71,10 @@ impl Write for Tap {
             return Err(io::Error::other("longer than NarSize"));
         }
         self.hasher.update(buf);
-        self.out.write_all(buf)?;
-        Ok(buf.len())
+        let started = thread_cpu();
+        let res = self.out.write_all(buf);
+        self.encode += thread_cpu().saturating_sub(started);
+        res.map(|()| buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -92,6 +97,7 @@ pub fn transcode(
         size: 0,
         limit: signed.nar_size,
         out,
+        encode: Duration::ZERO,
     };
     let c = signed.compression;
     let mut decoder = Decoder::new(c, tap).ok_or(TranscodeError::Uncheckable(c))?;
@@ -110,13 +116,17 @@ pub fn transcode(
     if tap.size != signed.nar_size || hash != signed.nar_hash {
         return Err(TranscodeError::Mismatch);
     }
-    let nar_bytes = tap.size;
+    let (nar_bytes, mut encode) = (tap.size, tap.encode);
+    let finishing = thread_cpu();
     let out = tap.out.finish().map_err(TranscodeError::Encode)?;
+    let ended = thread_cpu();
+    encode += ended.saturating_sub(finishing);
+    let decode = ended.saturating_sub(started).saturating_sub(encode);
     Ok(Transcoded {
         file: out.file,
         nar_bytes,
         out_bytes: out.written,
-        cpu: thread_cpu().saturating_sub(started),
+        cpu: StageCpu { decode, encode },
     })
 }
 
