@@ -16,7 +16,9 @@
 #   download's tap); done when every transcode is stored.
 # CPU: the appliance process's utime + stime (/proc/PID/stat) from start to done, so it counts
 # everything (HTTP, TLS-free fetch, xz decode, sha256, zstd, disk), divided by the NAR bytes.
-# ROUNDS rounds, the two alternated.
+# ROUNDS rounds, the two alternated (CPU=0 skips them). Then (PROBE=0 skips it) ROUNDS runs of
+# every path's .nar.zst at once while /nix-cache-info is timed: what the transcodes cost the
+# latency of the appliance's other requests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for t in nix nginx curl python3; do
@@ -85,6 +87,28 @@ one_decode() {
   done
 }
 
+# Every path's .nar.zst at once (cold), while a client times /nix-cache-info one request after
+# the other: how long the transcoding downloads hold the appliance's other requests up.
+parallel_with_probe() {
+  local urls=()
+  for h in "${HASHES[@]}"; do urls+=("$(curl -sf -A "$NIX_UA" "$B/$h.narinfo" | field URL)"); done
+  local got=() p
+  for u in "${urls[@]}"; do curl -sf -A "$NIX_UA" -o /dev/null "$B/$u" & got+=($!); done
+  local probes=$D/probes; : > "$probes"
+  running() { for p in "${got[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+  # At a fixed rate, so that the probe costs the transcodes the same CPU whatever it measures.
+  while running; do
+    curl -sf -o /dev/null -w '%{time_total}\n' "$B/nix-cache-info" >> "$probes"; sleep 0.02
+  done
+  for p in "${got[@]}"; do wait "$p"; done
+  python3 - "$probes" <<'PY'
+import sys
+t = sorted(float(l) * 1000 for l in open(sys.argv[1]) if l.strip())
+q = lambda p: t[min(len(t) - 1, int(p * len(t)))]
+print(f"  /nix-cache-info during the transcodes: {len(t)} requests, p50 {q(.5):.1f} ms, p90 {q(.9):.1f} ms, p99 {q(.99):.1f} ms, max {t[-1]:.1f} ms")
+PY
+}
+
 run() { # run NAME: a fresh appliance, the scenario, CPU s per GB of NAR
   rm -rf "$D/ng"
   RUST_LOG=warn "$NG" serve --listen 127.0.0.1:$P2 --cache-dir "$D/ng" --upstream http://127.0.0.1:$P1 \
@@ -105,8 +129,9 @@ print(f"{name:12s} appliance CPU {cpu:6.2f} s = {cpu/gb:5.1f} s/GB of NAR | tran
 PY
 }
 
-for r in $(seq "$ROUNDS"); do
+[ "${CPU:-1}" = 1 ] && for r in $(seq "$ROUNDS"); do
   echo "== round $r"
   run two_decodes
   run one_decode
 done
+[ "${PROBE:-1}" = 1 ] && for r in $(seq "$ROUNDS"); do run parallel_with_probe; done

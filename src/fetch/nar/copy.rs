@@ -220,7 +220,9 @@ impl Fetcher {
                     return Err(FetchError::unavailable(feed.from.origin(), e));
                 }
             };
-            checks.update(&chunk).map_err(|e| self.refused(e))?;
+            let checked;
+            (checks, checked) = checks.check(&chunk, &self.tap_slots).await;
+            checked.map_err(|e| self.refused(e))?;
             let written = checks.written();
             let released = unproven.release(chunk, written, checks.header_seen());
             for (chunk, written) in released.map_err(|e| self.refused(e))? {

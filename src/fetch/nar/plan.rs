@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use url::Url;
 
 use super::super::narinfo::parse_stored;
@@ -121,6 +123,32 @@ impl Checks {
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), VerifyError> {
         self.file.update(chunk)?;
         self.nar.update(chunk)
+    }
+
+    /// [`Self::update`], on the blocking pool when the NAR check feeds a tap: decoding,
+    /// hashing and encoding a batch costs ~25 CPU s per GB of NAR (docs/ZSTD.md, Status), about
+    /// 100 ms per 1 MiB of xz, too long to hold a tokio worker (a narinfo hit waits behind
+    /// it). At most one such batch per core at a time (`slots`): more threads only contend
+    /// for the cores. Without a tap, as before, inline. The checks come back with the result.
+    pub async fn check(
+        mut self,
+        chunk: &Bytes,
+        slots: &tokio::sync::Semaphore,
+    ) -> (Self, Result<(), VerifyError>) {
+        if !self.nar.has_tap() {
+            let res = self.update(chunk);
+            return (self, res);
+        }
+        let _slot = slots.acquire().await.expect("never closed");
+        let chunk = chunk.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let res = self.update(&chunk);
+            (self, res)
+        });
+        match job.await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// The file's size once every check passed, and the tap (if any), to be committed.

@@ -107,6 +107,11 @@ impl NarCheck {
         self.signed.is_some()
     }
 
+    /// Whether a tap is fed (and still writes).
+    pub fn has_tap(&self) -> bool {
+        self.decoder.sink().tap.as_ref().is_some_and(Tap::alive)
+    }
+
     /// Whether the decompressed bytes so far began with the whole NAR header.
     pub fn header_seen(&self) -> bool {
         self.decoder.sink().header_seen()
