@@ -32,6 +32,10 @@ pub enum TapError {
     Encode(io::Error),
     #[error("the decoded NAR was {got} bytes, NarSize says {want}")]
     Size { got: u64, want: u64 },
+    #[error("the download ended before its NAR verified")]
+    Abandoned,
+    #[error("it failed earlier")]
+    FailedEarlier,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -125,7 +129,7 @@ impl Tap {
 
     fn commit(&mut self) -> Result<u64, TapError> {
         let Some(out) = self.out.take() else {
-            return Err(TapError::Encode(io::Error::other("failed earlier")));
+            return Err(TapError::FailedEarlier);
         };
         if self.nar_bytes != self.nar_size {
             return Err(TapError::Size {
@@ -145,8 +149,7 @@ impl Tap {
 impl Drop for Tap {
     /// Dropped unfinished: the download failed or was cancelled.
     fn drop(&mut self) {
-        let e = TapError::Encode(io::Error::other("download ended without verifying"));
-        self.fail(&e);
+        self.fail(&TapError::Abandoned);
     }
 }
 
