@@ -91,6 +91,23 @@ tn, to, cpu, xz, n, f = map(float, sys.argv[1:])
 print(f"transcodes stored {int(n)} failed {int(f)}; NAR {tn/1e6:.0f} MB -> zstd {to/1e6:.0f} MB "
       f"({to/xz:.2f}x the xz files); transcode CPU {cpu:.1f} s = {cpu/(tn/1e9):.1f} s per GB of NAR")
 PY
+# Cold first runners, fresh appliances, alternated: zstd streamed (the default) against the
+# upstream's xz passed through (--serve-compression upstream: no transcode, the runner decodes
+# xz; what nixgate did before issue 22, and a stand-in for nginx proxy_cache cold).
+P4=18294
+cold_fresh() { # cold_fresh NAME FLAGS...: wall s of a cold nix copy through a fresh appliance
+  local name=$1; shift; rm -rf "$D/cold-$name"
+  RUST_LOG=warn "$NG" serve --listen 127.0.0.1:$P4 --cache-dir "$D/cold-$name" --upstream http://127.0.0.1:$P1 \
+    --trusted-public-key "$KEY" --no-torrent --no-mdns "$@" & local pid=$!
+  wait_ok "http://127.0.0.1:$P4/nix-cache-info"
+  copy "cold-$name" "http://127.0.0.1:$P4"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+echo "== cold, fresh appliances, $ROUNDS rounds alternated (wall s)"
+for r in $(seq "$ROUNDS"); do
+  U=$(cold_fresh xz --serve-compression upstream); S=$(cold_fresh zstd)
+  echo "round $r: upstream xz passed through $U s | zstd streamed $S s | ratio $(python3 -c "print(round($S/$U, 2))")x"
+done
 echo "== warm, $ROUNDS rounds alternated (wall s)"
 for r in $(seq "$ROUNDS"); do
   X=$(copy nginx http://127.0.0.1:$P1); Z=$(copy nixgate http://127.0.0.1:$P2); N=$(copy nginx-zstd http://127.0.0.1:$P3)

@@ -273,9 +273,11 @@ async fn a_nar_that_does_not_verify_never_becomes_a_zstd_file() {
         got.status != 200 || got.body_error.is_some(),
         "no complete body"
     );
-    wait_until(Duration::from_secs(10), "the download's temp files gone", || async {
-        files(&cache, "tmp").is_empty()
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the download's temp files gone",
+        || async { files(&cache, "tmp").is_empty() },
+    )
     .await;
     assert!(!files(&cache, "nar")
         .iter()

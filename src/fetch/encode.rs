@@ -101,3 +101,49 @@ pub(super) fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
+
+/// Batches in flight to an encoder thread (each up to [`CHUNK`] of decoded NAR).
+const STAGE_QUEUE: usize = 2;
+
+/// An encoder on its own thread, fed batches of decoded bytes through a bounded channel, so
+/// that a download's decode (and NarHash check) and its encode run on two cores at once
+/// (docs/ZSTD.md §4 "Threads"): the encoder then adds no time to the decode's critical path.
+pub(super) struct Stage {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    thread: std::thread::JoinHandle<io::Result<(Encoded, Duration)>>,
+}
+
+impl Stage {
+    /// Starts the thread; it ends when the sender is dropped or a write fails. Dropped
+    /// without [`Stage::end`], the thread finishes the batches queued and drops the encoder
+    /// (its store write deletes the temp file).
+    pub fn spawn(out: Encoded) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(STAGE_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("nixgate-encode".into())
+            .spawn(move || {
+                let started = thread_cpu();
+                let mut out = out;
+                for batch in rx {
+                    out.write_all(&batch)?;
+                }
+                Ok((out, thread_cpu().saturating_sub(started)))
+            })?;
+        Ok(Stage { tx, thread })
+    }
+
+    /// Queues a batch (waits while the queue is full); `false` when the thread ended (a write
+    /// failed: [`Stage::end`] tells why).
+    pub fn send(&self, batch: Vec<u8>) -> bool {
+        self.tx.send(batch).is_ok()
+    }
+
+    /// Waits for the thread to encode every batch queued; the encoder (to finish) and the
+    /// thread's CPU time.
+    pub fn end(self) -> io::Result<(Encoded, Duration)> {
+        drop(self.tx);
+        self.thread
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}

@@ -1,10 +1,11 @@
 //! The one-decode transcode (issue 22, docs/ZSTD.md §4): an encoder fed the decoded bytes of
 //! a download as they are checked. `verify.rs`'s NAR sink hands it exactly the bytes it
 //! hashes, behind the NAR-header check and the NarSize limit, so the xz stream is decoded
-//! once for both the NarHash check and nixgate's own file.
+//! once for both the NarHash check and nixgate's own file. The encoder runs on its own thread
+//! (`encode::Stage`), fed 1 MiB batches, so the decode and the encode overlap on two cores.
 //!
 //! Its file is a second temp file of the download, tailed by runners that asked for
-//! `<F>.nar.zst` ([`super::nar::Download::zst`]): every write is published as
+//! `<F>.nar.zst` ([`super::nar::Download::served`]): every write is published as
 //! `Progress::Running`, readers are held one byte short until the file is committed
 //! (`Done`). It is committed only after the download's checks passed ([`Tap::finish`]); a
 //! tap dropped unfinished (NarHash mismatch, the download failed or was cancelled) or failing
@@ -18,7 +19,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::encode::{thread_cpu, Encoded, Out};
+use super::encode::{thread_cpu, Encoded, Out, Stage, CHUNK};
 use super::nar::Progress;
 use super::FetchError;
 use crate::metrics::{Metrics, StageCpu};
@@ -42,15 +43,15 @@ pub enum TapError {
 
 /// An encoder on a download's decoded bytes, writing nixgate's own file of the NAR.
 pub struct Tap {
-    /// `None` once it failed or finished.
-    out: Option<Encoded>,
+    /// The encoder's thread; `None` once it failed or finished.
+    stage: Option<Stage>,
+    /// Decoded bytes not yet handed to the encoder thread (sent by [`CHUNK`]).
+    pending: Vec<u8>,
     /// Its readers saw the end (`Done` or `Failed`).
     ended: bool,
     progress: watch::Sender<Progress>,
     nar_size: u64,
     nar_bytes: u64,
-    /// Thread CPU time spent in the encoder.
-    cpu: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -66,12 +67,12 @@ impl Tap {
     ) -> io::Result<Self> {
         let out = Encoded::new(as_, Out::new(file, Some(progress.clone())), nar_size)?;
         Ok(Tap {
-            out: Some(out),
+            stage: Some(Stage::spawn(out)?),
+            pending: Vec::with_capacity(CHUNK),
             ended: false,
             progress,
             nar_size,
             nar_bytes: 0,
-            cpu: Duration::ZERO,
             metrics,
         })
     }
@@ -79,23 +80,29 @@ impl Tap {
     /// Encodes the next decoded bytes. A failure ends the tap (its readers are aborted, its
     /// temp file deleted), never the download.
     pub fn write(&mut self, buf: &[u8]) {
-        let Some(out) = &mut self.out else { return };
-        let started = thread_cpu();
-        let res = out.write_all(buf);
-        self.cpu += thread_cpu().saturating_sub(started);
+        let Some(stage) = &self.stage else { return };
         self.nar_bytes += buf.len() as u64;
-        if let Err(e) = res {
-            self.fail(&TapError::Encode(e));
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() < CHUNK {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
+        if !stage.send(batch) {
+            let e = match self.stage.take().map(Stage::end) {
+                Some(Err(e)) => TapError::Encode(e),
+                _ => TapError::FailedEarlier,
+            };
+            self.fail(&e);
         }
     }
 
     /// Whether it still writes (no failure so far).
     pub fn alive(&self) -> bool {
-        self.out.is_some()
+        self.stage.is_some()
     }
 
     fn fail(&mut self, e: &TapError) {
-        self.out = None;
+        self.stage = None;
         if !std::mem::replace(&mut self.ended, true) {
             tracing::warn!(error = %e, "transcode tap failed; its readers are aborted");
             self.metrics.transcode.ended(false);
@@ -112,25 +119,32 @@ impl Tap {
         match &res {
             Ok(written) => {
                 self.ended = true;
-                self.progress.send_replace(Progress::Done(*written));
+                self.progress.send_replace(Progress::Done(written.0));
                 let m = &self.metrics.transcode;
                 // The decode was the download's own check: no CPU spent on it for this file.
                 let cpu = StageCpu {
                     decode: Duration::ZERO,
-                    encode: self.cpu,
+                    encode: written.1,
                 };
-                m.transcoded(self.nar_bytes, *written, cpu);
+                m.transcoded(self.nar_bytes, written.0, cpu);
                 m.ended(true);
             }
             Err(e) => self.fail(e),
         }
-        res
+        res.map(|(written, _)| written)
     }
 
-    fn commit(&mut self) -> Result<u64, TapError> {
-        let Some(out) = self.out.take() else {
+    /// The file's length, committed, and the encoder's CPU time.
+    fn commit(&mut self) -> Result<(u64, Duration), TapError> {
+        let Some(stage) = self.stage.take() else {
             return Err(TapError::FailedEarlier);
         };
+        let last = std::mem::take(&mut self.pending);
+        if !last.is_empty() && !stage.send(last) {
+            stage.end().map_err(TapError::Encode)?;
+            return Err(TapError::FailedEarlier);
+        }
+        let (out, mut cpu) = stage.end().map_err(TapError::Encode)?;
         if self.nar_bytes != self.nar_size {
             return Err(TapError::Size {
                 got: self.nar_bytes,
@@ -139,10 +153,10 @@ impl Tap {
         }
         let started = thread_cpu();
         let done = out.finish().map_err(TapError::Encode);
-        self.cpu += thread_cpu().saturating_sub(started);
+        cpu += thread_cpu().saturating_sub(started);
         let done = done?;
         done.file.commit()?;
-        Ok(done.written)
+        Ok((done.written, cpu))
     }
 }
 
