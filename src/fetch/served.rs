@@ -96,7 +96,8 @@ impl Fetcher {
             .nar_unchecked(&fh, signed.compression.extension())
             .is_some()
             || self.store.uploads().holds(&ni.base.hash).is_some();
-        if !held && self.tap_fits(ni.file_size.unwrap_or(ni.nar_size)) {
+        let size = ni.file_size.unwrap_or(ni.nar_size);
+        if !held && self.tap_fits(size) && self.disk_fits(size) {
             return (render(&b, &fh, as_), rendered);
         }
         self.transcode_soon(fh, signed);

@@ -55,6 +55,15 @@ impl Fetcher {
         size.saturating_mul(2) <= self.store.max_bytes() / super::super::served::CAP_SHARE
     }
 
+    /// Whether the disk, too, has room for a NAR's pair of files of `size` bytes each: a
+    /// quarter of the free space, as of the cap. Checked before a cold narinfo names
+    /// nixgate's file, whose readers are aborted when the disk fills (no uncached path yet).
+    pub(in crate::fetch) fn disk_fits(&self, size: u64) -> bool {
+        let share = super::super::served::CAP_SHARE;
+        let free = self.store.disk_free();
+        free.is_none_or(|free| size.saturating_mul(2) <= free / share)
+    }
+
     /// The tap for the download of `plan` and its tail, when the download should make
     /// nixgate's own file (see the module's comment); `None` otherwise, or when the store
     /// cannot take the second file (the post-commit transcode remains).
