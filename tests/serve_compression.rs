@@ -1,5 +1,5 @@
-//! `--serve-compression` (issue 22): real Nix gets zstd from a warm appliance, with the
-//! upstream's signatures; other clients and `upstream` mode get today's bytes; a `.zst` URL
+//! `--serve-compression` (issue 22): real Nix gets zstd from a cold and a warm appliance, with
+//! the upstream's signatures; other clients and `upstream` mode get today's bytes; a `.zst` URL
 //! whose file was evicted is fetched again and served; a NAR that does not verify never
 //! becomes a zstd file.
 
@@ -74,12 +74,26 @@ async fn cold_then_warm_nix_copy_gets_zstd_with_the_upstream_signatures() {
     let (c1, c2) = (work.path().join("c1"), work.path().join("c2"));
     let narinfo_url = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.top));
 
-    // Cold: the upstream's narinfo and xz file, as today.
+    // Cold: a Nix client is told zstd at once (the download makes the file as it goes), and
+    // the first `nix copy` gets zstd.
     let cold = get(&narinfo_url, NIX_UA).await;
-    assert_eq!(cold.body, f.narinfo(&f.top));
+    assert_eq!(field(&cold.body, "Compression"), Some("zstd"));
+    assert_eq!(signed_lines(&cold.body), signed_lines(&f.narinfo(&f.top)));
     assert_eq!(cold.headers["vary"], "User-Agent");
     assert_ok(&nix_copy(&a.url(), &f.public_key, &f.top, &c1).await);
     assert!(substituted(&c1, &f.top) && substituted(&c1, &f.dep));
+    assert!(
+        a.metric("nixgate_served_nar_bytes_total{compression=\"zstd\"}")
+            .await
+            > 0,
+        "the first, cold copy got zstd"
+    );
+    assert_eq!(
+        a.metric("nixgate_served_nar_bytes_total{compression=\"xz\"}")
+            .await,
+        0,
+        "and no xz"
+    );
 
     // Warm: a Nix client is told zstd; every signed line and Sig: is the upstream's.
     for path in [&f.top, &f.dep] {
@@ -259,12 +273,24 @@ async fn a_nar_that_does_not_verify_never_becomes_a_zstd_file() {
         got.status != 200 || got.body_error.is_some(),
         "no complete body"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the download's temp files gone",
+        || async { files(&cache, "tmp").is_empty() },
+    )
+    .await;
     assert!(!files(&cache, "nar")
         .iter()
         .any(|p| p.to_string_lossy().contains(".served.")));
+    // A cold path: the narinfo names the zstd file, which is made from the same download
+    // and is aborted with it.
     let after = get(&narinfo_url, NIX_UA).await;
-    assert_ne!(field(&after.body, "Compression"), Some("zstd"));
+    let zst = format!("{}/{}", a.url(), field(&after.body, "URL").unwrap());
+    let got = get(&zst, NIX_UA).await;
+    assert!(
+        got.status != 200 || got.body_error.is_some(),
+        "no complete zstd body"
+    );
     assert_eq!(
         a.metric("nixgate_transcodes_total{outcome=\"stored\"}")
             .await,

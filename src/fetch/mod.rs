@@ -8,6 +8,7 @@
 //! ([`FetchError`], `error.rs`; [`verify::VerifyError`] names the check).
 
 mod decode;
+mod encode;
 mod error;
 mod lz4;
 pub mod nar;
@@ -17,6 +18,7 @@ mod provenance;
 mod remote;
 mod served;
 mod settings;
+mod tap;
 mod transcode;
 pub mod verify;
 
@@ -78,6 +80,9 @@ pub struct Fetcher {
     torrent: std::sync::OnceLock<Arc<crate::torrent::Engine>>,
     /// What runners get NARs as (`--serve-compression`; `None`: the upstream's file).
     serve: Option<crate::nix::served::Served>,
+    /// Blocking-pool slots for the checks of downloads that transcode as they go (one per
+    /// core: more would only contend for the cores; `nar/plan.rs` `Checks::check`).
+    tap_slots: tokio::sync::Semaphore,
     /// Transcodes under way, by FileHash (`served.rs`).
     transcodes: crate::coalesce::Coalescer<
         crate::nix::hash::Sha256,
@@ -143,6 +148,9 @@ impl Fetcher {
             torrent: Default::default(),
             tuning: settings.tuning,
             serve: settings.serve.served(),
+            tap_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             transcodes: Default::default(),
             // Needed from a runner's narinfo request to its NAR's commit (seconds), and for
             // uploads (whose narinfos `narinfos_of` does not see) until a runner asks again.

@@ -16,11 +16,11 @@ use super::nar::{NarSource, Progress};
 use super::narinfo::parse_stored;
 use super::transcode::{transcode, Signed, TranscodeError};
 use super::{Ask, FetchError, Fetcher};
+use crate::metrics::NarinfoAs;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::narinfo::NarInfo;
 use crate::nix::served::{accepts_zstd, render, Served};
-use crate::store::Hit;
 
 /// The signed facts of a narinfo, and its FileHash.
 fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
@@ -34,7 +34,7 @@ fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
 
 /// nixgate's own file is made only when the NAR and it (about twice the NAR's file) take at
 /// most this share of `--max-cache-size`: 1/4.
-const CAP_SHARE: u64 = 4;
+pub(super) const CAP_SHARE: u64 = 4;
 
 impl Fetcher {
     /// What nixgate serves runners its NARs as, if not the upstream's compression.
@@ -43,35 +43,65 @@ impl Fetcher {
     }
 
     /// The narinfo to send a client with this User-Agent, given the narinfo as fetched (and
-    /// verified): nixgate's own file when the client decodes it and it is held, else the
-    /// narinfo unchanged (and, for a client that would have been served it, the transcode is
-    /// started in the background).
+    /// verified): naming nixgate's own file when the client decodes it and it is held, or the
+    /// NAR is not held at all (cold: its download will make the file as it goes, `tap.rs`);
+    /// else the narinfo unchanged (and, for a client that would have been served it, the
+    /// transcode of the held NAR is started in the background).
     pub fn narinfo_for(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> Bytes {
+        let (b, as_) = self.narinfo_as(b, user_agent);
+        self.metrics.transcode.narinfo(as_);
+        b
+    }
+
+    /// [`Self::narinfo_for`], and what the answer names.
+    fn narinfo_as(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> (Bytes, NarinfoAs) {
         let Some(as_) = self.served_as() else {
-            return b;
+            return (b, NarinfoAs::Upstream);
         };
         let decodes = match as_ {
             Served::Zstd => accepts_zstd(user_agent),
             Served::None => user_agent.is_some_and(|ua| ua.contains("Nix/")),
         };
-        let Some((fh, signed)) = (decodes.then(|| std::str::from_utf8(&b).ok()).flatten())
+        if !decodes {
+            return match user_agent.is_some_and(|ua| ua.contains("Nix/")) {
+                true => (b, NarinfoAs::UpstreamOldNix),
+                false => (b, NarinfoAs::Upstream),
+            };
+        }
+        let Some(ni) = std::str::from_utf8(&b)
+            .ok()
             .and_then(|t| NarInfo::parse(t, crate::nix::STORE_DIR).ok())
-            .and_then(|ni| signed_of(&ni))
         else {
-            return b;
+            return (b, NarinfoAs::Upstream);
+        };
+        let Some((fh, signed)) = signed_of(&ni) else {
+            return (b, NarinfoAs::Upstream);
         };
         // Same file name (gzip and plain NARs both have no suffix), or nothing to gain.
         if signed.compression.extension() == as_.extension()
             || !super::decode::supports(signed.compression)
         {
-            return b;
+            return (b, NarinfoAs::Upstream);
         }
         self.signed.insert(fh, signed);
+        let rendered = match as_ {
+            Served::Zstd => NarinfoAs::Zstd,
+            Served::None => NarinfoAs::None,
+        };
         if self.store.holds_served(&fh, as_.extension()) {
-            return render(&b, &fh, as_);
+            return (render(&b, &fh, as_), rendered);
+        }
+        let held = self
+            .store
+            .nar_unchecked(&fh, signed.compression.extension())
+            .is_some()
+            || self.store.uploads().holds(&ni.base.hash).is_some();
+        let size = ni.file_size.unwrap_or(ni.nar_size);
+        if !held && self.tap_fits(size) && self.disk_fits(size) {
+            return (render(&b, &fh, as_), rendered);
         }
         self.transcode_soon(fh, signed);
-        b
+        (b, NarinfoAs::Upstream)
     }
 
     /// Starts the transcode of NAR `fh` in the background (joined if one is under way).
@@ -139,22 +169,23 @@ impl Fetcher {
             metrics
                 .transcode
                 .transcoded(t.nar_bytes, t.out_bytes, t.cpu);
-            tracing::debug!(file_hash = %fh, nar_bytes = t.nar_bytes, bytes = t.out_bytes, cpu_s = t.cpu.as_secs_f64(), "NAR transcoded");
+            tracing::debug!(file_hash = %fh, nar_bytes = t.nar_bytes, bytes = t.out_bytes, decode_cpu_s = t.cpu.decode.as_secs_f64(), encode_cpu_s = t.cpu.encode.as_secs_f64(), "NAR transcoded");
             Ok(true)
         });
         job.await
             .map_err(|e| TranscodeError::Encode(std::io::Error::other(e)))?
     }
 
-    /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: the
-    /// upstream's NAR is had (held, or fetched and verified as any miss), transcoded, then
-    /// served. `None` when `ext` names no file of nixgate's for `fh` (the upstream's own).
+    /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: when the
+    /// upstream's NAR is not held either, its download (joined or started) makes the file as
+    /// it goes and the runner tails it; else the held NAR is transcoded, then served. `None`
+    /// when `ext` names no file of nixgate's for `fh` (the upstream's own).
     pub(super) async fn served_miss(
         self: &Arc<Self>,
         fh: Sha256,
         ext: &'static str,
         ask: Ask,
-    ) -> Result<Option<Hit>, FetchError> {
+    ) -> Result<Option<NarSource>, FetchError> {
         if self.served_as().is_none_or(|s| s.extension() != ext) || ask.fleet {
             return Ok(None);
         }
@@ -166,10 +197,15 @@ impl Fetcher {
             return Ok(None);
         }
         if self.cached(fh, from).await?.is_none() {
+            // A download started from here taps (`nar/tapped.rs`).
+            self.signed.insert(fh, signed);
             let (source, _) = Box::pin(self.nar(fh, from, ask)).await?;
             match source {
                 NarSource::Cached(_) => {}
                 NarSource::Download(r) => {
+                    if let Some(tail) = r.download.served_reader() {
+                        return Ok(Some(NarSource::Download(tail)));
+                    }
                     let mut rx = r.download.progress.clone();
                     let end = rx
                         .wait_for(|p| matches!(p, Progress::Done(_) | Progress::Failed(_)))
@@ -195,7 +231,7 @@ impl Fetcher {
             .served(&fh, ext)
             .await
             .map_err(FetchError::storage)?;
-        hit.map(Some)
+        hit.map(|h| Some(NarSource::Cached(h)))
             .ok_or_else(|| FetchError::Storage("no room in the cache to transcode".into()))
     }
 

@@ -1,30 +1,26 @@
-//! Recompressing a verified NAR for runners (issue 22, docs/ZSTD.md): decode the stored file
+//! Recompressing a committed NAR for runners (issue 22, docs/ZSTD.md): decode the stored file
 //! with the decoders that check every NAR (`decode.rs`), hash the decoded stream against the
-//! signed NarHash/NarSize once more, and encode it (zstd level 3, 8 MiB window with
-//! long-distance matching, single-threaded; docs/ZSTD.md §2) into a store write. Blocking:
-//! runs on the blocking pool, one thread per transcode.
+//! signed NarHash/NarSize once more, and encode it (`encode.rs`) into a store write.
+//! Blocking: runs on the blocking pool, one thread per transcode. For NARs committed without
+//! the download's tap (`tap.rs`): caches of the previous version, uploads, downloads that
+//! could not tap.
 //!
 //! The encoder sees exactly the bytes being hashed, and the caller commits the file only when
 //! the hash and size matched: a zstd file exists only for bytes that match the signature.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use sha2::Digest;
 use thiserror::Error;
 
 use super::decode::Decoder;
+use super::encode::{thread_cpu, Encoded, Out, CHUNK};
+use crate::metrics::StageCpu;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::served::Served;
 use crate::store::{StoreError, WriteHandle};
-
-/// zstd level (docs/ZSTD.md §2: 7.4 CPU s/GB, 1.31× the xz size).
-const LEVEL: i32 = 3;
-/// zstd window: 8 MiB, what xz -6 costs a runner's decoder today.
-const WINDOW_LOG: u32 = 23;
-/// Read and write batches.
-const CHUNK: usize = 1 << 20;
 
 /// What a NAR must decode to: its signed NarHash and NarSize, and how its file is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,59 +50,8 @@ pub struct Transcoded {
     pub file: WriteHandle,
     pub nar_bytes: u64,
     pub out_bytes: u64,
-    /// CPU time of the thread (decode, hash and encode).
-    pub cpu: Duration,
-}
-
-/// The store write, as an `io::Write` (its reservation grows with what is written).
-struct Out {
-    file: WriteHandle,
-    written: u64,
-}
-
-impl Write for Out {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file
-            .grow(self.written + buf.len() as u64)
-            .map_err(io::Error::other)?;
-        let n = self.file.file().write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The encoded output: zstd, or the NAR itself.
-enum Encoded {
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<Out>>),
-    Plain(BufWriter<Out>),
-}
-
-impl Encoded {
-    fn new(as_: Served, out: Out, nar_size: u64) -> io::Result<Self> {
-        let out = BufWriter::with_capacity(CHUNK, out);
-        Ok(match as_ {
-            Served::None => Encoded::Plain(out),
-            Served::Zstd => {
-                let mut e = zstd::stream::write::Encoder::new(out, LEVEL)?;
-                e.window_log(WINDOW_LOG)?;
-                e.long_distance_matching(true)?;
-                e.include_checksum(true)?;
-                e.set_pledged_src_size(Some(nar_size))?;
-                Encoded::Zstd(e)
-            }
-        })
-    }
-
-    fn finish(self) -> io::Result<Out> {
-        let out = match self {
-            Encoded::Zstd(e) => e.finish()?,
-            Encoded::Plain(out) => out,
-        };
-        out.into_inner().map_err(|e| e.into_error())
-    }
+    /// CPU time of the thread: the decode (and NarHash check), and the encode.
+    pub cpu: StageCpu,
 }
 
 /// Where decoded bytes go: hashed, counted (refusing more than NarSize), then encoded.
@@ -115,6 +60,8 @@ struct Tap {
     size: u64,
     limit: u64,
     out: Encoded,
+    /// Thread CPU time spent in the encoder.
+    encode: Duration,
 }
 
 impl Write for Tap {
@@ -124,11 +71,10 @@ impl Write for Tap {
             return Err(io::Error::other("longer than NarSize"));
         }
         self.hasher.update(buf);
-        match &mut self.out {
-            Encoded::Zstd(e) => e.write_all(buf)?,
-            Encoded::Plain(o) => o.write_all(buf)?,
-        }
-        Ok(buf.len())
+        let started = thread_cpu();
+        let res = self.out.write_all(buf);
+        self.encode += thread_cpu().saturating_sub(started);
+        res.map(|()| buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -144,13 +90,14 @@ pub fn transcode(
     file: WriteHandle,
 ) -> Result<Transcoded, TranscodeError> {
     let started = thread_cpu();
-    let out = Encoded::new(as_, Out { file, written: 0 }, signed.nar_size)
-        .map_err(TranscodeError::Encode)?;
+    let out =
+        Encoded::new(as_, Out::new(file, None), signed.nar_size).map_err(TranscodeError::Encode)?;
     let tap = Tap {
         hasher: sha2::Sha256::new(),
         size: 0,
         limit: signed.nar_size,
         out,
+        encode: Duration::ZERO,
     };
     let c = signed.compression;
     let mut decoder = Decoder::new(c, tap).ok_or(TranscodeError::Uncheckable(c))?;
@@ -169,20 +116,18 @@ pub fn transcode(
     if tap.size != signed.nar_size || hash != signed.nar_hash {
         return Err(TranscodeError::Mismatch);
     }
-    let nar_bytes = tap.size;
+    let (nar_bytes, mut encode) = (tap.size, tap.encode);
+    let finishing = thread_cpu();
     let out = tap.out.finish().map_err(TranscodeError::Encode)?;
+    let ended = thread_cpu();
+    encode += ended.saturating_sub(finishing);
+    let decode = ended.saturating_sub(started).saturating_sub(encode);
     Ok(Transcoded {
         file: out.file,
         nar_bytes,
         out_bytes: out.written,
-        cpu: thread_cpu().saturating_sub(started),
+        cpu: StageCpu { decode, encode },
     })
-}
-
-/// The calling thread's CPU time so far.
-fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 #[cfg(test)]

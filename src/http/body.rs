@@ -162,8 +162,9 @@ impl Tail {
     }
 }
 
-/// A download into the cache, from its start, as it grows.
-pub fn download(r: Reader, metrics: Arc<Metrics>) -> Body {
+/// A download into the cache, from its start, as it grows; with `counted_as`, its bytes are
+/// counted as served NAR bytes of that extension as they go.
+pub fn download(r: Reader, metrics: Arc<Metrics>, counted_as: Option<&'static str>) -> Body {
     let tail = Tail {
         file: r.download.file,
         progress: r.download.progress,
@@ -173,6 +174,12 @@ pub fn download(r: Reader, metrics: Arc<Metrics>) -> Body {
         finished: false,
     };
     let s = stream::unfold(tail, |mut t| async move { t.next().await.map(|r| (r, t)) });
+    let m = metrics.clone();
+    let s = s.inspect_ok(move |b| {
+        if let Some(ext) = counted_as {
+            m.transcode.served(ext, b.len() as u64);
+        }
+    });
     from_stream(s, metrics)
 }
 

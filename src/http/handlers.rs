@@ -271,11 +271,15 @@ pub async fn nar(
         NarSource::Cached(hit) => return cached_file(app, hit, headers),
         NarSource::Download(d) => {
             let mut b = ok(NAR_TYPE);
+            // Counted up front when its length is known; else (nixgate's own file as it is
+            // made, chunked) as it goes.
+            let mut counted_as = Some(ext);
             if let Some(size) = d.download.size {
                 m.transcode.served(ext, size);
                 b = b.header(header::CONTENT_LENGTH, size);
+                counted_as = None;
             }
-            b.body(body::download(d, m))
+            b.body(body::download(d, m, counted_as))
         }
         NarSource::Passthrough { chunks, size } => {
             let mut b = ok(NAR_TYPE);

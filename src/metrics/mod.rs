@@ -19,6 +19,7 @@ use std::time::Duration;
 use histogram::Histogram;
 
 pub use labels::*;
+pub use transcode::{NarinfoAs, StageCpu};
 
 fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))

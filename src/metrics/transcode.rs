@@ -29,24 +29,76 @@ pub struct TranscodeTotals {
     pub served_other: u64,
 }
 
+/// The thread CPU time of one transcode, by stage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageCpu {
+    /// Decoding (and hashing) the NAR for the transcode: a second decode of a committed file;
+    /// zero for a download's tap, whose decode is the download's own NarHash check.
+    pub decode: Duration,
+    /// The zstd encoder.
+    pub encode: Duration,
+}
+
+/// How a runner's narinfo was answered (`nixgate_narinfos_served_total{as}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NarinfoAs {
+    /// Naming nixgate's zstd file.
+    Zstd,
+    /// Naming nixgate's plain NAR (`--serve-compression none`).
+    None,
+    /// The upstream's narinfo: a client that is no Nix, or nixgate's file not available.
+    Upstream,
+    /// The upstream's narinfo because the client's Nix does not decode nixgate's file.
+    UpstreamOldNix,
+}
+
+impl NarinfoAs {
+    const ALL: [NarinfoAs; 4] = [
+        NarinfoAs::Zstd,
+        NarinfoAs::None,
+        NarinfoAs::Upstream,
+        NarinfoAs::UpstreamOldNix,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NarinfoAs::Zstd => "zstd",
+            NarinfoAs::None => "none",
+            NarinfoAs::Upstream => "upstream",
+            NarinfoAs::UpstreamOldNix => "upstream_old_nix",
+        }
+    }
+}
+
 /// Transcode and served-by-compression counters.
 #[derive(Default)]
 pub struct TranscodeCounters {
     nar_bytes: AtomicU64,
     out_bytes: AtomicU64,
-    cpu_ns: AtomicU64,
+    decode_ns: AtomicU64,
+    encode_ns: AtomicU64,
     stored: AtomicU64,
     failed: AtomicU64,
     skipped: AtomicU64,
     served: [AtomicU64; COMPRESSIONS.len()],
+    narinfos: [AtomicU64; NarinfoAs::ALL.len()],
 }
 
 impl TranscodeCounters {
     /// A transcode stored a file: `nar` decoded bytes became `out` bytes, costing `cpu`.
-    pub fn transcoded(&self, nar: u64, out: u64, cpu: Duration) {
+    pub fn transcoded(&self, nar: u64, out: u64, cpu: StageCpu) {
         self.nar_bytes.fetch_add(nar, Relaxed);
         self.out_bytes.fetch_add(out, Relaxed);
-        self.cpu_ns.fetch_add(cpu.as_nanos() as u64, Relaxed);
+        self.decode_ns
+            .fetch_add(cpu.decode.as_nanos() as u64, Relaxed);
+        self.encode_ns
+            .fetch_add(cpu.encode.as_nanos() as u64, Relaxed);
+    }
+
+    /// A runner's narinfo was answered as `as_`.
+    pub fn narinfo(&self, as_: NarinfoAs) {
+        let i = NarinfoAs::ALL.iter().position(|a| *a == as_);
+        self.narinfos[i.expect("ALL lists every value")].fetch_add(1, Relaxed);
     }
 
     /// A transcode ended, stored or not.
@@ -82,7 +134,7 @@ impl TranscodeCounters {
         TranscodeTotals {
             nar_bytes: v(&self.nar_bytes),
             out_bytes: v(&self.out_bytes),
-            cpu_seconds: v(&self.cpu_ns) as f64 / 1e9,
+            cpu_seconds: (v(&self.decode_ns) + v(&self.encode_ns)) as f64 / 1e9,
             stored: v(&self.stored),
             failed: v(&self.failed),
             skipped: v(&self.skipped),
@@ -103,6 +155,9 @@ impl TranscodeCounters {
             ("skipped", &self.skipped),
         ];
         let served = COMPRESSIONS.iter().zip(&self.served);
+        let secs = |a: &AtomicU64| a.load(Relaxed) as f64 / 1e9;
+        let stage = [("decode", &self.decode_ns), ("encode", &self.encode_ns)];
+        let narinfos = NarinfoAs::ALL.iter().zip(&self.narinfos);
         vec![
             Family::new(
                 "nixgate_transcoded_bytes_total",
@@ -113,13 +168,9 @@ impl TranscodeCounters {
             Family::new(
                 "nixgate_transcode_cpu_seconds_total",
                 Kind::Counter,
-                "CPU time of the transcodes (decode, NarHash check and encode, thread CPU time).",
+                "Thread CPU time of the transcodes by stage: decode (decoding and hashing a committed NAR again; 0 when the download's own check fed the encoder) and encode (zstd).",
             )
-            .samples(std::iter::once((
-                "",
-                String::new(),
-                self.cpu_ns.load(Relaxed) as f64 / 1e9,
-            ))),
+            .samples(stage.iter().map(|(l, a)| ("", format!("stage=\"{l}\""), secs(a)))),
             Family::new(
                 "nixgate_transcodes_total",
                 Kind::Counter,
@@ -132,6 +183,12 @@ impl TranscodeCounters {
                 "Length of the NAR responses sent, by the compression of the file.",
             )
             .samples(served.map(|((_, l), a)| ("", format!("compression=\"{l}\""), v(a)))),
+            Family::new(
+                "nixgate_narinfos_served_total",
+                Kind::Counter,
+                "Narinfos sent to runners, by what they name: zstd or none (nixgate's own file), upstream (the upstream's file), upstream_old_nix (a Nix too old for nixgate's file).",
+            )
+            .samples(narinfos.map(|(a, n)| ("", format!("as=\"{}\"", a.as_str()), v(n)))),
         ]
     }
 }

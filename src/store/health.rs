@@ -60,6 +60,13 @@ impl StoreError {
 }
 
 impl Store {
+    /// Bytes free on the cache dir's filesystem for this process (`statvfs`); `None` when it
+    /// cannot be read.
+    pub fn disk_free(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.layout.root).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// Records that a write could not be stored: counted, logged, and shown by `/readyz`.
     pub(super) fn store_failed(&self, e: &StoreError) {
         let reason = e.reason();

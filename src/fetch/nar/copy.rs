@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::super::tap::Tap;
 use super::super::{FetchError, Fetcher, Remote};
 use super::plan::{is_nar_mismatch, Checks, Plan};
 use super::relay::{Relay, Sink};
@@ -68,19 +69,21 @@ impl Fetcher {
             let (tx, rx) = watch::channel(Progress::Running(0));
             let relay = Arc::new(Relay::new());
             first = relay.subscribe();
+            let (tap, served) = self.tap(&plan).unzip();
             let download = Download {
                 file: Arc::new(read),
                 progress: rx,
                 size: plan.size,
                 relay: relay.clone(),
+                served,
             };
             let this = self.clone();
             let task = async move {
                 let out = tmp.file().try_clone().map(tokio::fs::File::from_std);
                 let res = match out {
                     Ok(out) => {
-                        this.download(&plan, Sink::File { tmp, out }, &relay, &tx)
-                            .await
+                        let sink = Sink::File { tmp, out };
+                        this.download(&plan, tap, sink, &relay, &tx).await
                     }
                     Err(e) => Err(FetchError::storage(e)),
                 };
@@ -132,13 +135,14 @@ impl Fetcher {
     async fn download(
         &self,
         plan: &Plan,
+        tap: Option<Tap>,
         mut sink: Sink,
         relay: &Relay,
         tx: &watch::Sender<Progress>,
     ) -> Result<u64, FetchError> {
         // The NAR header always, and the signed NarHash whenever a narinfo told it, whatever
         // the source: a narinfo's FileHash is unsigned, so it may name another (genuine) file.
-        let checks = Checks::new(plan, plan.nar_check()?);
+        let checks = Checks::new(plan, plan.nar_check_tapped(tap)?);
         let started = Instant::now();
         let accelerable = self.accelerable(plan);
         let Opened { from, body } = self.open_source(plan, accelerable).await?;
@@ -217,7 +221,9 @@ impl Fetcher {
                     return Err(FetchError::unavailable(feed.from.origin(), e));
                 }
             };
-            checks.update(&chunk).map_err(|e| self.refused(e))?;
+            let checked;
+            (checks, checked) = checks.check(&chunk, &self.tap_slots).await;
+            checked.map_err(|e| self.refused(e))?;
             let written = checks.written();
             let released = unproven.release(chunk, written, checks.header_seen());
             for (chunk, written) in released.map_err(|e| self.refused(e))? {
@@ -225,7 +231,10 @@ impl Fetcher {
             }
             self.maybe_switch(plan, feed, written).await;
         }
-        let size = checks.finish().map_err(|e| self.refused(e))?;
+        let (size, tap) = checks.finish().map_err(|e| self.refused(e))?;
+        if let Some(tap) = tap {
+            self.commit_tap(plan, tap).await;
+        }
         for (chunk, written) in unproven.release_all() {
             sink.put(chunk, written, relay, tx, &plan.fh).await?;
         }

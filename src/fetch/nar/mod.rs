@@ -16,6 +16,8 @@
 //! - [`copy`]: the download task (copy loop, mid-stream switch to the swarm, commit);
 //! - [`resume`]: a source that broke mid-way, continued from another at the same offset;
 //! - [`relay`]: a download the cache cannot store, relayed uncached to its readers;
+//! - [`tapped`]: nixgate's own file of the NAR, made from the download's decoded bytes
+//!   (`fetch/tap.rs`) and tailed by runners as the upstream file is;
 //! - [`passthrough`]: NARs the cache cannot take (too large, no room), streamed through.
 
 mod bucket;
@@ -29,6 +31,7 @@ mod relay;
 mod resume;
 mod source;
 mod swarm;
+mod tapped;
 mod unproven;
 mod upstream;
 
@@ -73,6 +76,8 @@ pub struct Download {
     pub size: Option<u64>,
     /// Its readers, should the cache give up on it mid-way.
     pub relay: Arc<relay::Relay>,
+    /// nixgate's own file of the NAR, when the download makes it as it goes (`tapped.rs`).
+    pub served: Option<tapped::Tail>,
 }
 
 /// One client's view of a download: the shared temp file and, should the download switch to
@@ -111,8 +116,8 @@ impl Fetcher {
         if ask.only_if_cached {
             return Err(FetchError::NotFound);
         }
-        if let Some(hit) = self.served_miss(fh, ext, ask).await? {
-            return Ok((NarSource::Cached(hit), false));
+        if let Some(source) = self.served_miss(fh, ext, ask).await? {
+            return Ok((source, false));
         }
         let key = format!("nar/{}.nar{ext}", fh.to_nix32());
         if self.is_negative(&key) {

@@ -191,7 +191,7 @@ impl Fetcher {
                         }
                     }
                 }
-                Ok(None) => break self.count_rejected(verifier.finish()),
+                Ok(None) => break self.count_rejected(verifier.finish().map(|(n, _)| n)),
                 Err(e) => {
                     let at = verifier.written();
                     match self.reopen(&plan, at, &mut resumes, &e).await {

@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use url::Url;
 
 use super::super::narinfo::parse_stored;
+use super::super::tap::Tap;
 use super::super::verify::{FileCheck, FileExpect, NarCheck, VerifyError};
 use super::super::{FetchError, Fetcher};
 use crate::fetch::PeerPolicy;
@@ -56,7 +59,12 @@ impl Plan {
     /// (then it is neither stored nor served). Without a narinfo or a compression-naming
     /// extension (`.nar`), the file is taken as uncompressed.
     pub fn nar_check(&self) -> Result<NarCheck, VerifyError> {
-        NarCheck::new(self.compression.unwrap_or(Compression::None), self.nar)
+        self.nar_check_tapped(None)
+    }
+
+    /// [`Self::nar_check`] with a tap making nixgate's own file (`fetch/tap.rs`).
+    pub fn nar_check_tapped(&self, tap: Option<Tap>) -> Result<NarCheck, VerifyError> {
+        NarCheck::tapped(self.compression.unwrap_or(Compression::None), self.nar, tap)
     }
 
     /// Whether the bytes will be checked against the signed NarHash: peers and the swarm may
@@ -117,10 +125,37 @@ impl Checks {
         self.nar.update(chunk)
     }
 
-    pub fn finish(self) -> Result<u64, VerifyError> {
+    /// [`Self::update`], on the blocking pool when the NAR check feeds a tap: decoding,
+    /// hashing and encoding a batch costs ~25 CPU s per GB of NAR (docs/ZSTD.md, Status), about
+    /// 100 ms per 1 MiB of xz, too long to hold a tokio worker (a narinfo hit waits behind
+    /// it). At most one such batch per core at a time (`slots`): more threads only contend
+    /// for the cores. Without a tap, as before, inline. The checks come back with the result.
+    pub async fn check(
+        mut self,
+        chunk: &Bytes,
+        slots: &tokio::sync::Semaphore,
+    ) -> (Self, Result<(), VerifyError>) {
+        if !self.nar.has_tap() {
+            let res = self.update(chunk);
+            return (self, res);
+        }
+        let _slot = slots.acquire().await.expect("never closed");
+        let chunk = chunk.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let res = self.update(&chunk);
+            (self, res)
+        });
+        match job.await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// The file's size once every check passed, and the tap (if any), to be committed.
+    pub fn finish(self) -> Result<(u64, Option<Tap>), VerifyError> {
         let n = self.file.finish()?;
-        self.nar.finish()?;
-        Ok(n)
+        let tap = self.nar.finish_tapped()?;
+        Ok((n, tap))
     }
 }
 
