@@ -19,6 +19,8 @@ mod remote;
 mod served;
 mod settings;
 mod tap;
+#[cfg(test)]
+mod testdata;
 mod transcode;
 pub mod verify;
 

@@ -169,28 +169,18 @@ impl Drop for Tap {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
+    use crate::fetch::testdata::xz;
 
     use sha2::Digest;
 
     use super::*;
     use crate::fetch::verify::{NarCheck, VerifyError};
-    use crate::nix::compression::{Compression, NAR_MAGIC};
+    use crate::nix::compression::Compression;
     use crate::nix::hash::Sha256;
     use crate::store::Store;
 
     fn nar() -> Vec<u8> {
-        let mut nar = NAR_MAGIC.to_vec();
-        for i in 0..60_000u32 {
-            nar.extend_from_slice(format!("line {} of a text file\n", i % 977).as_bytes());
-        }
-        nar
-    }
-
-    fn xz(b: &[u8]) -> Vec<u8> {
-        let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
+        crate::fetch::testdata::text_nar(60_000)
     }
 
     fn store(dir: &std::path::Path) -> Arc<Store> {

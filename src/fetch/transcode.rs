@@ -133,21 +133,12 @@ pub fn transcode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::testdata::xz;
     use crate::metrics::Metrics;
     use std::sync::Arc;
 
     fn nar() -> Vec<u8> {
-        let mut nar = crate::nix::compression::NAR_MAGIC.to_vec();
-        for i in 0..50_000u32 {
-            nar.extend_from_slice(format!("line {} of a text file\n", i % 977).as_bytes());
-        }
-        nar
-    }
-
-    fn xz(b: &[u8]) -> Vec<u8> {
-        let mut e = xz2::write::XzEncoder::new(Vec::new(), 6);
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
+        crate::fetch::testdata::text_nar(50_000)
     }
 
     fn signed(b: &[u8]) -> Signed {
