@@ -217,14 +217,7 @@ async fn a_site_killed_with_writes_queued_loses_nothing_the_next_fill_does_not_r
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
     let log = work.path().join("a.log");
-    let flags = [
-        "--upstream".into(),
-        up.url(),
-        "--trusted-public-key".into(),
-        f.public_key.clone(),
-        "--object-store".into(),
-        sw.url(BUCKET, "k9"),
-    ];
+    let flags = site_flags(&up, &f.public_key, sw.url(BUCKET, "k9"));
     let cmd = serve_command(&work.path().join("a"), "info", &flags);
     let (mut child, a) = spawn_serving(cmd, &log).await;
     let paths = all_paths(f);
@@ -323,21 +316,11 @@ async fn without_credentials_requests_are_anonymous() {
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
     let url = sw.url(BUCKET, "anon");
-    let a = site(&work.path().join("a"), &up, &f.public_key, url.clone()).await;
+    fill(f, &up, work.path(), url.clone()).await;
     let paths = all_paths(f);
-    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("ra")).await);
-    drained(&a, 8).await;
-    a.stop().await;
 
     up.down.store(true, Ordering::SeqCst);
-    let flags = [
-        "--upstream".into(),
-        up.url(),
-        "--trusted-public-key".into(),
-        f.public_key.clone(),
-        "--object-store".into(),
-        url,
-    ];
+    let flags = site_flags(&up, &f.public_key, url);
     let mut cmd = serve_command(&work.path().join("b"), "info", &flags);
     cmd.env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")

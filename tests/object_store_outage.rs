@@ -21,14 +21,7 @@ async fn a_bucket_answering_403_costs_nothing_and_no_secret_is_logged() {
     let work = tempfile::tempdir().unwrap();
     let log = work.path().join("serve.log");
     let wrong = "wrong-secret-0123456789";
-    let flags = [
-        "--upstream".into(),
-        up.url(),
-        "--trusted-public-key".into(),
-        f.public_key.clone(),
-        "--object-store".into(),
-        sw.url(BUCKET, "w"),
-    ];
+    let flags = site_flags(&up, &f.public_key, sw.url(BUCKET, "w"));
     let mut cmd = serve_command(&work.path().join("cache"), "info,nixgate=debug", &flags);
     cmd.env("AWS_SECRET_ACCESS_KEY", wrong);
     let (mut child, base) = spawn_serving(cmd, &log).await;

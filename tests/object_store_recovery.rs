@@ -17,17 +17,7 @@ async fn the_circuit_closes_in_the_background_and_the_next_miss_reads_the_bucket
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
     // Site A fills the bucket with every path.
-    let a = site(
-        &work.path().join("a"),
-        &up,
-        &f.public_key,
-        sw.url(BUCKET, "rec"),
-    )
-    .await;
-    let paths = all_paths(f);
-    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("ra")).await);
-    drained(&a, 8).await;
-    a.stop().await;
+    fill(f, &up, work.path(), sw.url(BUCKET, "rec")).await;
     // Site B reaches the same bucket through the switch, which hangs: its circuit opens.
     let switch = Switch::start(&sw, Mode::Hang).await;
     let via = switch.url("rec");

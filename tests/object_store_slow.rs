@@ -16,17 +16,9 @@ async fn a_slow_bucket_still_serves_when_the_upstream_is_down() {
     let sw = Seaweed::start().await;
     let up = Upstream::start(&f.cache).await;
     let work = tempfile::tempdir().unwrap();
-    let a = site(
-        &work.path().join("a"),
-        &up,
-        &f.public_key,
-        sw.url(BUCKET, "slow"),
-    )
-    .await;
+    // Site A fills the bucket with every path.
+    fill(f, &up, work.path(), sw.url(BUCKET, "slow")).await;
     let paths = all_paths(f);
-    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &paths, &work.path().join("ra")).await);
-    drained(&a, 8).await;
-    a.stop().await;
     let switch = Switch::start(&sw, Mode::Delay(Duration::from_millis(600))).await;
     let b = site(
         &work.path().join("b"),

@@ -249,6 +249,27 @@ pub async fn site(dir: &Path, up: &Upstream, key: &str, url: String) -> Applianc
         .await
 }
 
+/// Site A (`dir`) fills the bucket `url` with every path of the closure from `up`, waits for
+/// its write-behind, and stops: the bucket then holds all of them.
+pub async fn fill(f: &Fixture, up: &Upstream, dir: &Path, url: String) {
+    let a = site(&dir.join("a"), up, &f.public_key, url).await;
+    let paths = all_paths(f);
+    let copied = super::nix_copy_paths(&a.url(), &f.public_key, &paths, &dir.join("ra")).await;
+    super::assert_ok(&copied);
+    // The copied paths and `top`'s dependency.
+    drained(&a, paths.len() as u64 + 1).await;
+    a.stop().await;
+}
+
+/// The real binary's flags for a site in front of `up` with the bucket `url`
+/// ([`super::binary::serve_command`]).
+pub fn site_flags(up: &Upstream, key: &str, url: String) -> Vec<String> {
+    let flags = ["--upstream", &up.url(), "--trusted-public-key", key];
+    let mut flags: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+    flags.extend(["--object-store".to_owned(), url]);
+    flags
+}
+
 /// Waits until `a` wrote `n` paths to the bucket and its queue is empty.
 pub async fn drained(a: &Appliance, n: u64) {
     wait_until(
