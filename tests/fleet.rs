@@ -17,73 +17,15 @@ fn all_paths(f: &Fixture) -> Vec<&str> {
     p
 }
 
-/// The upstream's request counts for narinfos and NARs: (requests, paths asked more than once).
-fn upstream_counts(up: &Upstream) -> (u64, Vec<String>) {
-    let reqs = up.requests.lock().unwrap();
-    let mut total = 0;
-    let mut repeated = Vec::new();
-    for (path, n) in reqs.iter() {
-        if path.ends_with(".narinfo") || path.starts_with("nar/") {
-            total += n;
-            if *n > 1 {
-                repeated.push(format!("{path} x{n}"));
-            }
-        }
-    }
-    (total, repeated)
-}
-
-/// The fixed peer id of member `i` (so the ring is the same every run, given the keys).
-fn member_id(i: usize) -> String {
-    format!("{:032x}", 0x000f_1ee7_0000 + i)
-}
-
-/// Starts `n` appliances, each with the others as `--peer` (listeners bound first, so each
-/// knows the others' ports) and a fixed id, and waits until every member sees every other as
-/// an owner.
-async fn fleet(dir: &std::path::Path, up: &Upstream, key: &str, n: usize) -> Vec<Appliance> {
-    let listeners: Vec<_> = (0..n).map(|_| bound_listener()).collect();
-    let ports: Vec<u16> = listeners.iter().map(|(_, p)| *p).collect();
-    let mut members = Vec::new();
-    for (i, (listener, port)) in listeners.into_iter().enumerate() {
-        let peers: Vec<String> = ports
-            .iter()
-            .filter(|p| **p != port)
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
-        let a = Appliance::options(&dir.join(format!("m{i}")), key)
-            .upstream(up.url())
-            .listener(listener)
-            .peer_id(&member_id(i))
-            .with(move |s| s.peers = Some(peers))
-            .start()
-            .await;
-        members.push(a);
-    }
-    for m in &members {
-        wait_for_owners(m, n - 1).await;
-    }
-    members
-}
-
-/// Waits until `a` counts `n` live owners among its peers.
-async fn wait_for_owners(a: &Appliance, n: usize) {
-    let what = format!("{} to see {n} owners", a.url());
-    wait_until(Duration::from_secs(10), &what, || async {
-        peer_rows(a).await.iter().filter(|p| p.owner).count() == n
-    })
-    .await;
-}
-
 /// Whether member `i` of `n` (ids from [`member_id`]) asks another member for some narinfo
 /// of `paths` (and their references): the ring's answer, not chance.
 fn asks_the_fleet(f: &Fixture, i: usize, n: usize) -> bool {
-    let ids: Vec<(String, ())> = (0..n).map(|j| (member_id(j), ())).collect();
+    let ids: Vec<(String, ())> = (0..n).map(|j| (fleet_member_id(j), ())).collect();
     let mut hashes: Vec<&str> = all_paths(f).iter().map(|p| Fixture::hash(p)).collect();
     hashes.push(Fixture::hash(&f.dep));
     hashes
         .iter()
-        .any(|h| !nixgate::peers::fleet::owners(h, &member_id(i), &ids).is_empty())
+        .any(|h| !nixgate::peers::fleet::owners(h, &fleet_member_id(i), &ids).is_empty())
 }
 
 /// Bytes a member fetched from other members.
@@ -177,13 +119,13 @@ async fn a_member_killed_mid_run_costs_at_most_its_share() {
             Appliance::options(&work.path().join(format!("m{i}")), &f.public_key)
                 .upstream(up.url())
                 .listener(listener)
-                .peer_id(&member_id(i))
+                .peer_id(&fleet_member_id(i))
                 .with(move |s| s.peers = Some(peers))
                 .start()
                 .await,
         );
     }
-    fix_peer_id(&work.path().join("m2"), &member_id(2));
+    fix_peer_id(&work.path().join("m2"), &fleet_member_id(2));
     let mut victim = spawn_member(
         &work.path().join("m2"),
         ports[2],
@@ -232,7 +174,7 @@ async fn a_joining_member_moves_only_its_share_and_refetches_nothing() {
     let peers: Vec<String> = members.iter().map(Appliance::url).collect();
     let joined = Appliance::options(&work.path().join("m3"), &f.public_key)
         .upstream(up.url())
-        .peer_id(&member_id(3))
+        .peer_id(&fleet_member_id(3))
         .with(move |s| s.peers = Some(peers))
         .start()
         .await;

@@ -71,7 +71,7 @@ pub struct Fetcher {
         Result<bytes::Bytes, FetchError>,
     >,
     /// NAR downloads under way, by FileHash and whether it is a fleet request.
-    nars: crate::coalesce::Inflight<(crate::nix::hash::Sha256, bool), nar::Download>,
+    nars: crate::coalesce::Inflight<(crate::nix::hash::Sha256, nar::Via), nar::Download>,
     /// Which stored narinfos came from peers.
     provenance: provenance::Provenance,
     /// Passthroughs (NARs larger than the cache) still open to joiners, by FileHash.

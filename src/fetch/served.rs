@@ -37,8 +37,9 @@ fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
 pub(super) const CAP_SHARE: u64 = 4;
 
 impl Fetcher {
-    /// What nixgate serves runners its NARs as, if not the upstream's compression.
-    fn served_as(&self) -> Option<Served> {
+    /// What nixgate serves runners its NARs as, if not the upstream's compression (also
+    /// `/nix-cache-info`'s capability header for fleet members, `peers::fleet`).
+    pub fn serves(&self) -> Option<Served> {
         self.serve
     }
 
@@ -55,7 +56,7 @@ impl Fetcher {
 
     /// [`Self::narinfo_for`], and what the answer names.
     fn narinfo_as(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> (Bytes, NarinfoAs) {
-        let Some(as_) = self.served_as() else {
+        let Some(as_) = self.serves() else {
             return (b, NarinfoAs::Upstream);
         };
         let decodes = match as_ {
@@ -106,7 +107,7 @@ impl Fetcher {
 
     /// Starts the transcode of NAR `fh` in the background (joined if one is under way).
     pub(super) fn transcode_soon(self: &Arc<Self>, fh: Sha256, signed: Signed) {
-        if self.served_as().is_none() {
+        if self.serves().is_none() {
             return;
         }
         let this = self.clone();
@@ -123,7 +124,7 @@ impl Fetcher {
         fh: Sha256,
         signed: Signed,
     ) -> Result<(), Arc<TranscodeError>> {
-        let Some(as_) = self.served_as() else {
+        let Some(as_) = self.serves() else {
             return Ok(());
         };
         if self.store.holds_served(&fh, as_.extension()) {
@@ -176,25 +177,40 @@ impl Fetcher {
             .map_err(|e| TranscodeError::Encode(std::io::Error::other(e)))?
     }
 
-    /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: when the
-    /// upstream's NAR is not held either, its download (joined or started) makes the file as
-    /// it goes and the runner tails it; else the held NAR is transcoded, then served. `None`
-    /// when `ext` names no file of nixgate's for `fh` (the upstream's own).
+    /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: a
+    /// member streams it from the key's owner when that owner serves the same (`owned.rs`);
+    /// else, when the upstream's NAR is not held either, its download (joined or started)
+    /// makes the file as it goes and the runner tails it; else the held NAR is transcoded,
+    /// then served. `None` when `ext` names no file of nixgate's for `fh` (the upstream's own).
+    ///
+    /// A member's request (`ask.fleet`) gets the tail of a download that makes the file, or
+    /// the file; else a 404 at once (no narinfo of it held here, the upstream's file held
+    /// but not ours yet, or a download that makes none): the member then asks for the
+    /// upstream's file and transcodes it itself, rather than wait here past its first-byte
+    /// bound. The transcode starts here meanwhile, for the next member.
     pub(super) async fn served_miss(
         self: &Arc<Self>,
         fh: Sha256,
         ext: &'static str,
         ask: Ask,
     ) -> Result<Option<NarSource>, FetchError> {
-        if self.served_as().is_none_or(|s| s.extension() != ext) || ask.fleet {
+        let Some(as_) = self.serves().filter(|s| s.extension() == ext) else {
             return Ok(None);
-        }
+        };
         let Some(signed) = self.signed_facts(&fh).await else {
-            return Ok(None);
+            return match ask.fleet {
+                true => Err(FetchError::NotFound),
+                false => Ok(None),
+            };
         };
         let from = signed.compression.extension();
         if from == ext {
             return Ok(None);
+        }
+        if !ask.fleet {
+            if let Some(reader) = self.from_owner(fh, as_, signed).await {
+                return Ok(Some(NarSource::Download(reader)));
+            }
         }
         if self.cached(fh, from).await?.is_none() {
             // A download started from here taps (`nar/tapped.rs`).
@@ -206,6 +222,9 @@ impl Fetcher {
                     if let Some(tail) = r.download.served_reader() {
                         return Ok(Some(NarSource::Download(tail)));
                     }
+                    if ask.fleet {
+                        return Err(FetchError::NotFound);
+                    }
                     let mut rx = r.download.progress.clone();
                     let end = rx
                         .wait_for(|p| matches!(p, Progress::Done(_) | Progress::Failed(_)))
@@ -215,12 +234,16 @@ impl Fetcher {
                         return Err(e);
                     }
                 }
+                NarSource::Passthrough { .. } if ask.fleet => return Err(FetchError::NotFound),
                 NarSource::Passthrough { .. } => {
                     return Err(FetchError::Storage(
                         "no room in the cache to transcode".into(),
                     ))
                 }
             }
+        } else if ask.fleet {
+            self.transcode_soon(fh, signed);
+            return Err(FetchError::NotFound);
         }
         self.transcode(fh, signed)
             .await

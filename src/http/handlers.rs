@@ -52,7 +52,8 @@ fn operator(ctype: &'static str, b: Bytes) -> Handled {
 }
 
 /// `/nix-cache-info`: always 200, or Nix refuses the cache.
-/// `/nix-cache-info`, with this appliance's peer id for fleet membership probes.
+/// `/nix-cache-info`, with this appliance's peer id and what it serves runners as, for fleet
+/// membership probes.
 pub fn cache_info(app: &App) -> Handled {
     let (outcome, mut resp) = buffer(
         app,
@@ -63,6 +64,11 @@ pub fn cache_info(app: &App) -> Handled {
     if let Ok(id) = http::HeaderValue::from_str(app.peers.own_id()) {
         resp.headers_mut()
             .insert(crate::peers::fleet::ID_HEADER, id);
+    }
+    if let Some(served) = app.fetcher.serves() {
+        let value = http::HeaderValue::from_static(served.field());
+        resp.headers_mut()
+            .insert(crate::peers::fleet::SERVES_HEADER, value);
     }
     Ok((outcome, resp))
 }

@@ -13,6 +13,10 @@ use sha2::{Digest, Sha256};
 
 /// The response header of `/nix-cache-info` that carries an appliance's peer id.
 pub const ID_HEADER: &str = "x-nixgate-id";
+/// The response header of `/nix-cache-info` that says what an appliance serves runners its
+/// NARs as (`zstd`, `none`; absent with `--serve-compression upstream` and before issue 22):
+/// members ask an owner that serves as they do for its own file (docs/ZSTD.md §7).
+pub const SERVES_HEADER: &str = "x-nixgate-serves";
 pub use crate::upstream::FLEET_HEADER;
 /// How many members a miss tries before going to the upstream itself: the owner, then the
 /// next in rendezvous order (a member that just died, before the fleet noticed).

@@ -1,5 +1,5 @@
 //! Fleet membership: every [`INTERVAL`] each fleet member's `/nix-cache-info` is probed for
-//! its peer id ([`fleet::ID_HEADER`]). A member that answers within [`PROBE_TIMEOUT`] owns
+//! its peer id ([`fleet::ID_HEADER`]) and what it serves runners as ([`fleet::SERVES_HEADER`]). A member that answers within [`PROBE_TIMEOUT`] owns
 //! its share of keys; one that does not loses it until it answers again. A member that dies
 //! between probes costs at most one refused connection per miss: the miss goes on to the
 //! next owner (see `fetch`), and its circuit breaker takes it out after repeated failures.
@@ -22,15 +22,19 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub async fn refresh(set: &PeerSet) {
     let members = set.fleet_members();
     let probes = members.iter().map(|m| async move {
-        let got = probe::get_header(&m.base, "/nix-cache-info", PROBE_TIMEOUT, fleet::ID_HEADER);
+        let names = [fleet::ID_HEADER, fleet::SERVES_HEADER];
+        let got = probe::get_headers(&m.base, "/nix-cache-info", PROBE_TIMEOUT, &names);
         (m, got.await)
     });
     for (m, got) in join_all(probes).await {
         match got {
-            Ok(id) => set.set_id(&m.base, id),
+            Ok(mut got) => {
+                let serves = got.pop().flatten();
+                set.set_id(&m.base, got.pop().flatten(), serves)
+            }
             Err(e) => {
                 tracing::debug!(peer = %m, error = %e, "membership probe failed");
-                set.set_id(&m.base, None);
+                set.set_id(&m.base, None, None);
             }
         }
     }

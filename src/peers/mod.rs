@@ -52,6 +52,10 @@ struct Entry {
     /// Its peer id from the last membership probe (`None`: not answered yet, or the last
     /// probe failed). Only members with an id own keys.
     id: Option<String>,
+    /// What it serves runners as (`zstd`, `none`) from the same probe's
+    /// [`fleet::SERVES_HEADER`]; `None` for `upstream` or a previous version, which are
+    /// asked for the upstream's file only.
+    serves: Option<String>,
 }
 
 /// Which peers take part in fleet ownership (see [`fleet`]).
@@ -170,6 +174,7 @@ impl PeerSet {
                 since: SystemTime::now(),
                 holdings: None,
                 id: None,
+                serves: None,
             });
         }
     }
@@ -274,9 +279,10 @@ impl PeerSet {
             .collect()
     }
 
-    /// Records the result of a membership probe of the peer at `base` (`None`: it failed).
-    /// A peer that claims our own id is not a member (it is us, or a copy of our cache dir).
-    pub fn set_id(&self, base: &Url, id: Option<String>) {
+    /// Records the result of a membership probe of the peer at `base`: its id and what it
+    /// serves runners as (`None`: the probe failed). A peer that claims our own id is not a
+    /// member (it is us, or a copy of our cache dir).
+    pub fn set_id(&self, base: &Url, id: Option<String>, serves: Option<String>) {
         let id = id.filter(|i| fleet::valid_id(i) && *i != self.own_id);
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = entries.iter_mut().find(|e| &e.peer.base == base) {
@@ -284,7 +290,16 @@ impl PeerSet {
                 tracing::info!(peer = %e.peer, id = ?id, "fleet membership changed");
             }
             e.id = id;
+            e.serves = serves;
         }
+    }
+
+    /// Whether the member at `base` serves nixgate's own files as `field` (`zstd`, `none`),
+    /// so that it can be asked for one (`fetch/nar/owned.rs`).
+    pub fn serves(&self, base: &Url, field: &str) -> bool {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let e = entries.iter().find(|e| &e.peer.base == base);
+        e.is_some_and(|e| e.serves.as_deref() == Some(field))
     }
 
     /// For the status route.

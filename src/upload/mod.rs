@@ -181,7 +181,7 @@ impl Uploader {
         let tmp = self.staging.temp();
         let mut file = tokio::fs::File::create(tmp.path()).await.map_err(storage)?;
         let mut check = FileCheck::new(FileExpect {
-            file_hash: fh,
+            file_hash: Some(fh),
             file_size: length,
             compression: Compression::from_extension(ext),
         });

@@ -56,20 +56,20 @@ pub async fn get_bytes(
     .map_err(|_| ProbeError::Timeout(deadline))?
 }
 
-/// GETs `path` under `base` and returns the value of response header `name` (`None`: absent
-/// or not text).
-pub async fn get_header(
+/// GETs `path` under `base` and returns the values of response headers `names`, in order
+/// (`None`: absent or not text).
+pub async fn get_headers(
     base: &Url,
     path: &str,
     deadline: Duration,
-    name: &str,
-) -> Result<Option<String>, ProbeError> {
+    names: &[&str],
+) -> Result<Vec<Option<String>>, ProbeError> {
     let (_, resp) = get(base, path, deadline).await?;
-    Ok(resp
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned))
+    let value = |name: &&str| {
+        let v = resp.headers().get(*name)?;
+        v.to_str().ok().map(str::to_owned)
+    };
+    Ok(names.iter().map(value).collect())
 }
 
 async fn get(

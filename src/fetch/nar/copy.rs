@@ -53,11 +53,11 @@ impl Fetcher {
     /// with this caller's reader. `Err(plan)`: the cache cannot take it (the cap is held by
     /// downloads under way, or the temp file cannot be created): stream it uncached.
     pub(super) fn start(self: &Arc<Self>, plan: Plan) -> Result<Reader, Box<Plan>> {
-        let (fh, ourselves) = (plan.fh, plan.ourselves);
+        let key = plan.key();
         // The plan goes to the task when this call starts one; else it comes back.
         let mut slot = Some(plan);
         let mut first = None;
-        let started = self.nars.join_or_start((fh, ourselves), || {
+        let started = self.nars.join_or_start(key, || {
             let plan = slot.take().expect("start is called once");
             let (mut tmp, read) = match self.begin(&plan) {
                 Some(t) => t,
@@ -112,7 +112,11 @@ impl Fetcher {
     /// The temp file of a new download and a read handle on it; `None` when the cache cannot
     /// take it (the store recorded why).
     fn begin(self: &Arc<Self>, plan: &Plan) -> Option<(WriteHandle, File)> {
-        let tmp = self.store.begin_nar(plan.fh, plan.ext, plan.size).ok()?;
+        let tmp = match plan.served {
+            true => self.store.begin_served(plan.fh, plan.ext, plan.size),
+            false => self.store.begin_nar(plan.fh, plan.ext, plan.size),
+        };
+        let tmp = tmp.ok()?;
         let read = File::open(tmp.path()).map_err(|e| tmp.failed(e)).ok()?;
         Some((tmp, read))
     }
@@ -122,7 +126,8 @@ impl Fetcher {
         match res {
             Ok(size) => Progress::Done(size),
             Err(e) => {
-                if matches!(e, FetchError::NotFound) {
+                // nixgate's own file is not the upstream's name: its 404 says nothing of it.
+                if matches!(e, FetchError::NotFound) && !plan.served {
                     self.remember_not_found(plan.rel());
                 }
                 tracing::warn!(file_hash = %plan.fh, error = %e, "NAR download failed; nothing stored");
@@ -269,12 +274,15 @@ impl Fetcher {
         }
         let from = &feed.from;
         self.metrics.verification_failure(from.source());
-        if let (true, Some(h)) = (is_nar_mismatch(&e), plan.narinfo) {
+        // nixgate's own file has no FileHash that could name another NAR: the owner lied,
+        // and the signed narinfo stands.
+        let narinfo = plan.narinfo.filter(|_| !plan.served);
+        if let (true, Some(h)) = (is_nar_mismatch(&e), narinfo) {
             self.narinfo_refuted(h, &e.to_string());
         }
         let mut liars = from.liars();
         liars.extend(feed.earlier.iter().cloned());
-        if !liars.is_empty() {
+        if !liars.is_empty() && !plan.served {
             // The peer may have invented the FileHash its narinfo named: forget the
             // narinfo too, so the retry starts afresh (without these peers).
             self.store.forget(&plan.fh);

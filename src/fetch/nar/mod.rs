@@ -23,6 +23,7 @@
 mod bucket;
 mod copy;
 mod fleet;
+mod owned;
 mod passthrough;
 mod peer;
 mod plan;
@@ -36,6 +37,7 @@ mod unproven;
 mod upstream;
 
 pub(super) use passthrough::Hub as PassthroughHub;
+pub(super) use plan::Via;
 
 use std::fs::File;
 use std::sync::Arc;
@@ -127,8 +129,8 @@ impl Fetcher {
         // for concurrent clients. Any download serves a client; a fleet request joins only
         // one we do ourselves, never one that waits on an owner (which may be the asker).
         if let Some(reader) = self
-            .join((fh, true))
-            .or_else(|| (!ask.fleet).then(|| self.join((fh, false))).flatten())
+            .join((fh, Via::Ourselves))
+            .or_else(|| (!ask.fleet).then(|| self.join((fh, Via::Owner))).flatten())
         {
             return self.first_bytes(reader).await;
         }
@@ -149,7 +151,7 @@ impl Fetcher {
         if let Some(hit) = self.from_bucket(&plan).await {
             return Ok((NarSource::Cached(hit), false));
         }
-        let reader = match self.join((fh, plan.ourselves)) {
+        let reader = match self.join(plan.key()) {
             Some(reader) => reader,
             None => {
                 if plan.size.is_some_and(|s| s > self.store.max_bytes()) {
@@ -166,7 +168,7 @@ impl Fetcher {
     }
 
     /// A reader of the download under way for `key`, if one is and still takes readers.
-    fn join(&self, key: (Sha256, bool)) -> Option<Reader> {
+    fn join(&self, key: (Sha256, Via)) -> Option<Reader> {
         let download = self.nars.get(&key)?;
         let rest = download.relay.subscribe()?;
         self.metrics.coalesced();

@@ -45,6 +45,20 @@ pub(super) struct Plan {
     pub narinfo: Option<StorePathHash>,
     /// That store path as `<hash>-<name>`, for the log.
     pub path: Option<String>,
+    /// The file is nixgate's own of the NAR (`--serve-compression`), from a fleet owner that
+    /// serves the same ([`super::owned`]): no FileHash names it, so the signed NarHash and
+    /// NarSize decide alone, and only owners (then the previous owner, only-if-cached) are asked.
+    pub served: bool,
+}
+
+/// Which download of a NAR a key names: one we fetch ourselves, one that waits on an owner,
+/// or nixgate's own file streamed from an owner. Kept apart so that a fleet request joins only
+/// a download we do ourselves, and a reader of one representation never gets the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    Ourselves,
+    Owner,
+    OwnerServed,
 }
 
 /// Whether `e` says the decompressed NAR contradicts the narinfo (NarHash/NarSize): the
@@ -54,6 +68,16 @@ pub(super) fn is_nar_mismatch(e: &FetchError) -> bool {
 }
 
 impl Plan {
+    /// The key of its download among those under way.
+    pub fn key(&self) -> (Sha256, Via) {
+        let via = match (self.served, self.ourselves) {
+            (true, _) => Via::OwnerServed,
+            (false, true) => Via::Ourselves,
+            (false, false) => Via::Owner,
+        };
+        (self.fh, via)
+    }
+
     /// The check of the decompressed NAR: its header always, the signed NarHash/NarSize when
     /// the narinfo gave them. An error when nixgate cannot decompress the NAR's compression
     /// (then it is neither stored nor served). Without a narinfo or a compression-naming
@@ -96,7 +120,7 @@ impl Checks {
     pub fn new(plan: &Plan, nar: NarCheck) -> Self {
         Checks {
             file: FileCheck::new(FileExpect {
-                file_hash: plan.fh,
+                file_hash: (!plan.served).then_some(plan.fh),
                 file_size: plan.size,
                 compression: plan.compression,
             }),
@@ -197,6 +221,7 @@ impl Fetcher {
             ourselves: true,
             narinfo: None,
             path: None,
+            served: false,
         };
         for stored in self.store.narinfos_of(&fh).await {
             let Some((url, ni)) = parse_stored(&stored) else {
@@ -245,6 +270,7 @@ impl Fetcher {
     /// large NAR (by the narinfo) that a peer's digest says it holds.
     pub(super) fn accelerable(&self, plan: &Plan) -> bool {
         self.tuning.policy == PeerPolicy::HttpFirst
+            && !plan.served
             && self.torrent().is_some()
             && plan.size.is_some_and(|s| s >= self.tuning.accelerate_size)
             && self.peers.probable_holders(&plan.digest_key()) > 0

@@ -16,6 +16,11 @@ use crate::fetch::PeerPolicy;
 impl Fetcher {
     /// The sources of `plan`'s NAR, best first. `accelerable`: see [`Fetcher::accelerable`].
     fn order(&self, plan: &Plan, accelerable: bool) -> Vec<&'static dyn NarSource> {
+        // nixgate's own file: only owners make it; the download fails over to the
+        // upstream's file otherwise (`owned.rs`).
+        if plan.served {
+            return vec![&fleet::Fleet];
+        }
         let peers_first = self.tuning.policy == PeerPolicy::PeersFirst
             && self.peers.probable_holders(&plan.digest_key()) > 0;
         let mut order: Vec<&'static dyn NarSource> = vec![&fleet::Fleet];

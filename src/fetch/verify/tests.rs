@@ -146,7 +146,7 @@ fn file_hash_size_and_magic() {
     let data = compress(Compression::Xz, &nar_bytes());
     let fh = Sha256(sha2::Sha256::digest(&data).into());
     let expect = FileExpect {
-        file_hash: fh,
+        file_hash: Some(fh),
         file_size: Some(data.len() as u64),
         compression: Some(Compression::Xz),
     };

@@ -1,0 +1,59 @@
+//! nixgate's own file of a NAR streamed from the fleet owner that made it (issue 22,
+//! docs/ZSTD.md §7): the owner transcodes once for the whole fleet, and members stream its
+//! `<F>.nar.zst` instead of fetching the upstream's xz and transcoding it again.
+//!
+//! A member asks only owners whose `/nix-cache-info` said they serve as it does
+//! (`peers::fleet::SERVES_HEADER`); an owner of the previous version, or one with
+//! `--serve-compression upstream`, is asked for the upstream's file as before. The owner's
+//! bytes are trusted for nothing: no FileHash names nixgate's own file, so the download
+//! checks the NAR header and the signed NarHash/NarSize from byte 0 (`Plan::served`), holds
+//! back its end until they passed, and puts an owner whose bytes do not verify on probation.
+//! Such a download is never continued from another source (another encoder's bytes would not
+//! continue the stream); when the owners do not send the file (404, down, no room), the caller
+//! fetches the upstream's file and transcodes it itself, as without a fleet.
+
+use std::sync::Arc;
+
+use super::super::transcode::Signed;
+use super::super::Fetcher;
+use super::{NarSource, Reader};
+use crate::nix::hash::Sha256;
+use crate::nix::served::Served;
+
+impl Fetcher {
+    /// A reader of nixgate's own file of NAR `fh` (`as_`) as an owner sends it: a download
+    /// joined or started. `None` when we own the NAR's key, no owner serves `as_`, no narinfo
+    /// of it is held (its key, hence its owner, is unknown), the cache cannot take the file, or
+    /// the owners did not send it.
+    pub(in crate::fetch) async fn from_owner(
+        self: &Arc<Self>,
+        fh: Sha256,
+        as_: Served,
+        signed: Signed,
+    ) -> Option<Reader> {
+        let mut plan = self.plan(fh, signed.compression.extension(), false).await;
+        plan.owners
+            .retain(|o| self.peers.serves(&o.base, as_.field()));
+        if plan.owners.is_empty() || plan.narinfo.is_none() {
+            return None;
+        }
+        plan.ext = as_.extension();
+        plan.compression = Some(as_.compression());
+        plan.size = None;
+        plan.candidates.clear();
+        plan.nar = Some((signed.nar_hash, signed.nar_size));
+        plan.served = true;
+        let reader = match self.join(plan.key()) {
+            Some(reader) => reader,
+            None => self.start(plan).ok()?,
+        };
+        match self.first_bytes(reader).await {
+            Ok((NarSource::Download(reader), _)) => Some(reader),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(file_hash = %fh, error = %e, "owners did not send their own file of the NAR; fetching the upstream's");
+                None
+            }
+        }
+    }
+}

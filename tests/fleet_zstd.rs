@@ -1,0 +1,167 @@
+//! A fleet serving zstd (issue 22, docs/ZSTD.md §7): the key's owner transcodes each NAR once
+//! for the whole fleet and members stream its zstd file (real `nix copy` through every
+//! member); an owner that does not advertise zstd (`--serve-compression upstream`, as a
+//! previous version) is asked for the upstream's file and the member transcodes; an owner
+//! whose zstd does not verify against the signed NarHash is refused and put on probation.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Every path of the fixture: `top` (with `dep`), `big` and the five blobs.
+fn all_paths(f: &Fixture) -> Vec<&str> {
+    let mut p = vec![f.top.as_str(), f.big.as_str()];
+    p.extend(f.blobs.iter().map(String::as_str));
+    p
+}
+
+/// How many distinct NARs the upstream was asked for.
+fn upstream_nars(up: &Upstream) -> usize {
+    let reqs = up.requests.lock().unwrap();
+    reqs.keys().filter(|p| p.starts_with("nar/")).count()
+}
+
+/// Files of the cache at `dir` whose names end with `suffix`.
+fn held(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let all = files(dir, "nar").into_iter();
+    all.filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect()
+}
+
+const STORED: &str = "nixgate_transcodes_total{outcome=\"stored\"}";
+const FROM_FLEET: &str = "nixgate_fetched_bytes_total{source=\"fleet\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_owner_transcodes_once_and_members_stream_its_zstd() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let members = fleet(work.path(), &up, &f.public_key, 3).await;
+    for (i, m) in members.iter().enumerate() {
+        let dest = work.path().join(format!("runner{i}"));
+        assert_ok(&nix_copy_paths(&m.url(), &f.public_key, &all_paths(f), &dest).await);
+        for p in all_paths(f) {
+            assert!(substituted(&dest, p), "{p} through member {i}");
+        }
+    }
+    let (_, repeated) = upstream_counts(&up);
+    assert!(
+        repeated.is_empty(),
+        "asked upstream more than once: {repeated:?}"
+    );
+    let nars = upstream_nars(&up);
+    assert!(nars >= 8, "the fixture's NARs were fetched: {nars}");
+    let mut transcoded = 0;
+    for m in &members {
+        transcoded += m.metric(STORED).await;
+    }
+    assert_eq!(
+        transcoded, nars as u64,
+        "one transcode per NAR in the fleet"
+    );
+    let upstream_files: usize = members
+        .iter()
+        .map(|m| held(&m.cache_dir, ".nar.xz").len())
+        .sum();
+    assert_eq!(
+        upstream_files, nars,
+        "the upstream's file only at its owner"
+    );
+    for (i, m) in members.iter().enumerate() {
+        let zst = held(&m.cache_dir, ".served.nar.zst").len();
+        assert_eq!(
+            zst, nars,
+            "member {i} holds nixgate's file of every NAR it served"
+        );
+        assert!(
+            m.metric(FROM_FLEET).await > 0,
+            "member {i} streamed from owners"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_that_serves_no_zstd_is_asked_for_the_upstream_file() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    // Member 1 serves the upstream's compression: it advertises nothing, as a previous
+    // version does.
+    let members = fleet_with(work.path(), &up, &f.public_key, 2, |i, s| {
+        if i == 1 {
+            s.serve_compression = Some(nixgate::fetch::ServeCompression::Upstream);
+        }
+    })
+    .await;
+    let (a, b) = (&members[0], &members[1]);
+    let dest = work.path().join("runner");
+    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &dest).await);
+    let nars = upstream_nars(&up);
+    assert!(b.metric(FROM_FLEET).await == 0 && a.metric(FROM_FLEET).await > 0);
+    assert_eq!(
+        b.metric(STORED).await,
+        0,
+        "the zstd-less owner transcodes nothing"
+    );
+    assert_eq!(
+        a.metric(STORED).await,
+        nars as u64,
+        "the member transcodes every NAR"
+    );
+    assert_eq!(
+        held(&a.cache_dir, ".nar.xz").len(),
+        nars,
+        "it got the upstream's files"
+    );
+    assert_eq!(held(&a.cache_dir, ".served.nar.zst").len(), nars);
+    let (_, repeated) = upstream_counts(&up);
+    assert!(
+        repeated.is_empty(),
+        "asked upstream more than once: {repeated:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_whose_zstd_does_not_verify_is_refused() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let members = fleet(work.path(), &up, &f.public_key, 2).await;
+    let (a, c) = (&members[0], &members[1]);
+    let warm = work.path().join("warm");
+    assert_ok(&nix_copy_paths(&c.url(), &f.public_key, &all_paths(f), &warm).await);
+    // C's zstd files rot (same length); its upstream files stay intact. C serves them as hits.
+    let rotten = held(&c.cache_dir, ".served.nar.zst");
+    assert!(!rotten.is_empty());
+    for file in &rotten {
+        let mut bytes = std::fs::read(file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(file, bytes).unwrap();
+    }
+    // A streams C's share from C: it does not verify, A stores nothing of it, aborts the
+    // runner's body, and puts C on probation; Nix's retry (or a second run) completes from
+    // the upstream.
+    let dest = work.path().join("runner");
+    let first = nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &dest).await;
+    if !first.status.success() {
+        assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &dest).await);
+    }
+    for p in all_paths(f) {
+        assert!(substituted(&dest, p), "{p}");
+    }
+    let refused = a
+        .metric("nixgate_verification_failures_total{source=\"fleet\"}")
+        .await;
+    assert!(refused >= 1, "C's zstd was refused");
+    let rows = peer_rows(a).await;
+    assert!(
+        rows.iter().all(|p| p.state == "skipped" && !p.owner),
+        "C is on probation and owns nothing: {rows:?}"
+    );
+    // Nothing A committed is rotten: a second runner through A gets every path intact.
+    let again = work.path().join("runner2");
+    assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &again).await);
+}
