@@ -3,8 +3,10 @@
 validates every manifest against the Kubernetes schemas, checks that the schema refuses bad
 values, and runs the real binary with exactly the rendered args and ConfigMap to prove the
 flags parse, the probe paths answer 200 and the `helm test` pod's script passes. The Grafana
-dashboard's and the PrometheusRule's PromQL must use only metric names the running binary
-exposes on /metrics and must parse with `promtool check rules`. The chart README must be what
+dashboard's and the PrometheusRule's PromQL must use only metric names and label values the
+running binary exposes on /metrics (the object-store families: those of the custom profile's
+run with objectStore.url set, a bucket nobody listens at) and must parse with `promtool check
+rules`. The chart README must be what
 ci/gen_readme.py writes from values.yaml, with every value described; each optional hook
 (ServiceAccount, extra volumes/mounts/containers, startup probe, trafficDistribution,
 global.imageRegistry, DNS egress peers) renders when set and is absent by default.
@@ -272,6 +274,8 @@ def assert_consistent(manifests, notes, values, label):
 
 DASHBOARD_VARS = {"$__rate_interval": "5m", "$namespace": "build", "$job": "ci-nixgate"}
 ALERTS = {"NixgateUpstreamFailing", "NixgateVerificationFailure", "NixgateCacheDiskNearlyFull", "NixgateNotReady"}
+# Only with objectStore.url (the custom profile sets one).
+BUCKET_ALERTS = {"NixgateObjectStoreCircuitOpen", "NixgateObjectStoreWritesDropped", "NixgateObjectStoreErrors"}
 
 
 def check_dashboard(manifests, values, label, exposed):
@@ -285,11 +289,13 @@ def check_dashboard(manifests, values, label, exposed):
           and meta["namespace"] == (gd.get("namespace") or "build"))
     dash = json.loads(cm["data"]["nixgate.json"])
     titles = " | ".join(p["title"] for p in dash["panels"]).lower()
-    panels = "hit ratio|egress saved|by source|fill vs cap|evictions|upstream errors|verification failures|peers|request latency|upstream response time|cpu and memory"
+    panels = ("hit ratio|egress saved|by source|fill vs cap|evictions|upstream errors|verification failures|peers|request latency"
+              "|upstream response time|cpu and memory|object store bytes|object store circuit|queue depth|writes uploaded and dropped"
+              "|object store errors by kind|egress the bucket saved|served by compression|cpu seconds per gb|old nix|transcodes by outcome")
     check(f"{label}: dashboard has every panel", all(w in titles for w in panels.split("|")), titles)
     cap = next(v["query"] for v in dash["templating"]["list"] if v["name"] == "cache_cap_bytes")
     check(f"{label}: dashboard cap is cache.maxSize in bytes", int(cap) == nixgate_bytes(values.get("cache", {}).get("maxSize", "45GiB")), cap)
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]  # rows have none
     queries = [v["query"]["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
     used = set().union(*(promql_metric_names(e) for e in exprs))
     used |= {m for q in queries for m in re.findall(r"label_values\((\w+)", q)}
@@ -315,6 +321,7 @@ def check_rules(manifests, values, label, exposed):
           and all(set(r) <= {"alert", "expr", "for", "labels", "annotations"} and re.fullmatch(r"\d+[smh]", r.get("for", "1m"))
                   and r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"] for r in rules))
     want = ALERTS | ({"NixgateNoPeers"} if values.get("replicas", 2) > 1 else set())
+    want |= BUCKET_ALERTS if values.get("objectStore", {}).get("url") else set()
     check(f"{label}: alerts are {sorted(want)}", {r["alert"] for r in rules} == want)
     bad = set().union(*(unknown_selectors(r["expr"], exposed) for r in rules))
     check(f"{label}: alerts use only metrics and label values /metrics exposes", not bad, bad)
@@ -327,6 +334,13 @@ def check_rules(manifests, values, label, exposed):
     size = values.get("cache", {}).get("storage", {}).get("size", "50Gi")
     check(f"{label}: disk alert threshold is the PVC size in bytes", f"* {nixgate_bytes(size, k8s=True)}" in disk, disk)
     promtool_check(groups, label, "alerts")
+
+
+def with_bucket_families(exposed, bucket):
+    """A run's exposition plus the families only a run with a bucket has (the object-store
+    tier's, rendered once --object-store is set): the dashboard shows them for every release,
+    and a name or label value in neither exposition is still a failure."""
+    return {**{n: v for n, v in bucket.items() if n not in exposed}, **exposed}
 
 
 def nixgate_bytes(size, k8s=False):
@@ -472,6 +486,7 @@ def main():
     for f in sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml"))):
         with open(f) as fh:
             profiles[os.path.basename(f)[:-len("-values.yaml")]] = yaml.safe_load(fh)
+    runs = []
     for label, values in profiles.items():
         manifests, notes = render(values)
         check(f"{label}: renders StatefulSet, ConfigMap and both Services", {k for k, _ in manifests} >= {"StatefulSet", "ConfigMap", "Service"} and len([1 for k, _ in manifests if k == "Service"]) == 2, list(manifests))
@@ -479,9 +494,24 @@ def main():
         assert_consistent(manifests, notes, values, label)
         exposed = run_rendered(manifests, label, values)
         check_scheduling(manifests, values, label)
+        check_hooks(manifests, notes, values, label)
+        runs.append((label, values, manifests, exposed))
+    # The dashboard's and alerts' names are checked against what the real binary exposes: a
+    # profile with objectStore.url (custom: a bucket nobody listens at) against its own
+    # /metrics, the others against theirs plus the families that run added.
+    bucket = {}
+    for _, values, _, exposed in runs:
+        if values.get("objectStore", {}).get("url"):
+            for name, labels in exposed.items():
+                bucket.setdefault(name, set()).update(labels)
+    added = bucket.keys() - runs[0][3].keys()
+    check("a profile sets objectStore.url, and with it /metrics adds the nixgate_object_store_* families (only with it)",
+          added and all(n.startswith("nixgate_object_store_") for n in added), sorted(added))
+    for label, values, manifests, exposed in runs:
+        if not values.get("objectStore", {}).get("url"):
+            exposed = with_bucket_families(exposed, bucket)
         check_dashboard(manifests, values, label, exposed)
         check_rules(manifests, values, label, exposed)
-        check_hooks(manifests, notes, values, label)
     check_readme()
 
     for bad, why in [
