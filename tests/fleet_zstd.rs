@@ -7,6 +7,9 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
+
+use nixgate::store::digest;
 
 use common::*;
 
@@ -164,4 +167,67 @@ async fn an_owner_whose_zstd_does_not_verify_is_refused() {
     // Nothing A committed is rotten: a second runner through A gets every path intact.
     let again = work.path().join("runner2");
     assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &again).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_upstream_down_a_peer_serves_the_zstd_it_holds() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let mut members = fleet(work.path(), &up, &f.public_key, 2).await;
+    let warm = work.path().join("warm");
+    assert_ok(&nix_copy_paths(&members[0].url(), &f.public_key, &all_paths(f), &warm).await);
+    // B, the owner of part of the keys, leaves with the only upstream files of its share: A
+    // holds those NARs as zstd only.
+    members.pop().unwrap().stop().await;
+    let a = &members[0];
+    let nars = upstream_nars(&up);
+    let a_xz = held(&a.cache_dir, ".nar.xz").len();
+    assert!(
+        a_xz < nars,
+        "some NARs are held by A as zstd only: {a_xz} of {nars}"
+    );
+    assert_eq!(held(&a.cache_dir, ".served.nar.zst").len(), nars);
+    // A's digest (cached for 5 s) lists what it holds before C first reads it.
+    let keys: Vec<String> = all_paths(f)
+        .iter()
+        .map(|p| digest::narinfo_key(Fixture::hash(p)))
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "A's digest to list the paths",
+        || async {
+            let got = get(&format!("{}/_p2p/v1/digest", a.url()), &[]).await;
+            let h = digest::Holdings::from_bytes(&got.bytes);
+            h.is_ok_and(|h| keys.iter().all(|k| h.contains(k)))
+        },
+    )
+    .await;
+    // C, at another site whose upstream is down, has A as a peer (not a fleet member).
+    let down = failing_upstream(f).await;
+    let c = with_peers(&work.path().join("c"), &down, &f.public_key, vec![a.url()]).await;
+    let dest = work.path().join("runner");
+    assert_ok(&nix_copy_paths(&c.url(), &f.public_key, &all_paths(f), &dest).await);
+    for p in all_paths(f) {
+        assert!(substituted(&dest, p), "{p}");
+    }
+    assert!(
+        c.metric("nixgate_fetched_bytes_total{source=\"peer\"}")
+            .await
+            > 0
+    );
+    assert_eq!(
+        c.metric("nixgate_verification_failures_total{source=\"peer\"}")
+            .await,
+        0
+    );
+    let zst = held(&c.cache_dir, ".served.nar.zst").len();
+    assert_eq!(zst, nars, "C holds nixgate's file of every NAR");
+    let failed = c
+        .metric("nixgate_transcodes_total{outcome=\"failed\"}")
+        .await;
+    assert_eq!(
+        failed, 0,
+        "a download that got no byte is no failed transcode"
+    );
 }

@@ -215,7 +215,16 @@ impl Fetcher {
         if self.cached(fh, from).await?.is_none() {
             // A download started from here taps (`nar/tapped.rs`).
             self.signed.insert(fh, signed);
-            let (source, _) = Box::pin(self.nar(fh, from, ask)).await?;
+            let source = match Box::pin(self.nar(fh, from, ask)).await {
+                Ok((source, _)) => source,
+                Err(e @ FetchError::Unavailable { .. }) if !ask.fleet => {
+                    // The upstreams are down: a peer may hold our file of it (a fleet member
+                    // keeps only that one of the NARs it does not own).
+                    let reader = self.from_peers(fh, as_, signed).await;
+                    return reader.map(|r| Some(NarSource::Download(r))).ok_or(e);
+                }
+                Err(e) => return Err(e),
+            };
             match source {
                 NarSource::Cached(_) => {}
                 NarSource::Download(r) => {

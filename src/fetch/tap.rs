@@ -104,8 +104,12 @@ impl Tap {
     fn fail(&mut self, e: &TapError) {
         self.stage = None;
         if !std::mem::replace(&mut self.ended, true) {
-            tracing::warn!(error = %e, "transcode tap failed; its readers are aborted");
-            self.metrics.transcode.ended(false);
+            // A download that ended before its first byte transcoded nothing: its own
+            // failure is logged and counted where it ended.
+            if self.nar_bytes > 0 {
+                tracing::warn!(error = %e, "transcode tap failed; its readers are aborted");
+                self.metrics.transcode.ended(false);
+            }
             let msg = format!("transcode: {e}");
             self.progress
                 .send_replace(Progress::Failed(FetchError::Storage(msg)));

@@ -52,6 +52,13 @@ pub fn nar_key(file_hash_nix32: &str) -> String {
     format!("nar/{file_hash_nix32}")
 }
 
+/// The key of nixgate's own file of a NAR (`<F>.nar<ext>` served to runners,
+/// `--serve-compression`): `served.zst/<F>`, or `served/<F>` for the plain NAR. Previous
+/// versions never ask it.
+pub fn served_key(file_hash_nix32: &str, ext: &str) -> String {
+    format!("served{ext}/{file_hash_nix32}")
+}
+
 impl Holdings {
     /// An empty filter sized for `keys` keys.
     pub fn with_capacity(keys: usize) -> Self {
@@ -116,15 +123,19 @@ impl Store {
     /// A digest of what the cache holds, for peers (`/_p2p/v1/digest`).
     pub fn holdings(&self) -> Holdings {
         let (mut narinfos, mut nars) = self.index().keys();
+        let served = self.index().served_keys();
         let (up_narinfos, up_nars) = self.uploads.keys();
         narinfos.extend(up_narinfos);
         nars.extend(up_nars);
-        let mut h = Holdings::with_capacity(narinfos.len() + nars.len());
+        let mut h = Holdings::with_capacity(narinfos.len() + nars.len() + served.len());
         for n in narinfos {
             h.insert(&narinfo_key(&n.to_string()));
         }
         for fh in nars {
             h.insert(&nar_key(&fh.to_nix32()));
+        }
+        for (fh, ext) in served {
+            h.insert(&served_key(&fh.to_nix32(), ext));
         }
         h
     }

@@ -11,11 +11,16 @@
 //! Such a download is never continued from another source (another encoder's bytes would not
 //! continue the stream); when the owners do not send the file (404, down, no room), the caller
 //! fetches the upstream's file and transcodes it itself, as without a fleet.
+//!
+//! The same download serves the peer fallback: when the upstream's file cannot be had (the
+//! upstreams down), peers whose digest lists nixgate's file (`served.zst/<F>`) are asked for
+//! it only-if-cached, checked the same way.
 
 use std::sync::Arc;
 
 use super::super::transcode::Signed;
 use super::super::Fetcher;
+use super::plan::Plan;
 use super::{NarSource, Reader};
 use crate::nix::hash::Sha256;
 use crate::nix::served::Served;
@@ -37,6 +42,33 @@ impl Fetcher {
         if plan.owners.is_empty() || plan.narinfo.is_none() {
             return None;
         }
+        self.served_download(plan, as_, signed).await
+    }
+
+    /// A reader of nixgate's own file of NAR `fh` from a peer that holds it (only-if-cached,
+    /// by its digest): asked when the upstream's file could not be had (the upstreams down),
+    /// since a fleet member keeps only this file of the NARs it does not own.
+    pub(in crate::fetch) async fn from_peers(
+        self: &Arc<Self>,
+        fh: Sha256,
+        as_: Served,
+        signed: Signed,
+    ) -> Option<Reader> {
+        let mut plan = self.plan(fh, signed.compression.extension(), true).await;
+        plan.owners.clear();
+        self.served_download(plan, as_, signed).await
+    }
+
+    /// The download of nixgate's own file for `plan` (the upstream file's plan, turned to
+    /// ours: no FileHash, no upstream candidates), joined or started, once its first bytes
+    /// came; `None` when the cache cannot take it or no source sent it.
+    async fn served_download(
+        self: &Arc<Self>,
+        mut plan: Plan,
+        as_: Served,
+        signed: Signed,
+    ) -> Option<Reader> {
+        let fh = plan.fh;
         plan.ext = as_.extension();
         plan.compression = Some(as_.compression());
         plan.size = None;
@@ -51,7 +83,7 @@ impl Fetcher {
             Ok((NarSource::Download(reader), _)) => Some(reader),
             Ok(_) => None,
             Err(e) => {
-                tracing::debug!(file_hash = %fh, error = %e, "owners did not send their own file of the NAR; fetching the upstream's");
+                tracing::debug!(file_hash = %fh, error = %e, "nixgate's own file of the NAR not sent by owners or peers");
                 None
             }
         }

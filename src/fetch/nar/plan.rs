@@ -16,7 +16,7 @@ use crate::metrics::Untrusted;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::store_path::StorePathHash;
-use crate::store::digest::nar_key;
+use crate::store::digest::{nar_key, served_key};
 use crate::upstream::Upstream;
 
 /// Where to fetch a NAR from and what it must look like.
@@ -105,7 +105,10 @@ impl Plan {
 
     /// The NAR's key in peers' digests.
     pub fn digest_key(&self) -> String {
-        nar_key(&self.fh.to_nix32())
+        match self.served {
+            true => served_key(&self.fh.to_nix32(), self.ext),
+            false => nar_key(&self.fh.to_nix32()),
+        }
     }
 }
 

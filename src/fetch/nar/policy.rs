@@ -16,10 +16,14 @@ use crate::fetch::PeerPolicy;
 impl Fetcher {
     /// The sources of `plan`'s NAR, best first. `accelerable`: see [`Fetcher::accelerable`].
     fn order(&self, plan: &Plan, accelerable: bool) -> Vec<&'static dyn NarSource> {
-        // nixgate's own file: only owners make it; the download fails over to the
-        // upstream's file otherwise (`owned.rs`).
+        // nixgate's own file (`owned.rs`): from the owners when there are some (the download
+        // fails over to the upstream's file otherwise); else, when the upstream's file could
+        // not be had, from the peers that hold it (only-if-cached).
         if plan.served {
-            return vec![&fleet::Fleet];
+            return match plan.owners.is_empty() {
+                true => vec![&fleet::Fleet, &peer::Peers],
+                false => vec![&fleet::Fleet],
+            };
         }
         let peers_first = self.tuning.policy == PeerPolicy::PeersFirst
             && self.peers.probable_holders(&plan.digest_key()) > 0;

@@ -46,6 +46,12 @@ impl Index {
         self.add_served(fh, file);
     }
 
+    /// The FileHash and extension of every served file held (for the digest).
+    pub fn served_keys(&self) -> Vec<(Sha256, &'static str)> {
+        let all = self.served.iter();
+        all.map(|(fh, f)| (Sha256(*fh), f.ext)).collect()
+    }
+
     /// Removes the record of the served file of `fh` alone (it vanished from the disk).
     pub fn remove_served(&mut self, fh: &Sha256) -> Option<NarFile> {
         let file = self.served.remove(&fh.0)?;
