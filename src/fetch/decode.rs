@@ -49,6 +49,15 @@ impl<W: Write> Decoder<W> {
         })
     }
 
+    /// Refuses (as a decode error) zstd frames whose window exceeds `2^log` bytes, so that
+    /// the decoder never allocates more; other compressions are unaffected.
+    pub fn limit_window(&mut self, log: u32) -> io::Result<()> {
+        match self {
+            Decoder::Zstd(d) => d.window_log_max(log),
+            _ => Ok(()),
+        }
+    }
+
     /// Decodes `chunk` into the sink, and everything it completes reaches the sink before
     /// this returns (some decoders keep their output until the next write otherwise).
     pub fn write_all(&mut self, chunk: &[u8]) -> io::Result<()> {

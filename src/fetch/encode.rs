@@ -17,6 +17,10 @@ use crate::store::WriteHandle;
 const LEVEL: i32 = 3;
 /// zstd window: 8 MiB, what xz -6 costs a runner's decoder today.
 const WINDOW_LOG: u32 = 23;
+/// The largest window a zstd file of nixgate's own from another appliance may need (ours,
+/// with room for a later version's choice): a lying owner or peer cannot make the check's
+/// decoder allocate more than 32 MiB (zstd's default limit is 128 MiB).
+pub(super) const PEER_WINDOW_LOG_MAX: u32 = WINDOW_LOG + 2;
 /// Write batches into the file.
 pub(super) const CHUNK: usize = 1 << 20;
 

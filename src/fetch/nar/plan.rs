@@ -88,7 +88,11 @@ impl Plan {
 
     /// [`Self::nar_check`] with a tap making nixgate's own file (`fetch/tap.rs`).
     pub fn nar_check_tapped(&self, tap: Option<Tap>) -> Result<NarCheck, VerifyError> {
-        NarCheck::tapped(self.compression.unwrap_or(Compression::None), self.nar, tap)
+        let check = NarCheck::tapped(self.compression.unwrap_or(Compression::None), self.nar, tap)?;
+        match self.served {
+            true => check.limit_window(super::super::encode::PEER_WINDOW_LOG_MAX),
+            false => Ok(check),
+        }
     }
 
     /// Whether the bytes will be checked against the signed NarHash: peers and the swarm may

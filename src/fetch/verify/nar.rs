@@ -97,6 +97,13 @@ impl NarCheck {
         Ok(NarCheck { decoder, signed })
     }
 
+    /// Limits a zstd decoder's window to `2^log` bytes (see [`Decoder::limit_window`]).
+    pub fn limit_window(mut self, log: u32) -> Result<Self, VerifyError> {
+        let limited = self.decoder.limit_window(log);
+        limited.map_err(|e| VerifyError::Decode(e.to_string()))?;
+        Ok(self)
+    }
+
     /// The checks against a signed `nar_hash` and `nar_size`.
     pub fn signed(c: Compression, nar_hash: Sha256, nar_size: u64) -> Result<Self, VerifyError> {
         Self::new(c, Some((nar_hash, nar_size)))

@@ -167,3 +167,25 @@ fn file_hash_size_and_magic() {
     });
     assert_eq!(f.update(&data), Err(VerifyError::FileTooLong(10)));
 }
+
+#[test]
+fn a_zstd_window_over_the_limit_is_refused_before_it_is_allocated() {
+    let nar = nar_bytes();
+    let hash = Sha256(sha2::Sha256::digest(&nar).into());
+    // Streamed with no pledged size: the frame declares the whole 128 MiB window.
+    let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    e.window_log(27).unwrap();
+    e.write_all(&nar).unwrap();
+    let wide = e.finish().unwrap();
+    let check = || NarCheck::signed(Compression::Zstd, hash, nar.len() as u64).unwrap();
+    let mut limited = check().limit_window(25).unwrap();
+    assert!(matches!(limited.update(&wide), Err(VerifyError::Decode(_))));
+    let mut unlimited = check();
+    unlimited.update(&wide).unwrap();
+    unlimited.finish().unwrap();
+    // nixgate's own files (window 2^23, size pledged) pass the limit.
+    let ours = zstd::encode_all(&nar[..], 3).unwrap();
+    let mut limited = check().limit_window(25).unwrap();
+    limited.update(&ours).unwrap();
+    limited.finish().unwrap();
+}
