@@ -33,6 +33,7 @@ fn held(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+const NIX_UA: &str = "curl/7.85.0 Nix/2.8.0";
 const STORED: &str = "nixgate_transcodes_total{outcome=\"stored\"}";
 const FROM_FLEET: &str = "nixgate_fetched_bytes_total{source=\"fleet\"}";
 
@@ -83,6 +84,21 @@ async fn the_owner_transcodes_once_and_members_stream_its_zstd() {
             "member {i} streamed from owners"
         );
     }
+    // A runner that kept an xz narinfo (from before the switch) asks the xz URL: a member
+    // without that file gets it from its owner, not from the upstream again.
+    let mut paths = all_paths(f);
+    paths.push(&f.dep);
+    for m in &members {
+        for p in &paths {
+            let url = f.nar_url(p);
+            let got = get(&format!("{}/{url}", m.url()), &[("user-agent", NIX_UA)]).await;
+            assert_eq!(got.status, 200, "{url}");
+            let want = std::fs::read(f.cache.join(&url)).unwrap();
+            assert_eq!(got.bytes, want, "{url}");
+        }
+    }
+    assert_eq!(upstream_nars(&up), nars);
+    assert!(upstream_counts(&up).1.is_empty(), "no upstream GET twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
