@@ -115,6 +115,9 @@ async fn an_owner_that_serves_no_zstd_is_asked_for_the_upstream_file() {
     })
     .await;
     let (a, b) = (&members[0], &members[1]);
+    let serves = |rows: Vec<PeerRow>| rows.into_iter().map(|p| p.serves).collect::<Vec<_>>();
+    assert_eq!(serves(peer_rows(a).await), [None], "B advertises nothing");
+    assert_eq!(serves(peer_rows(b).await), [Some("zstd".to_owned())]);
     let dest = work.path().join("runner");
     assert_ok(&nix_copy_paths(&a.url(), &f.public_key, &all_paths(f), &dest).await);
     let nars = upstream_nars(&up);

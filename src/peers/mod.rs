@@ -93,6 +93,10 @@ pub struct PeerStatus {
     pub owner: bool,
     /// Its peer id, once it answered a membership probe.
     pub id: Option<String>,
+    /// What it serves runners as (`zstd`, `none`), from the same probe; `None` for
+    /// `--serve-compression upstream` or a version before issue 22 (asked for the upstream's
+    /// files only).
+    pub serves: Option<String>,
 }
 
 /// The live peer set.
@@ -322,6 +326,7 @@ impl PeerSet {
                 digest: e.holdings.is_some(),
                 owner: e.in_fleet(self.membership) && e.id.is_some() && !e.peer.breaker.is_open(),
                 id: e.id.clone(),
+                serves: e.serves.clone(),
             })
             .collect()
     }

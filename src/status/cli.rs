@@ -180,11 +180,15 @@ fn rows(o: &mut String, v: &Value) {
     for p in peers {
         let _ = writeln!(
             o,
-            "  {} {} {}{}",
+            "  {} {} {}{}{}",
             p["url"].as_str().unwrap_or("?"),
             p["origin"].as_str().unwrap_or("?"),
             p["state"].as_str().unwrap_or("?"),
-            if p["owner"] == true { " owner" } else { "" }
+            if p["owner"] == true { " owner" } else { "" },
+            match p["serves"].as_str() {
+                Some(s) => format!(" serves {s}"),
+                None => String::new(),
+            }
         );
     }
 }
@@ -203,7 +207,7 @@ mod tests {
             "cache": { "bytes": 1 << 20, "entries": 4, "max_bytes": 10 << 20, "fill": 0.1 },
             "hour": [ { "hits": 1, "misses": 1 }, { "hits": 3, "misses": 1 } ],
             "upstreams": [ { "url": "http://u/", "circuit": "closed", "last_error": null } ],
-            "peers": [ { "url": "http://p/", "origin": "dns", "state": "ok", "owner": true } ],
+            "peers": [ { "url": "http://p/", "origin": "dns", "state": "ok", "owner": true, "serves": "zstd" } ],
             "compression": { "mode": "zstd",
                              "served_bytes": { "zstd": 2 << 20, "xz": 1 << 20, "none": 0, "other": 0 },
                              "transcoded_nar_bytes": 4 << 20, "transcoded_out_bytes": 1 << 20,
@@ -217,6 +221,7 @@ mod tests {
         assert!(s.contains("egress saved   2.0 MiB"), "{s}");
         assert!(s.contains("1.0 MiB of 10.0 MiB (10.0 %), 4 files"), "{s}");
         assert!(s.contains("peers          1 (1 ok, 1 fleet owners)"), "{s}");
+        assert!(s.contains("  http://p/ dns ok owner serves zstd"), "{s}");
         assert!(
             s.contains("runners got    zstd 2.0 MiB, xz 1.0 MiB, none 0 B, other 0 B (--serve-compression zstd)"),
             "{s}"

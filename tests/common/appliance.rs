@@ -191,6 +191,8 @@ pub struct PeerRow {
     pub owner: bool,
     /// Its fleet id, once a probe learned it.
     pub id: Option<String>,
+    /// What it serves runners as (`zstd`, `none`), once a probe learned it.
+    pub serves: Option<String>,
 }
 
 /// The peer set an appliance reports.
@@ -211,6 +213,7 @@ pub async fn peer_rows(a: &Appliance) -> Vec<PeerRow> {
                 digest: p["digest"] == true,
                 owner: p["owner"] == true,
                 id: p["id"].as_str().map(str::to_owned),
+                serves: p["serves"].as_str().map(str::to_owned),
             }
         })
         .collect()
