@@ -208,31 +208,39 @@ impl Fetcher {
                     }
                     let mut rx = r.download.progress.clone();
                     let end = rx
-                        .wait_for(|p| matches!(p, Progress::Done(_) | Progress::Failed(_)))
+                        .wait_for(|p| !matches!(p, Progress::Running(_)))
                         .await
                         .map(|p| p.clone());
-                    if let Ok(Progress::Failed(e)) = end {
-                        return Err(e);
+                    match end {
+                        Ok(Progress::Failed(e)) => return Err(e),
+                        // Relayed uncached: streamed and transcoded live (`live.rs`).
+                        Ok(Progress::Relaying(_)) => {
+                            drop(r); // its relay channel, unread, would stall the download
+                            return self.live_uncached(fh, signed).await.map(Some);
+                        }
+                        _ => {}
                     }
                 }
-                NarSource::Passthrough { .. } => {
-                    return Err(FetchError::Storage(
-                        "no room in the cache to transcode".into(),
-                    ))
+                NarSource::Passthrough { chunks, .. } => {
+                    return self.live(fh, signed, chunks).map(Some);
                 }
             }
         }
-        self.transcode(fh, signed)
-            .await
-            .map_err(FetchError::storage)?;
-        // Not there: the NAR was not held after all (relayed uncached), or evicted at once.
+        if let Err(e) = self.transcode(fh, signed).await {
+            if !matches!(*e, TranscodeError::Store(_)) {
+                return Err(FetchError::storage(e));
+            }
+        }
         let hit = self
             .store
             .served(&fh, ext)
             .await
             .map_err(FetchError::storage)?;
-        hit.map(|h| Some(NarSource::Cached(h)))
-            .ok_or_else(|| FetchError::Storage("no room in the cache to transcode".into()))
+        match hit {
+            Some(h) => Ok(Some(NarSource::Cached(h))),
+            // No room for it, or the NAR was relayed uncached after all: made live.
+            None => self.live_uncached(fh, signed).await.map(Some),
+        }
     }
 
     /// The signed facts of NAR `fh`: from a narinfo served lately, or one the cache holds.
