@@ -243,6 +243,19 @@ impl Fetcher {
         }
     }
 
+    /// Whether a GET of `<fh>.nar<ext>`, not held, would be served nixgate's own file (its
+    /// signed facts known, `ext` naming it): a HEAD then answers that it exists, size unknown,
+    /// without a fetch (the upstream has no such name).
+    pub(super) async fn serves_unheld(&self, fh: &Sha256, ext: &str, ask: Ask) -> bool {
+        if self.served_as().is_none_or(|s| s.extension() != ext) || ask.fleet {
+            return false;
+        }
+        let signed = self.signed_facts(fh).await;
+        signed.is_some_and(|s| {
+            s.compression.extension() != ext && super::decode::supports(s.compression)
+        })
+    }
+
     /// The signed facts of NAR `fh`: from a narinfo served lately, or one the cache holds.
     async fn signed_facts(&self, fh: &Sha256) -> Option<Signed> {
         if let Some(s) = self.signed.get(fh) {
