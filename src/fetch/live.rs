@@ -19,8 +19,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::nar::NarSource;
-use super::transcode::{transcode_to, Signed};
+use super::nar::{NarSource, Progress, Reader};
+use super::transcode::{transcode_to, Signed, TranscodeError};
 use super::{FetchError, Fetcher};
 use crate::metrics::{Metrics, StageCpu};
 use crate::nix::hash::Sha256;
@@ -183,6 +183,51 @@ impl Fetcher {
         }
         let chunks = self.stream_upstream(fh, from).await?;
         self.live(fh, signed, chunks)
+    }
+
+    /// After a download of the upstream's file that makes no file of ours: `None` once it
+    /// ended stored (the transcode from it follows), a live stream when it is relayed
+    /// uncached. Its reader is dropped then: its relay channel, unread, would stall it.
+    pub(super) async fn untapped(
+        self: &Arc<Self>,
+        fh: Sha256,
+        signed: Signed,
+        r: Reader,
+    ) -> Result<Option<NarSource>, FetchError> {
+        let mut rx = r.download.progress.clone();
+        let end = rx
+            .wait_for(|p| !matches!(p, Progress::Running(_)))
+            .await
+            .map(|p| p.clone());
+        match end {
+            Ok(Progress::Failed(e)) => Err(e),
+            Ok(Progress::Relaying(_)) => {
+                drop(r);
+                self.live_uncached(fh, signed).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// nixgate's own file `<fh>.nar<ext>` transcoded from the held NAR (once however many
+    /// ask), or made live when it cannot be stored (no room beside the NAR, or the NAR was
+    /// relayed uncached after all).
+    pub(super) async fn served_or_live(
+        self: &Arc<Self>,
+        fh: Sha256,
+        signed: Signed,
+        ext: &'static str,
+    ) -> Result<NarSource, FetchError> {
+        if let Err(e) = self.transcode(fh, signed).await {
+            if !matches!(*e, TranscodeError::Store(_)) {
+                return Err(FetchError::storage(e));
+            }
+        }
+        let hit = self.store.served(&fh, ext).await;
+        match hit.map_err(FetchError::storage)? {
+            Some(h) => Ok(NarSource::Cached(h)),
+            None => self.live_uncached(fh, signed).await,
+        }
     }
 
     fn live_from(&self, fh: Sha256, signed: Signed, input: Input) -> Result<NarSource, FetchError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::nar::{NarSource, Progress};
+use super::nar::NarSource;
 use super::narinfo::parse_stored;
 use super::transcode::{transcode, Signed, TranscodeError};
 use super::{Ask, FetchError, Fetcher};
@@ -118,7 +118,7 @@ impl Fetcher {
     }
 
     /// Makes nixgate's own file of NAR `fh` from the held NAR, once however many ask.
-    async fn transcode(
+    pub(super) async fn transcode(
         self: &Arc<Self>,
         fh: Sha256,
         signed: Signed,
@@ -178,8 +178,9 @@ impl Fetcher {
 
     /// A request for nixgate's own file `<fh>.nar<ext>` that the cache does not hold: when the
     /// upstream's NAR is not held either, its download (joined or started) makes the file as
-    /// it goes and the runner tails it; else the held NAR is transcoded, then served. `None`
-    /// when `ext` names no file of nixgate's for `fh` (the upstream's own).
+    /// it goes and the runner tails it; else the held NAR is transcoded, then served. When the
+    /// cache cannot store, the file is made live for this runner (`live.rs`). `None` when
+    /// `ext` names no file of nixgate's for `fh` (the upstream's own).
     pub(super) async fn served_miss(
         self: &Arc<Self>,
         fh: Sha256,
@@ -206,19 +207,8 @@ impl Fetcher {
                     if let Some(tail) = r.download.served_reader() {
                         return Ok(Some(NarSource::Download(tail)));
                     }
-                    let mut rx = r.download.progress.clone();
-                    let end = rx
-                        .wait_for(|p| !matches!(p, Progress::Running(_)))
-                        .await
-                        .map(|p| p.clone());
-                    match end {
-                        Ok(Progress::Failed(e)) => return Err(e),
-                        // Relayed uncached: streamed and transcoded live (`live.rs`).
-                        Ok(Progress::Relaying(_)) => {
-                            drop(r); // its relay channel, unread, would stall the download
-                            return self.live_uncached(fh, signed).await.map(Some);
-                        }
-                        _ => {}
+                    if let Some(live) = self.untapped(fh, signed, r).await? {
+                        return Ok(Some(live));
                     }
                 }
                 NarSource::Passthrough { chunks, .. } => {
@@ -226,21 +216,7 @@ impl Fetcher {
                 }
             }
         }
-        if let Err(e) = self.transcode(fh, signed).await {
-            if !matches!(*e, TranscodeError::Store(_)) {
-                return Err(FetchError::storage(e));
-            }
-        }
-        let hit = self
-            .store
-            .served(&fh, ext)
-            .await
-            .map_err(FetchError::storage)?;
-        match hit {
-            Some(h) => Ok(Some(NarSource::Cached(h))),
-            // No room for it, or the NAR was relayed uncached after all: made live.
-            None => self.live_uncached(fh, signed).await.map(Some),
-        }
+        self.served_or_live(fh, signed, ext).await.map(Some)
     }
 
     /// Whether a GET of `<fh>.nar<ext>`, not held, would be served nixgate's own file (its
