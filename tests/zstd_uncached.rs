@@ -195,6 +195,7 @@ async fn head_of_a_zstd_file_not_held_answers_without_fetching() {
     assert_eq!(field(&told.body, "URL"), Some(&*zst_url(f, &f.top)));
     let head = request("HEAD", &zst, NIX_UA).await;
     assert_eq!(head.status, 200);
+    assert!(head.headers.get("content-length").is_none(), "size unknown");
     assert!(head.bytes.is_empty());
     assert_eq!(up.count(&zst_url(f, &f.top)), 1, "not asked again");
     assert_eq!(up.count(&f.nar_url(&f.top)), 0, "nothing fetched");
