@@ -1,7 +1,10 @@
 //! Runners holding a zstd narinfo when the cache cannot store the NAR (docs/ZSTD.md §4
 //! "Uncached paths"): they get the zstd file made live from the upstream's file, checked and
-//! uncached, instead of a 503; a corrupted upstream NAR aborts that body and stores nothing.
-//! And a HEAD of a zstd file not held answers from what nixgate would serve, fetching nothing.
+//! uncached, instead of a 500; a corrupted upstream NAR aborts that body and stores nothing.
+//! Three ways the cache cannot store: a cap below the NAR (passthrough), a disk that fills
+//! mid-download (relayed uncached: the upstream is asked again), no room for a second file
+//! beside the held NAR. And a HEAD of a zstd file not held answers from what nixgate would
+//! serve, fetching nothing.
 
 mod common;
 
@@ -177,6 +180,46 @@ async fn a_held_nar_with_no_room_beside_it_is_transcoded_live() {
     assert!(!files(&cache, "nar")
         .iter()
         .any(|p| p.to_string_lossy().contains(".served.")));
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_relayed_uncached_gives_its_zstd_reader_a_live_transcode() {
+    let f = fixture().await;
+    let up = Upstream::start(&f.cache).await;
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk");
+    let _mount = tmpfs(&disk, "2m");
+    // The cap takes the 3 MB file (no tap: its pair would be over a quarter of the cap); the
+    // 2 MiB disk does not: the download switches to relaying its readers mid-way.
+    let a = Appliance::options(&disk.join("cache"), &f.public_key)
+        .upstream(up.url())
+        .with(|s| s.max_cache_size = Some("8MiB".into()))
+        .start()
+        .await;
+    let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big));
+    assert_eq!(
+        field(&get(&narinfo, NIX_UA).await.body, "Compression"),
+        Some("xz")
+    );
+    let got = get(&format!("{}/{}", a.url(), zst_url(f, &f.big)), NIX_UA).await;
+    assert_eq!((got.status, got.body_error.as_deref()), (200, None));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == nar_of(f, &f.big));
+    let no_space = "nixgate_cache_store_failures_total{reason=\"no_space\"}";
+    assert!(
+        a.metric(no_space).await >= 1,
+        "the download ran out of room"
+    );
+    let relayed = "nixgate_transcodes_total{outcome=\"relayed\"}";
+    assert_eq!(a.metric(relayed).await, 1);
+    // The relayed download, then the passthrough the live transcode reads.
+    assert_eq!(up.count(&f.nar_url(&f.big)), 2);
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the temp file gone",
+        || async { files(&a.cache_dir, "tmp").is_empty() },
+    )
+    .await;
     a.stop().await;
 }
 
