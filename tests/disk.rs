@@ -4,31 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-
-/// Unmounts the tmpfs when the test ends, however it ends.
-struct Mount(PathBuf);
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// A tmpfs of `size` at `dir` (the tests run as root, as the rest of the suite does for nix).
-fn tmpfs(dir: &Path, size: &str) -> Mount {
-    std::fs::create_dir_all(dir).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot mount a tmpfs: the test needs root");
-    Mount(dir.to_owned())
-}
 
 /// Real `nix copy --from <appliance>` of several paths at once into a fresh store.
 async fn nix_copy_all(

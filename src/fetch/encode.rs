@@ -60,14 +60,15 @@ impl Write for Out {
     }
 }
 
-/// The encoded output: zstd, or the NAR itself.
-pub(super) enum Encoded {
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<Out>>),
-    Plain(BufWriter<Out>),
+/// The encoded output: zstd, or the NAR itself; into a store write ([`Out`]) or any other
+/// writer (a live stream to one runner, `live.rs`).
+pub(super) enum Encoded<W: Write = Out> {
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<W>>),
+    Plain(BufWriter<W>),
 }
 
-impl Encoded {
-    pub fn new(as_: Served, out: Out, nar_size: u64) -> io::Result<Self> {
+impl<W: Write> Encoded<W> {
+    pub fn new(as_: Served, out: W, nar_size: u64) -> io::Result<Self> {
         let out = BufWriter::with_capacity(CHUNK, out);
         Ok(match as_ {
             Served::None => Encoded::Plain(out),
@@ -91,7 +92,7 @@ impl Encoded {
     }
 
     /// Ends the stream (zstd: the last block and the checksum); the write, complete.
-    pub fn finish(self) -> io::Result<Out> {
+    pub fn finish(self) -> io::Result<W> {
         let out = match self {
             Encoded::Zstd(e) => e.finish()?,
             Encoded::Plain(out) => out,

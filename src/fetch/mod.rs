@@ -10,6 +10,7 @@
 mod decode;
 mod encode;
 mod error;
+mod live;
 mod lz4;
 pub mod nar;
 mod nar_url;

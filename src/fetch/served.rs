@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::nar::{NarSource, Progress};
+use super::nar::NarSource;
 use super::narinfo::parse_stored;
 use super::transcode::{transcode, Signed, TranscodeError};
 use super::{Ask, FetchError, Fetcher};
@@ -119,7 +119,7 @@ impl Fetcher {
     }
 
     /// Makes nixgate's own file of NAR `fh` from the held NAR, once however many ask.
-    async fn transcode(
+    pub(super) async fn transcode(
         self: &Arc<Self>,
         fh: Sha256,
         signed: Signed,
@@ -181,7 +181,8 @@ impl Fetcher {
     /// member streams it from the key's owner when that owner serves the same (`owned.rs`);
     /// else, when the upstream's NAR is not held either, its download (joined or started)
     /// makes the file as it goes and the runner tails it; else the held NAR is transcoded,
-    /// then served. `None` when `ext` names no file of nixgate's for `fh` (the upstream's own).
+    /// then served. When the cache cannot store, the file is made live for this runner
+    /// (`live.rs`). `None` when `ext` names no file of nixgate's for `fh` (the upstream's own).
     ///
     /// A member's request (`ask.fleet`) gets the tail of a download that makes the file, or
     /// the file; else a 404 at once (no narinfo of it held here, the upstream's file held
@@ -234,37 +235,33 @@ impl Fetcher {
                     if ask.fleet {
                         return Err(FetchError::NotFound);
                     }
-                    let mut rx = r.download.progress.clone();
-                    let end = rx
-                        .wait_for(|p| matches!(p, Progress::Done(_) | Progress::Failed(_)))
-                        .await
-                        .map(|p| p.clone());
-                    if let Ok(Progress::Failed(e)) = end {
-                        return Err(e);
+                    if let Some(live) = self.untapped(fh, signed, r).await? {
+                        return Ok(Some(live));
                     }
                 }
                 NarSource::Passthrough { .. } if ask.fleet => return Err(FetchError::NotFound),
-                NarSource::Passthrough { .. } => {
-                    return Err(FetchError::Storage(
-                        "no room in the cache to transcode".into(),
-                    ))
+                NarSource::Passthrough { chunks, .. } => {
+                    return self.live(fh, signed, chunks).map(Some);
                 }
             }
         } else if ask.fleet {
             self.transcode_soon(fh, signed);
             return Err(FetchError::NotFound);
         }
-        self.transcode(fh, signed)
-            .await
-            .map_err(FetchError::storage)?;
-        // Not there: the NAR was not held after all (relayed uncached), or evicted at once.
-        let hit = self
-            .store
-            .served(&fh, ext)
-            .await
-            .map_err(FetchError::storage)?;
-        hit.map(|h| Some(NarSource::Cached(h)))
-            .ok_or_else(|| FetchError::Storage("no room in the cache to transcode".into()))
+        self.served_or_live(fh, signed, ext).await.map(Some)
+    }
+
+    /// Whether a GET of `<fh>.nar<ext>`, not held, would be served nixgate's own file (its
+    /// signed facts known, `ext` naming it): a HEAD then answers that it exists, size unknown,
+    /// without a fetch (the upstream has no such name).
+    pub(super) async fn serves_unheld(&self, fh: &Sha256, ext: &str, ask: Ask) -> bool {
+        if self.serves().is_none_or(|s| s.extension() != ext) || ask.fleet {
+            return false;
+        }
+        let signed = self.signed_facts(fh).await;
+        signed.is_some_and(|s| {
+            s.compression.extension() != ext && super::decode::supports(s.compression)
+        })
     }
 
     /// The signed facts of NAR `fh`: from a narinfo served lately, or one the cache holds.

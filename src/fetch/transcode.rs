@@ -3,7 +3,8 @@
 //! signed NarHash/NarSize once more, and encode it (`encode.rs`) into a store write.
 //! Blocking: runs on the blocking pool, one thread per transcode. For NARs committed without
 //! the download's tap (`tap.rs`): caches of the previous version, uploads, downloads that
-//! could not tap.
+//! could not tap. The same decode, check and encode, into a channel instead of a store
+//! write, make a runner's live stream when the cache cannot store (`live.rs`).
 //!
 //! The encoder sees exactly the bytes being hashed, and the caller commits the file only when
 //! the hash and size matched: a zstd file exists only for bytes that match the signature.
@@ -55,16 +56,16 @@ pub struct Transcoded {
 }
 
 /// Where decoded bytes go: hashed, counted (refusing more than NarSize), then encoded.
-struct Tap {
+struct Tap<W: Write> {
     hasher: sha2::Sha256,
     size: u64,
     limit: u64,
-    out: Encoded,
+    out: Encoded<W>,
     /// Thread CPU time spent in the encoder.
     encode: Duration,
 }
 
-impl Write for Tap {
+impl<W: Write> Write for Tap<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.size += buf.len() as u64;
         if self.size > self.limit {
@@ -84,14 +85,31 @@ impl Write for Tap {
 /// Decodes `src` (a file compressed as `signed` says), checks it against `signed`, and writes
 /// it as `as_` into `file`; the file is to be committed by the caller. Blocking.
 pub fn transcode(
-    mut src: impl Read,
+    src: impl Read,
     signed: Signed,
     as_: Served,
     file: WriteHandle,
 ) -> Result<Transcoded, TranscodeError> {
+    let (out, nar_bytes, cpu) = transcode_to(src, signed, as_, Out::new(file, None))?;
+    Ok(Transcoded {
+        file: out.file,
+        nar_bytes,
+        out_bytes: out.written,
+        cpu,
+    })
+}
+
+/// [`transcode`] into any writer: the writer once the stream ended (zstd: its last block and
+/// checksum are written only after the decoded NAR matched `signed`), the NAR's length, and
+/// the thread's CPU time. Blocking.
+pub(super) fn transcode_to<W: Write>(
+    mut src: impl Read,
+    signed: Signed,
+    as_: Served,
+    out: W,
+) -> Result<(W, u64, StageCpu), TranscodeError> {
     let started = thread_cpu();
-    let out =
-        Encoded::new(as_, Out::new(file, None), signed.nar_size).map_err(TranscodeError::Encode)?;
+    let out = Encoded::new(as_, out, signed.nar_size).map_err(TranscodeError::Encode)?;
     let tap = Tap {
         hasher: sha2::Sha256::new(),
         size: 0,
@@ -122,12 +140,7 @@ pub fn transcode(
     let ended = thread_cpu();
     encode += ended.saturating_sub(finishing);
     let decode = ended.saturating_sub(started).saturating_sub(encode);
-    Ok(Transcoded {
-        file: out.file,
-        nar_bytes,
-        out_bytes: out.written,
-        cpu: StageCpu { decode, encode },
-    })
+    Ok((out, nar_bytes, StageCpu { decode, encode }))
 }
 
 #[cfg(test)]

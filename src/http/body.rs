@@ -183,14 +183,23 @@ pub fn download(r: Reader, metrics: Arc<Metrics>, counted_as: Option<&'static st
     from_stream(s, metrics)
 }
 
-/// Chunks from a passthrough task.
+/// Chunks from a passthrough task (or a live transcode, `fetch/live.rs`); with
+/// `counted_as`, its bytes are counted as served NAR bytes of that extension as they go. An
+/// `Err` chunk aborts the body: a chunked one ends without its last chunk.
 pub fn channel(
     rx: mpsc::Receiver<Result<Bytes, crate::fetch::FetchError>>,
     metrics: Arc<Metrics>,
+    counted_as: Option<&'static str>,
 ) -> Body {
     let s = stream::unfold(rx, |mut rx| async move {
         let item = rx.recv().await?;
         Some((item.map_err(|e| BodyError(e.to_string())), rx))
+    });
+    let m = metrics.clone();
+    let s = s.inspect_ok(move |b| {
+        if let Some(ext) = counted_as {
+            m.transcode.served(ext, b.len() as u64);
+        }
     });
     from_stream(s, metrics)
 }

@@ -289,11 +289,13 @@ pub async fn nar(
         }
         NarSource::Passthrough { chunks, size } => {
             let mut b = ok(NAR_TYPE);
+            let mut counted_as = Some(ext);
             if let Some(size) = size {
                 m.transcode.served(ext, size);
                 b = b.header(header::CONTENT_LENGTH, size);
+                counted_as = None;
             }
-            b.body(body::channel(chunks, m))
+            b.body(body::channel(chunks, m, counted_as))
         }
     };
     Ok((hit_or_miss(hit), resp.expect("valid headers")))

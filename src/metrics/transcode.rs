@@ -23,6 +23,7 @@ pub struct TranscodeTotals {
     pub stored: u64,
     pub failed: u64,
     pub skipped: u64,
+    pub relayed: u64,
     pub served_zstd: u64,
     pub served_xz: u64,
     pub served_none: u64,
@@ -80,6 +81,7 @@ pub struct TranscodeCounters {
     stored: AtomicU64,
     failed: AtomicU64,
     skipped: AtomicU64,
+    relayed: AtomicU64,
     served: [AtomicU64; COMPRESSIONS.len()],
     narinfos: [AtomicU64; NarinfoAs::ALL.len()],
 }
@@ -112,6 +114,12 @@ impl TranscodeCounters {
         self.skipped.fetch_add(1, Relaxed);
     }
 
+    /// A NAR was transcoded live for one runner, uncached (`fetch/live.rs`): the cache could
+    /// not store it.
+    pub fn relayed(&self) {
+        self.relayed.fetch_add(1, Relaxed);
+    }
+
     /// A NAR response of `bytes` for a URL with extension `ext` (`.zst`, `.xz`, ...).
     pub fn served(&self, ext: &str, bytes: u64) {
         let i = COMPRESSIONS.iter().position(|(e, _)| *e == ext);
@@ -138,6 +146,7 @@ impl TranscodeCounters {
             stored: v(&self.stored),
             failed: v(&self.failed),
             skipped: v(&self.skipped),
+            relayed: v(&self.relayed),
             served_zstd: served("zstd"),
             served_xz: served("xz"),
             served_none: served("none"),
@@ -153,6 +162,7 @@ impl TranscodeCounters {
             ("stored", &self.stored),
             ("failed", &self.failed),
             ("skipped", &self.skipped),
+            ("relayed", &self.relayed),
         ];
         let served = COMPRESSIONS.iter().zip(&self.served);
         let secs = |a: &AtomicU64| a.load(Relaxed) as f64 / 1e9;
@@ -174,7 +184,7 @@ impl TranscodeCounters {
             Family::new(
                 "nixgate_transcodes_total",
                 Kind::Counter,
-                "Transcodes by outcome (failed: nothing stored; skipped: the NAR and its copy would take over a quarter of the cap; runners keep the upstream's file either way).",
+                "Transcodes by outcome (failed: nothing stored; skipped: the NAR and its copy would take over a quarter of the cap; runners keep the upstream's file either way; relayed: made live for one runner and not stored, the cache having no room).",
             )
             .samples(outcome.iter().map(|(l, a)| ("", format!("outcome=\"{l}\""), v(a)))),
             Family::new(

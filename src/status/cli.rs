@@ -133,12 +133,13 @@ fn compression(o: &mut String, v: &Value) {
         .map_or("-".into(), |s| format!("{s:.1}"));
     let _ = writeln!(
         o,
-        "transcoded     {} of NAR into {} ({ratio} of it), {per_gb} CPU s/GB; {} stored, {} failed, {} skipped",
+        "transcoded     {} of NAR into {} ({ratio} of it), {per_gb} CPU s/GB; {} stored, {} failed, {} skipped, {} relayed",
         human_bytes(num(c, "/transcoded_nar_bytes")),
         human_bytes(num(c, "/transcoded_out_bytes")),
         num(c, "/stored"),
         num(c, "/failed"),
-        num(c, "/skipped")
+        num(c, "/skipped"),
+        num(c, "/relayed")
     );
 }
 
@@ -212,7 +213,7 @@ mod tests {
                              "served_bytes": { "zstd": 2 << 20, "xz": 1 << 20, "none": 0, "other": 0 },
                              "transcoded_nar_bytes": 4 << 20, "transcoded_out_bytes": 1 << 20,
                              "ratio": 0.25, "cpu_seconds": 0.1, "cpu_seconds_per_gb": 23.84,
-                             "stored": 2, "failed": 0, "skipped": 1 },
+                             "stored": 2, "failed": 0, "skipped": 1, "relayed": 3 },
         });
         let s = summary(&v);
         assert!(s.contains("up 2h 00m"), "{s}");
@@ -227,7 +228,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("transcoded     4.0 MiB of NAR into 1.0 MiB (0.25 of it), 23.8 CPU s/GB; 2 stored, 0 failed, 1 skipped"),
+            s.contains("transcoded     4.0 MiB of NAR into 1.0 MiB (0.25 of it), 23.8 CPU s/GB; 2 stored, 0 failed, 1 skipped, 3 relayed"),
             "{s}"
         );
     }

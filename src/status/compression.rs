@@ -24,6 +24,8 @@ pub struct CompressionRow {
     pub stored: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Made live for one runner, not stored (the cache could not store it).
+    pub relayed: u64,
 }
 
 /// Bytes served by compression.
@@ -54,6 +56,7 @@ impl CompressionRow {
             stored: t.stored,
             failed: t.failed,
             skipped: t.skipped,
+            relayed: t.relayed,
         }
     }
 }

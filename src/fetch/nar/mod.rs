@@ -252,6 +252,9 @@ impl Fetcher {
         if ask.only_if_cached {
             return Err(FetchError::NotFound);
         }
+        if self.serves_unheld(&fh, ext, ask).await {
+            return Ok(None); // made on a GET (`served.rs`); its size is not known before
+        }
         let plan = self.plan(fh, ext, ask.fleet).await;
         self.checkable(&plan)?;
         if plan.size.is_some() {

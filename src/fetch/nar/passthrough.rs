@@ -120,6 +120,21 @@ impl Fetcher {
         }
     }
 
+    /// The upstream's file `<fh>.nar<ext>` streamed through uncached (joined or started as
+    /// [`Self::passthrough`]), for a live transcode of it (`fetch/live.rs`).
+    pub(in crate::fetch) async fn stream_upstream(
+        self: &Arc<Self>,
+        fh: crate::nix::hash::Sha256,
+        ext: &'static str,
+    ) -> Result<mpsc::Receiver<Chunk>, FetchError> {
+        let plan = self.plan(fh, ext, false).await;
+        self.checkable(&plan)?;
+        match self.passthrough(plan).await? {
+            NarSource::Passthrough { chunks, .. } => Ok(chunks),
+            _ => Err(FetchError::Storage("not a passthrough".into())),
+        }
+    }
+
     /// A passthrough of its own for a client that came too late to join one.
     async fn passthrough_alone(
         self: &Arc<Self>,

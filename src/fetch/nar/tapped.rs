@@ -57,7 +57,8 @@ impl Fetcher {
 
     /// Whether the disk, too, has room for a NAR's pair of files of `size` bytes each: a
     /// quarter of the free space, as of the cap. Checked before a cold narinfo names
-    /// nixgate's file, whose readers are aborted when the disk fills (no uncached path yet).
+    /// nixgate's file, whose readers are aborted when the disk fills mid-way (a failed tap is
+    /// not switched to a live transcode, `fetch/live.rs`).
     pub(in crate::fetch) fn disk_fits(&self, size: u64) -> bool {
         let share = super::super::served::CAP_SHARE;
         let free = self.store.disk_free();
