@@ -10,14 +10,15 @@
 //! byte) go out only once the input ended, decoded to exactly NarSize bytes and matched
 //! NarHash; any input, decode or encode error ends the stream with an `Err`, which aborts the
 //! HTTP body without its last chunk (`http/body.rs`), so Nix never takes a partial NAR for a
-//! whole one. The CPU work runs on the blocking pool, one thread per stream; memory is
-//! bounded by the input's channel, the encoder's 1 MiB batch and [`OUT_QUEUE`] chunks.
+//! whole one. The CPU work runs on the blocking pool, one thread per stream and at most one
+//! stream per core at once (`Fetcher::live_slots`: further runners wait); memory is bounded
+//! by the input's channel, the encoder's 1 MiB batch and [`OUT_QUEUE`] chunks.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::nar::{NarSource, Progress, Reader};
 use super::transcode::{transcode_to, Signed, TranscodeError};
@@ -125,6 +126,7 @@ pub(super) fn stream(
     as_: Served,
     metrics: Arc<Metrics>,
     fh: Sha256,
+    slots: Arc<Semaphore>,
 ) -> mpsc::Receiver<Chunk> {
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
     let sink = ChannelSink {
@@ -132,8 +134,10 @@ pub(super) fn stream(
         held: BytesMut::new(),
         sent: 0,
     };
-    let job = tokio::task::spawn_blocking(move || run(input, signed, as_, sink));
     tokio::spawn(async move {
+        // One blocking thread per slot: further runners wait here (their input waits too).
+        let _slot = slots.acquire_owned().await.expect("never closed");
+        let job = tokio::task::spawn_blocking(move || run(input, signed, as_, sink));
         let last = match job.await {
             Ok(Ok((sink, nar_bytes, cpu))) => {
                 let out_bytes = sink.sent + sink.held.len() as u64;
@@ -235,7 +239,8 @@ impl Fetcher {
             return Err(FetchError::Storage("no own files served".into()));
         };
         tracing::info!(file_hash = %fh, "the cache cannot store this NAR; transcoding it live for the runner");
-        let chunks = stream(input, signed, as_, self.metrics.clone(), fh);
+        let slots = self.live_slots.clone();
+        let chunks = stream(input, signed, as_, self.metrics.clone(), fh, slots);
         Ok(NarSource::Passthrough { chunks, size: None })
     }
 }
@@ -265,8 +270,24 @@ mod tests {
         as_: Served,
         m: &Arc<Metrics>,
     ) -> (Vec<u8>, Option<FetchError>) {
+        live_in(input.to_vec(), end, signed, as_, m.clone(), slots(2)).await
+    }
+
+    fn slots(n: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(n))
+    }
+
+    /// [`live`] with its slots, owned (to run as a task).
+    async fn live_in(
+        input: Vec<u8>,
+        end: Option<FetchError>,
+        signed: Signed,
+        as_: Served,
+        m: Arc<Metrics>,
+        slots: Arc<Semaphore>,
+    ) -> (Vec<u8>, Option<FetchError>) {
         let (tx, rx) = mpsc::channel(4);
-        let mut out = stream(Input::Chunks(rx), signed, as_, m.clone(), Sha256([3; 32]));
+        let mut out = stream(Input::Chunks(rx), signed, as_, m, Sha256([3; 32]), slots);
         let chunks: Vec<Bytes> = input.chunks(64 << 10).map(Bytes::copy_from_slice).collect();
         tokio::spawn(async move {
             for c in chunks {
@@ -338,5 +359,60 @@ mod tests {
         assert!(end.is_some());
         assert!(got.len() < nar.len());
         assert_eq!(m.transcode.totals().relayed, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_transcodes_beyond_the_slots_wait_for_one() {
+        let nar = text_nar(50_000);
+        let file = xz(&nar);
+        let m = Arc::new(Metrics::default());
+        let one = slots(1);
+        let (tx, rx) = mpsc::channel(4);
+        let input = Input::Chunks(rx);
+        let mut first = stream(
+            input,
+            signed(&nar),
+            Served::Zstd,
+            m.clone(),
+            Sha256([4; 32]),
+            one.clone(),
+        );
+        tx.send(Ok(Bytes::copy_from_slice(&file[..100])))
+            .await
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while one.available_permits() > 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "the first took the slot"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let second = tokio::spawn(live_in(
+            file.clone(),
+            None,
+            signed(&nar),
+            Served::Zstd,
+            m.clone(),
+            one.clone(),
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "the second waits while the first holds the slot"
+        );
+        tx.send(Ok(Bytes::copy_from_slice(&file[100..])))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(item) = first.recv().await {
+            got.extend_from_slice(&item.unwrap());
+        }
+        assert_eq!(zstd::decode_all(&got[..]).unwrap(), nar);
+        let (got, end) = second.await.unwrap();
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(zstd::decode_all(&got[..]).unwrap(), nar);
+        assert_eq!(one.available_permits(), 1, "both slots given back");
     }
 }

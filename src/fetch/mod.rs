@@ -86,6 +86,10 @@ pub struct Fetcher {
     /// Blocking-pool slots for the checks of downloads that transcode as they go (one per
     /// core: more would only contend for the cores; `nar/plan.rs` `Checks::check`).
     tap_slots: tokio::sync::Semaphore,
+    /// Live transcodes (`live.rs`) running at once, one per core; more runners of uncached
+    /// paths wait for a slot rather than add a decode thread each (a LAN client could
+    /// otherwise ask for as many as it likes).
+    live_slots: Arc<tokio::sync::Semaphore>,
     /// Transcodes under way, by FileHash (`served.rs`).
     transcodes: crate::coalesce::Coalescer<
         crate::nix::hash::Sha256,
@@ -151,9 +155,8 @@ impl Fetcher {
             torrent: Default::default(),
             tuning: settings.tuning,
             serve: settings.serve.served(),
-            tap_slots: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            tap_slots: tokio::sync::Semaphore::new(cores()),
+            live_slots: Arc::new(tokio::sync::Semaphore::new(cores())),
             transcodes: Default::default(),
             // Needed from a runner's narinfo request to its NAR's commit (seconds), and for
             // uploads (whose narinfos `narinfos_of` does not see) until a runner asks again.
@@ -225,4 +228,9 @@ impl Fetcher {
         }
         Err(verdict.into_error())
     }
+}
+
+/// The cores this process may use (2 when unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
