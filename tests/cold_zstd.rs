@@ -7,37 +7,17 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
 
-/// What Debian's Nix 2.8 sends (docs/ZSTD.md §6).
-const NIX_UA: &[(&str, &str)] = &[("user-agent", "curl/7.85.0 Nix/2.8.0")];
-
-fn field<'a>(narinfo: &'a str, name: &str) -> Option<&'a str> {
-    narinfo
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-}
-
-/// The NAR of `path`: the fixture's xz file, decoded.
-fn nar_of(f: &Fixture, path: &str) -> Vec<u8> {
-    let xz = std::fs::read(f.cache.join(f.nar_url(path))).unwrap();
-    let mut nar = Vec::new();
-    xz2::read::XzDecoder::new_multi_decoder(&xz[..])
-        .read_to_end(&mut nar)
-        .unwrap();
-    nar
-}
-
 /// What a runner does: the narinfo (which must name the zstd file), then that file.
 async fn runner(base: &str, path: &str) -> Got {
     let narinfo = get(&format!("{base}/{}.narinfo", Fixture::hash(path)), NIX_UA).await;
-    assert_eq!(field(&narinfo.body, "Compression"), Some("zstd"));
-    let url = field(&narinfo.body, "URL").unwrap();
+    assert_eq!(narinfo_field(&narinfo.body, "Compression"), Some("zstd"));
+    let url = narinfo_field(&narinfo.body, "URL").unwrap();
     assert!(url.ends_with(".nar.zst"), "{url}");
     get(&format!("{base}/{url}"), NIX_UA).await
 }
@@ -61,7 +41,7 @@ async fn twenty_cold_runners_cost_one_upstream_get_and_one_transcode() {
             tokio::spawn(async move { runner(&base, &path).await })
         })
         .collect();
-    let nar = nar_of(f, &f.big);
+    let nar = decoded_nar(f, &f.big);
     for r in runners {
         let got = r.await.unwrap();
         assert!(complete(&got), "{:?}", got.body_error);
@@ -124,7 +104,7 @@ async fn a_corrupted_upstream_nar_aborts_zstd_readers_and_the_retry_works() {
     up.overrides.lock().unwrap().clear();
     let got = runner(&base, &f.big).await;
     assert!(complete(&got), "{:?}", got.body_error);
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == nar_of(f, &f.big));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.big));
     assert_eq!(a.metric(stored).await, 1);
     a.stop().await;
 }
@@ -203,7 +183,7 @@ async fn kill_9_mid_transcode_leaves_nothing_partial_and_the_restart_completes()
     assert!(files(&cache, "tmp").is_empty(), "tmp/ emptied at start");
     let got = runner(&base, &f.big).await;
     assert!(complete(&got), "{:?}", got.body_error);
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == nar_of(f, &f.big));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.big));
     sigterm(&child);
     assert!(exit_within(&mut child, Duration::from_secs(20))
         .await

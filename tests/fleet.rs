@@ -10,13 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Every path of the fixture: `top` (with `dep`), `big` and the five blobs.
-fn all_paths(f: &Fixture) -> Vec<&str> {
-    let mut p = vec![f.top.as_str(), f.big.as_str()];
-    p.extend(f.blobs.iter().map(String::as_str));
-    p
-}
-
 /// Whether member `i` of `n` (ids from [`member_id`]) asks another member for some narinfo
 /// of `paths` (and their references): the ring's answer, not chance.
 fn asks_the_fleet(f: &Fixture, i: usize, n: usize) -> bool {

@@ -13,13 +13,6 @@ use nixgate::store::digest;
 
 use common::*;
 
-/// Every path of the fixture: `top` (with `dep`), `big` and the five blobs.
-fn all_paths(f: &Fixture) -> Vec<&str> {
-    let mut p = vec![f.top.as_str(), f.big.as_str()];
-    p.extend(f.blobs.iter().map(String::as_str));
-    p
-}
-
 /// How many distinct NARs the upstream was asked for.
 fn upstream_nars(up: &Upstream) -> usize {
     let reqs = up.requests.lock().unwrap();
@@ -33,7 +26,6 @@ fn held(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-const NIX_UA: &str = "curl/7.85.0 Nix/2.8.0";
 const STORED: &str = "nixgate_transcodes_total{outcome=\"stored\"}";
 const FROM_FLEET: &str = "nixgate_fetched_bytes_total{source=\"fleet\"}";
 
@@ -91,7 +83,7 @@ async fn the_owner_transcodes_once_and_members_stream_its_zstd() {
     for m in &members {
         for p in &paths {
             let url = f.nar_url(p);
-            let got = get(&format!("{}/{url}", m.url()), &[("user-agent", NIX_UA)]).await;
+            let got = get(&format!("{}/{url}", m.url()), NIX_UA).await;
             assert_eq!(got.status, 200, "{url}");
             let want = std::fs::read(f.cache.join(&url)).unwrap();
             assert_eq!(got.bytes, want, "{url}");

@@ -10,15 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-const NIX_UA: &[(&str, &str)] = &[("user-agent", "curl/7.88.1 Nix/2.8.0")];
-
-/// The value of a narinfo field.
-fn field<'a>(narinfo: &'a str, name: &str) -> Option<&'a str> {
-    narinfo
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-}
-
 /// The lines of a narinfo that the signature covers, and every `Sig:`.
 fn signed_lines(narinfo: &str) -> Vec<&str> {
     let signed = [
@@ -59,7 +50,7 @@ async fn zstd_narinfo(a: &Appliance, path: &str) -> String {
     wait_until(
         Duration::from_secs(20),
         "the zstd file of the NAR",
-        || async { field(&get(&url, NIX_UA).await.body, "Compression") == Some("zstd") },
+        || async { narinfo_field(&get(&url, NIX_UA).await.body, "Compression") == Some("zstd") },
     )
     .await;
     get(&url, NIX_UA).await.body
@@ -77,7 +68,7 @@ async fn cold_then_warm_nix_copy_gets_zstd_with_the_upstream_signatures() {
     // Cold: a Nix client is told zstd at once (the download makes the file as it goes), and
     // the first `nix copy` gets zstd.
     let cold = get(&narinfo_url, NIX_UA).await;
-    assert_eq!(field(&cold.body, "Compression"), Some("zstd"));
+    assert_eq!(narinfo_field(&cold.body, "Compression"), Some("zstd"));
     assert_eq!(signed_lines(&cold.body), signed_lines(&f.narinfo(&f.top)));
     assert_eq!(cold.headers["vary"], "User-Agent");
     assert_ok(&nix_copy(&a.url(), &f.public_key, &f.top, &c1).await);
@@ -100,13 +91,19 @@ async fn cold_then_warm_nix_copy_gets_zstd_with_the_upstream_signatures() {
         let served = zstd_narinfo(&a, path).await;
         let upstream = f.narinfo(path);
         assert_eq!(signed_lines(&served), signed_lines(&upstream));
-        let fh = field(&upstream, "FileHash")
+        let fh = narinfo_field(&upstream, "FileHash")
             .unwrap()
             .strip_prefix("sha256:")
             .unwrap();
-        assert_eq!(field(&served, "URL"), Some(&*format!("nar/{fh}.nar.zst")));
         assert_eq!(
-            (field(&served, "FileHash"), field(&served, "FileSize")),
+            narinfo_field(&served, "URL"),
+            Some(&*format!("nar/{fh}.nar.zst"))
+        );
+        assert_eq!(
+            (
+                narinfo_field(&served, "FileHash"),
+                narinfo_field(&served, "FileSize")
+            ),
             (None, None)
         );
     }
@@ -201,7 +198,7 @@ async fn an_evicted_zstd_file_is_fetched_again_and_served() {
     .await;
     assert_eq!(get(&top_nar, NIX_UA).await.status, 200);
     let served = zstd_narinfo(&a, &f.top).await;
-    let zst_url = format!("{}/{}", a.url(), field(&served, "URL").unwrap());
+    let zst_url = format!("{}/{}", a.url(), narinfo_field(&served, "URL").unwrap());
     let first = get(&zst_url, NIX_UA).await;
     assert_eq!(first.status, 200);
 
@@ -285,7 +282,7 @@ async fn a_nar_that_does_not_verify_never_becomes_a_zstd_file() {
     // A cold path: the narinfo names the zstd file, which is made from the same download
     // and is aborted with it.
     let after = get(&narinfo_url, NIX_UA).await;
-    let zst = format!("{}/{}", a.url(), field(&after.body, "URL").unwrap());
+    let zst = format!("{}/{}", a.url(), narinfo_field(&after.body, "URL").unwrap());
     let got = get(&zst, NIX_UA).await;
     assert!(
         got.status != 200 || got.body_error.is_some(),
@@ -317,7 +314,7 @@ async fn an_upload_pushed_as_xz_is_served_as_zstd() {
         &[],
     )
     .await;
-    assert_eq!(field(&pushed.body, "Compression"), Some("xz"));
+    assert_eq!(narinfo_field(&pushed.body, "Compression"), Some("xz"));
 
     // A runner's narinfo request starts the transcode from the held upload.
     let served = zstd_narinfo(&a, &path).await;

@@ -8,35 +8,15 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 
 use common::*;
 
-/// What Debian's Nix 2.8 sends (docs/ZSTD.md §6).
-const NIX_UA: &[(&str, &str)] = &[("user-agent", "curl/7.85.0 Nix/2.8.0")];
-
-fn field<'a>(narinfo: &'a str, name: &str) -> Option<&'a str> {
-    narinfo
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-}
-
-/// The NAR of `path`: the fixture's xz file, decoded.
-fn nar_of(f: &Fixture, path: &str) -> Vec<u8> {
-    let xz = std::fs::read(f.cache.join(f.nar_url(path))).unwrap();
-    let mut nar = Vec::new();
-    xz2::read::XzDecoder::new_multi_decoder(&xz[..])
-        .read_to_end(&mut nar)
-        .unwrap();
-    nar
-}
-
 /// The URL of nixgate's zstd file of `path`: `nar/<FileHash>.nar.zst`.
 fn zst_url(f: &Fixture, path: &str) -> String {
     let narinfo = f.narinfo(path);
-    let fh = field(&narinfo, "FileHash").unwrap();
+    let fh = narinfo_field(&narinfo, "FileHash").unwrap();
     format!("nar/{}.nar.zst", fh.strip_prefix("sha256:").unwrap())
 }
 
@@ -121,12 +101,12 @@ async fn a_live_zstd_body_decodes_to_the_nar_and_a_corrupted_one_is_aborted() {
     let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big));
     // Told the upstream's file (no room), but a runner may hold a zstd narinfo of before.
     let got = get(&narinfo, NIX_UA).await;
-    assert_eq!(field(&got.body, "Compression"), Some("xz"));
+    assert_eq!(narinfo_field(&got.body, "Compression"), Some("xz"));
     let zst = format!("{}/{}", a.url(), zst_url(f, &f.big));
     let got = get(&zst, NIX_UA).await;
     assert_eq!((got.status, got.body_error.as_deref()), (200, None));
     assert!(got.headers.get("content-length").is_none(), "chunked");
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == nar_of(f, &f.big));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.big));
     let relayed = "nixgate_transcodes_total{outcome=\"relayed\"}";
     assert_eq!(a.metric(relayed).await, 1);
     assert!(nars_and_temps(&cache).is_empty(), "nothing stored");
@@ -166,14 +146,14 @@ async fn a_held_nar_with_no_room_beside_it_is_transcoded_live() {
         .await;
     let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big));
     assert_eq!(
-        field(&get(&narinfo, NIX_UA).await.body, "Compression"),
+        narinfo_field(&get(&narinfo, NIX_UA).await.body, "Compression"),
         Some("xz")
     );
     let xz = get(&format!("{}/{}", a.url(), f.nar_url(&f.big)), NIX_UA).await;
     assert_eq!((xz.status, xz.body_error.as_deref()), (200, None));
     let got = get(&format!("{}/{}", a.url(), zst_url(f, &f.big)), NIX_UA).await;
     assert_eq!((got.status, got.body_error.as_deref()), (200, None));
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == nar_of(f, &f.big));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.big));
     let relayed = "nixgate_transcodes_total{outcome=\"relayed\"}";
     assert_eq!(a.metric(relayed).await, 1);
     assert_eq!(up.count(&f.nar_url(&f.big)), 1, "made from the held file");
@@ -199,12 +179,12 @@ async fn a_download_relayed_uncached_gives_its_zstd_reader_a_live_transcode() {
         .await;
     let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big));
     assert_eq!(
-        field(&get(&narinfo, NIX_UA).await.body, "Compression"),
+        narinfo_field(&get(&narinfo, NIX_UA).await.body, "Compression"),
         Some("xz")
     );
     let got = get(&format!("{}/{}", a.url(), zst_url(f, &f.big)), NIX_UA).await;
     assert_eq!((got.status, got.body_error.as_deref()), (200, None));
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == nar_of(f, &f.big));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.big));
     let no_space = "nixgate_cache_store_failures_total{reason=\"no_space\"}";
     assert!(
         a.metric(no_space).await >= 1,
@@ -235,7 +215,7 @@ async fn head_of_a_zstd_file_not_held_answers_without_fetching() {
     assert_eq!(up.count(&zst_url(f, &f.top)), 1);
     let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.top));
     let told = get(&narinfo, NIX_UA).await;
-    assert_eq!(field(&told.body, "URL"), Some(&*zst_url(f, &f.top)));
+    assert_eq!(narinfo_field(&told.body, "URL"), Some(&*zst_url(f, &f.top)));
     let head = request("HEAD", &zst, NIX_UA).await;
     assert_eq!(head.status, 200);
     assert!(head.headers.get("content-length").is_none(), "size unknown");
@@ -245,6 +225,6 @@ async fn head_of_a_zstd_file_not_held_answers_without_fetching() {
     // The GET that follows gets the file.
     let got = get(&zst, NIX_UA).await;
     assert_eq!((got.status, got.body_error.as_deref()), (200, None));
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == nar_of(f, &f.top));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.top));
     a.stop().await;
 }
