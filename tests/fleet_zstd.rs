@@ -9,6 +9,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use nixgate::store::digest;
 
 use common::*;
@@ -240,5 +242,109 @@ async fn with_the_upstream_down_a_peer_serves_the_zstd_it_holds() {
     assert_eq!(
         failed, 0,
         "a download that got no byte is no failed transcode"
+    );
+}
+
+/// An appliance whose one configured peer is `member`, a hostile fleet member claiming zstd
+/// that owns `top`'s key and serves its signed narinfo; `top`'s NAR is asked of it as
+/// nixgate's own file. The appliance has already cached the five blobs (cap 8 MiB).
+async fn with_hostile_zstd_owner(
+    f: &Fixture,
+    dir: &Path,
+    up: &Upstream,
+) -> (Hostile, Appliance, String) {
+    let own = "e".repeat(32);
+    let h = Fixture::hash(&f.top);
+    let member = Hostile::start(Some(&member_id(&own, &[h], &[]))).await;
+    member.advertise_serves("zstd");
+    member.serve(&format!("{h}.narinfo"), f.narinfo(&f.top), None);
+    let a = with_member(dir, &up.url(), &f.public_key, &member, &own, |s| {
+        s.max_cache_size = Some("8MiB".into())
+    })
+    .await;
+    for blob in &f.blobs {
+        let got = get(&format!("{}/{}", a.url(), f.nar_url(blob)), &[]).await;
+        assert_eq!(got.status, 200);
+    }
+    let narinfo = get(&format!("{}/{h}.narinfo", a.url()), NIX_UA).await;
+    let url = narinfo_field(&narinfo.body, "URL").unwrap().to_owned();
+    assert!(url.ends_with(".nar.zst"), "{url}");
+    (member, a, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_announcing_more_than_the_nar_can_take_evicts_nothing() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let (member, a, url) = with_hostile_zstd_owner(f, work.path(), &up).await;
+    let evictions = a.metric("nixgate_evictions_total").await;
+    // 7 MiB announced for a NAR of a few KiB: reserving it would push the blobs out.
+    member.serve_announcing(&url, Bytes::from_static(b"(\xb5/\xfd"), 7 << 20);
+    let got = get(&format!("{}/{url}", a.url()), NIX_UA).await;
+    assert_eq!(
+        got.status, 200,
+        "the upstream's file, transcoded, after the refusal"
+    );
+    assert_eq!(
+        zstd::decode_all(&got.bytes[..]).unwrap(),
+        decoded_nar(f, &f.top)
+    );
+    assert_eq!(
+        member.count(&url),
+        1,
+        "the member was asked for its own file"
+    );
+    assert_eq!(
+        a.metric("nixgate_evictions_total").await,
+        evictions,
+        "nothing evicted for it"
+    );
+    let refused = a.metric("nixgate_verification_failures_total{source=\"fleet\"}");
+    assert!(refused.await >= 1);
+    assert_eq!(peer_rows(&a).await[0].state, "skipped", "on probation");
+    assert_eq!(get(&format!("{}/readyz", a.url()), &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_sending_a_zstd_file_cut_short_is_refused() {
+    let f = fixture().await;
+    let work = tempfile::tempdir().unwrap();
+    let up = Upstream::start(&f.cache).await;
+    let (member, a, url) = with_hostile_zstd_owner(f, work.path(), &up).await;
+    // Every NAR byte comes out of it, but its checksum is missing: no runner could use it.
+    let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    e.include_checksum(true).unwrap();
+    std::io::Write::write_all(&mut e, &decoded_nar(f, &f.top)).unwrap();
+    let whole = e.finish().unwrap();
+    member.serve(&url, whole[..whole.len() - 4].to_vec(), None);
+    // Refused at its end (before any byte went out, for a NAR this small): the runner gets
+    // the upstream's file transcoded instead, or an aborted body (Nix retries).
+    let nar = decoded_nar(f, &f.top);
+    let first = get(&format!("{}/{url}", a.url()), NIX_UA).await;
+    if first.status == 200 && first.body_error.is_none() {
+        assert_eq!(zstd::decode_all(&first.bytes[..]).unwrap(), nar);
+    }
+    assert_eq!(
+        member.count(&url),
+        1,
+        "the member was asked for its own file"
+    );
+    let refused = a.metric("nixgate_verification_failures_total{source=\"fleet\"}");
+    assert!(refused.await >= 1);
+    assert_eq!(peer_rows(&a).await[0].state, "skipped", "on probation");
+    for file in held(&a.cache_dir, ".served.nar.zst") {
+        let bytes = std::fs::read(&file).unwrap();
+        assert_eq!(
+            zstd::decode_all(&bytes[..]).unwrap(),
+            nar,
+            "only a whole file is kept"
+        );
+    }
+    let again = get(&format!("{}/{url}", a.url()), NIX_UA).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        zstd::decode_all(&again.bytes[..]).unwrap(),
+        decoded_nar(f, &f.top)
     );
 }

@@ -102,7 +102,10 @@ impl<W: Write> Decoder<W> {
         match self {
             Decoder::None(s) => Ok(s),
             Decoder::Xz(mut d) => d.finish(),
-            Decoder::Zstd(mut d) => d.flush().map(|()| d.into_inner()),
+            // `finish`, not `flush`: a stream cut inside its last frame (say, without its
+            // checksum) or with a partial frame after it is refused, even though every NAR
+            // byte came out: a file of nixgate's own has no FileHash to pin its bytes.
+            Decoder::Zstd(d) => d.finish(),
             Decoder::Bzip2(mut d) => d.finish(),
             Decoder::Gzip(d) => d.finish(),
             Decoder::Brotli(d) => d

@@ -98,6 +98,10 @@ pub struct Fetcher {
     /// The signed facts of NARs whose narinfo was served lately (uploads included), for a
     /// request of nixgate's own file of one that is not held.
     signed: moka::sync::Cache<crate::nix::hash::Sha256, transcode::Signed>,
+    /// NARs whose own file an owner or peer failed to send lately (`nar/owned.rs`): not asked
+    /// again for a minute, so a retry takes the upstream file's path (which can resume from
+    /// another source) rather than break at the same place.
+    served_failed: moka::sync::Cache<crate::nix::hash::Sha256, ()>,
 }
 
 impl Fetcher {
@@ -163,6 +167,10 @@ impl Fetcher {
             signed: moka::sync::Cache::builder()
                 .max_capacity(20_000)
                 .time_to_live(Duration::from_secs(3600))
+                .build(),
+            served_failed: moka::sync::Cache::builder()
+                .max_capacity(20_000)
+                .time_to_live(Duration::from_secs(60))
                 .build(),
         }
     }

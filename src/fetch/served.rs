@@ -208,6 +208,11 @@ impl Fetcher {
         if from == ext {
             return Ok(None);
         }
+        // A download of the upstream's file under way that makes ours: its tail (no second
+        // writer of the same file).
+        if let Some(tail) = self.tail_under_way(fh, ask) {
+            return Ok(Some(NarSource::Download(tail)));
+        }
         if !ask.fleet {
             if let Some(reader) = self.from_owner(fh, as_, signed).await {
                 return Ok(Some(NarSource::Download(reader)));
@@ -227,6 +232,12 @@ impl Fetcher {
                 Err(e) => return Err(e),
             };
             match source {
+                // Held after all (committed meanwhile, or from the bucket): a member is not
+                // kept waiting for the transcode.
+                NarSource::Cached(_) if ask.fleet => {
+                    self.transcode_soon(fh, signed);
+                    return Err(FetchError::NotFound);
+                }
                 NarSource::Cached(_) => {}
                 NarSource::Download(r) => {
                     if let Some(tail) = r.download.served_reader() {

@@ -273,15 +273,19 @@ pub async fn nar(
         .await
         .map_err(|e| refusal(e, ask, uploader))?;
     let m = app.metrics.clone();
+    // `nixgate_served_nar_bytes_total` counts what runners got, not members' and peers' asks.
+    let runner = !ask.fleet && !ask.only_if_cached;
     let resp = match source {
-        NarSource::Cached(hit) => return cached_file(app, hit, headers),
+        NarSource::Cached(hit) => return cached_file(app, hit, headers, runner),
         NarSource::Download(d) => {
             let mut b = ok(NAR_TYPE);
             // Counted up front when its length is known; else (nixgate's own file as it is
             // made, chunked) as it goes.
-            let mut counted_as = Some(ext);
+            let mut counted_as = runner.then_some(ext);
             if let Some(size) = d.download.size {
-                m.transcode.served(ext, size);
+                if runner {
+                    m.transcode.served(ext, size);
+                }
                 b = b.header(header::CONTENT_LENGTH, size);
                 counted_as = None;
             }
@@ -289,9 +293,11 @@ pub async fn nar(
         }
         NarSource::Passthrough { chunks, size } => {
             let mut b = ok(NAR_TYPE);
-            let mut counted_as = Some(ext);
+            let mut counted_as = runner.then_some(ext);
             if let Some(size) = size {
-                m.transcode.served(ext, size);
+                if runner {
+                    m.transcode.served(ext, size);
+                }
                 b = b.header(header::CONTENT_LENGTH, size);
                 counted_as = None;
             }
@@ -301,8 +307,8 @@ pub async fn nar(
     Ok((hit_or_miss(hit), resp.expect("valid headers")))
 }
 
-/// A hit: the whole file or one `Range` of it.
-fn cached_file(app: &Arc<App>, hit: Hit, headers: &HeaderMap) -> Handled {
+/// A hit: the whole file or one `Range` of it (counted as served to a runner when `runner`).
+fn cached_file(app: &Arc<App>, hit: Hit, headers: &HeaderMap, runner: bool) -> Handled {
     let size = hit.len();
     let range = parse_range(
         headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
@@ -310,10 +316,10 @@ fn cached_file(app: &Arc<App>, hit: Hit, headers: &HeaderMap) -> Handled {
     );
     let m = app.metrics.clone();
     let b = ok(NAR_TYPE).header(header::ACCEPT_RANGES, "bytes");
-    if let Range::Partial(start, end) = range {
-        m.transcode.served(hit.ext(), end - start);
-    } else if range == Range::Full {
-        m.transcode.served(hit.ext(), size);
+    match range {
+        Range::Partial(start, end) if runner => m.transcode.served(hit.ext(), end - start),
+        Range::Full if runner => m.transcode.served(hit.ext(), size),
+        _ => {}
     }
     let resp = match range {
         Range::Full => b

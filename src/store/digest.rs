@@ -2,7 +2,9 @@
 //! asks only the peers that probably hold a narinfo or NAR instead of every peer every time.
 //! The store builds it from its index ([`Store::holdings`]); `peers::digest` fetches peers'.
 //!
-//! Keys are `narinfo/<store path hash>` and `nar/<FileHash nix32>`. Bit positions come from
+//! Keys are `narinfo/<store path hash>`, `nar/<FileHash nix32>` and, for nixgate's own file of
+//! a NAR (`--serve-compression`), `served.zst/<FileHash nix32>` ([`served_key`]; dropped first
+//! when the digest would exceed [`MAX_BYTES`]). Bit positions come from
 //! SHA-256 of the key (double hashing, k = 7), with 10 bits per key: about 1% false positives,
 //! 250 KB for 100k cached paths. A false positive costs one `only-if-cached` request that
 //! answers 504. Wire format: `NGD1`, k (one byte), then the bit array. Pure: no I/O here.
@@ -13,7 +15,7 @@ use thiserror::Error;
 use super::Store;
 
 /// Digests larger than this are refused: 4 MiB is 3.3M keys at 10 bits per key (1.6M cached
-/// paths, far beyond a 10 GiB cache), and ten peers' digests then cost at most 40 MiB.
+/// paths, 1.1M with nixgate's own files listed too; far beyond a 10 GiB cache), and ten peers' digests then cost at most 40 MiB.
 pub const MAX_BYTES: usize = 4 << 20;
 /// A filter with more bits set than this is refused. A real digest sized at 10 bits per key
 /// with k = 7 is at most about half full (1 - e^-0.7 = 0.50); a fuller one is a liar's (an
@@ -123,10 +125,13 @@ impl Store {
     /// A digest of what the cache holds, for peers (`/_p2p/v1/digest`).
     pub fn holdings(&self) -> Holdings {
         let (mut narinfos, mut nars) = self.index().keys();
-        let served = self.index().served_keys();
+        let mut served = self.index().served_keys();
         let (up_narinfos, up_nars) = self.uploads.keys();
         narinfos.extend(up_narinfos);
         nars.extend(up_nars);
+        // Within what peers accept: served keys go first (older peers never ask them).
+        let room = (MAX_BYTES * 8 / BITS_PER_KEY).saturating_sub(narinfos.len() + nars.len());
+        served.truncate(room);
         let mut h = Holdings::with_capacity(narinfos.len() + nars.len() + served.len());
         for n in narinfos {
             h.insert(&narinfo_key(&n.to_string()));

@@ -168,11 +168,11 @@ impl Store {
     fn delete_evicted(&self, evicted: Vec<Evicted>) {
         if !evicted.is_empty() {
             self.metrics.evicted(evicted.len() as u64);
-            let freed: u64 = evicted
+            // The NAR files of the groups: the upstream's and nixgate's own.
+            let files = evicted
                 .iter()
-                .filter_map(|e| e.nar.as_ref())
-                .map(|n| n.size)
-                .sum();
+                .flat_map(|e| e.nar.iter().chain(e.served.iter()));
+            let freed: u64 = files.map(|n| n.size).sum();
             tracing::info!(
                 groups = evicted.len(),
                 nar_bytes = freed,

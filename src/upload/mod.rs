@@ -183,6 +183,7 @@ impl Uploader {
         let mut check = FileCheck::new(FileExpect {
             file_hash: Some(fh),
             file_size: length,
+            max_size: None,
             compression: Compression::from_extension(ext),
         });
         let stall = self.settings.body_stall;

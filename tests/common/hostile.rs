@@ -22,6 +22,8 @@ pub struct Reply {
     pub body: Bytes,
     /// A pause after each byte of the body (headers go out at once, with the full length).
     pub drip: Option<Duration>,
+    /// The `Content-Length` announced, when it lies (the body's own length otherwise).
+    pub length: Option<u64>,
 }
 
 /// What the server has seen.
@@ -38,6 +40,8 @@ pub struct Hostile {
     pub addr: SocketAddr,
     pub replies: Arc<Mutex<HashMap<String, Reply>>>,
     pub seen: Arc<Mutex<Seen>>,
+    /// What it claims to serve runners as (`X-Nixgate-Serves` on `/nix-cache-info`).
+    pub serves: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
 }
 
@@ -55,9 +59,11 @@ impl Hostile {
             addr: listener.local_addr().unwrap(),
             replies: Default::default(),
             seen: Default::default(),
+            serves: Default::default(),
             stop: CancellationToken::new(),
         };
         let (replies, seen, stop) = (h.replies.clone(), h.seen.clone(), h.stop.clone());
+        let serves = h.serves.clone();
         let id = member_id.map(str::to_owned);
         tokio::spawn(async move {
             loop {
@@ -66,10 +72,11 @@ impl Hostile {
                     r = listener.accept() => r.unwrap().0,
                 };
                 let (replies, seen, id) = (replies.clone(), seen.clone(), id.clone());
-                let stop = stop.clone();
+                let (stop, serves) = (stop.clone(), serves.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        let answer = answer(&req, &replies, &seen, id.as_deref());
+                        let serves = serves.lock().unwrap().clone();
+                        let answer = answer(&req, &replies, &seen, id.as_deref(), serves);
                         async move { Ok::<_, std::convert::Infallible>(answer) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
@@ -90,8 +97,24 @@ impl Hostile {
         let reply = Reply {
             body: body.into(),
             drip,
+            length: None,
         };
         self.replies.lock().unwrap().insert(path.to_owned(), reply);
+    }
+
+    /// Serves `body` at `path` announcing `length` bytes (a lie), then closes.
+    pub fn serve_announcing(&self, path: &str, body: impl Into<Bytes>, length: u64) {
+        let reply = Reply {
+            body: body.into(),
+            drip: None,
+            length: Some(length),
+        };
+        self.replies.lock().unwrap().insert(path.to_owned(), reply);
+    }
+
+    /// Claims to serve runners as `what` (`zstd`), as an appliance of this version does.
+    pub fn advertise_serves(&self, what: &str) {
+        *self.serves.lock().unwrap() = Some(what.to_owned());
     }
 
     /// Requests for `path` so far.
@@ -111,6 +134,7 @@ fn answer(
     replies: &Mutex<HashMap<String, Reply>>,
     seen: &Mutex<Seen>,
     id: Option<&str>,
+    serves: Option<String>,
 ) -> hyper::Response<TestBody> {
     let path = req.uri().path().trim_start_matches('/').to_owned();
     {
@@ -127,13 +151,30 @@ fn answer(
         if let Some(id) = id {
             b = b.header("x-nixgate-id", id);
         }
+        if let Some(serves) = serves {
+            b = b.header("x-nixgate-serves", serves);
+        }
         let info = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
         return b.body(Full::new(Bytes::from(info)).boxed()).unwrap();
     }
     let Some(reply) = replies.lock().unwrap().get(&path).cloned() else {
         return b.status(404).body(Full::new(Bytes::new()).boxed()).unwrap();
     };
-    let b = b.header("content-length", reply.body.len());
+    let b = b.header(
+        "content-length",
+        reply.length.unwrap_or(reply.body.len() as u64),
+    );
+    if reply.length.is_some() {
+        // The announced length is a lie: the connection ends short of it (a stream body, so
+        // that hyper does not check the header against a known length).
+        let first = futures_util::stream::iter([Ok(Frame::data(reply.body))]);
+        let then_end = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(Frame::data(Bytes::new()))
+        });
+        let frames = futures_util::StreamExt::chain(first, then_end);
+        return b.body(BodyExt::boxed(StreamBody::new(frames))).unwrap();
+    }
     let Some(pause) = reply.drip else {
         return b.body(Full::new(reply.body).boxed()).unwrap();
     };

@@ -54,6 +54,9 @@ impl Fetcher {
     /// downloads under way, or the temp file cannot be created): stream it uncached.
     pub(super) fn start(self: &Arc<Self>, plan: Plan) -> Result<Reader, Box<Plan>> {
         let key = plan.key();
+        // Not under the map's lock (taken by `join_or_start` below): a second writer of
+        // nixgate's own file is not started beside one streaming it from an owner.
+        let other_writer = self.nars.get(&(plan.fh, super::Via::OwnerServed)).is_some();
         // The plan goes to the task when this call starts one; else it comes back.
         let mut slot = Some(plan);
         let mut first = None;
@@ -69,7 +72,7 @@ impl Fetcher {
             let (tx, rx) = watch::channel(Progress::Running(0));
             let relay = Arc::new(Relay::new());
             first = relay.subscribe();
-            let (tap, served) = self.tap(&plan).unzip();
+            let (tap, served) = self.tap(&plan, other_writer).unzip();
             let download = Download {
                 file: Arc::new(read),
                 progress: rx,
@@ -126,8 +129,14 @@ impl Fetcher {
         match res {
             Ok(size) => Progress::Done(size),
             Err(e) => {
-                // nixgate's own file is not the upstream's name: its 404 says nothing of it.
-                if matches!(e, FetchError::NotFound) && !plan.served {
+                if plan.served {
+                    // nixgate's own file from an owner or peer: its 404 says nothing of the
+                    // upstream; the caller falls back to the upstream's file (`owned.rs`).
+                    self.served_failed.insert(plan.fh, ());
+                    tracing::debug!(file_hash = %plan.fh, error = %e, "nixgate's own file of the NAR not had from owners or peers; nothing stored");
+                    return Progress::Failed(e);
+                }
+                if matches!(e, FetchError::NotFound) {
                     self.remember_not_found(plan.rel());
                 }
                 tracing::warn!(file_hash = %plan.fh, error = %e, "NAR download failed; nothing stored");
@@ -274,15 +283,15 @@ impl Fetcher {
         }
         let from = &feed.from;
         self.metrics.verification_failure(from.source());
-        // nixgate's own file has no FileHash that could name another NAR: the owner lied,
-        // and the signed narinfo stands.
-        let narinfo = plan.narinfo.filter(|_| !plan.served);
-        if let (true, Some(h)) = (is_nar_mismatch(&e), narinfo) {
+        // As for the upstream's file: the FileHash the narinfo named (unsigned; it came from
+        // a peer or the bucket perhaps) may be another NAR's, whose own file the owner sent
+        // honestly; the narinfo is forgotten, and the retry starts afresh.
+        if let (true, Some(h)) = (is_nar_mismatch(&e), plan.narinfo) {
             self.narinfo_refuted(h, &e.to_string());
         }
         let mut liars = from.liars();
         liars.extend(feed.earlier.iter().cloned());
-        if !liars.is_empty() && !plan.served {
+        if !liars.is_empty() {
             // The peer may have invented the FileHash its narinfo named: forget the
             // narinfo too, so the retry starts afresh (without these peers).
             self.store.forget(&plan.fh);

@@ -36,10 +36,12 @@ impl Fetcher {
         as_: Served,
         signed: Signed,
     ) -> Option<Reader> {
-        let mut plan = self.plan(fh, signed.compression.extension(), false).await;
-        plan.owners
-            .retain(|o| self.peers.serves(&o.base, as_.field()));
-        if plan.owners.is_empty() || plan.narinfo.is_none() {
+        let plan = self.plan(fh, signed.compression.extension(), false).await;
+        // The key's owner itself must serve what we do: one that does not (a previous
+        // version, `upstream`) is asked for the upstream's file, never the next owner, which
+        // would fetch it from the upstream a second time for the fleet.
+        let first = plan.owners.first()?;
+        if !self.peers.serves(&first.base, as_.field()) || plan.narinfo.is_none() {
             return None;
         }
         self.served_download(plan, as_, signed).await
@@ -69,6 +71,14 @@ impl Fetcher {
         signed: Signed,
     ) -> Option<Reader> {
         let fh = plan.fh;
+        let max = max_size(as_, signed.nar_size);
+        // Asked again only after a minute when it failed (a retry takes the upstream file's
+        // path); never for a file the cache would not keep (it would be relayed, after
+        // evicting for it).
+        if self.served_failed.contains_key(&fh) || !self.served_fits(max) {
+            return None;
+        }
+        plan.max_size = Some(max);
         plan.ext = as_.extension();
         plan.compression = Some(as_.compression());
         plan.size = None;
@@ -87,5 +97,44 @@ impl Fetcher {
                 None
             }
         }
+    }
+
+    /// Whether nixgate's own file of at most `max` bytes may be kept: a quarter of the cap
+    /// at most, as for the pair a tap makes (`served::CAP_SHARE`).
+    fn served_fits(&self, max: u64) -> bool {
+        max <= self.store.max_bytes() / super::super::served::CAP_SHARE
+    }
+}
+
+/// The most nixgate's own file of a NAR of `nar_size` bytes may take: zstd's bound for one
+/// frame, with room for a later version's frames (1 KiB each per 16 MiB, and 4 KiB), or the
+/// NAR itself. A source that announces or sends more is refused.
+fn max_size(as_: Served, nar_size: u64) -> u64 {
+    match as_ {
+        Served::Zstd => {
+            let bound = zstd::zstd_safe::compress_bound(nar_size as usize) as u64;
+            bound + nar_size / (16 << 10) + 4096
+        }
+        Served::None => nar_size,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_holds_our_own_files_and_little_more() {
+        let nar = crate::fetch::testdata::text_nar(10_000);
+        let incompressible: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes())
+            .collect();
+        for data in [&nar[..], &incompressible[..], &b"nix-archive-1"[..]] {
+            let n = data.len() as u64;
+            let z = zstd::encode_all(data, 3).unwrap().len() as u64;
+            assert!(z <= max_size(Served::Zstd, n), "{z} > bound for {n}");
+            assert!(max_size(Served::Zstd, n) < n + n / 100 + 8192);
+        }
+        assert_eq!(max_size(Served::None, 1234), 1234);
     }
 }

@@ -27,6 +27,8 @@ pub(super) struct Plan {
     /// Upstream URLs to try in order, with the index of the upstream each belongs to.
     pub candidates: Vec<(usize, Url)>,
     pub size: Option<u64>,
+    /// The most the file may take when `size` is unknown (see `FileExpect::max_size`).
+    pub max_size: Option<u64>,
     pub compression: Option<Compression>,
     /// The signed NarHash and NarSize, when a narinfo told them (checked for every source
     /// whose compression nixgate can decode).
@@ -129,6 +131,7 @@ impl Checks {
             file: FileCheck::new(FileExpect {
                 file_hash: (!plan.served).then_some(plan.fh),
                 file_size: plan.size,
+                max_size: plan.max_size,
                 compression: plan.compression,
             }),
             nar,
@@ -221,6 +224,7 @@ impl Fetcher {
             ext,
             candidates: Vec::new(),
             size: None,
+            max_size: None,
             compression: Compression::from_extension(ext),
             nar: None,
             owner_key: fh.to_nix32(),

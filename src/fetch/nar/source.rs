@@ -104,6 +104,12 @@ impl Fetcher {
                 }
                 continue;
             }
+            if let Some((got, max)) = total.zip(plan.max_size).filter(|(g, m)| g > m) {
+                tracing::warn!(%remote, url = %url, got, max, "NAR length over what its NarSize allows");
+                remote.refused(&self.metrics);
+                verdict.failed(&remote, VerifyError::OverBound(max));
+                continue;
+            }
             if start > offset || body.skip(offset - start).await.is_err() {
                 tracing::warn!(%remote, url = %url, offset, start, "answer to a resume does not fit the file; skipped");
                 continue;

@@ -11,11 +11,13 @@ use tokio::sync::watch;
 
 use super::super::decode;
 use super::super::tap::Tap;
+use super::super::Ask;
 use super::super::Fetcher;
 use super::plan::Plan;
 use super::relay::Relay;
-use super::{Download, Progress, Reader};
+use super::{Download, Progress, Reader, Via};
 use crate::nix::compression::Compression;
+use crate::nix::hash::Sha256;
 
 /// The tail of nixgate's own file as a download makes it: a read handle on its temp file
 /// (valid after the rename) and its progress (`Running` while encoding, `Done` once
@@ -49,6 +51,26 @@ impl Download {
 }
 
 impl Fetcher {
+    /// The tail of nixgate's own file of NAR `fh` as a download under way makes it (ours,
+    /// or for a runner's request also one waiting on an owner, or nixgate's own file
+    /// streamed from an owner), if one does.
+    pub(in crate::fetch) fn tail_under_way(&self, fh: Sha256, ask: Ask) -> Option<Reader> {
+        let mut vias = vec![Via::Ourselves];
+        if !ask.fleet {
+            vias.extend([Via::OwnerServed, Via::Owner]);
+        }
+        vias.into_iter().find_map(|via| {
+            let download = self.nars.get(&(fh, via))?;
+            match via {
+                Via::OwnerServed => {
+                    let rest = download.relay.subscribe()?;
+                    Some(Reader { download, rest })
+                }
+                _ => download.served_reader(),
+            }
+        })
+    }
+
     /// Whether a download of a NAR whose file is `size` bytes may make nixgate's own file
     /// beside it: the pair must not crowd the cache (`served::CAP_SHARE`).
     pub(in crate::fetch) fn tap_fits(&self, size: u64) -> bool {
@@ -68,7 +90,9 @@ impl Fetcher {
     /// The tap for the download of `plan` and its tail, when the download should make
     /// nixgate's own file (see the module's comment); `None` otherwise, or when the store
     /// cannot take the second file (the post-commit transcode remains).
-    pub(super) fn tap(self: &Arc<Self>, plan: &Plan) -> Option<(Tap, Tail)> {
+    /// `other_writer`: nixgate's own file is being streamed from an owner already (looked
+    /// up before the download map's lock is taken, under which this runs).
+    pub(super) fn tap(self: &Arc<Self>, plan: &Plan, other_writer: bool) -> Option<(Tap, Tail)> {
         let as_ = self.serve?;
         let (_, nar_size) = plan.nar?;
         let c = plan.compression.unwrap_or(Compression::None);
@@ -78,6 +102,7 @@ impl Fetcher {
         }
         if !self.tap_fits(plan.size.unwrap_or(nar_size))
             || self.store.holds_served(&plan.fh, as_.extension())
+            || other_writer
         {
             return None;
         }

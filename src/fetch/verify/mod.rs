@@ -29,6 +29,8 @@ pub enum VerifyError {
     Length { got: u64, want: u64 },
     #[error("longer than FileSize {0}")]
     FileTooLong(u64),
+    #[error("longer than {0} bytes, the most a file of its NarSize may take")]
+    OverBound(u64),
     #[error("{got} bytes, FileSize says {want}")]
     FileSize { got: u64, want: u64 },
     #[error("sha256 {got}, FileHash says {want}")]
@@ -73,6 +75,9 @@ pub struct FileExpect {
     /// the signed NarHash decides alone.
     pub file_hash: Option<Sha256>,
     pub file_size: Option<u64>,
+    /// The most the file may take when no FileSize says (nixgate's own file from another
+    /// appliance: bounded by its NarSize), so a source cannot send on forever.
+    pub max_size: Option<u64>,
     pub compression: Option<Compression>,
 }
 
@@ -98,6 +103,9 @@ impl FileCheck {
         self.written += chunk.len() as u64;
         if let Some(size) = self.expect.file_size.filter(|s| self.written > *s) {
             return Err(VerifyError::FileTooLong(size));
+        }
+        if let Some(max) = self.expect.max_size.filter(|m| self.written > *m) {
+            return Err(VerifyError::OverBound(max));
         }
         let want = Compression::MAGIC_LEN.saturating_sub(self.head.len());
         self.head.extend_from_slice(&chunk[..want.min(chunk.len())]);

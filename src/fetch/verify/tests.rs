@@ -148,6 +148,7 @@ fn file_hash_size_and_magic() {
     let expect = FileExpect {
         file_hash: Some(fh),
         file_size: Some(data.len() as u64),
+        max_size: None,
         compression: Some(Compression::Xz),
     };
     let mut f = FileCheck::new(expect);
@@ -166,6 +167,14 @@ fn file_hash_size_and_magic() {
         ..expect
     });
     assert_eq!(f.update(&data), Err(VerifyError::FileTooLong(10)));
+
+    let mut f = FileCheck::new(FileExpect {
+        file_hash: None,
+        file_size: None,
+        max_size: Some(10),
+        ..expect
+    });
+    assert_eq!(f.update(&data), Err(VerifyError::OverBound(10)));
 }
 
 #[test]
@@ -188,4 +197,28 @@ fn a_zstd_window_over_the_limit_is_refused_before_it_is_allocated() {
     let mut limited = check().limit_window(25).unwrap();
     limited.update(&ours).unwrap();
     limited.finish().unwrap();
+}
+
+#[test]
+fn a_zstd_stream_cut_short_or_with_trailing_junk_is_refused() {
+    let nar = nar_bytes();
+    let hash = Sha256(sha2::Sha256::digest(&nar).into());
+    let whole = zstd::encode_all(&nar[..], 3).unwrap();
+    let check = |bytes: &[u8]| {
+        let mut c = NarCheck::signed(Compression::Zstd, hash, nar.len() as u64).unwrap();
+        c.update(bytes).and_then(|()| c.finish())
+    };
+    check(&whole).unwrap();
+    // Every NAR byte comes out of both, yet neither is a whole zstd file.
+    let cut = &whole[..whole.len() - 4];
+    assert!(
+        matches!(check(cut), Err(VerifyError::Decode(_))),
+        "no checksum"
+    );
+    let mut junk = whole.clone();
+    junk.extend_from_slice(&[0x28, 0xb5, 0x2f]);
+    assert!(
+        matches!(check(&junk), Err(VerifyError::Decode(_))),
+        "a partial frame after it"
+    );
 }
