@@ -237,9 +237,12 @@ mod tests {
         assert!(matches!(*rx.borrow(), Progress::Failed(_)));
         assert!(s.served(&Sha256([7; 32]), ".zst").await.unwrap().is_none());
         assert_eq!(s.bytes(), 0);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        // The encoder's thread drops the temp file once it finished the batches queued.
+        let tmp = || std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        let t0 = std::time::Instant::now();
+        while tmp() > 0 && t0.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(tmp(), 0, "the temp file is deleted");
     }
 }
