@@ -16,6 +16,7 @@ mod nar_url;
 pub mod narinfo;
 mod provenance;
 mod remote;
+mod rendered;
 mod served;
 mod settings;
 mod tap;
@@ -93,6 +94,8 @@ pub struct Fetcher {
     /// The signed facts of NARs whose narinfo was served lately (uploads included), for a
     /// request of nixgate's own file of one that is not held.
     signed: moka::sync::Cache<crate::nix::hash::Sha256, transcode::Signed>,
+    /// The narinfos runners get, rendered once per stored narinfo (`rendered.rs`).
+    rendered: rendered::Rendered,
 }
 
 impl Fetcher {
@@ -150,6 +153,7 @@ impl Fetcher {
             torrent: Default::default(),
             tuning: settings.tuning,
             serve: settings.serve.served(),
+            rendered: rendered::Rendered::new(settings.serve.served()),
             tap_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
