@@ -9,7 +9,8 @@
 #     bytes), on an xz cache (GEN_COMPRESSION=xz) and two appliances: "held", where every
 #     NAR's .nar.zst was fetched once (the zstd file is held: the warm runner case), and
 #     "cold", where only the narinfos were (no NAR held: the narinfo names the zstd file its
-#     download will make).
+#     download will make). Each wrk run also reports the appliance's CPU (utime + stime) per
+#     request, steadier than the rate on a shared machine.
 # wrk, 256 keep-alive connections, 2000 distinct narinfos, DURATION (10s) per round, ROUNDS (3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,20 @@ request = function() i = i % #paths + 1; return wrk.format("GET", paths[i]) end
 LUA
 rps() { wrk -t2 -c256 -d$DURATION -H "User-Agent: $2" -s $D/paths.lua "$1" 2>&1 | awk '/Requests\/sec/ {print $2}'; }
 r2() { python3 -c "print(round($1/$2,2))"; }
+# rate_cpu URL UA PID: req/s, and the appliance's CPU (utime + stime) per request in us,
+# which the other load of a shared machine moves much less than the rate.
+rate_cpu() {
+  local c0 c1 out; c0=$(awk '{ print $14 + $15 }' /proc/$3/stat)
+  out=$(wrk -t2 -c256 -d$DURATION -H "User-Agent: $2" -s $D/paths.lua "$1" 2>&1)
+  c1=$(awk '{ print $14 + $15 }' /proc/$3/stat)
+  python3 - "$out" $c0 $c1 $(getconf CLK_TCK) <<'PY'
+import re, sys
+out, c0, c1, hz = sys.argv[1], *map(float, sys.argv[2:])
+n = int(re.search(r"(\d+) requests in", out).group(1))
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+print(f"{rate:.0f} {(c1 - c0) / hz / n * 1e6:.1f}")
+PY
+}
 if [ $UA_MODE = 0 ]; then
   echo "machine: $(nproc) cores; $($OLD --version) (old) vs $($NEW --version) (new); $(uptime | sed 's/.*load/load/')"
   for r in $(seq $ROUNDS); do
@@ -72,15 +87,18 @@ if [ $UA_MODE = 0 ]; then
   done
 else
   echo "machine: $(nproc) cores; $($NEW --version); $(uptime | sed 's/.*load/load/')"
+  HELD=$(sed -n 2p $D/pids) COLD=$(sed -n 3p $D/pids)
   for r in $(seq $ROUNDS); do
     # The two User-Agents in turn first (curl, Nix, Nix, curl, ...): the load of the shared
     # machine drifts within a round.
     if [ $((r % 2)) = 1 ]; then
-      c=$(rps http://127.0.0.1:$P2 "$CURL_UA"); n=$(rps http://127.0.0.1:$P2 "$NIX_UA")
+      set -- $(rate_cpu http://127.0.0.1:$P2 "$CURL_UA" $HELD) $(rate_cpu http://127.0.0.1:$P2 "$NIX_UA" $HELD)
     else
-      n=$(rps http://127.0.0.1:$P2 "$NIX_UA"); c=$(rps http://127.0.0.1:$P2 "$CURL_UA")
+      set -- $(rate_cpu http://127.0.0.1:$P2 "$NIX_UA" $HELD); set -- $(rate_cpu http://127.0.0.1:$P2 "$CURL_UA" $HELD) "$@"
     fi
-    k=$(rps http://127.0.0.1:$P3 "$NIX_UA"); g=$(rps http://127.0.0.1:$P1 "$NIX_UA")
-    echo "round $r: held: curl UA $c req/s, Nix UA $n req/s (Nix/curl $(r2 $n $c)); cold: Nix UA $k req/s (Nix/curl-held $(r2 $k $c)); nginx $g req/s (curl-held/nginx $(r2 $c $g))"
+    c=$1 cc=$2 n=$3 nc=$4
+    set -- $(rate_cpu http://127.0.0.1:$P3 "$NIX_UA" $COLD); k=$1 kc=$2
+    g=$(rps http://127.0.0.1:$P1 "$NIX_UA")
+    echo "round $r: held: curl UA $c req/s ($cc CPU us/req), Nix UA $n req/s ($nc us/req): Nix/curl rate $(r2 $n $c), CPU $(r2 $nc $cc); cold: Nix UA $k req/s ($kc us/req); nginx $g req/s"
   done
 fi
