@@ -2,13 +2,15 @@
 //! `gen_cache DIR NARINFOS SMALL_NAR_BYTES BIG_NAR_MIB...`.
 //!
 //! Narinfos are real (signed with a fixed key, fingerprint as Nix computes it); NAR files are
-//! real NARs (one regular file of pseudo-random bytes) compressed with zstd, so every check
-//! nixgate makes holds (FileHash, FileSize, the NAR header, and NarHash/NarSize of the
-//! decompressed bytes).
+//! real NARs (one regular file of pseudo-random bytes) compressed with zstd (with
+//! `GEN_COMPRESSION=xz`: xz, as most upstreams, so that nixgate serves Nix clients its own zstd
+//! file), so every check nixgate makes holds (FileHash, FileSize, the NAR header, and
+//! NarHash/NarSize of the decompressed bytes).
 //! Prints nothing; writes DIR/key.pub, DIR/narinfos.txt (request paths) and DIR/big.txt
 //! (`<narinfo path> <nar path>` per big NAR).
 
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::Path;
 
 use nixgate::nix::hash::Sha256;
@@ -58,6 +60,7 @@ fn write_path(
     i: usize,
     nar_bytes: usize,
     rng: &mut Rng,
+    xz: bool,
 ) -> (String, String) {
     let mut h = [0u8; 20];
     rng.fill(&mut h);
@@ -65,12 +68,21 @@ fn write_path(
     let mut contents = vec![0u8; nar_bytes.saturating_sub(120)];
     rng.fill(&mut contents);
     let plain = nar_of_file(&contents);
-    let nar = zstd::encode_all(&plain[..], 1).unwrap();
+    let (nar, ext, compression) = match xz {
+        true => {
+            let mut out = Vec::new();
+            xz2::read::XzEncoder::new(&plain[..], 6)
+                .read_to_end(&mut out)
+                .unwrap();
+            (out, "xz", "xz")
+        }
+        false => (zstd::encode_all(&plain[..], 1).unwrap(), "zst", "zstd"),
+    };
     let fh = Sha256::digest(&nar);
-    let nar_name = format!("nar/{}.nar.zst", fh.to_nix32());
+    let nar_name = format!("nar/{}.nar.{ext}", fh.to_nix32());
     std::fs::write(dir.join(&nar_name), &nar).unwrap();
     let text = format!(
-        "StorePath: /nix/store/{hash}-bench-{i}\nURL: {nar_name}\nCompression: zstd\nFileHash: {fh}\nFileSize: {}\nNarHash: {}\nNarSize: {}\nReferences: \n",
+        "StorePath: /nix/store/{hash}-bench-{i}\nURL: {nar_name}\nCompression: {compression}\nFileHash: {fh}\nFileSize: {}\nNarHash: {}\nNarSize: {}\nReferences: \n",
         nar.len(),
         Sha256::digest(&plain),
         plain.len()
@@ -86,6 +98,7 @@ fn main() {
     let dir = Path::new(&args[1]);
     let count: usize = args[2].parse().unwrap();
     let small: usize = args[3].parse().unwrap();
+    let xz = std::env::var("GEN_COMPRESSION").is_ok_and(|c| c == "xz");
     std::fs::create_dir_all(dir.join("nar")).unwrap();
     std::fs::write(
         dir.join("nix-cache-info"),
@@ -97,7 +110,7 @@ fn main() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let mut list = String::new();
     for i in 0..count {
-        let (ni, _) = write_path(dir, &key, i, small, &mut rng);
+        let (ni, _) = write_path(dir, &key, i, small, &mut rng, xz);
         writeln!(list, "{ni}").unwrap();
     }
     std::fs::write(dir.join("narinfos.txt"), list).unwrap();
@@ -109,6 +122,7 @@ fn main() {
             count + j,
             mib.parse::<usize>().unwrap() << 20,
             &mut rng,
+            xz,
         );
         writeln!(big, "{ni} {nar}").unwrap();
     }

@@ -17,6 +17,7 @@ mod nar_url;
 pub mod narinfo;
 mod provenance;
 mod remote;
+mod rendered;
 mod served;
 mod settings;
 mod tap;
@@ -102,6 +103,8 @@ pub struct Fetcher {
     /// again for a minute, so a retry takes the upstream file's path (which can resume from
     /// another source) rather than break at the same place.
     served_failed: moka::sync::Cache<crate::nix::hash::Sha256, ()>,
+    /// The narinfos runners get, rendered once per stored narinfo (`rendered.rs`).
+    rendered: rendered::Rendered,
 }
 
 impl Fetcher {
@@ -161,6 +164,7 @@ impl Fetcher {
             serve: settings.serve.served(),
             tap_slots: tokio::sync::Semaphore::new(cores()),
             live_slots: Arc::new(tokio::sync::Semaphore::new(cores())),
+            rendered: rendered::Rendered::new(settings.serve.served()),
             transcodes: Default::default(),
             // Needed from a runner's narinfo request to its NAR's commit (seconds), and for
             // uploads (whose narinfos `narinfos_of` does not see) until a runner asks again.

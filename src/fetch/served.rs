@@ -20,10 +20,11 @@ use crate::metrics::NarinfoAs;
 use crate::nix::compression::Compression;
 use crate::nix::hash::Sha256;
 use crate::nix::narinfo::NarInfo;
-use crate::nix::served::{accepts_zstd, render, Served};
+use crate::nix::served::{accepts_zstd, Served};
+use crate::nix::store_path::StorePathHash;
 
 /// The signed facts of a narinfo, and its FileHash.
-fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
+pub(super) fn signed_of(ni: &NarInfo) -> Option<(Sha256, Signed)> {
     let signed = Signed {
         compression: Compression::from_field(ni.compression.as_deref()),
         nar_hash: ni.nar_hash,
@@ -43,19 +44,30 @@ impl Fetcher {
         self.serve
     }
 
-    /// The narinfo to send a client with this User-Agent, given the narinfo as fetched (and
-    /// verified): naming nixgate's own file when the client decodes it and it is held, or the
-    /// NAR is not held at all (cold: its download will make the file as it goes, `tap.rs`);
-    /// else the narinfo unchanged (and, for a client that would have been served it, the
-    /// transcode of the held NAR is started in the background).
-    pub fn narinfo_for(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> Bytes {
-        let (b, as_) = self.narinfo_as(b, user_agent);
+    /// The narinfo to send a client with this User-Agent, given the narinfo of `h` as fetched
+    /// (and verified): naming nixgate's own file when the client decodes it and it is held, or
+    /// the NAR is not held at all (cold: its download will make the file as it goes,
+    /// `tap.rs`); else the narinfo unchanged (and, for a client that would have been served
+    /// it, the transcode of the held NAR is started in the background). The rendering is
+    /// made once per stored narinfo (`rendered.rs`).
+    pub fn narinfo_for(
+        self: &Arc<Self>,
+        h: StorePathHash,
+        b: Bytes,
+        user_agent: Option<&str>,
+    ) -> Bytes {
+        let (b, as_) = self.narinfo_as(h, b, user_agent);
         self.metrics.transcode.narinfo(as_);
         b
     }
 
     /// [`Self::narinfo_for`], and what the answer names.
-    fn narinfo_as(self: &Arc<Self>, b: Bytes, user_agent: Option<&str>) -> (Bytes, NarinfoAs) {
+    fn narinfo_as(
+        self: &Arc<Self>,
+        h: StorePathHash,
+        b: Bytes,
+        user_agent: Option<&str>,
+    ) -> (Bytes, NarinfoAs) {
         let Some(as_) = self.serves() else {
             return (b, NarinfoAs::Upstream);
         };
@@ -69,37 +81,30 @@ impl Fetcher {
                 false => (b, NarinfoAs::Upstream),
             };
         }
-        let Some(ni) = std::str::from_utf8(&b)
-            .ok()
-            .and_then(|t| NarInfo::parse(t, crate::nix::STORE_DIR).ok())
-        else {
+        let Some(r) = self.rendered.get(h, &b) else {
             return (b, NarinfoAs::Upstream);
         };
-        let Some((fh, signed)) = signed_of(&ni) else {
-            return (b, NarinfoAs::Upstream);
-        };
-        // Same file name (gzip and plain NARs both have no suffix), or nothing to gain.
-        if signed.compression.extension() == as_.extension()
-            || !super::decode::supports(signed.compression)
-        {
-            return (b, NarinfoAs::Upstream);
+        let (fh, signed) = (r.fh, r.signed);
+        // Not on every request (a moka insert, or even a read, per request cost the rate):
+        // once a minute per narinfo; the request for our file (`served_miss`) finds the facts
+        // in the store if they expired in between.
+        if self.rendered.signed_due(&r) {
+            self.signed.insert(fh, signed);
         }
-        self.signed.insert(fh, signed);
         let rendered = match as_ {
             Served::Zstd => NarinfoAs::Zstd,
             Served::None => NarinfoAs::None,
         };
         if self.store.holds_served(&fh, as_.extension()) {
-            return (render(&b, &fh, as_), rendered);
+            return (r.text.clone(), rendered);
         }
         let held = self
             .store
             .nar_unchecked(&fh, signed.compression.extension())
             .is_some()
-            || self.store.uploads().holds(&ni.base.hash).is_some();
-        let size = ni.file_size.unwrap_or(ni.nar_size);
-        if !held && self.tap_fits(size) && self.disk_fits(size) {
-            return (render(&b, &fh, as_), rendered);
+            || self.store.uploads().holds(&r.hash).is_some();
+        if !held && self.tap_fits(r.size) && self.disk_fits(r.size) {
+            return (r.text.clone(), rendered);
         }
         self.transcode_soon(fh, signed);
         (b, NarinfoAs::Upstream)

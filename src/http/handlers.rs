@@ -226,7 +226,7 @@ pub async fn narinfo(
         .map_err(|e| refusal(e, ask, uploader))?;
     let asked_by_runner = !ask.fleet && !ask.only_if_cached;
     let b = match asked_by_runner {
-        true => app.fetcher.narinfo_for(b, user_agent),
+        true => app.fetcher.narinfo_for(h, b, user_agent),
         false => b,
     };
     let (outcome, mut resp) = buffer(app, "text/x-nix-narinfo", b, hit_or_miss(hit))?;
