@@ -69,6 +69,21 @@ impl Hit {
         })
     }
 
+    /// [`Self::open`] with the length of the file opened (its `fstat`), for a file that may
+    /// be replaced by another of a different length between the index lookup and the open
+    /// (nixgate's own file, made by this version or streamed from another's encoder).
+    pub(super) fn open_whole(path: PathBuf, repr: Representation, tier: Tier) -> io::Result<Self> {
+        let file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        Ok(Hit {
+            file: Arc::new(file),
+            len,
+            repr,
+            tier,
+            path,
+        })
+    }
+
     /// Its length in bytes (the size the index recorded: FileSize once checked).
     pub fn len(&self) -> u64 {
         self.len

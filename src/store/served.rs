@@ -65,7 +65,7 @@ impl Store {
     fn open_served(&self, fh: Sha256, file: NarFile) -> Result<Option<Hit>, StoreError> {
         let path = self.layout.served_path(&fh, file.ext);
         let repr = Representation::Served(file.ext);
-        match Hit::open(path.clone(), file.size, repr, Tier::Cache) {
+        match Hit::open_whole(path.clone(), repr, Tier::Cache) {
             Ok(hit) => Ok(Some(hit)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Evicted since the lookup, or removed behind the store's back: a record
