@@ -218,12 +218,15 @@ impl Fetcher {
         if let Some(tail) = self.tail_under_way(fh, ask) {
             return Ok(Some(NarSource::Download(tail)));
         }
-        if !ask.fleet {
+        let held = self.cached(fh, from).await?.is_some();
+        // The owner's file, unless we hold the upstream's: then it is transcoded here, rather
+        // than have an owner that may not hold it fetch it from the upstream once more.
+        if !ask.fleet && !held {
             if let Some(reader) = self.from_owner(fh, as_, signed).await {
                 return Ok(Some(NarSource::Download(reader)));
             }
         }
-        if self.cached(fh, from).await?.is_none() {
+        if !held {
             // A download started from here taps (`nar/tapped.rs`).
             self.signed.insert(fh, signed);
             let source = match Box::pin(self.nar(fh, from, ask)).await {
