@@ -36,14 +36,16 @@ impl Fetcher {
         as_: Served,
         signed: Signed,
     ) -> Option<Reader> {
-        let plan = self.plan(fh, signed.compression.extension(), false).await;
+        let mut plan = self.plan(fh, signed.compression.extension(), false).await;
         // The key's owner itself must serve what we do: one that does not (a previous
         // version, `upstream`) is asked for the upstream's file, never the next owner, which
-        // would fetch it from the upstream a second time for the fleet.
-        let first = plan.owners.first()?;
-        if !self.peers.serves(&first.base, as_.field()) || plan.narinfo.is_none() {
+        // would fetch it from the upstream a second time for the fleet. The next owner, asked
+        // when the first fails, only if it serves the same.
+        let serves = |o: &Arc<crate::upstream::Upstream>| self.peers.serves(&o.base, as_.field());
+        if !plan.owners.first().is_some_and(serves) || plan.narinfo.is_none() {
             return None;
         }
+        plan.owners.retain(serves);
         self.served_download(plan, as_, signed).await
     }
 
