@@ -227,47 +227,59 @@ impl Fetcher {
             }
         }
         if !held {
-            // A download started from here taps (`nar/tapped.rs`).
-            self.signed.insert(fh, signed);
-            let source = match Box::pin(self.nar(fh, from, ask)).await {
-                Ok((source, _)) => source,
-                Err(e @ FetchError::Unavailable { .. }) if !ask.fleet => {
-                    // The upstreams are down: a peer may hold our file of it (a fleet member
-                    // keeps only that one of the NARs it does not own).
-                    let reader = self.from_peers(fh, as_, signed).await;
-                    return reader.map(|r| Some(NarSource::Download(r))).ok_or(e);
-                }
-                Err(e) => return Err(e),
-            };
-            match source {
-                // Held after all (committed meanwhile, or from the bucket): a member is not
-                // kept waiting for the transcode.
-                NarSource::Cached(_) if ask.fleet => {
-                    self.transcode_soon(fh, signed);
-                    return Err(FetchError::NotFound);
-                }
-                NarSource::Cached(_) => {}
-                NarSource::Download(r) => {
-                    if let Some(tail) = r.download.served_reader() {
-                        return Ok(Some(NarSource::Download(tail)));
-                    }
-                    if ask.fleet {
-                        return Err(FetchError::NotFound);
-                    }
-                    if let Some(live) = self.untapped(fh, signed, r).await? {
-                        return Ok(Some(live));
-                    }
-                }
-                NarSource::Passthrough { .. } if ask.fleet => return Err(FetchError::NotFound),
-                NarSource::Passthrough { chunks, .. } => {
-                    return self.live(fh, signed, chunks).map(Some);
-                }
+            if let Some(source) = self.via_download(fh, as_, signed, ask).await? {
+                return Ok(Some(source));
             }
         } else if ask.fleet {
             self.transcode_soon(fh, signed);
             return Err(FetchError::NotFound);
         }
         self.served_or_live(fh, signed, ext).await.map(Some)
+    }
+
+    /// The upstream's file fetched (or its download joined) for nixgate's own: the tail of
+    /// its tap; a live transcode when the cache cannot store it; a peer's own file when the
+    /// upstreams are down. `None` once the NAR is held (the caller transcodes it). A member's
+    /// request gets a 404 rather than wait (see [`Self::served_miss`]).
+    async fn via_download(
+        self: &Arc<Self>,
+        fh: Sha256,
+        as_: Served,
+        signed: Signed,
+        ask: Ask,
+    ) -> Result<Option<NarSource>, FetchError> {
+        // A download started from here taps (`nar/tapped.rs`).
+        self.signed.insert(fh, signed);
+        let source = match Box::pin(self.nar(fh, signed.compression.extension(), ask)).await {
+            Ok((source, _)) => source,
+            Err(e @ FetchError::Unavailable { .. }) if !ask.fleet => {
+                // The upstreams are down: a peer may hold our file of it (a fleet member
+                // keeps only that one of the NARs it does not own).
+                let reader = self.from_peers(fh, as_, signed).await;
+                return reader.map(|r| Some(NarSource::Download(r))).ok_or(e);
+            }
+            Err(e) => return Err(e),
+        };
+        match source {
+            // Held after all (committed meanwhile, or from the bucket): a member is not kept
+            // waiting for the transcode.
+            NarSource::Cached(_) if ask.fleet => {
+                self.transcode_soon(fh, signed);
+                Err(FetchError::NotFound)
+            }
+            NarSource::Cached(_) => Ok(None),
+            NarSource::Download(r) => {
+                if let Some(tail) = r.download.served_reader() {
+                    return Ok(Some(NarSource::Download(tail)));
+                }
+                if ask.fleet {
+                    return Err(FetchError::NotFound);
+                }
+                self.untapped(fh, signed, r).await
+            }
+            NarSource::Passthrough { .. } if ask.fleet => Err(FetchError::NotFound),
+            NarSource::Passthrough { chunks, .. } => self.live(fh, signed, chunks).map(Some),
+        }
     }
 
     /// Whether a GET of `<fh>.nar<ext>`, not held, would be served nixgate's own file (its
