@@ -33,13 +33,7 @@ async fn runners_one_after_another_cost_one_upstream_fetch_per_file() {
     let work = tempfile::tempdir().unwrap();
     let up = Upstream::start(&f.cache).await;
     let members = fleet(work.path(), &up, &f.public_key, 3).await;
-    for (i, m) in members.iter().enumerate() {
-        let dest = work.path().join(format!("runner{i}"));
-        assert_ok(&nix_copy_paths(&m.url(), &f.public_key, &all_paths(f), &dest).await);
-        for p in all_paths(f) {
-            assert!(substituted(&dest, p), "{p} through member {i}");
-        }
-    }
+    copy_through_each(&members, f, work.path()).await;
     let (total, repeated) = upstream_counts(&up);
     assert!(
         repeated.is_empty(),

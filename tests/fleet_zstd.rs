@@ -37,13 +37,7 @@ async fn the_owner_transcodes_once_and_members_stream_its_zstd() {
     let work = tempfile::tempdir().unwrap();
     let up = Upstream::start(&f.cache).await;
     let members = fleet(work.path(), &up, &f.public_key, 3).await;
-    for (i, m) in members.iter().enumerate() {
-        let dest = work.path().join(format!("runner{i}"));
-        assert_ok(&nix_copy_paths(&m.url(), &f.public_key, &all_paths(f), &dest).await);
-        for p in all_paths(f) {
-            assert!(substituted(&dest, p), "{p} through member {i}");
-        }
-    }
+    copy_through_each(&members, f, work.path()).await;
     let (_, repeated) = upstream_counts(&up);
     assert!(
         repeated.is_empty(),

@@ -13,6 +13,20 @@ use std::path::Path;
 
 use common::*;
 
+/// A zstd-capable runner is told the upstream's xz for `path` (no room for the pair).
+async fn assert_narinfo_names_xz(a: &Appliance, path: &str) {
+    let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(path));
+    let body = get(&narinfo, NIX_UA).await.body;
+    assert_eq!(narinfo_field(&body, "Compression"), Some("xz"));
+}
+
+/// `path`'s `.nar.zst` comes whole and decodes to its NAR.
+async fn assert_zst_is_the_nar(a: &Appliance, f: &Fixture, path: &str) {
+    let got = get(&format!("{}/{}", a.url(), zst_url(f, path)), NIX_UA).await;
+    assert_eq!((got.status, got.body_error.as_deref()), (200, None));
+    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, path));
+}
+
 /// The URL of nixgate's zstd file of `path`: `nar/<FileHash>.nar.zst`.
 fn zst_url(f: &Fixture, path: &str) -> String {
     let narinfo = f.narinfo(path);
@@ -144,16 +158,10 @@ async fn a_held_nar_with_no_room_beside_it_is_transcoded_live() {
         .with(|s| s.max_cache_size = Some("8MiB".into()))
         .start()
         .await;
-    let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big));
-    assert_eq!(
-        narinfo_field(&get(&narinfo, NIX_UA).await.body, "Compression"),
-        Some("xz")
-    );
+    assert_narinfo_names_xz(&a, &f.big).await;
     let xz = get(&format!("{}/{}", a.url(), f.nar_url(&f.big)), NIX_UA).await;
     assert_eq!((xz.status, xz.body_error.as_deref()), (200, None));
-    let got = get(&format!("{}/{}", a.url(), zst_url(f, &f.big)), NIX_UA).await;
-    assert_eq!((got.status, got.body_error.as_deref()), (200, None));
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.big));
+    assert_zst_is_the_nar(&a, f, &f.big).await;
     let relayed = "nixgate_transcodes_total{outcome=\"relayed\"}";
     assert_eq!(a.metric(relayed).await, 1);
     assert_eq!(up.count(&f.nar_url(&f.big)), 1, "made from the held file");
@@ -177,14 +185,8 @@ async fn a_download_relayed_uncached_gives_its_zstd_reader_a_live_transcode() {
         .with(|s| s.max_cache_size = Some("8MiB".into()))
         .start()
         .await;
-    let narinfo = format!("{}/{}.narinfo", a.url(), Fixture::hash(&f.big));
-    assert_eq!(
-        narinfo_field(&get(&narinfo, NIX_UA).await.body, "Compression"),
-        Some("xz")
-    );
-    let got = get(&format!("{}/{}", a.url(), zst_url(f, &f.big)), NIX_UA).await;
-    assert_eq!((got.status, got.body_error.as_deref()), (200, None));
-    assert!(zstd::decode_all(&got.bytes[..]).unwrap() == decoded_nar(f, &f.big));
+    assert_narinfo_names_xz(&a, &f.big).await;
+    assert_zst_is_the_nar(&a, f, &f.big).await;
     let no_space = "nixgate_cache_store_failures_total{reason=\"no_space\"}";
     assert!(
         a.metric(no_space).await >= 1,

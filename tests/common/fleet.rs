@@ -78,3 +78,15 @@ pub async fn wait_for_owners(a: &Appliance, n: usize) {
     })
     .await;
 }
+
+/// A runner at each member in turn: real `nix copy` of every fixture path into a fresh store,
+/// each path then substituted.
+pub async fn copy_through_each(members: &[Appliance], f: &Fixture, work: &Path) {
+    for (i, m) in members.iter().enumerate() {
+        let dest = work.join(format!("runner{i}"));
+        assert_ok(&nix_copy_paths(&m.url(), &f.public_key, &all_paths(f), &dest).await);
+        for p in all_paths(f) {
+            assert!(substituted(&dest, p), "{p} through member {i}");
+        }
+    }
+}
